@@ -1,0 +1,565 @@
+//! Write Sluice rules in Rust.
+//!
+//! A rule is a type that implements [`Rule`] — `filter`, `partition_key`,
+//! `membership` (all with defaults) and `handle_batch` — exported with
+//! [`export_rule!`]. Build it for `wasm32-wasip2` and deploy it with a
+//! `rule.toml` that says which trigger runs it.
+//!
+//! ```ignore
+//! use sluice_sdk::prelude::*;
+//!
+//! #[derive(Deserialize)]
+//! #[serde(crate = "sluice_sdk::serde")]
+//! struct Merged<'a> { repo: &'a str }
+//!
+//! struct PrDigest;
+//!
+//! impl Rule for PrDigest {
+//!     fn filter(event: &Event<'_>) -> bool {
+//!         event.kind() == "pull_request.merged"
+//!     }
+//!     fn partition_key(event: &Event<'_>) -> Option<String> {
+//!         event.json::<Merged>().ok().map(|m| m.repo.to_owned())
+//!     }
+//!     fn handle_batch(batch: &Batch<'_>) -> Result<Vec<Emit>, RuleError> {
+//!         Ok(vec![Emit::json("digest", &json!({ "merged": batch.events().len() }))?])
+//!     }
+//! }
+//!
+//! export_rule!(PrDigest);
+//! ```
+//!
+//! Rules are stateless: the engine may run each call on a fresh instance,
+//! and state that must survive belongs to the engine's triggers. The engine
+//! calls the batched `select` export on the hot path; this crate implements
+//! it with your per-event methods, so you never see the packed format.
+
+#![deny(missing_docs)]
+
+use std::marker::PhantomData;
+
+pub use serde;
+pub use serde_json;
+/// The error [`Event::json`] returns when a payload does not parse.
+pub use serde_json::Error as JsonError;
+
+#[doc(hidden)]
+pub mod __private {
+    /// The raw bindings of the `sluice:rule` world; not part of the API.
+    #[allow(missing_docs, unused_qualifications, clippy::all)]
+    pub mod bindings {
+        wit_bindgen::generate!({
+            world: "rule",
+            path: "../wit",
+            pub_export_macro: true,
+            export_macro_name: "__export_rule",
+            default_bindings_module: "sluice_sdk::__private::bindings",
+        });
+    }
+
+    pub use super::Adapter;
+}
+
+use __private::bindings as b;
+use b::sluice::rule::host as wit_host;
+use b::sluice::rule::types as wit;
+
+/// Everything a rule usually needs, in one import.
+pub mod prelude {
+    pub use crate::serde::{Deserialize, Serialize};
+    pub use crate::serde_json::json;
+    pub use crate::{
+        Batch, Emit, Event, Membership, Placement, Reason, Rule, RuleError, export_rule, log,
+    };
+}
+
+/// One event, borrowed from the engine's call.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    seq: u64,
+    time: i64,
+    id: &'a [u8],
+    source: &'a [u8],
+    kind: &'a [u8],
+    payload: &'a [u8],
+}
+
+/// Text fields are kept as bytes and checked as UTF-8 only when read, so a
+/// filter that looks at `kind` never pays for validating the payload.
+fn text<'a>(field: &'static str, bytes: &'a [u8]) -> &'a str {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        // The engine only sends UTF-8; anything else is a broken host.
+        Err(e) => panic!("sluice: event {field} is not UTF-8: {e}"),
+    }
+}
+
+impl<'a> Event<'a> {
+    fn from_wit(e: &'a wit::Event) -> Self {
+        Self {
+            seq: e.seq,
+            time: e.time,
+            id: e.id.as_bytes(),
+            source: e.source.as_bytes(),
+            kind: e.kind.as_bytes(),
+            payload: e.payload.as_bytes(),
+        }
+    }
+
+    fn from_pack(p: &wit::PackedEvent, text: &'a [u8]) -> Self {
+        let field = |s: wit::Span| {
+            let (start, len) = (s.start as usize, s.len as usize);
+            match text.get(start..start + len) {
+                Some(bytes) => bytes,
+                None => panic!("sluice: event field {start}+{len} outside the pack"),
+            }
+        };
+        Self {
+            seq: p.seq,
+            time: p.time,
+            id: field(p.id),
+            source: field(p.source),
+            kind: field(p.kind),
+            payload: field(p.payload),
+        }
+    }
+
+    /// Position in the tenant's log (1-based, gap-free).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// When the event happened, in milliseconds since the Unix epoch.
+    pub fn time(&self) -> i64 {
+        self.time
+    }
+
+    /// The idempotency key.
+    pub fn id(&self) -> &'a str {
+        text("id", self.id)
+    }
+
+    /// Who sent the event; `rule:<name>` for rule outputs.
+    pub fn source(&self) -> &'a str {
+        text("source", self.source)
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> &'a str {
+        text("kind", self.kind)
+    }
+
+    /// The payload, a JSON object, as text.
+    pub fn payload(&self) -> &'a str {
+        text("payload", self.payload)
+    }
+
+    /// The payload parsed into `T`. `T` may borrow from the payload
+    /// (`&'a str` fields), which avoids copying strings.
+    pub fn json<T: serde::Deserialize<'a>>(&self) -> Result<T, JsonError> {
+        serde_json::from_slice(self.payload)
+    }
+}
+
+/// What an event does to its partition's membership (dwell rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Start a membership (no-op when already a member).
+    Enter,
+    /// End the membership.
+    Leave,
+    /// Re-anchor the membership clock at now: heartbeats, absence.
+    Refresh,
+    /// Leave the membership as it is.
+    Ignore,
+}
+
+impl From<Membership> for wit::Membership {
+    fn from(m: Membership) -> Self {
+        match m {
+            Membership::Enter => wit::Membership::Enter,
+            Membership::Leave => wit::Membership::Leave,
+            Membership::Refresh => wit::Membership::Refresh,
+            Membership::Ignore => wit::Membership::Ignore,
+        }
+    }
+}
+
+/// Where an accepted event goes: see [`Rule::select`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The partition key; `None` for the rule's global partition.
+    pub partition: Option<String>,
+    /// What the event does to the partition's membership (dwell rules).
+    pub membership: Membership,
+}
+
+/// Why the handler runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// A batch reached the rule's `count`.
+    CountReached,
+    /// A batch window elapsed before `count` was reached.
+    WindowExpired,
+    /// A dwell reaction is due.
+    Dwell {
+        /// The reaction's label from the manifest.
+        label: String,
+        /// 0 for `after`; intervals stayed for `every`.
+        ordinal: u64,
+        /// When the membership clock was last anchored (ms).
+        member_since: i64,
+        /// Counts the partition's memberships, from 1.
+        epoch: u64,
+    },
+    /// A schedule tick.
+    Schedule {
+        /// The tick this fire stands for (ms).
+        tick: i64,
+        /// True when the tick was missed while the engine was down.
+        catch_up: bool,
+    },
+    /// The rule was undeployed with `drain = fire`.
+    Drained,
+}
+
+impl From<&wit::Reason> for Reason {
+    fn from(r: &wit::Reason) -> Self {
+        match r {
+            wit::Reason::CountReached => Reason::CountReached,
+            wit::Reason::WindowExpired => Reason::WindowExpired,
+            wit::Reason::Dwell(d) => Reason::Dwell {
+                label: d.label.clone(),
+                ordinal: d.ordinal,
+                member_since: d.member_since,
+                epoch: d.epoch,
+            },
+            wit::Reason::Schedule(s) => Reason::Schedule {
+                tick: s.tick,
+                catch_up: s.catch_up,
+            },
+            wit::Reason::Drained => Reason::Drained,
+        }
+    }
+}
+
+/// One invocation of the handler.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    fire_id: &'a str,
+    rule: &'a str,
+    partition: Option<&'a str>,
+    reason: Reason,
+    attempt: u32,
+    events: Vec<Event<'a>>,
+}
+
+impl<'a> Batch<'a> {
+    /// Deterministic id of this fire: the same on every retry.
+    pub fn fire_id(&self) -> &'a str {
+        self.fire_id
+    }
+
+    /// The rule's name.
+    pub fn rule(&self) -> &'a str {
+        self.rule
+    }
+
+    /// The partition key; `None` for the global partition.
+    pub fn partition(&self) -> Option<&'a str> {
+        self.partition
+    }
+
+    /// Why the handler runs.
+    pub fn reason(&self) -> &Reason {
+        &self.reason
+    }
+
+    /// 1 on the first try, 2, 3, … on retries.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The events, in log order.
+    pub fn events(&self) -> &[Event<'a>] {
+        &self.events
+    }
+}
+
+/// An event the handler emits; the engine appends it to the log with source
+/// `rule:<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emit {
+    kind: String,
+    payload: String,
+}
+
+impl Emit {
+    /// An event of `kind` whose payload is `payload` serialised as JSON. The
+    /// engine rejects payloads that are not JSON objects.
+    pub fn json<T: serde::Serialize + ?Sized>(
+        kind: impl Into<String>,
+        payload: &T,
+    ) -> Result<Self, RuleError> {
+        Ok(Self {
+            kind: kind.into(),
+            payload: serde_json::to_string(payload)
+                .map_err(|e| RuleError::Fatal(format!("cannot serialise emit payload: {e}")))?,
+        })
+    }
+
+    /// An event whose payload is already JSON text (an object).
+    pub fn raw(kind: impl Into<String>, payload: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            payload: payload.into(),
+        }
+    }
+
+    /// The event kind.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The payload, as JSON text.
+    pub fn payload(&self) -> &str {
+        &self.payload
+    }
+}
+
+/// How a handler fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleError {
+    /// Try again later, with backoff.
+    Retryable(String),
+    /// Do not retry; the fire goes to the dead-letter list.
+    Fatal(String),
+}
+
+impl RuleError {
+    /// A retryable error.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self::Retryable(message.into())
+    }
+
+    /// A fatal error.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self::Fatal(message.into())
+    }
+}
+
+/// A payload that does not parse will not parse on a retry either.
+impl From<JsonError> for RuleError {
+    fn from(e: JsonError) -> Self {
+        Self::Fatal(format!("bad JSON: {e}"))
+    }
+}
+
+impl std::fmt::Display for RuleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuleError::Retryable(m) => write!(f, "retryable: {m}"),
+            RuleError::Fatal(m) => write!(f, "fatal: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for RuleError {}
+
+/// A rule's logic. Every method is an associated function: a rule keeps no
+/// state between calls.
+pub trait Rule {
+    /// Does this event concern the rule? Default: every event does.
+    fn filter(event: &Event<'_>) -> bool {
+        let _ = event;
+        true
+    }
+
+    /// Which partition the event belongs to. Default: `None`, the rule's
+    /// single global partition.
+    fn partition_key(event: &Event<'_>) -> Option<String> {
+        let _ = event;
+        None
+    }
+
+    /// What the event does to its partition's membership (dwell rules
+    /// only). Default: [`Membership::Enter`].
+    fn membership(event: &Event<'_>) -> Membership {
+        let _ = event;
+        Membership::Enter
+    }
+
+    /// `filter`, `partition_key` and `membership` in one step: `None` when
+    /// the event does not concern the rule. The default calls the three
+    /// methods; override it to parse a payload once instead of twice.
+    fn select(event: &Event<'_>) -> Option<Placement> {
+        if !Self::filter(event) {
+            return None;
+        }
+        Some(Placement {
+            partition: Self::partition_key(event),
+            membership: Self::membership(event),
+        })
+    }
+
+    /// The rule's action on a ready batch: the events to emit, or an error.
+    fn handle_batch(batch: &Batch<'_>) -> Result<Vec<Emit>, RuleError>;
+}
+
+/// Maps a [`Rule`] onto the WIT exports; used by [`export_rule!`].
+#[doc(hidden)]
+pub struct Adapter<R>(PhantomData<R>);
+
+impl<R> std::fmt::Debug for Adapter<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Adapter")
+    }
+}
+
+impl<R: Rule> b::Guest for Adapter<R> {
+    fn filter(event: wit::Event) -> bool {
+        R::filter(&Event::from_wit(&event))
+    }
+
+    fn partition_key(event: wit::Event) -> Option<String> {
+        R::partition_key(&Event::from_wit(&event))
+    }
+
+    fn membership(event: wit::Event) -> wit::Membership {
+        R::membership(&Event::from_wit(&event)).into()
+    }
+
+    fn select(pack: wit::EventPack) -> Vec<wit::Verdict> {
+        pack.events
+            .iter()
+            .map(|p| {
+                let event = Event::from_pack(p, &pack.text);
+                match R::select(&event) {
+                    None => wit::Verdict::Skip,
+                    Some(place) => wit::Verdict::Keep(wit::Placement {
+                        partition: place.partition,
+                        membership: place.membership.into(),
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    fn handle_batch(batch: wit::Batch) -> Result<Vec<wit::Emit>, wit::RuleError> {
+        let view = Batch {
+            fire_id: &batch.fire_id,
+            rule: &batch.rule,
+            partition: batch.partition.as_deref(),
+            reason: Reason::from(&batch.reason),
+            attempt: batch.attempt,
+            events: batch.events.iter().map(Event::from_wit).collect(),
+        };
+        match R::handle_batch(&view) {
+            Ok(emits) => Ok(emits
+                .into_iter()
+                .map(|e| wit::Emit {
+                    kind: e.kind,
+                    payload: e.payload,
+                })
+                .collect()),
+            Err(RuleError::Retryable(m)) => Err(wit::RuleError::Retryable(m)),
+            Err(RuleError::Fatal(m)) => Err(wit::RuleError::Fatal(m)),
+        }
+    }
+}
+
+/// Export a type implementing [`Rule`] as this component's rule.
+///
+/// Use it once per component. A type that does not implement [`Rule`] is a
+/// compile error naming the missing trait; using the macro twice is a
+/// compile error (duplicate exports).
+#[macro_export]
+macro_rules! export_rule {
+    ($rule:ty) => {
+        const _: () = {
+            const fn assert_implements_rule<T: $crate::Rule>() {}
+            assert_implements_rule::<$rule>();
+        };
+        #[doc(hidden)]
+        type __SluiceRuleExport = $crate::__private::Adapter<$rule>;
+        $crate::__private::bindings::__export_rule!(
+            __SluiceRuleExport with_types_in $crate::__private::bindings
+        );
+    };
+}
+
+/// Write to the engine's logs, tagged with the tenant and rule.
+pub mod log {
+    use super::wit_host::{self, Level};
+
+    /// Log at trace level.
+    pub fn trace(message: impl AsRef<str>) {
+        wit_host::log(Level::Trace, message.as_ref());
+    }
+
+    /// Log at debug level.
+    pub fn debug(message: impl AsRef<str>) {
+        wit_host::log(Level::Debug, message.as_ref());
+    }
+
+    /// Log at info level.
+    pub fn info(message: impl AsRef<str>) {
+        wit_host::log(Level::Info, message.as_ref());
+    }
+
+    /// Log at warn level.
+    pub fn warn(message: impl AsRef<str>) {
+        wit_host::log(Level::Warn, message.as_ref());
+    }
+
+    /// Log at error level.
+    pub fn error(message: impl AsRef<str>) {
+        wit_host::log(Level::Error, message.as_ref());
+    }
+}
+
+/// The engine's clock in milliseconds since the Unix epoch: virtual in
+/// tests, so a rule that reads the time stays deterministic.
+pub fn now() -> i64 {
+    wit_host::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_fields_are_sliced_and_parsed() {
+        let text = br#"id-1srckind{"repo":"acme/api","n":3}"#.to_vec();
+        let span = |start, len| wit::Span { start, len };
+        let packed = wit::PackedEvent {
+            seq: 5,
+            time: 42,
+            id: span(0, 4),
+            source: span(4, 3),
+            kind: span(7, 4),
+            payload: span(11, 26),
+        };
+        let event = Event::from_pack(&packed, &text);
+        assert_eq!(
+            (event.id(), event.source(), event.kind()),
+            ("id-1", "src", "kind")
+        );
+        #[derive(serde::Deserialize)]
+        struct P<'a> {
+            repo: &'a str,
+            n: u32,
+        }
+        let p: P<'_> = event.json().unwrap();
+        assert_eq!((p.repo, p.n, event.seq(), event.time()), ("acme/api", 3, 5, 42));
+    }
+
+    #[test]
+    fn emit_json_and_errors() {
+        let e = Emit::json("digest", &serde_json::json!({"n": 1})).unwrap();
+        assert_eq!((e.kind(), e.payload()), ("digest", r#"{"n":1}"#));
+        let bad: Result<serde_json::Value, _> = serde_json::from_str("{");
+        let err = RuleError::from(bad.unwrap_err());
+        assert!(matches!(err, RuleError::Fatal(m) if m.starts_with("bad JSON")));
+    }
+}

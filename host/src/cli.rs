@@ -1,0 +1,235 @@
+//! The `sluice` command line. `main.rs` only calls [`main`].
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::clock::{Clock, SystemClock};
+use crate::event::Event;
+use crate::runtime::bindings::wit::{self, Reason, Verdict};
+use crate::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
+
+/// Sluice: a WebAssembly-scripted rules engine.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a rule's functions on events, without triggers or a server:
+    /// select every event (filter, partition key, membership), then call the
+    /// handler once per partition with the kept events. Prints JSON lines.
+    Eval {
+        /// The rule component (.wasm).
+        rule: PathBuf,
+        /// Events as NDJSON: {"source", "kind", "payload", "id"?, "time"?}.
+        #[arg(long)]
+        events: PathBuf,
+        /// The reason the handler is given: count-reached, window-expired,
+        /// drained, schedule, or dwell:<label>.
+        #[arg(long, default_value = "drained")]
+        reason: String,
+        /// Where compiled components are cached.
+        #[arg(long, env = "SLUICE_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+/// Run the command line; the process exit code is the result.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Eval {
+            rule,
+            events,
+            reason,
+            cache_dir,
+        } => eval(&rule, &events, &reason, cache_dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// One line of an events file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventLine {
+    id: Option<String>,
+    source: String,
+    kind: String,
+    time: Option<i64>,
+    payload: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Read an NDJSON events file; errors name the line.
+fn read_events(path: &Path, now: i64) -> anyhow::Result<Vec<Event>> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut events = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("read {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: EventLine = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not an event", path.display(), n + 1))?;
+        let seq = events.len() as u64 + 1;
+        events.push(Event {
+            seq,
+            id: parsed.id.unwrap_or_else(|| format!("ev-{seq}")),
+            tenant: "local".into(),
+            source: parsed.source,
+            kind: parsed.kind,
+            time: parsed.time.unwrap_or(now),
+            payload: serde_json::Value::Object(parsed.payload).to_string(),
+        });
+    }
+    Ok(events)
+}
+
+fn parse_reason(reason: &str, now: i64, events: &[Event]) -> anyhow::Result<Reason> {
+    Ok(match reason {
+        "count-reached" => Reason::CountReached,
+        "window-expired" => Reason::WindowExpired,
+        "drained" => Reason::Drained,
+        "schedule" => Reason::Schedule(wit::ScheduleReason {
+            tick: now,
+            catch_up: false,
+        }),
+        other => match other.strip_prefix("dwell:") {
+            Some(label) if !label.is_empty() => Reason::Dwell(wit::DwellReason {
+                label: label.into(),
+                ordinal: 0,
+                member_since: events.last().map_or(now, |e| e.time),
+                epoch: 1,
+            }),
+            _ => bail!(
+                "--reason {other:?}: expected count-reached, window-expired, drained, schedule or dwell:<label>"
+            ),
+        },
+    })
+}
+
+fn eval(
+    rule_path: &Path,
+    events_path: &Path,
+    reason: &str,
+    cache_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let clock = Arc::new(SystemClock);
+    let now = clock.now_millis();
+    let events = read_events(events_path, now)?;
+    let reason_value = parse_reason(reason, now, &events)?;
+    let bytes =
+        std::fs::read(rule_path).with_context(|| format!("read {}", rule_path.display()))?;
+    let name = rule_path
+        .file_stem()
+        .map_or_else(|| "rule".into(), |s| s.to_string_lossy().into_owned());
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir,
+        clock,
+        ..RuntimeConfig::default()
+    })?;
+    let rule = runtime
+        .load(RuleLabel::new("local", &name), &bytes, Limits::default())
+        .with_context(|| format!("load {}", rule_path.display()))?;
+    let mut instance = rule.instance();
+
+    let mut out = std::io::stdout().lock();
+    let verdicts = match instance.select(&events) {
+        Ok(v) => v,
+        Err(e) => {
+            writeln!(out, "{}", json!({"type": "error", "message": e.to_string()}))?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    // Partitions in order of first appearance.
+    let mut order: Vec<Option<String>> = Vec::new();
+    let mut groups: BTreeMap<Option<String>, Vec<wit::Event>> = BTreeMap::new();
+    for (event, verdict) in events.iter().zip(&verdicts) {
+        let line = match verdict {
+            Verdict::Skip => json!({"type": "skip", "seq": event.seq, "kind": event.kind}),
+            Verdict::Keep(p) => {
+                if !groups.contains_key(&p.partition) {
+                    order.push(p.partition.clone());
+                }
+                groups
+                    .entry(p.partition.clone())
+                    .or_default()
+                    .push(wit::Event::from(event));
+                json!({"type": "keep", "seq": event.seq, "kind": event.kind,
+                       "partition": p.partition, "membership": p.membership})
+            }
+        };
+        writeln!(out, "{line}")?;
+    }
+    let mut failed = false;
+    for partition in order {
+        let events = groups.remove(&partition).unwrap_or_default();
+        let batch = wit::Batch {
+            fire_id: format!("eval:{name}:{}", partition.as_deref().unwrap_or("")),
+            rule: name.clone(),
+            partition: partition.clone(),
+            reason: reason_value.clone(),
+            attempt: 1,
+            events,
+        };
+        let seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
+        writeln!(
+            out,
+            "{}",
+            json!({"type": "fire", "fire_id": batch.fire_id, "partition": partition,
+                   "reason": batch.reason, "events": seqs})
+        )?;
+        match instance.handle_batch(&batch) {
+            Ok(emits) => {
+                for emit in emits {
+                    let payload: serde_json::Value = serde_json::from_str(&emit.payload)?;
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"type": "output", "fire_id": batch.fire_id,
+                               "kind": emit.kind, "payload": payload})
+                    )?;
+                }
+            }
+            Err(e) => {
+                failed = true;
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"type": "error", "fire_id": batch.fire_id, "message": e.to_string()})
+                )?;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

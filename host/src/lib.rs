@@ -1,0 +1,28 @@
+//! Sluice: a WebAssembly-scripted rules engine.
+//!
+//! The host owns the stateful machinery (event log, trigger state, timers,
+//! retries, tenants, limits); user-supplied Wasm components implementing the
+//! `sluice:rule` world (see `wit/rule.wit`) decide which events matter, how
+//! they group and what happens when a group is ready.
+//!
+//! Data flows one way: ingest → log → dispatcher → trigger state → fire →
+//! handler → outputs back into the log.
+//!
+//! # Layout
+//!
+//! - [`clock`]: the engine clock — real in production, manual in tests.
+//! - [`event`]: the event record shared by every part of the engine.
+//! - [`runtime`]: loads, validates, caches and runs rule components in a
+//!   sandbox with per-call limits; the only place that touches wasmtime.
+//!   - [`runtime::bindings`]: the one `bindgen!` site; the WIT types.
+//!   - [`runtime::cache`]: on-disk cache of compiled components.
+//!   - [`runtime::limits`]: per-call limits and the memory limiter.
+//!   - [`runtime::stdio`]: guest stdout/stderr and `log` into `tracing`.
+//! - [`cli`]: the `sluice` command line (the binary is a thin shell).
+
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod clock;
+pub mod event;
+pub mod runtime;

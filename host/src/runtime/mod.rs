@@ -1,0 +1,1037 @@
+//! Loads, validates, caches and runs rule components.
+//!
+//! A [`Runtime`] owns one wasmtime engine and its linker. [`Runtime::load`]
+//! turns component bytes into a [`LoadedRule`]: compiled (through the
+//! on-disk [`cache`]), checked against the `sluice:rule` world, and
+//! pre-instantiated. A [`RuleInstance`] runs calls against a live instance
+//! of a loaded rule under the rule's [`Limits`]:
+//!
+//! - fuel and a wall-clock deadline (epoch interruption) per call;
+//! - a linear-memory cap (a resource limiter);
+//! - caps on what a call returns (verdicts, emitted events and bytes).
+//!
+//! A call that traps, times out, exhausts memory or returns garbage fails
+//! with a [`CallError`] carrying the guest backtrace; its instance is
+//! discarded and the next call gets a fresh one. Handler calls always run
+//! on a fresh instance, so no state leaks from one fire into another.
+//!
+//! Guests get an empty WASI context: no preopened directories, no network,
+//! no environment or arguments, no stdin. Clocks read the engine clock, so
+//! a rule under a manual clock is deterministic. Stdout and stderr become
+//! `tracing` events (see [`stdio`]).
+
+pub mod bindings;
+pub mod cache;
+pub mod limits;
+pub(crate) mod stdio;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, WasmBacktrace,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use self::bindings::wit::{self, Emit, Membership, RuleError, Verdict};
+use self::bindings::{Rule, RulePre, wit_host};
+pub use self::cache::{CacheOutcome, CompileCache};
+pub use self::limits::Limits;
+use self::limits::MemoryLimiter;
+use self::stdio::{GuestOutput, Stream};
+use crate::clock::{SharedClock, SystemClock};
+use crate::event::Event;
+
+/// The exports a component must have to implement the `rule` world.
+pub const REQUIRED_EXPORTS: [&str; 5] = [
+    "filter",
+    "partition-key",
+    "membership",
+    "select",
+    "handle-batch",
+];
+
+/// Most events packed into one `select` call; larger inputs are split.
+const SELECT_CHUNK_EVENTS: usize = 1_024;
+
+/// Longest event kind a handler may emit, in bytes.
+const MAX_EMIT_KIND: usize = 256;
+
+/// Names a rule in logs and errors: `tenant/rule`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RuleLabel {
+    /// The owning tenant.
+    pub tenant: Arc<str>,
+    /// The rule name (with version when known, e.g. `pr-digest@3`).
+    pub rule: Arc<str>,
+}
+
+impl RuleLabel {
+    /// A label for `rule` of `tenant`.
+    pub fn new(tenant: &str, rule: &str) -> Self {
+        Self {
+            tenant: tenant.into(),
+            rule: rule.into(),
+        }
+    }
+}
+
+impl fmt::Display for RuleLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.rule)
+    }
+}
+
+/// How the engine allocates instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolingConfig {
+    /// Component instances that may be live at once (across all rules).
+    pub max_instances: u32,
+    /// Core instances (and memories, tables) per component instance; a
+    /// componentized Python or JavaScript rule needs several.
+    pub core_per_component: u32,
+}
+
+impl Default for PoolingConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 256,
+            core_per_component: 8,
+        }
+    }
+}
+
+/// Engine-wide settings. Per-rule settings are [`Limits`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` compiles every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Meter fuel (a per-call instruction budget). Off only for measuring
+    /// its overhead.
+    pub fuel: bool,
+    /// Enforce per-call wall-clock deadlines by epoch interruption. Off only
+    /// for measuring its overhead.
+    pub deadlines: bool,
+    /// Granularity of deadlines: a call overruns its deadline by at most
+    /// about one tick.
+    pub epoch_tick: Duration,
+    /// Pre-reserve instance slots (faster instantiation, fixed capacity);
+    /// `None` allocates on demand, which scales to any number of rules.
+    pub pooling: Option<PoolingConfig>,
+    /// No rule may ask for more linear memory than this.
+    pub max_memory_bytes: u64,
+    /// The clock guests see through `now` and WASI clocks.
+    pub clock: SharedClock,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            fuel: true,
+            deadlines: true,
+            epoch_tick: Duration::from_millis(5),
+            pooling: None,
+            max_memory_bytes: 1 << 30,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Why a component could not be loaded as a rule.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a valid Wasm component.
+    #[error("not a valid Wasm component: {0}")]
+    Compile(String),
+    /// The component lacks exports of the `rule` world.
+    #[error(
+        "component does not implement world sluice:rule/rule@0.1.0: missing export(s) {} (it exports: {})",
+        list(missing),
+        list(found)
+    )]
+    MissingExports {
+        /// The required exports that are absent.
+        missing: Vec<String>,
+        /// What the component does export.
+        found: Vec<String>,
+    },
+    /// An export exists with the wrong signature.
+    #[error("component does not implement world sluice:rule/rule@0.1.0: {0}")]
+    WrongExportType(String),
+    /// The component imports something rules may not use.
+    #[error("component imports {}, which rules may not use (allowed: sluice:rule/*, wasi:*)", list(.0))]
+    UnsupportedImport(Vec<String>),
+    /// The linker could not satisfy the component's imports.
+    #[error("component imports cannot be satisfied: {0}")]
+    Link(String),
+    /// The rule's limits are outside what this engine allows.
+    #[error("limits: {0}")]
+    Limits(String),
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        return "nothing".into();
+    }
+    items
+        .iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What went wrong in one call into a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallErrorKind {
+    /// The call used up its fuel.
+    OutOfFuel {
+        /// The per-call budget.
+        fuel: u64,
+    },
+    /// The call overran its wall-clock deadline.
+    Timeout {
+        /// The per-call deadline.
+        deadline: Duration,
+    },
+    /// The guest tried to grow its memory beyond the cap.
+    MemoryLimit {
+        /// The cap, in bytes.
+        limit: u64,
+        /// The size the guest asked for, in bytes.
+        requested: u64,
+    },
+    /// The guest trapped (a panic, an `unreachable`, a bad access…).
+    Trap {
+        /// The trap, as wasmtime words it.
+        message: String,
+    },
+    /// The guest returned something the engine will not accept: too much,
+    /// too large, or malformed.
+    Output {
+        /// What was wrong.
+        problem: String,
+    },
+    /// The engine will not make the call: the input breaks a limit.
+    Input {
+        /// What was wrong.
+        problem: String,
+    },
+    /// The handler returned an error of its own.
+    Rule(RuleError),
+}
+
+/// A failed call into a rule, with the guest's backtrace and last stderr
+/// lines when there are any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    /// The rule called.
+    pub rule: RuleLabel,
+    /// The export called (`select`, `handle-batch`, …) or `instantiate`.
+    pub export: &'static str,
+    /// What went wrong.
+    pub kind: CallErrorKind,
+    /// The guest backtrace, when the call trapped.
+    pub backtrace: Option<String>,
+    /// The last lines the guest wrote to stderr during the call.
+    pub stderr: Vec<String>,
+}
+
+impl CallError {
+    /// True when the guest itself asked not to be retried.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self.kind, CallErrorKind::Rule(RuleError::Fatal(_)))
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rule {}: {}: ", self.rule, self.export)?;
+        match &self.kind {
+            CallErrorKind::OutOfFuel { fuel } => write!(f, "ran out of fuel ({fuel} units)")?,
+            CallErrorKind::Timeout { deadline } => {
+                write!(f, "exceeded its deadline of {deadline:?}")?
+            }
+            CallErrorKind::MemoryLimit { limit, requested } => write!(
+                f,
+                "exceeded its memory limit of {limit} bytes (asked for {requested})"
+            )?,
+            CallErrorKind::Trap { message } => write!(f, "trapped: {message}")?,
+            CallErrorKind::Output { problem } => write!(f, "invalid output: {problem}")?,
+            CallErrorKind::Input { problem } => write!(f, "refused: {problem}")?,
+            CallErrorKind::Rule(RuleError::Retryable(m)) => write!(f, "retryable error: {m}")?,
+            CallErrorKind::Rule(RuleError::Fatal(m)) => write!(f, "fatal error: {m}")?,
+        }
+        if !self.stderr.is_empty() {
+            write!(f, "\nguest stderr:")?;
+            for line in &self.stderr {
+                write!(f, "\n    {line}")?;
+            }
+        }
+        if let Some(bt) = &self.backtrace {
+            write!(f, "\n{}", bt.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// Host state of one store: the WASI context, the memory limiter, the
+/// output sink and the clock.
+pub(crate) struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    output: GuestOutput,
+    clock: SharedClock,
+}
+
+impl fmt::Debug for StoreState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreState")
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit::Host for StoreState {}
+
+impl wit_host::Host for StoreState {
+    fn log(&mut self, level: wit_host::Level, message: String) {
+        self.output.log(level, &message);
+    }
+
+    fn now(&mut self) -> i64 {
+        self.clock.now_millis()
+    }
+}
+
+/// The engine clock as WASI's wall clock.
+struct EngineWallClock(SharedClock);
+
+impl wasmtime_wasi::HostWallClock for EngineWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.0.now_millis()).unwrap_or(0))
+    }
+}
+
+/// The engine clock as WASI's monotonic clock (nanoseconds).
+struct EngineMonotonicClock(SharedClock);
+
+impl wasmtime_wasi::HostMonotonicClock for EngineMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.now_millis())
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+    }
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: Option<CompileCache>,
+    config: RuntimeConfig,
+    ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.ticker.take() {
+            stop.store(true, Ordering::Relaxed);
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A wasmtime engine configured for rules, with its linker and cache.
+/// Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Build an engine, its linker and (when configured) its compile cache.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut wc = wasmtime::Config::new();
+        wc.wasm_component_model(true)
+            .wasm_backtrace(true)
+            .consume_fuel(config.fuel)
+            .epoch_interruption(config.deadlines);
+        if let Some(pool) = &config.pooling {
+            let per = pool.core_per_component;
+            let mut p = PoolingAllocationConfig::default();
+            p.total_component_instances(pool.max_instances)
+                .total_core_instances(pool.max_instances.saturating_mul(per))
+                .total_memories(pool.max_instances.saturating_mul(per))
+                .total_tables(pool.max_instances.saturating_mul(per))
+                .max_core_instances_per_component(per)
+                .max_memories_per_component(per)
+                .max_tables_per_component(per)
+                .max_memory_size(usize::try_from(config.max_memory_bytes)?);
+            wc.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+        }
+        let engine = Engine::new(&wc).map_err(|e| anyhow::anyhow!("wasmtime engine: {e}"))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+        Rule::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("linking the host interface: {e}"))?;
+
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(CompileCache::new(dir, &engine).map_err(|e| {
+                anyhow::anyhow!("compile cache at {}: {e}", dir.display())
+            })?),
+            None => None,
+        };
+
+        let ticker = config.deadlines.then(|| {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (engine, stop2, tick) = (engine.clone(), stop.clone(), config.epoch_tick);
+            let handle = std::thread::Builder::new()
+                .name("sluice-epoch".into())
+                .spawn(move || {
+                    while !stop2.load(Ordering::Relaxed) {
+                        std::thread::park_timeout(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .expect("spawn the epoch ticker thread");
+            (stop, handle)
+        });
+
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                cache,
+                config,
+                ticker,
+            }),
+        })
+    }
+
+    /// The engine settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// The compile cache, when configured.
+    pub fn cache(&self) -> Option<&CompileCache> {
+        self.inner.cache.as_ref()
+    }
+
+    /// Compile (or fetch from the cache), validate and pre-instantiate a
+    /// rule component. Nothing runs guest code yet.
+    pub fn load(
+        &self,
+        label: RuleLabel,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> Result<LoadedRule, LoadError> {
+        let inner = &self.inner;
+        if limits.memory_bytes > inner.config.max_memory_bytes {
+            return Err(LoadError::Limits(format!(
+                "memory_bytes = {} is above the engine's maximum of {}",
+                limits.memory_bytes, inner.config.max_memory_bytes
+            )));
+        }
+        let digest = cache::digest(bytes);
+        let (component, cache) = match &inner.cache {
+            Some(c) => c.load(&inner.engine, &digest, bytes),
+            None => Component::new(&inner.engine, bytes).map(|c| (c, CacheOutcome::Disabled)),
+        }
+        .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+
+        check_world(&inner.engine, &component)?;
+        let pre = inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = RulePre::new(pre).map_err(|e| LoadError::WrongExportType(format!("{e:#}")))?;
+        Ok(LoadedRule {
+            inner: Arc::new(LoadedInner {
+                runtime: self.clone(),
+                label,
+                digest,
+                limits,
+                pre,
+                cache,
+            }),
+        })
+    }
+}
+
+/// Check exports and imports by name, so that a component built for
+/// another world is rejected with a message that says what is missing.
+fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let exports: BTreeSet<String> = ty
+        .exports(engine)
+        .filter(|(_, item)| matches!(item, ComponentItem::ComponentFunc(_)))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let missing: Vec<String> = REQUIRED_EXPORTS
+        .iter()
+        .filter(|name| !exports.contains(**name))
+        .map(|name| name.to_string())
+        .collect();
+    if !missing.is_empty() {
+        let found = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+        return Err(LoadError::MissingExports { missing, found });
+    }
+    let foreign: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .filter(|name| !(name.starts_with("wasi:") || name.starts_with("sluice:rule/")))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(LoadError::UnsupportedImport(foreign));
+    }
+    Ok(())
+}
+
+struct LoadedInner {
+    runtime: Runtime,
+    label: RuleLabel,
+    digest: String,
+    limits: Limits,
+    pre: RulePre<StoreState>,
+    cache: CacheOutcome,
+}
+
+/// A compiled, validated, pre-instantiated rule. Cheap to clone; share it
+/// between threads and give each its own [`RuleInstance`].
+#[derive(Clone)]
+pub struct LoadedRule {
+    inner: Arc<LoadedInner>,
+}
+
+impl fmt::Debug for LoadedRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedRule")
+            .field("label", &self.inner.label)
+            .field("digest", &self.inner.digest)
+            .field("cache", &self.inner.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedRule {
+    /// The rule's label.
+    pub fn label(&self) -> &RuleLabel {
+        &self.inner.label
+    }
+
+    /// SHA-256 of the component bytes (hex).
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+
+    /// The rule's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// How the compile cache served this load.
+    pub fn cache_outcome(&self) -> &CacheOutcome {
+        &self.inner.cache
+    }
+
+    /// A handle that runs calls; it instantiates lazily, on first use.
+    pub fn instance(&self) -> RuleInstance {
+        RuleInstance {
+            rule: self.clone(),
+            live: None,
+            pack: wit::EventPack {
+                events: Vec::new(),
+                text: Vec::new(),
+            },
+        }
+    }
+
+    fn error(&self, export: &'static str, kind: CallErrorKind) -> CallError {
+        CallError {
+            rule: self.inner.label.clone(),
+            export,
+            kind,
+            backtrace: None,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// A fresh store and instance, with the per-call budget already set so
+    /// that instantiation itself is bounded.
+    fn instantiate(&self) -> Result<Live, CallError> {
+        let rt = &self.inner.runtime.inner;
+        let output = GuestOutput::new(self.inner.label.clone(), self.inner.limits.max_log_bytes);
+        let clock = rt.config.clock.clone();
+        let wasi = WasiCtx::builder()
+            .stdout(output.stream(Stream::Stdout))
+            .stderr(output.stream(Stream::Stderr))
+            .wall_clock(EngineWallClock(clock.clone()))
+            .monotonic_clock(EngineMonotonicClock(clock.clone()))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = StoreState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(self.inner.limits.memory_bytes),
+            output,
+            clock,
+        };
+        let mut store = Store::new(&rt.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        self.arm(&mut store, "instantiate")?;
+        store.data().output.begin_call();
+        let result = self.inner.pre.instantiate(&mut store);
+        store.data().output.end_call();
+        match result {
+            Ok(bindings) => Ok(Live { store, bindings }),
+            Err(e) => Err(self.classify(&store, "instantiate", e)),
+        }
+    }
+
+    /// Give the store a full per-call budget.
+    fn arm(&self, store: &mut Store<StoreState>, export: &'static str) -> Result<(), CallError> {
+        let rt = &self.inner.runtime.inner;
+        let limits = &self.inner.limits;
+        if rt.config.fuel {
+            store.set_fuel(limits.fuel).map_err(|e| {
+                self.error(
+                    export,
+                    CallErrorKind::Trap {
+                        message: format!("cannot set fuel: {e}"),
+                    },
+                )
+            })?;
+        }
+        if rt.config.deadlines {
+            let tick = rt.config.epoch_tick.as_nanos().max(1);
+            // +1: the current tick may be about to end.
+            let ticks = limits.deadline.as_nanos().div_ceil(tick) + 1;
+            store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        }
+        store.data_mut().limiter.refused = None;
+        Ok(())
+    }
+
+    /// Turn a wasmtime error from a call into a [`CallError`].
+    fn classify(
+        &self,
+        store: &Store<StoreState>,
+        export: &'static str,
+        e: wasmtime::Error,
+    ) -> CallError {
+        let limits = &self.inner.limits;
+        let backtrace = e.downcast_ref::<WasmBacktrace>().map(|bt| bt.to_string());
+        let kind = match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => CallErrorKind::OutOfFuel { fuel: limits.fuel },
+            Some(Trap::Interrupt) => CallErrorKind::Timeout {
+                deadline: limits.deadline,
+            },
+            other => match store.data().limiter.refused {
+                Some(requested) => CallErrorKind::MemoryLimit {
+                    limit: limits.memory_bytes,
+                    requested,
+                },
+                None => CallErrorKind::Trap {
+                    message: match other {
+                        Some(trap) => trap.to_string(),
+                        None => format!("{:#}", e.root_cause()),
+                    },
+                },
+            },
+        };
+        CallError {
+            rule: self.inner.label.clone(),
+            export,
+            kind,
+            backtrace,
+            stderr: store.data().output.stderr_tail(),
+        }
+    }
+}
+
+/// A live store with an instance of the rule.
+struct Live {
+    store: Store<StoreState>,
+    bindings: Rule,
+}
+
+/// Runs calls into one rule. Reuses its instance between calls (it is
+/// replaced after any failure) except for handlers, which always get a
+/// fresh one.
+pub struct RuleInstance {
+    rule: LoadedRule,
+    live: Option<Live>,
+    /// Reused between `select` calls to avoid reallocating.
+    pack: wit::EventPack,
+}
+
+impl fmt::Debug for RuleInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuleInstance")
+            .field("rule", &self.rule.inner.label)
+            .field("live", &self.live.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuleInstance {
+    /// The rule this instance runs.
+    pub fn rule(&self) -> &LoadedRule {
+        &self.rule
+    }
+
+    /// Whether a live instance is held (false before the first call and
+    /// after a failed one).
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// Instantiate now (normally done lazily by the first call).
+    pub fn warm(&mut self) -> Result<(), CallError> {
+        if self.live.is_none() {
+            self.live = Some(self.rule.instantiate()?);
+        }
+        Ok(())
+    }
+
+    /// Drop the live instance; the next call instantiates afresh.
+    pub fn recycle(&mut self) {
+        self.live = None;
+    }
+
+    fn call<R>(
+        &mut self,
+        export: &'static str,
+        keep_instance: bool,
+        f: impl FnOnce(&Rule, &mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let mut live = match self.live.take() {
+            Some(live) => live,
+            None => self.rule.instantiate()?,
+        };
+        self.rule.arm(&mut live.store, export)?;
+        live.store.data().output.begin_call();
+        let result = f(&live.bindings, &mut live.store);
+        live.store.data().output.end_call();
+        match result {
+            Ok(value) => {
+                if keep_instance {
+                    self.live = Some(live);
+                }
+                Ok(value)
+            }
+            // After a trap the instance refuses further calls: it is
+            // dropped here and the next call instantiates a fresh one.
+            Err(e) => Err(self.rule.classify(&live.store, export, e)),
+        }
+    }
+
+    /// The rule's `filter` on one event.
+    pub fn filter(&mut self, event: &Event) -> Result<bool, CallError> {
+        let event = wit::Event::from(event);
+        self.call("filter", true, |b, s| b.call_filter(s, &event))
+    }
+
+    /// The rule's `partition-key` on one event.
+    pub fn partition_key(&mut self, event: &Event) -> Result<Option<String>, CallError> {
+        let event = wit::Event::from(event);
+        let key = self.call("partition-key", true, |b, s| b.call_partition_key(s, &event))?;
+        if let Some(k) = &key {
+            self.check_key("partition-key", 0, k)?;
+        }
+        Ok(key)
+    }
+
+    /// The rule's `membership` on one event.
+    pub fn membership(&mut self, event: &Event) -> Result<Membership, CallError> {
+        let event = wit::Event::from(event);
+        self.call("membership", true, |b, s| b.call_membership(s, &event))
+    }
+
+    /// The hot path: filter, partition key and membership of many events,
+    /// one verdict per event in order. Large inputs are split into several
+    /// calls so that a pack stays well within the guest's memory.
+    pub fn select(&mut self, events: &[Event]) -> Result<Vec<Verdict>, CallError> {
+        let mut verdicts = Vec::with_capacity(events.len());
+        // A pack should use at most a quarter of the guest's memory cap.
+        let byte_budget =
+            usize::try_from(self.rule.inner.limits.memory_bytes / 4).unwrap_or(usize::MAX);
+        let mut start = 0;
+        while start < events.len() {
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < events.len() && end - start < SELECT_CHUNK_EVENTS {
+                let e = &events[end];
+                let size = e.id.len() + e.source.len() + e.kind.len() + e.payload.len();
+                if end > start && bytes + size > byte_budget {
+                    break;
+                }
+                bytes += size;
+                end += 1;
+            }
+            self.select_chunk(&events[start..end], &mut verdicts)?;
+            start = end;
+        }
+        Ok(verdicts)
+    }
+
+    fn select_chunk(&mut self, events: &[Event], out: &mut Vec<Verdict>) -> Result<(), CallError> {
+        let mut pack = std::mem::replace(
+            &mut self.pack,
+            wit::EventPack {
+                events: Vec::new(),
+                text: Vec::new(),
+            },
+        );
+        let packed = pack_events(events, &mut pack);
+        let result = match packed {
+            Ok(()) => self.call("select", true, |b, s| b.call_select(s, &pack)),
+            Err(problem) => Err(self.rule.error("select", CallErrorKind::Input { problem })),
+        };
+        self.pack = pack;
+        let verdicts = result?;
+        if verdicts.len() != events.len() {
+            self.recycle();
+            return Err(self.rule.error(
+                "select",
+                CallErrorKind::Output {
+                    problem: format!(
+                        "returned {} verdicts for {} events",
+                        verdicts.len(),
+                        events.len()
+                    ),
+                },
+            ));
+        }
+        for (i, v) in verdicts.iter().enumerate() {
+            if let Verdict::Keep(wit::Placement {
+                partition: Some(k), ..
+            }) = v
+            {
+                self.check_key("select", i, k)?;
+            }
+        }
+        out.extend(verdicts);
+        Ok(())
+    }
+
+    fn check_key(&mut self, export: &'static str, index: usize, key: &str) -> Result<(), CallError> {
+        let max = self.rule.inner.limits.max_partition_key_bytes;
+        if key.len() > max {
+            return Err(self.rule.error(
+                export,
+                CallErrorKind::Output {
+                    problem: format!(
+                        "partition key of event {index} is {} bytes; the limit is {max}",
+                        key.len()
+                    ),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Run the handler on a fresh instance (no state survives from an
+    /// earlier fire) and check what it emits against the rule's limits.
+    pub fn handle_batch(&mut self, batch: &wit::Batch) -> Result<Vec<Emit>, CallError> {
+        let limits = self.rule.inner.limits.clone();
+        if batch.events.len() > limits.max_batch {
+            return Err(self.rule.error(
+                "handle-batch",
+                CallErrorKind::Input {
+                    problem: format!(
+                        "batch of {} events is above max_batch = {}",
+                        batch.events.len(),
+                        limits.max_batch
+                    ),
+                },
+            ));
+        }
+        self.live = None;
+        let result = self.call("handle-batch", false, |b, s| b.call_handle_batch(s, batch))?;
+        let emits = result.map_err(|e| self.rule.error("handle-batch", CallErrorKind::Rule(e)))?;
+        check_emits(&emits, &limits).map_err(|problem| {
+            self.rule
+                .error("handle-batch", CallErrorKind::Output { problem })
+        })?;
+        Ok(emits)
+    }
+}
+
+/// Pack events into `pack`, reusing its buffers.
+fn pack_events(events: &[Event], pack: &mut wit::EventPack) -> Result<(), String> {
+    pack.events.clear();
+    pack.text.clear();
+    let mut span = |text: &mut Vec<u8>, s: &str| -> Result<wit::Span, String> {
+        let start = u32::try_from(text.len()).map_err(|_| "pack over 4 GiB".to_string())?;
+        let len = u32::try_from(s.len()).map_err(|_| "field over 4 GiB".to_string())?;
+        text.extend_from_slice(s.as_bytes());
+        Ok(wit::Span { start, len })
+    };
+    for e in events {
+        let packed = wit::PackedEvent {
+            seq: e.seq,
+            time: e.time,
+            id: span(&mut pack.text, &e.id)?,
+            source: span(&mut pack.text, &e.source)?,
+            kind: span(&mut pack.text, &e.kind)?,
+            payload: span(&mut pack.text, &e.payload)?,
+        };
+        pack.events.push(packed);
+    }
+    Ok(())
+}
+
+/// Check a handler's output against the limits; the message names the
+/// offending emit.
+fn check_emits(emits: &[Emit], limits: &Limits) -> Result<(), String> {
+    if emits.len() > limits.max_emits {
+        return Err(format!(
+            "emitted {} events; max_emits = {}",
+            emits.len(),
+            limits.max_emits
+        ));
+    }
+    let mut bytes = 0usize;
+    for (i, emit) in emits.iter().enumerate() {
+        bytes = bytes.saturating_add(emit.kind.len() + emit.payload.len());
+        if bytes > limits.max_emit_bytes {
+            return Err(format!(
+                "emitted more than max_emit_bytes = {} (at emit {i})",
+                limits.max_emit_bytes
+            ));
+        }
+        if emit.kind.is_empty() || emit.kind.len() > MAX_EMIT_KIND {
+            return Err(format!(
+                "emit {i}: kind must be 1 to {MAX_EMIT_KIND} bytes, got {}",
+                emit.kind.len()
+            ));
+        }
+        match serde_json::from_str::<serde_json::Value>(&emit.payload) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(_) => return Err(format!("emit {i}: payload is not a JSON object")),
+            Err(e) => return Err(format!("emit {i}: payload is not valid JSON: {e}")),
+        }
+    }
+    Ok(())
+}
+
+impl From<&Event> for wit::Event {
+    fn from(e: &Event) -> Self {
+        wit::Event {
+            seq: e.seq,
+            id: e.id.clone(),
+            source: e.source.clone(),
+            kind: e.kind.clone(),
+            time: e.time,
+            payload: e.payload.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, payload: &str) -> Event {
+        Event {
+            seq: 7,
+            id: "ev-1".into(),
+            tenant: "t".into(),
+            source: "src".into(),
+            kind: kind.into(),
+            time: 1_000,
+            payload: payload.into(),
+        }
+    }
+
+    #[test]
+    fn pack_lays_out_fields_in_order() {
+        let mut pack = wit::EventPack {
+            events: vec![],
+            text: vec![],
+        };
+        pack_events(&[event("a", "{}"), event("bé", r#"{"x":1}"#)], &mut pack).unwrap();
+        let text = std::str::from_utf8(&pack.text).unwrap();
+        let field = |s: wit::Span| &text[s.start as usize..(s.start + s.len) as usize];
+        assert_eq!(field(pack.events[1].kind), "bé");
+        assert_eq!(field(pack.events[1].payload), r#"{"x":1}"#);
+        assert_eq!(field(pack.events[0].id), "ev-1");
+        assert_eq!(pack.events[0].seq, 7);
+    }
+
+    #[test]
+    fn emits_are_checked_and_named() {
+        let limits = Limits {
+            max_emits: 2,
+            max_emit_bytes: 40,
+            ..Limits::default()
+        };
+        let ok = Emit {
+            kind: "k".into(),
+            payload: "{}".into(),
+        };
+        assert!(check_emits(std::slice::from_ref(&ok), &limits).is_ok());
+        let too_many = vec![ok.clone(), ok.clone(), ok.clone()];
+        assert!(check_emits(&too_many, &limits).unwrap_err().contains("max_emits"));
+        let array = Emit {
+            kind: "k".into(),
+            payload: "[1]".into(),
+        };
+        assert_eq!(
+            check_emits(&[ok.clone(), array], &limits).unwrap_err(),
+            "emit 1: payload is not a JSON object"
+        );
+        let big = Emit {
+            kind: "k".into(),
+            payload: format!("{{\"a\":\"{}\"}}", "x".repeat(50)),
+        };
+        assert!(check_emits(&[big], &limits).unwrap_err().contains("max_emit_bytes"));
+        let unnamed = Emit {
+            kind: String::new(),
+            payload: "{}".into(),
+        };
+        assert!(check_emits(&[unnamed], &limits).unwrap_err().contains("kind"));
+    }
+}

@@ -1,0 +1,15 @@
+//! Shared helpers for Sluice's integration tests and benchmarks: the paths
+//! of the guest components that `build.rs` compiles from source.
+
+#![deny(missing_docs)]
+
+/// Paths of the compiled guest components, one constant per component
+/// (`KIND_FILTER`, `HOSTILE`, `PR_DIGEST`, …) and [`components::ALL`].
+pub mod components {
+    include!(concat!(env!("OUT_DIR"), "/components.rs"));
+}
+
+/// Read a component's bytes.
+pub fn component_bytes(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("read component {path}: {e}"))
+}
