@@ -538,7 +538,7 @@ mod tests {
             id: span(0, 4),
             source: span(4, 3),
             kind: span(7, 4),
-            payload: span(11, 26),
+            payload: span(11, 25),
         };
         let event = Event::from_pack(&packed, &text);
         assert_eq!(

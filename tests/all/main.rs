@@ -1,1 +1,62 @@
-fn main(){}
+//! Sluice's integration tests: one binary, a module per area.
+
+mod cli;
+mod examples;
+mod load;
+mod sandbox;
+
+use std::sync::Arc;
+
+use sluice::clock::{ManualClock, SharedClock};
+use sluice::event::Event;
+use sluice::runtime::{Limits, LoadedRule, RuleLabel, Runtime, RuntimeConfig};
+use sluice_test_components::component_bytes;
+
+/// A runtime with a manual clock and a private compile cache.
+pub struct Harness {
+    pub runtime: Runtime,
+    pub clock: ManualClock,
+    pub _cache: tempfile::TempDir,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    pub fn with(tweak: impl FnOnce(&mut RuntimeConfig)) -> Self {
+        let cache = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_767_225_600_000);
+        let mut config = RuntimeConfig {
+            cache_dir: Some(cache.path().to_path_buf()),
+            clock: Arc::new(clock.clone()) as SharedClock,
+            ..RuntimeConfig::default()
+        };
+        tweak(&mut config);
+        Self {
+            runtime: Runtime::new(config).unwrap(),
+            clock,
+            _cache: cache,
+        }
+    }
+
+    pub fn load(&self, path: &str, limits: Limits) -> LoadedRule {
+        let name = std::path::Path::new(path).file_stem().unwrap().to_string_lossy();
+        self.runtime
+            .load(RuleLabel::new("test", &name), &component_bytes(path), limits)
+            .unwrap_or_else(|e| panic!("load {path}: {e}"))
+    }
+}
+
+/// An event of `kind` with a JSON `payload`.
+pub fn event(seq: u64, kind: &str, payload: serde_json::Value) -> Event {
+    Event {
+        seq,
+        id: format!("ev-{seq}"),
+        tenant: "test".into(),
+        source: "tests".into(),
+        kind: kind.into(),
+        time: 1_767_225_600_000 + seq as i64,
+        payload: payload.to_string(),
+    }
+}

@@ -1,5 +1,5 @@
-//! Shared helpers for Sluice's integration tests and benchmarks: the paths
-//! of the guest components that `build.rs` compiles from source.
+//! Guest components for Sluice's integration tests and benchmarks, compiled
+//! from source by `build.rs` (see `tests/components` and `examples`).
 
 #![deny(missing_docs)]
 

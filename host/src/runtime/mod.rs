@@ -389,7 +389,7 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let mut wc = wasmtime::Config::new();
         wc.wasm_component_model(true)
-            .wasm_backtrace(true)
+            .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32))
             .consume_fuel(config.fuel)
             .epoch_interruption(config.deadlines);
         if let Some(pool) = &config.pooling {
@@ -503,7 +503,7 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> 
     let ty = component.component_type();
     let exports: BTreeSet<String> = ty
         .exports(engine)
-        .filter(|(_, item)| matches!(item, ComponentItem::ComponentFunc(_)))
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
         .map(|(name, _)| name.to_string())
         .collect();
     let missing: Vec<String> = REQUIRED_EXPORTS
@@ -903,7 +903,7 @@ impl RuleInstance {
 fn pack_events(events: &[Event], pack: &mut wit::EventPack) -> Result<(), String> {
     pack.events.clear();
     pack.text.clear();
-    let mut span = |text: &mut Vec<u8>, s: &str| -> Result<wit::Span, String> {
+    let span = |text: &mut Vec<u8>, s: &str| -> Result<wit::Span, String> {
         let start = u32::try_from(text.len()).map_err(|_| "pack over 4 GiB".to_string())?;
         let len = u32::try_from(s.len()).map_err(|_| "field over 4 GiB".to_string())?;
         text.extend_from_slice(s.as_bytes());
