@@ -551,7 +551,10 @@ mod tests {
             n: u32,
         }
         let p: P<'_> = event.json().unwrap();
-        assert_eq!((p.repo, p.n, event.seq(), event.time()), ("acme/api", 3, 5, 42));
+        assert_eq!(
+            (p.repo, p.n, event.seq(), event.time()),
+            ("acme/api", 3, 5, 42)
+        );
     }
 
     #[test]

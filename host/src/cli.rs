@@ -163,7 +163,11 @@ fn eval(
     let verdicts = match instance.select(&events) {
         Ok(v) => v,
         Err(e) => {
-            writeln!(out, "{}", json!({"type": "error", "message": e.to_string()}))?;
+            writeln!(
+                out,
+                "{}",
+                json!({"type": "error", "message": e.to_string()})
+            )?;
             return Ok(ExitCode::FAILURE);
         }
     };

@@ -74,7 +74,11 @@ mod tests {
     fn manual_clock_moves_only_forward() {
         let clock = ManualClock::new(1_000);
         assert_eq!(clock.advance(500), 1_500);
-        assert_eq!(clock.set(1_200), 1_500, "setting an earlier time is ignored");
+        assert_eq!(
+            clock.set(1_200),
+            1_500,
+            "setting an earlier time is ignored"
+        );
         assert_eq!(clock.set(2_000), 2_000);
         assert_eq!(clock.clone().now_millis(), 2_000, "clones share the time");
     }

@@ -19,7 +19,10 @@ fn lines(stdout: &[u8]) -> Vec<Value> {
 }
 
 fn example_events(name: &str) -> String {
-    format!("{}/../examples/{name}/events.ndjson", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../examples/{name}/events.ndjson",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 #[test]
@@ -31,12 +34,18 @@ fn eval_runs_the_pr_digest_example() {
         .arg(cache.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = lines(&out.stdout);
     let kinds: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        ["keep", "skip", "keep", "keep", "skip", "fire", "output", "fire", "output"]
+        [
+            "keep", "skip", "keep", "keep", "skip", "fire", "output", "fire", "output"
+        ]
     );
     let outputs: Vec<&Value> = lines.iter().filter(|l| l["type"] == "output").collect();
     assert_eq!(outputs[0]["payload"]["repo"], "acme/api");
@@ -63,14 +72,21 @@ fn eval_reports_a_failing_handler_and_exits_non_zero() {
     assert!(!out.status.success());
     let lines = lines(&out.stdout);
     let message = lines.last().unwrap()["message"].as_str().unwrap();
-    assert!(message.contains("hostile rule panicked on purpose"), "{message}");
+    assert!(
+        message.contains("hostile rule panicked on purpose"),
+        "{message}"
+    );
 }
 
 #[test]
 fn eval_names_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.ndjson");
-    std::fs::write(&events, "{\"source\":\"t\",\"kind\":\"k\",\"payload\":[1]}\n").unwrap();
+    std::fs::write(
+        &events,
+        "{\"source\":\"t\",\"kind\":\"k\",\"payload\":[1]}\n",
+    )
+    .unwrap();
     let out = sluice()
         .args(["eval", PR_DIGEST, "--events"])
         .arg(&events)

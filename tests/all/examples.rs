@@ -30,10 +30,26 @@ fn pr_digest_groups_merges_by_repository() {
     let h = Harness::new();
     let mut rule = h.load(PR_DIGEST, Limits::default()).instance();
     let events = [
-        event(1, "pull_request.merged", json!({"repo": "acme/api", "number": 1, "author": "ana"})),
-        event(2, "pull_request.opened", json!({"repo": "acme/api", "number": 2})),
-        event(3, "pull_request.merged", json!({"repo": "acme/web", "number": 3, "author": "bo"})),
-        event(4, "pull_request.merged", json!({"repo": "acme/api", "number": 4, "author": "ana"})),
+        event(
+            1,
+            "pull_request.merged",
+            json!({"repo": "acme/api", "number": 1, "author": "ana"}),
+        ),
+        event(
+            2,
+            "pull_request.opened",
+            json!({"repo": "acme/api", "number": 2}),
+        ),
+        event(
+            3,
+            "pull_request.merged",
+            json!({"repo": "acme/web", "number": 3, "author": "bo"}),
+        ),
+        event(
+            4,
+            "pull_request.merged",
+            json!({"repo": "acme/api", "number": 4, "author": "ana"}),
+        ),
     ];
     let verdicts = rule.select(&events).unwrap();
     assert_eq!(
@@ -48,10 +64,17 @@ fn pr_digest_groups_merges_by_repository() {
     // The per-event exports agree with select.
     assert!(rule.filter(&events[0]).unwrap());
     assert!(!rule.filter(&events[1]).unwrap());
-    assert_eq!(rule.partition_key(&events[2]).unwrap().as_deref(), Some("acme/web"));
+    assert_eq!(
+        rule.partition_key(&events[2]).unwrap().as_deref(),
+        Some("acme/web")
+    );
 
     let emits = rule
-        .handle_batch(&fire(Some("acme/api"), Reason::CountReached, &[events[0].clone(), events[3].clone()]))
+        .handle_batch(&fire(
+            Some("acme/api"),
+            Reason::CountReached,
+            &[events[0].clone(), events[3].clone()],
+        ))
         .unwrap();
     assert_eq!(emits.len(), 1);
     assert_eq!(emits[0].kind, "pr.digest");
@@ -90,7 +113,9 @@ fn user_inactive_maps_events_to_membership() {
         member_since: 1_767_225_600_002,
         epoch: 1,
     });
-    let emits = rule.handle_batch(&fire(Some("u1"), reason, &events[..2])).unwrap();
+    let emits = rule
+        .handle_batch(&fire(Some("u1"), reason, &events[..2]))
+        .unwrap();
     let out: Value = serde_json::from_str(&emits[0].payload).unwrap();
     assert_eq!(emits[0].kind, "user.inactive");
     assert_eq!(out["user_id"], "u1");
@@ -98,7 +123,9 @@ fn user_inactive_maps_events_to_membership() {
     assert_eq!(out["detected_at"], 1_800_000_000_000_i64);
 
     // A dwell rule fired for the wrong reason says so.
-    let err = rule.handle_batch(&fire(Some("u1"), Reason::Drained, &[])).unwrap_err();
+    let err = rule
+        .handle_batch(&fire(Some("u1"), Reason::Drained, &[]))
+        .unwrap_err();
     assert!(err.is_fatal(), "{err}");
 }
 
@@ -115,7 +142,11 @@ fn hourly_summary_totals_orders() {
     let verdicts = rule.select(&events).unwrap();
     assert_eq!(verdicts[2], Verdict::Skip);
     assert_eq!(verdicts[0], keep(None, Membership::Enter));
-    let kept: Vec<_> = events.iter().filter(|e| e.kind.starts_with("order.")).cloned().collect();
+    let kept: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind.starts_with("order."))
+        .cloned()
+        .collect();
     let reason = Reason::Schedule(wit::ScheduleReason {
         tick: 1_767_229_200_000,
         catch_up: true,
@@ -129,7 +160,14 @@ fn hourly_summary_totals_orders() {
 
     // An empty tick still summarises (skip_empty = false is the manifest's call).
     let emits = rule
-        .handle_batch(&fire(None, Reason::Schedule(wit::ScheduleReason { tick: 0, catch_up: false }), &[]))
+        .handle_batch(&fire(
+            None,
+            Reason::Schedule(wit::ScheduleReason {
+                tick: 0,
+                catch_up: false,
+            }),
+            &[],
+        ))
         .unwrap();
     let out: Value = serde_json::from_str(&emits[0].payload).unwrap();
     assert_eq!(out["events"], 0);

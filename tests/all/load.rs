@@ -44,7 +44,10 @@ fn exports_with_wrong_signatures_are_rejected() {
         .load(label(), &component_bytes(WRONG_TYPES), Limits::default())
         .unwrap_err();
     assert!(matches!(err, LoadError::WrongExportType(_)), "{err}");
-    assert!(err.to_string().contains("does not implement world"), "{err}");
+    assert!(
+        err.to_string().contains("does not implement world"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -71,7 +74,10 @@ fn memory_limit_above_the_engine_maximum_is_rejected() {
         .runtime
         .load(label(), &component_bytes(KIND_FILTER), limits)
         .unwrap_err();
-    assert!(err.to_string().contains("memory_bytes = 8589934592"), "{err}");
+    assert!(
+        err.to_string().contains("memory_bytes = 8589934592"),
+        "{err}"
+    );
 }
 
 #[test]

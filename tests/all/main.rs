@@ -41,9 +41,16 @@ impl Harness {
     }
 
     pub fn load(&self, path: &str, limits: Limits) -> LoadedRule {
-        let name = std::path::Path::new(path).file_stem().unwrap().to_string_lossy();
+        let name = std::path::Path::new(path)
+            .file_stem()
+            .unwrap()
+            .to_string_lossy();
         self.runtime
-            .load(RuleLabel::new("test", &name), &component_bytes(path), limits)
+            .load(
+                RuleLabel::new("test", &name),
+                &component_bytes(path),
+                limits,
+            )
             .unwrap_or_else(|e| panic!("load {path}: {e}"))
     }
 }

@@ -27,7 +27,9 @@ fn assert_healthy(hostile: &mut RuleInstance, other: &mut RuleInstance) {
         .select(&[event(1, "fine", json!({}))])
         .expect("hostile rule behaves after a failure");
     assert!(matches!(ok[0], Verdict::Keep(_)));
-    let emits = hostile.handle_batch(&batch("fine")).expect("handler behaves");
+    let emits = hostile
+        .handle_batch(&batch("fine"))
+        .expect("handler behaves");
     assert_eq!(emits[0].kind, "ok");
     let verdicts = other
         .select(&[event(1, "keep", json!({})), event(2, "drop", json!({}))])
@@ -120,7 +122,10 @@ fn huge_output_is_refused() {
     let err = hostile.handle_batch(&batch("huge")).unwrap_err();
     match &err.kind {
         CallErrorKind::Output { problem } => {
-            assert!(problem.contains("emitted 1000000 events; max_emits = 1000"), "{problem}")
+            assert!(
+                problem.contains("emitted 1000000 events; max_emits = 1000"),
+                "{problem}"
+            )
         }
         other => panic!("expected an output error, got {other:?}"),
     }
@@ -165,7 +170,10 @@ fn panic_is_reported_with_message_and_backtrace() {
         err.stderr
     );
     let text = err.to_string();
-    assert!(text.starts_with("rule test/hostile: handle-batch: trapped:"), "{text}");
+    assert!(
+        text.starts_with("rule test/hostile: handle-batch: trapped:"),
+        "{text}"
+    );
     assert!(err.backtrace.is_some());
     assert_healthy(&mut hostile, &mut other);
 }
@@ -181,7 +189,10 @@ fn handler_errors_are_typed() {
     );
     assert!(!err.is_fatal());
     let err = hostile.handle_batch(&batch("fatal")).unwrap_err();
-    assert_eq!(err.kind, CallErrorKind::Rule(RuleError::Fatal("never again".into())));
+    assert_eq!(
+        err.kind,
+        CallErrorKind::Rule(RuleError::Fatal("never again".into()))
+    );
     assert!(err.is_fatal());
     let err = hostile.handle_batch(&batch("not-json")).unwrap_err();
     assert_eq!(
@@ -249,7 +260,10 @@ fn a_spinning_rule_does_not_block_another() {
         let v = other.select(&[event(i, "keep", json!({}))]).unwrap();
         assert!(matches!(v[0], Verdict::Keep(_)));
     }
-    assert!(!spinner.is_finished(), "the healthy rule finished while the loop still ran");
+    assert!(
+        !spinner.is_finished(),
+        "the healthy rule finished while the loop still ran"
+    );
     let err = spinner.join().unwrap();
     assert!(matches!(err.kind, CallErrorKind::Timeout { .. }));
 }

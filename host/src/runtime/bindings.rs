@@ -12,7 +12,7 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq, Eq, serde::Serialize, serde::Deserialize],
 });
 
-/// The WIT types of `sluice:rule@0.1.0`, under a version-free name.
-pub use sluice::rule::types as wit;
 /// The host interface of `sluice:rule@0.1.0`.
 pub use sluice::rule::host as wit_host;
+/// The WIT types of `sluice:rule@0.1.0`, under a version-free name.
+pub use sluice::rule::types as wit;

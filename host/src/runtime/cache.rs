@@ -169,8 +169,16 @@ mod tests {
 
         let mut flipped = entry.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(CompileCache::check(&flipped).unwrap_err().contains("checksum"));
+        assert!(
+            CompileCache::check(&flipped)
+                .unwrap_err()
+                .contains("checksum")
+        );
         assert!(CompileCache::check(&entry[..entry.len() - 1]).is_err());
-        assert!(CompileCache::check(b"SLUICE").unwrap_err().contains("header"));
+        assert!(
+            CompileCache::check(b"SLUICE")
+                .unwrap_err()
+                .contains("header")
+        );
     }
 }

@@ -414,9 +414,10 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("linking the host interface: {e}"))?;
 
         let cache = match &config.cache_dir {
-            Some(dir) => Some(CompileCache::new(dir, &engine).map_err(|e| {
-                anyhow::anyhow!("compile cache at {}: {e}", dir.display())
-            })?),
+            Some(dir) => Some(
+                CompileCache::new(dir, &engine)
+                    .map_err(|e| anyhow::anyhow!("compile cache at {}: {e}", dir.display()))?,
+            ),
             None => None,
         };
 
@@ -776,7 +777,9 @@ impl RuleInstance {
     /// The rule's `partition-key` on one event.
     pub fn partition_key(&mut self, event: &Event) -> Result<Option<String>, CallError> {
         let event = wit::Event::from(event);
-        let key = self.call("partition-key", true, |b, s| b.call_partition_key(s, &event))?;
+        let key = self.call("partition-key", true, |b, s| {
+            b.call_partition_key(s, &event)
+        })?;
         if let Some(k) = &key {
             self.check_key("partition-key", 0, k)?;
         }
@@ -856,7 +859,12 @@ impl RuleInstance {
         Ok(())
     }
 
-    fn check_key(&mut self, export: &'static str, index: usize, key: &str) -> Result<(), CallError> {
+    fn check_key(
+        &mut self,
+        export: &'static str,
+        index: usize,
+        key: &str,
+    ) -> Result<(), CallError> {
         let max = self.rule.inner.limits.max_partition_key_bytes;
         if key.len() > max {
             return Err(self.rule.error(
@@ -1014,7 +1022,11 @@ mod tests {
         };
         assert!(check_emits(std::slice::from_ref(&ok), &limits).is_ok());
         let too_many = vec![ok.clone(), ok.clone(), ok.clone()];
-        assert!(check_emits(&too_many, &limits).unwrap_err().contains("max_emits"));
+        assert!(
+            check_emits(&too_many, &limits)
+                .unwrap_err()
+                .contains("max_emits")
+        );
         let array = Emit {
             kind: "k".into(),
             payload: "[1]".into(),
@@ -1027,11 +1039,19 @@ mod tests {
             kind: "k".into(),
             payload: format!("{{\"a\":\"{}\"}}", "x".repeat(50)),
         };
-        assert!(check_emits(&[big], &limits).unwrap_err().contains("max_emit_bytes"));
+        assert!(
+            check_emits(&[big], &limits)
+                .unwrap_err()
+                .contains("max_emit_bytes")
+        );
         let unnamed = Emit {
             kind: String::new(),
             payload: "{}".into(),
         };
-        assert!(check_emits(&[unnamed], &limits).unwrap_err().contains("kind"));
+        assert!(
+            check_emits(&[unnamed], &limits)
+                .unwrap_err()
+                .contains("kind")
+        );
     }
 }
