@@ -106,21 +106,23 @@ impl<'a> Event<'a> {
         }
     }
 
-    fn from_pack(p: &wit::PackedEvent, text: &'a [u8]) -> Self {
-        let field = |s: wit::Span| {
-            let (start, len) = (s.start as usize, s.len as usize);
-            match text.get(start..start + len) {
+    /// Event `i` of a pack (see `event-pack` in the WIT for the layout).
+    fn from_pack(pack: &'a wit::EventPack, i: usize) -> Self {
+        let field = |k: usize| {
+            let start = if k == 0 { 0 } else { pack.ends[k - 1] as usize };
+            let end = pack.ends[k] as usize;
+            match pack.text.get(start..end) {
                 Some(bytes) => bytes,
-                None => panic!("sluice: event field {start}+{len} outside the pack"),
+                None => panic!("sluice: event field {start}..{end} outside the pack"),
             }
         };
         Self {
-            seq: p.seq,
-            time: p.time,
-            id: field(p.id),
-            source: field(p.source),
-            kind: field(p.kind),
-            payload: field(p.payload),
+            seq: pack.seqs[i],
+            time: pack.times[i],
+            id: field(4 * i),
+            source: field(4 * i + 1),
+            kind: field(4 * i + 2),
+            payload: field(4 * i + 3),
         }
     }
 
@@ -429,20 +431,34 @@ impl<R: Rule> b::Guest for Adapter<R> {
         R::membership(&Event::from_wit(&event)).into()
     }
 
-    fn select(pack: wit::EventPack) -> Vec<wit::Verdict> {
-        pack.events
-            .iter()
-            .map(|p| {
-                let event = Event::from_pack(p, &pack.text);
-                match R::select(&event) {
-                    None => wit::Verdict::Skip,
-                    Some(place) => wit::Verdict::Keep(wit::Placement {
-                        partition: place.partition,
-                        membership: place.membership.into(),
-                    }),
+    fn select(pack: wit::EventPack) -> wit::Selection {
+        let n = pack.seqs.len();
+        assert!(
+            pack.times.len() == n && pack.ends.len() == 4 * n,
+            "sluice: malformed event pack ({n} seqs, {} times, {} ends)",
+            pack.times.len(),
+            pack.ends.len()
+        );
+        let mut verdicts = Vec::with_capacity(n);
+        let mut partitions = Vec::new();
+        for i in 0..n {
+            match R::select(&Event::from_pack(&pack, i)) {
+                None => verdicts.push(wit::Verdict::Skip),
+                Some(place) => {
+                    verdicts.push(match place.membership {
+                        Membership::Enter => wit::Verdict::Enter,
+                        Membership::Leave => wit::Verdict::Leave,
+                        Membership::Refresh => wit::Verdict::Refresh,
+                        Membership::Ignore => wit::Verdict::Ignore,
+                    });
+                    partitions.push(place.partition);
                 }
-            })
-            .collect()
+            }
+        }
+        wit::Selection {
+            verdicts,
+            partitions,
+        }
     }
 
     fn handle_batch(batch: wit::Batch) -> Result<Vec<wit::Emit>, wit::RuleError> {
@@ -530,17 +546,13 @@ mod tests {
 
     #[test]
     fn pack_fields_are_sliced_and_parsed() {
-        let text = br#"id-1srckind{"repo":"acme/api","n":3}"#.to_vec();
-        let span = |start, len| wit::Span { start, len };
-        let packed = wit::PackedEvent {
-            seq: 5,
-            time: 42,
-            id: span(0, 4),
-            source: span(4, 3),
-            kind: span(7, 4),
-            payload: span(11, 25),
+        let pack = wit::EventPack {
+            seqs: vec![5, 6],
+            times: vec![42, 43],
+            ends: vec![4, 7, 11, 36, 38, 39, 40, 42],
+            text: br#"id-1srckind{"repo":"acme/api","n":3}i2sk{}"#.to_vec(),
         };
-        let event = Event::from_pack(&packed, &text);
+        let event = Event::from_pack(&pack, 0);
         assert_eq!(
             (event.id(), event.source(), event.kind()),
             ("id-1", "src", "kind")
@@ -555,6 +567,17 @@ mod tests {
             (p.repo, p.n, event.seq(), event.time()),
             ("acme/api", 3, 5, 42)
         );
+        let second = Event::from_pack(&pack, 1);
+        assert_eq!(
+            (
+                second.id(),
+                second.source(),
+                second.kind(),
+                second.payload()
+            ),
+            ("i2", "s", "k", "{}")
+        );
+        assert_eq!((second.seq(), second.time()), (6, 43));
     }
 
     #[test]

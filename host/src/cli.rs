@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::clock::{Clock, SystemClock};
 use crate::event::Event;
-use crate::runtime::bindings::wit::{self, Reason, Verdict};
+use crate::runtime::Verdict;
+use crate::runtime::bindings::wit::{self, Reason};
 use crate::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
 
 /// Sluice: a WebAssembly-scripted rules engine.

@@ -2,7 +2,8 @@
 
 use serde_json::{Value, json};
 use sluice::runtime::Limits;
-use sluice::runtime::bindings::wit::{self, Membership, Placement, Reason, Verdict};
+use sluice::runtime::bindings::wit::{self, Membership, Reason};
+use sluice::runtime::{Placement, Verdict};
 use sluice_test_components::components::{HOURLY_SUMMARY, PR_DIGEST, USER_INACTIVE};
 
 use crate::{Harness, event};

@@ -13,6 +13,7 @@ use sluice::runtime::{Limits, LoadedRule, RuleLabel, Runtime, RuntimeConfig};
 use sluice_test_components::component_bytes;
 
 /// A runtime with a manual clock and a private compile cache.
+#[derive(Debug)]
 pub struct Harness {
     pub runtime: Runtime,
     pub clock: ManualClock,

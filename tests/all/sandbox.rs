@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice::runtime::bindings::wit::{self, Reason, RuleError, Verdict};
+use sluice::runtime::Verdict;
+use sluice::runtime::bindings::wit::{self, Reason, RuleError};
 use sluice::runtime::{CallErrorKind, Limits, RuleInstance};
 use sluice_test_components::components::{HOSTILE, KIND_FILTER};
 
@@ -279,5 +280,44 @@ fn select_splits_large_inputs() {
     assert_eq!(verdicts.len(), 5_000);
     for (i, v) in verdicts.iter().enumerate() {
         assert_eq!(matches!(v, Verdict::Keep(_)), i % 3 == 0, "event {i}");
+    }
+}
+
+/// A `tracing` writer that keeps everything in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn guest_output_becomes_log_events_tagged_with_the_rule() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let h = Harness::new();
+    let mut hostile = h.load(HOSTILE, Limits::default()).instance();
+    tracing::subscriber::with_default(subscriber, || {
+        hostile.handle_batch(&batch("chat")).unwrap();
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    for expected in [
+        r#"sluice::runtime::stdio: hello from stdout tenant=test rule=hostile stream="stdout""#,
+        r#"sluice::runtime::stdio: hello from stderr tenant=test rule=hostile stream="stderr""#,
+        "WARN sluice::runtime::stdio: hello from the log tenant=test rule=hostile",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }

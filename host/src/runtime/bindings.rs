@@ -13,6 +13,6 @@ wasmtime::component::bindgen!({
 });
 
 /// The host interface of `sluice:rule@0.1.0`.
-pub use sluice::rule::host as wit_host;
+pub use self::sluice::rule::host as wit_host;
 /// The WIT types of `sluice:rule@0.1.0`, under a version-free name.
-pub use sluice::rule::types as wit;
+pub use self::sluice::rule::types as wit;

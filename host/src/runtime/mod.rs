@@ -40,7 +40,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use self::bindings::wit::{self, Emit, Membership, RuleError, Verdict};
+use self::bindings::wit::{self, Emit, Membership, RuleError};
 use self::bindings::{Rule, RulePre, wit_host};
 pub use self::cache::{CacheOutcome, CompileCache};
 pub use self::limits::Limits;
@@ -87,6 +87,24 @@ impl fmt::Display for RuleLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.tenant, self.rule)
     }
+}
+
+/// Where a kept event goes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Placement {
+    /// The partition key; `None` is the rule's global partition.
+    pub partition: Option<String>,
+    /// What the event does to the partition's membership (dwell rules).
+    pub membership: Membership,
+}
+
+/// A rule's decision on one event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum Verdict {
+    /// The event does not concern the rule.
+    Skip,
+    /// The event concerns the rule and goes here.
+    Keep(Placement),
 }
 
 /// How the engine allocates instances.
@@ -579,10 +597,7 @@ impl LoadedRule {
         RuleInstance {
             rule: self.clone(),
             live: None,
-            pack: wit::EventPack {
-                events: Vec::new(),
-                text: Vec::new(),
-            },
+            pack: empty_pack(),
         }
     }
 
@@ -820,42 +835,57 @@ impl RuleInstance {
     }
 
     fn select_chunk(&mut self, events: &[Event], out: &mut Vec<Verdict>) -> Result<(), CallError> {
-        let mut pack = std::mem::replace(
-            &mut self.pack,
-            wit::EventPack {
-                events: Vec::new(),
-                text: Vec::new(),
-            },
-        );
+        let mut pack = std::mem::replace(&mut self.pack, empty_pack());
         let packed = pack_events(events, &mut pack);
         let result = match packed {
             Ok(()) => self.call("select", true, |b, s| b.call_select(s, &pack)),
             Err(problem) => Err(self.rule.error("select", CallErrorKind::Input { problem })),
         };
         self.pack = pack;
-        let verdicts = result?;
-        if verdicts.len() != events.len() {
+        let selection = result?;
+        let wit::Selection {
+            verdicts,
+            partitions,
+        } = selection;
+        let kept = verdicts
+            .iter()
+            .filter(|v| !matches!(v, wit::Verdict::Skip))
+            .count();
+        if verdicts.len() != events.len() || partitions.len() != kept {
             self.recycle();
             return Err(self.rule.error(
                 "select",
                 CallErrorKind::Output {
                     problem: format!(
-                        "returned {} verdicts for {} events",
+                        "returned {} verdicts ({kept} kept) and {} partition keys for {} events",
                         verdicts.len(),
+                        partitions.len(),
                         events.len()
                     ),
                 },
             ));
         }
-        for (i, v) in verdicts.iter().enumerate() {
-            if let Verdict::Keep(wit::Placement {
-                partition: Some(k), ..
-            }) = v
-            {
+        let mut partitions = partitions.into_iter();
+        for (i, verdict) in verdicts.into_iter().enumerate() {
+            let membership = match verdict {
+                wit::Verdict::Skip => {
+                    out.push(Verdict::Skip);
+                    continue;
+                }
+                wit::Verdict::Enter => Membership::Enter,
+                wit::Verdict::Leave => Membership::Leave,
+                wit::Verdict::Refresh => Membership::Refresh,
+                wit::Verdict::Ignore => Membership::Ignore,
+            };
+            let partition = partitions.next().flatten();
+            if let Some(k) = &partition {
                 self.check_key("select", i, k)?;
             }
+            out.push(Verdict::Keep(Placement {
+                partition,
+                membership,
+            }));
         }
-        out.extend(verdicts);
         Ok(())
     }
 
@@ -907,26 +937,31 @@ impl RuleInstance {
     }
 }
 
-/// Pack events into `pack`, reusing its buffers.
+fn empty_pack() -> wit::EventPack {
+    wit::EventPack {
+        seqs: Vec::new(),
+        times: Vec::new(),
+        ends: Vec::new(),
+        text: Vec::new(),
+    }
+}
+
+/// Pack events into `pack` (layout: `event-pack` in the WIT), reusing its
+/// buffers.
 fn pack_events(events: &[Event], pack: &mut wit::EventPack) -> Result<(), String> {
-    pack.events.clear();
+    pack.seqs.clear();
+    pack.times.clear();
+    pack.ends.clear();
     pack.text.clear();
-    let span = |text: &mut Vec<u8>, s: &str| -> Result<wit::Span, String> {
-        let start = u32::try_from(text.len()).map_err(|_| "pack over 4 GiB".to_string())?;
-        let len = u32::try_from(s.len()).map_err(|_| "field over 4 GiB".to_string())?;
-        text.extend_from_slice(s.as_bytes());
-        Ok(wit::Span { start, len })
-    };
     for e in events {
-        let packed = wit::PackedEvent {
-            seq: e.seq,
-            time: e.time,
-            id: span(&mut pack.text, &e.id)?,
-            source: span(&mut pack.text, &e.source)?,
-            kind: span(&mut pack.text, &e.kind)?,
-            payload: span(&mut pack.text, &e.payload)?,
-        };
-        pack.events.push(packed);
+        pack.seqs.push(e.seq);
+        pack.times.push(e.time);
+        for field in [&e.id, &e.source, &e.kind, &e.payload] {
+            pack.text.extend_from_slice(field.as_bytes());
+            let end = u32::try_from(pack.text.len())
+                .map_err(|_| "an event pack cannot exceed 4 GiB".to_string())?;
+            pack.ends.push(end);
+        }
     }
     Ok(())
 }
@@ -996,17 +1031,23 @@ mod tests {
 
     #[test]
     fn pack_lays_out_fields_in_order() {
-        let mut pack = wit::EventPack {
-            events: vec![],
-            text: vec![],
-        };
+        let mut pack = empty_pack();
         pack_events(&[event("a", "{}"), event("bé", r#"{"x":1}"#)], &mut pack).unwrap();
         let text = std::str::from_utf8(&pack.text).unwrap();
-        let field = |s: wit::Span| &text[s.start as usize..(s.start + s.len) as usize];
-        assert_eq!(field(pack.events[1].kind), "bé");
-        assert_eq!(field(pack.events[1].payload), r#"{"x":1}"#);
-        assert_eq!(field(pack.events[0].id), "ev-1");
-        assert_eq!(pack.events[0].seq, 7);
+        let field = |k: usize| {
+            let start = if k == 0 { 0 } else { pack.ends[k - 1] as usize };
+            &text[start..pack.ends[k] as usize]
+        };
+        assert_eq!(
+            [field(0), field(1), field(2), field(3)],
+            ["ev-1", "src", "a", "{}"]
+        );
+        assert_eq!(field(6), "bé");
+        assert_eq!(field(7), r#"{"x":1}"#);
+        assert_eq!(
+            (pack.seqs.clone(), pack.times.clone()),
+            (vec![7, 7], vec![1_000, 1_000])
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - `retry` / `fatal`: returns that error (handler)
 //! - `not-json`: emits a payload that is not a JSON object (handler)
 //! - `shout`: writes 1 MiB to stdout and stderr, then behaves
+//! - `chat`: writes a line to stdout, stderr and the log, then behaves
 //! - anything else: behaves (keeps the event, emits one `ok` event)
 
 use sluice_sdk::prelude::*;
@@ -37,6 +38,11 @@ fn misbehave(kind: &str) {
                 println!("{line}");
                 eprintln!("{line}");
             }
+        }
+        "chat" => {
+            println!("hello from stdout");
+            eprintln!("hello from stderr");
+            log::warn("hello from the log");
         }
         _ => {}
     }
