@@ -112,7 +112,9 @@ fn read_events(path: &Path, now: i64) -> anyhow::Result<Vec<Event>> {
     Ok(events)
 }
 
-fn parse_reason(reason: &str, now: i64, events: &[Event]) -> anyhow::Result<Reason> {
+/// The handler's reason; a dwell reason's `member_since` is the time of the
+/// partition's last event.
+fn parse_reason(reason: &str, now: i64, events: &[wit::Event]) -> anyhow::Result<Reason> {
     Ok(match reason {
         "count-reached" => Reason::CountReached,
         "window-expired" => Reason::WindowExpired,
@@ -144,7 +146,8 @@ fn eval(
     let clock = Arc::new(SystemClock);
     let now = clock.now_millis();
     let events = read_events(events_path, now)?;
-    let reason_value = parse_reason(reason, now, &events)?;
+    // Reject a bad --reason before doing any work.
+    parse_reason(reason, now, &[])?;
     let bytes =
         std::fs::read(rule_path).with_context(|| format!("read {}", rule_path.display()))?;
     let name = rule_path
@@ -199,7 +202,7 @@ fn eval(
             fire_id: format!("eval:{name}:{}", partition.as_deref().unwrap_or("")),
             rule: name.clone(),
             partition: partition.clone(),
-            reason: reason_value.clone(),
+            reason: parse_reason(reason, now, &events)?,
             attempt: 1,
             events,
         };

@@ -20,9 +20,15 @@ pub struct Harness {
     pub _cache: tempfile::TempDir,
 }
 
+impl Default for Harness {
+    fn default() -> Self {
+        Self::with(|_| {})
+    }
+}
+
 impl Harness {
     pub fn new() -> Self {
-        Self::with(|_| {})
+        Self::default()
     }
 
     pub fn with(tweak: impl FnOnce(&mut RuntimeConfig)) -> Self {

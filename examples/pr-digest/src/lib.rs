@@ -34,10 +34,10 @@ impl Rule for PrDigest {
         for event in batch.events() {
             let m: Merged<'_> = event.json()?;
             prs.push(json!({ "number": m.number, "title": m.title }));
-            if let Some(a) = m.author {
-                if !authors.contains(&a) {
-                    authors.push(a);
-                }
+            if let Some(a) = m.author
+                && !authors.contains(&a)
+            {
+                authors.push(a);
             }
         }
         let why = match batch.reason() {

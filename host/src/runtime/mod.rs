@@ -247,9 +247,14 @@ pub enum CallErrorKind {
 }
 
 /// A failed call into a rule, with the guest's backtrace and last stderr
-/// lines when there are any.
+/// lines when there are any. Boxed, so that `Result<_, CallError>` stays
+/// small on the hot path; its fields are reached through `Deref`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallError {
+pub struct CallError(Box<CallErrorDetail>);
+
+/// The contents of a [`CallError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallErrorDetail {
     /// The rule called.
     pub rule: RuleLabel,
     /// The export called (`select`, `handle-batch`, …) or `instantiate`.
@@ -260,6 +265,20 @@ pub struct CallError {
     pub backtrace: Option<String>,
     /// The last lines the guest wrote to stderr during the call.
     pub stderr: Vec<String>,
+}
+
+impl std::ops::Deref for CallError {
+    type Target = CallErrorDetail;
+
+    fn deref(&self) -> &CallErrorDetail {
+        &self.0
+    }
+}
+
+impl From<CallErrorDetail> for CallError {
+    fn from(detail: CallErrorDetail) -> Self {
+        Self(Box::new(detail))
+    }
 }
 
 impl CallError {
@@ -602,13 +621,14 @@ impl LoadedRule {
     }
 
     fn error(&self, export: &'static str, kind: CallErrorKind) -> CallError {
-        CallError {
+        CallErrorDetail {
             rule: self.inner.label.clone(),
             export,
             kind,
             backtrace: None,
             stderr: Vec::new(),
         }
+        .into()
     }
 
     /// A fresh store and instance, with the per-call budget already set so
@@ -696,13 +716,14 @@ impl LoadedRule {
                 },
             },
         };
-        CallError {
+        CallErrorDetail {
             rule: self.inner.label.clone(),
             export,
             kind,
             backtrace,
             stderr: store.data().output.stderr_tail(),
         }
+        .into()
     }
 }
 
