@@ -13,6 +13,8 @@ use serde_json::json;
 
 use crate::clock::{Clock, SystemClock};
 use crate::event::Event;
+use crate::log::validate::{EventLimits, parse_event};
+use crate::log::{AppendOutcome, Durability, EventLog, LogConfig, NewEvent};
 use crate::runtime::Verdict;
 use crate::runtime::bindings::wit::{self, Reason};
 use crate::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
@@ -44,6 +46,24 @@ enum Command {
         #[arg(long, env = "SLUICE_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
     },
+    /// Append NDJSON events from stdin to a log database. Each event is
+    /// acknowledged on stdout — {"line", "seq", "outcome", "id"} — once its
+    /// batch is committed. A bad line stops the import with an error naming
+    /// it; everything acknowledged before stays.
+    Ingest {
+        /// The database file.
+        #[arg(long, default_value = "sluice.db")]
+        db: PathBuf,
+        /// The tenant the events belong to.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Lines per commit.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// full (survives power loss) or normal (survives a process crash).
+        #[arg(long, default_value = "full")]
+        durability: Durability,
+    },
 }
 
 /// Run the command line; the process exit code is the result.
@@ -57,6 +77,12 @@ pub fn main() -> ExitCode {
             reason,
             cache_dir,
         } => eval(&rule, &events, &reason, cache_dir),
+        Command::Ingest {
+            db,
+            tenant,
+            batch,
+            durability,
+        } => ingest(&db, &tenant, batch.max(1), durability),
     };
     match result {
         Ok(code) => code,
@@ -240,4 +266,57 @@ fn eval(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn ingest(
+    db: &Path,
+    tenant: &str,
+    batch: usize,
+    durability: Durability,
+) -> anyhow::Result<ExitCode> {
+    let log = EventLog::open_sqlite(db, durability, LogConfig::default(), Arc::new(SystemClock))
+        .with_context(|| format!("open {}", db.display()))?;
+    let limits = EventLimits::default();
+    let mut out = std::io::stdout().lock();
+    let mut pending: Vec<(usize, NewEvent)> = Vec::with_capacity(batch);
+    let flush = |pending: &mut Vec<(usize, NewEvent)>, out: &mut std::io::StdoutLock<'_>| {
+        if pending.is_empty() {
+            return anyhow::Ok(());
+        }
+        let (lines, events): (Vec<usize>, Vec<NewEvent>) = pending.drain(..).unzip();
+        let ids: Vec<Option<String>> = events.iter().map(|e| e.id.clone()).collect();
+        let report = log.append_blocking(events)?;
+        for ((line, id), outcome) in lines.into_iter().zip(ids).zip(report.outcomes) {
+            let (seq, outcome) = match outcome {
+                AppendOutcome::Accepted(s) => (s, "accepted"),
+                AppendOutcome::Duplicate(s) => (s, "duplicate"),
+            };
+            writeln!(
+                out,
+                "{}",
+                json!({"line": line, "seq": seq, "outcome": outcome, "id": id})
+            )?;
+        }
+        out.flush()?;
+        Ok(())
+    };
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.context("read stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_event(tenant, &line, &limits) {
+            Ok(event) => pending.push((n + 1, event)),
+            Err(e) => {
+                flush(&mut pending, &mut out)?;
+                bail!("line {}: {e}", n + 1);
+            }
+        }
+        if pending.len() >= batch {
+            flush(&mut pending, &mut out)?;
+        }
+    }
+    flush(&mut pending, &mut out)?;
+    log.close();
+    Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,11 @@
 //!
 //! - [`clock`]: the engine clock — real in production, manual in tests.
 //! - [`event`]: the event record shared by every part of the engine.
+//! - [`log`]: the durable event log — group-committed ingest with dedupe,
+//!   queries, the live feed and retention.
+//!   - [`log::validate`]: checks incoming events; errors name the field.
+//!   - [`log::store`]: the storage traits a backend implements.
+//!   - [`log::sqlite`]: the embedded SQLite backend (WAL, one file).
 //! - [`runtime`]: loads, validates, caches and runs rule components in a
 //!   sandbox with per-call limits; the only place that touches wasmtime.
 //!   - [`runtime::bindings`]: the one `bindgen!` site; the WIT types.
@@ -25,4 +30,5 @@
 pub mod cli;
 pub mod clock;
 pub mod event;
+pub mod log;
 pub mod runtime;

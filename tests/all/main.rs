@@ -1,8 +1,10 @@
 //! Sluice's integration tests: one binary, a module per area.
 
 mod cli;
+mod crash;
 mod examples;
 mod load;
+mod log;
 mod sandbox;
 
 use std::sync::Arc;

@@ -1,0 +1,626 @@
+//! The durable event log: ingest with dedupe, queries, the live feed and
+//! retention.
+//!
+//! One writer thread owns every write ([`EventLog`] sends it commands).
+//! It takes whatever requests are queued — up to `max_batch_events` — and
+//! commits them in one transaction (group commit); each request is
+//! acknowledged only after that commit. Seqs are assigned by the writer,
+//! 1-based and gap-free, so log order, seq order and feed order are one.
+//!
+//! The feed is the log read from a cursor: a subscriber replays from the
+//! store, then follows an in-memory ring of recent events, and waits for the
+//! next commit when it has seen everything. A subscriber that falls behind
+//! the ring reads from the store again; it never blocks the writer and never
+//! misses or repeats an item.
+//!
+//! Retention deletes old events by age and/or count, but never events at or
+//! after the lowest *pin*: a pin is `(owner, min_seq)`, set by whatever
+//! still needs events (a rule's cursor, an open window's buffer, a pending
+//! fire) and moved forward as that need goes away.
+
+pub mod sqlite;
+pub mod store;
+pub mod validate;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use self::sqlite::{Durability, SqliteBackend};
+pub use self::store::{
+    AppendOutcome, LogBackend, LogWriter, PruneReport, RetentionPolicy, StoreError,
+};
+pub use self::validate::{EventLimits, ValidationError};
+use crate::clock::SharedClock;
+use crate::event::Event;
+
+/// An event as submitted, already validated (see [`validate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The owning tenant.
+    pub tenant: String,
+    /// Idempotency key; generated (time-sortable) when absent.
+    pub id: Option<String>,
+    /// Who sent it.
+    pub source: String,
+    /// What happened.
+    pub kind: String,
+    /// When it happened (ms); the ingest time when absent.
+    pub time: Option<i64>,
+    /// A JSON object, as text.
+    pub payload: String,
+}
+
+/// A read of the log. Results come in seq order, at most `limit` of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only this tenant's events (`None`: all tenants, for the engine).
+    pub tenant: Option<String>,
+    /// Only events with a greater seq.
+    pub after_seq: Option<u64>,
+    /// Only events with seq at most this.
+    pub until_seq: Option<u64>,
+    /// Only events whose time is at or after this (ms).
+    pub since: Option<i64>,
+    /// Only events whose time is before this (ms).
+    pub until: Option<i64>,
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// At most this many events.
+    pub limit: usize,
+}
+
+impl EventQuery {
+    /// All of `tenant`'s events, up to `limit`.
+    pub fn tenant(tenant: &str, limit: usize) -> Self {
+        Self {
+            tenant: Some(tenant.to_owned()),
+            after_seq: None,
+            until_seq: None,
+            since: None,
+            until: None,
+            source: None,
+            kind: None,
+            limit,
+        }
+    }
+}
+
+/// What an ingest request got: one outcome per event, in order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AppendReport {
+    /// Events newly stored.
+    pub accepted: usize,
+    /// Events already stored within the dedupe window.
+    pub duplicates: usize,
+    /// The seq of every event of the request (original seq for duplicates).
+    pub seqs: Vec<u64>,
+    /// Per event: accepted or duplicate.
+    pub outcomes: Vec<AppendOutcome>,
+}
+
+impl AppendReport {
+    fn new(outcomes: Vec<AppendOutcome>) -> Self {
+        let duplicates = outcomes
+            .iter()
+            .filter(|o| matches!(o, AppendOutcome::Duplicate(_)))
+            .count();
+        Self {
+            accepted: outcomes.len() - duplicates,
+            duplicates,
+            seqs: outcomes.iter().map(|o| o.seq()).collect(),
+            outcomes,
+        }
+    }
+}
+
+/// Why a log operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The store failed; nothing of the request was written.
+    #[error("event log storage: {0}")]
+    Store(#[from] StoreError),
+    /// The log is shut down.
+    #[error("the event log is closed")]
+    Closed,
+}
+
+/// Settings of the log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A repeated (tenant, id) within this window is a duplicate.
+    pub dedupe_window: Duration,
+    /// Most events committed in one transaction.
+    pub max_batch_events: usize,
+    /// Wait this long for more requests before committing (0: commit as
+    /// soon as the queue is drained; batching then comes from load alone).
+    pub linger: Duration,
+    /// Recent events kept in memory for the feed.
+    pub feed_ring: usize,
+    /// Requests queued for the writer before ingest waits (backpressure).
+    pub queue: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            dedupe_window: Duration::from_secs(24 * 3600),
+            max_batch_events: 10_000,
+            linger: Duration::ZERO,
+            feed_ring: 65_536,
+            queue: 1_024,
+        }
+    }
+}
+
+/// One item of the feed. Events only, for now; fires, outputs and errors
+/// join as further variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FeedItem {
+    /// An event of the log.
+    Event(Arc<Event>),
+}
+
+impl FeedItem {
+    /// Position in the log.
+    pub fn seq(&self) -> u64 {
+        match self {
+            FeedItem::Event(e) => e.seq,
+        }
+    }
+}
+
+enum Command {
+    Append {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<AppendReport, LogError>>,
+    },
+    Pin {
+        owner: String,
+        min_seq: Option<u64>,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    Prune {
+        policy: RetentionPolicy,
+        reply: oneshot::Sender<Result<PruneReport, LogError>>,
+    },
+}
+
+/// Recent committed events, contiguous in seq.
+#[derive(Debug)]
+struct Ring {
+    events: Mutex<VecDeque<Arc<Event>>>,
+    capacity: usize,
+}
+
+impl Ring {
+    fn push(&self, stored: &[Arc<Event>]) {
+        let mut ring = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        for e in stored {
+            if ring.len() == self.capacity {
+                ring.pop_front();
+            }
+            ring.push_back(e.clone());
+        }
+    }
+
+    /// Events from `from` to `until` (inclusive) matching `tenant`, at most
+    /// `max`, and the seq to continue at; `None` when `from` is no longer
+    /// (or not yet) in the ring.
+    fn read(
+        &self,
+        from: u64,
+        until: u64,
+        tenant: Option<&str>,
+        max: usize,
+    ) -> Option<(Vec<Arc<Event>>, u64)> {
+        let ring = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let first = ring.front()?.seq;
+        if from < first {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut next = from;
+        for e in ring.range((from - first) as usize..) {
+            if e.seq > until || out.len() == max {
+                break;
+            }
+            if tenant.is_none_or(|t| t == e.tenant) {
+                out.push(e.clone());
+            }
+            next = e.seq + 1;
+        }
+        Some((out, next))
+    }
+}
+
+struct Shared {
+    backend: Arc<dyn LogBackend>,
+    ring: Ring,
+    committed: watch::Sender<u64>,
+}
+
+/// The event log. Cheap to clone; clones share the writer.
+#[derive(Clone)]
+pub struct EventLog {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("last_seq", &self.last_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLog {
+    /// Open the log on `backend` and start its writer thread.
+    pub fn open(
+        backend: Arc<dyn LogBackend>,
+        config: LogConfig,
+        clock: SharedClock,
+    ) -> Result<Self, LogError> {
+        let mut writer = backend.open_writer()?;
+        let (committed, _) = watch::channel(writer.last_seq());
+        let shared = Arc::new(Shared {
+            backend,
+            ring: Ring {
+                events: Mutex::new(VecDeque::new()),
+                capacity: config.feed_ring.max(1),
+            },
+            committed,
+        });
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("sluice-log-writer".into())
+            .spawn(move || run_writer(&mut *writer, rx, &thread_shared, &config, &clock))
+            .map_err(|e| StoreError::new("start the writer thread", e))?;
+        Ok(Self {
+            tx,
+            shared,
+            writer: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Open an SQLite log at `path` with default settings.
+    pub fn open_sqlite(
+        path: impl AsRef<std::path::Path>,
+        durability: Durability,
+        config: LogConfig,
+        clock: SharedClock,
+    ) -> Result<Self, LogError> {
+        let backend = SqliteBackend::open(path, durability)?;
+        Self::open(Arc::new(backend), config, clock)
+    }
+
+    /// Append events (one request: committed together, all or nothing).
+    /// Returns after the commit.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<AppendReport, LogError> {
+        if events.is_empty() {
+            return Ok(AppendReport::new(Vec::new()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append { events, reply })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// [`Self::append`] for code outside an async runtime.
+    pub fn append_blocking(&self, events: Vec<NewEvent>) -> Result<AppendReport, LogError> {
+        if events.is_empty() {
+            return Ok(AppendReport::new(Vec::new()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Append { events, reply })
+            .map_err(|_| LogError::Closed)?;
+        rx.blocking_recv().map_err(|_| LogError::Closed)?
+    }
+
+    /// Pin events from `min_seq` on against retention, for `owner`; `None`
+    /// releases the owner's pin.
+    pub async fn pin(&self, owner: &str, min_seq: Option<u64>) -> Result<(), LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Pin {
+                owner: owner.to_owned(),
+                min_seq,
+                reply,
+            })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Run one retention pass now.
+    pub async fn prune(&self, policy: RetentionPolicy) -> Result<PruneReport, LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Prune { policy, reply })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Prune on a timer until the log closes (passes repeat at once while
+    /// more is due).
+    pub fn spawn_retention(
+        &self,
+        policy: RetentionPolicy,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let log = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match log.prune(policy.clone()).await {
+                    Ok(report) if report.more => continue,
+                    Ok(_) => {}
+                    Err(LogError::Closed) => return,
+                    Err(e) => tracing::error!(error = %e, "retention pass failed"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// Committed events matching `query` (a blocking read).
+    pub fn query(&self, query: &EventQuery) -> Result<Vec<Event>, LogError> {
+        Ok(self.shared.backend.read(query)?)
+    }
+
+    /// The highest committed seq.
+    pub fn last_seq(&self) -> u64 {
+        *self.shared.committed.borrow()
+    }
+
+    /// The lowest pinned seq, if any.
+    pub fn low_water(&self) -> Result<Option<u64>, LogError> {
+        Ok(self.shared.backend.low_water()?)
+    }
+
+    /// Follow the log from just after `after_seq`: replay, then live.
+    /// `tenant` limits the feed to one tenant's items.
+    pub fn subscribe(&self, tenant: Option<&str>, after_seq: u64) -> Subscription {
+        Subscription {
+            shared: self.shared.clone(),
+            committed: self.shared.committed.subscribe(),
+            tenant: tenant.map(str::to_owned),
+            next_seq: after_seq + 1,
+            buf: VecDeque::new(),
+            log_reads: 0,
+        }
+    }
+
+    /// Stop the writer after the queued requests and wait for it.
+    pub fn close(self) {
+        let writer = self.writer.clone();
+        drop(self);
+        let handle = writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle
+            && Arc::strong_count(&writer) == 1
+        {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn run_writer(
+    writer: &mut dyn LogWriter,
+    mut rx: mpsc::Receiver<Command>,
+    shared: &Shared,
+    config: &LogConfig,
+    clock: &SharedClock,
+) {
+    let mut pending: VecDeque<Command> = VecDeque::new();
+    loop {
+        let first = match pending.pop_front() {
+            Some(c) => c,
+            None => match rx.blocking_recv() {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        let (events, reply) = match first {
+            Command::Append { events, reply } => (events, reply),
+            Command::Pin {
+                owner,
+                min_seq,
+                reply,
+            } => {
+                let _ = reply.send(writer.set_pin(&owner, min_seq).map_err(LogError::from));
+                continue;
+            }
+            Command::Prune { policy, reply } => {
+                let result = writer
+                    .prune(
+                        &policy,
+                        clock.now_millis(),
+                        config.dedupe_window,
+                        config.max_batch_events as u64,
+                    )
+                    .map_err(LogError::from);
+                let _ = reply.send(result);
+                continue;
+            }
+        };
+        // Group commit: take every append already queued (and, with a
+        // linger, what arrives shortly), up to the batch limit.
+        let mut count = events.len();
+        let mut groups = vec![events];
+        let mut replies = vec![reply];
+        let deadline = std::time::Instant::now() + config.linger;
+        while count < config.max_batch_events {
+            let next = match rx.try_recv() {
+                Ok(c) => c,
+                Err(mpsc::error::TryRecvError::Empty) if !config.linger.is_zero() => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::sleep(left.min(Duration::from_micros(200)));
+                    continue;
+                }
+                Err(_) => break,
+            };
+            match next {
+                Command::Append { events, reply } => {
+                    count += events.len();
+                    groups.push(events);
+                    replies.push(reply);
+                }
+                other => {
+                    pending.push_back(other);
+                    break;
+                }
+            }
+        }
+        match writer.append(&groups, clock.now_millis(), config.dedupe_window) {
+            Ok(committed) => {
+                shared.ring.push(&committed.stored);
+                shared.committed.send_replace(writer.last_seq());
+                for (reply, outcomes) in replies.into_iter().zip(committed.outcomes) {
+                    let _ = reply.send(Ok(AppendReport::new(outcomes)));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "append failed; the requests were not written");
+                for reply in replies {
+                    let _ = reply.send(Err(LogError::Store(StoreError {
+                        context: e.context.clone(),
+                        message: e.message.clone(),
+                    })));
+                }
+            }
+        }
+    }
+}
+
+/// A cursor on the feed: [`Subscription::next`] yields every item after the
+/// cursor, in seq order, then waits for new commits.
+pub struct Subscription {
+    shared: Arc<Shared>,
+    committed: watch::Receiver<u64>,
+    tenant: Option<String>,
+    next_seq: u64,
+    buf: VecDeque<FeedItem>,
+    log_reads: u64,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("tenant", &self.tenant)
+            .field("next_seq", &self.next_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Items read from the store per refill when replaying.
+const REPLAY_CHUNK: usize = 1_024;
+
+impl Subscription {
+    /// The next item; waits for a commit when caught up. Errors only when
+    /// the log closes or the store fails.
+    pub async fn next(&mut self) -> Result<FeedItem, LogError> {
+        loop {
+            if let Some(item) = self.buf.pop_front() {
+                return Ok(item);
+            }
+            let committed = *self.committed.borrow_and_update();
+            if self.next_seq <= committed {
+                if !self.fill_from_ring(committed) {
+                    let shared = self.shared.clone();
+                    let query = self.replay_query(committed);
+                    let events = tokio::task::spawn_blocking(move || shared.backend.read(&query))
+                        .await
+                        .map_err(|e| StoreError::new("feed replay", e))??;
+                    self.took_from_log(events, committed);
+                }
+                continue;
+            }
+            if self.committed.changed().await.is_err() {
+                return Err(LogError::Closed);
+            }
+        }
+    }
+
+    /// The next item if one is committed, without waiting (a blocking read
+    /// when it must replay from the store).
+    pub fn try_next(&mut self) -> Result<Option<FeedItem>, LogError> {
+        loop {
+            if let Some(item) = self.buf.pop_front() {
+                return Ok(Some(item));
+            }
+            let committed = *self.committed.borrow_and_update();
+            if self.next_seq > committed {
+                return Ok(None);
+            }
+            if !self.fill_from_ring(committed) {
+                let events = self.shared.backend.read(&self.replay_query(committed))?;
+                self.took_from_log(events, committed);
+            }
+        }
+    }
+
+    /// The seq this subscription will look at next.
+    pub fn cursor(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// How many times it had to read from the store (replay or lagging).
+    pub fn log_reads(&self) -> u64 {
+        self.log_reads
+    }
+
+    fn fill_from_ring(&mut self, committed: u64) -> bool {
+        match self.shared.ring.read(
+            self.next_seq,
+            committed,
+            self.tenant.as_deref(),
+            REPLAY_CHUNK,
+        ) {
+            Some((events, next)) => {
+                self.buf.extend(events.into_iter().map(FeedItem::Event));
+                self.next_seq = next;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn replay_query(&self, committed: u64) -> EventQuery {
+        EventQuery {
+            tenant: self.tenant.clone(),
+            after_seq: Some(self.next_seq - 1),
+            until_seq: Some(committed),
+            since: None,
+            until: None,
+            source: None,
+            kind: None,
+            limit: REPLAY_CHUNK,
+        }
+    }
+
+    fn took_from_log(&mut self, events: Vec<Event>, committed: u64) {
+        self.log_reads += 1;
+        // A short read means nothing more up to `committed` for us.
+        self.next_seq = match events.last() {
+            Some(last) if events.len() == REPLAY_CHUNK => last.seq + 1,
+            _ => committed + 1,
+        };
+        self.buf
+            .extend(events.into_iter().map(|e| FeedItem::Event(Arc::new(e))));
+    }
+}

@@ -1,0 +1,566 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! One connection writes (the writer thread's); readers take connections
+//! from a small pool and, thanks to WAL, never block the writer or each
+//! other. The schema is versioned in `schema_version` and migrated forward
+//! on open.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
+
+use super::store::{
+    AppendOutcome, Committed, LogBackend, LogWriter, PruneReport, RetentionPolicy, StoreError,
+};
+use super::{EventQuery, NewEvent};
+use crate::event::Event;
+
+/// How hard a commit tries to survive failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous = FULL`: a committed event survives power loss and OS
+    /// crashes (the WAL is fsynced at every commit).
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: a committed event survives a crash of the
+    /// process; a power loss may lose the last commits (never corrupts).
+    Normal,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(format!("durability {other:?}: expected full or normal")),
+        }
+    }
+}
+
+/// Schema migrations, applied in order; the index is the version - 1.
+const MIGRATIONS: &[&str] = &[
+    // 1: events, dedupe tombstones, retention pins.
+    "CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        time INTEGER NOT NULL,
+        ingested_at INTEGER NOT NULL,
+        payload TEXT NOT NULL
+    );
+    CREATE INDEX events_by_id ON events (tenant, id);
+    CREATE INDEX events_by_tenant ON events (tenant, seq);
+    CREATE INDEX events_by_kind ON events (tenant, kind, seq);
+    CREATE INDEX events_by_source ON events (tenant, source, seq);
+    CREATE INDEX events_by_time ON events (tenant, time);
+    CREATE TABLE dedupe_tombstones (
+        tenant TEXT NOT NULL,
+        id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        ingested_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE pins (
+        owner TEXT PRIMARY KEY,
+        min_seq INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+];
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    durability: Durability,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError::new(context, e)
+}
+
+impl SqliteBackend {
+    /// Open (creating and migrating as needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Self::connect(&path, durability, false)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                durability,
+                readers: Mutex::new(vec![conn]),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn connect(
+        path: &Path,
+        durability: Durability,
+        read_only: bool,
+    ) -> Result<Connection, StoreError> {
+        let context = format!("open {}", path.display());
+        let flags = if read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        };
+        let conn = Connection::open_with_flags(path, flags).map_err(err(&context))?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(err(&context))?;
+        if !read_only {
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .map_err(err(&context))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(StoreError::new(
+                    context,
+                    format!("journal_mode is {mode}, not wal"),
+                ));
+            }
+        }
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {sync}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -32768;"
+        ))
+        .map_err(err(&context))?;
+        Ok(conn)
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => Self::connect(&self.inner.path, self.inner.durability, true)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// The query plan SQLite picks for `query`, one line per step.
+    pub fn explain(&self, query: &EventQuery) -> Result<Vec<String>, StoreError> {
+        let (sql, args) = select_sql(query);
+        self.with_reader(|conn| {
+            let mut stmt = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .map_err(err("explain"))?;
+            let rows = stmt
+                .query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(3))
+                .map_err(err("explain"))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err("explain"))
+        })
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(err("migrate"))?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version INTEGER PRIMARY KEY,
+            applied_at INTEGER NOT NULL
+        )",
+    )
+    .map_err(err("migrate"))?;
+    let current: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err("migrate"))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::new(
+            "migrate",
+            format!("database schema version {current} is newer than this build knows ({known})"),
+        ));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::new(format!("migration {version}"), e))?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
+            params![version, now],
+        )
+        .map_err(err("migrate"))?;
+    }
+    tx.commit().map_err(err("migrate"))
+}
+
+/// One SQL argument of a built query.
+#[derive(Debug, Clone)]
+enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+impl rusqlite::ToSql for Arg {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Arg::Int(i) => i.to_sql(),
+            Arg::Text(s) => s.to_sql(),
+        }
+    }
+}
+
+fn select_sql(q: &EventQuery) -> (String, Vec<Arg>) {
+    let mut sql =
+        String::from("SELECT seq, tenant, id, source, kind, time, payload FROM events WHERE 1 = 1");
+    let mut args = Vec::new();
+    let mut push = |clause: &str, arg: Arg| {
+        args.push(arg);
+        sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+    };
+    if let Some(t) = &q.tenant {
+        push("tenant =", Arg::Text(t.clone()));
+    }
+    if let Some(s) = &q.source {
+        push("source =", Arg::Text(s.clone()));
+    }
+    if let Some(k) = &q.kind {
+        push("kind =", Arg::Text(k.clone()));
+    }
+    if let Some(after) = q.after_seq {
+        push("seq >", Arg::Int(after as i64));
+    }
+    if let Some(until) = q.until_seq {
+        push("seq <=", Arg::Int(until as i64));
+    }
+    if let Some(since) = q.since {
+        push("time >=", Arg::Int(since));
+    }
+    if let Some(until) = q.until {
+        push("time <", Arg::Int(until));
+    }
+    args.push(Arg::Int(q.limit.min(i64::MAX as usize) as i64));
+    sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
+    (sql, args)
+}
+
+fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        seq: r.get::<_, i64>(0)? as u64,
+        tenant: r.get(1)?,
+        id: r.get(2)?,
+        source: r.get(3)?,
+        kind: r.get(4)?,
+        time: r.get(5)?,
+        payload: r.get(6)?,
+    })
+}
+
+impl LogBackend for SqliteBackend {
+    fn open_writer(&self) -> Result<Box<dyn LogWriter>, StoreError> {
+        let conn = Self::connect(&self.inner.path, self.inner.durability, false)?;
+        let (last_seq, last_ingested): (i64, i64) = conn
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(ingested_at), 0) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(err("open writer"))?;
+        Ok(Box::new(SqliteWriter {
+            conn,
+            last_seq: last_seq as u64,
+            last_ingested,
+            ids: ulid::Generator::new(),
+        }))
+    }
+
+    fn read(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        let (sql, args) = select_sql(query);
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(err("read events"))?;
+            let rows = stmt
+                .query_map(params_from_iter(args.iter()), row_to_event)
+                .map_err(err("read events"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(err("read events"))
+        })
+    }
+
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        self.with_reader(|conn| {
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|s| s as u64)
+            .map_err(err("last seq"))
+        })
+    }
+
+    fn low_water(&self) -> Result<Option<u64>, StoreError> {
+        self.with_reader(|conn| {
+            conn.query_row("SELECT MIN(min_seq) FROM pins", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .map(|s| s.map(|s| s as u64))
+            .map_err(err("read pins"))
+        })
+    }
+}
+
+struct SqliteWriter {
+    conn: Connection,
+    last_seq: u64,
+    /// Ingest stamps never go backwards, so that "ingested before T" is a
+    /// prefix of the log even if the wall clock steps back.
+    last_ingested: i64,
+    ids: ulid::Generator,
+}
+
+impl SqliteWriter {
+    fn generate_id(&mut self, now: i64) -> String {
+        let at = UNIX_EPOCH + Duration::from_millis(now.max(0) as u64);
+        match self.ids.generate_from_datetime(at) {
+            Ok(id) => id.to_string(),
+            // 2^80 ids in one millisecond: start a fresh random sequence.
+            Err(_) => {
+                self.ids = ulid::Generator::new();
+                ulid::Ulid::from_datetime(at).to_string()
+            }
+        }
+    }
+}
+
+impl LogWriter for SqliteWriter {
+    fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    fn append(
+        &mut self,
+        groups: &[Vec<NewEvent>],
+        now: i64,
+        dedupe_window: Duration,
+    ) -> Result<Committed, StoreError> {
+        let now = now.max(self.last_ingested);
+        let window_start = now.saturating_sub(dedupe_window.as_millis() as i64);
+        let mut next = self.last_seq + 1;
+        let mut committed = Committed::default();
+        let mut ids = Vec::new();
+        // Generate ids first: the generator borrows `self` mutably.
+        for group in groups {
+            for e in group {
+                ids.push(match &e.id {
+                    Some(id) => (id.clone(), true),
+                    None => (self.generate_id(now), false),
+                });
+            }
+        }
+        let tx = self.conn.transaction().map_err(err("append"))?;
+        {
+            let mut find = tx
+                .prepare_cached(
+                    "SELECT seq, ingested_at FROM events WHERE tenant = ?1 AND id = ?2
+                     ORDER BY seq DESC LIMIT 1",
+                )
+                .map_err(err("append"))?;
+            let mut find_tomb = tx
+                .prepare_cached(
+                    "SELECT seq, ingested_at FROM dedupe_tombstones WHERE tenant = ?1 AND id = ?2",
+                )
+                .map_err(err("append"))?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (seq, tenant, id, source, kind, time, ingested_at, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(err("append"))?;
+            let mut ids = ids.into_iter();
+            for group in groups {
+                let mut outcomes = Vec::with_capacity(group.len());
+                for e in group {
+                    let (id, given) = ids.next().expect("one id per event");
+                    if given {
+                        let seen = match find
+                            .query_row(params![e.tenant, id], |r| {
+                                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                            })
+                            .optional()
+                            .map_err(err("dedupe lookup"))?
+                        {
+                            Some(hit) => Some(hit),
+                            None => find_tomb
+                                .query_row(params![e.tenant, id], |r| {
+                                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                                })
+                                .optional()
+                                .map_err(err("dedupe lookup"))?,
+                        };
+                        if let Some((seq, at)) = seen
+                            && at >= window_start
+                        {
+                            outcomes.push(AppendOutcome::Duplicate(seq as u64));
+                            continue;
+                        }
+                    }
+                    let event = Event {
+                        seq: next,
+                        id,
+                        tenant: e.tenant.clone(),
+                        source: e.source.clone(),
+                        kind: e.kind.clone(),
+                        time: e.time.unwrap_or(now),
+                        payload: e.payload.clone(),
+                    };
+                    insert
+                        .execute(params![
+                            event.seq as i64,
+                            event.tenant,
+                            event.id,
+                            event.source,
+                            event.kind,
+                            event.time,
+                            now,
+                            event.payload
+                        ])
+                        .map_err(err("insert event"))?;
+                    outcomes.push(AppendOutcome::Accepted(next));
+                    committed.stored.push(Arc::new(event));
+                    next += 1;
+                }
+                committed.outcomes.push(outcomes);
+            }
+        }
+        tx.commit().map_err(err("commit"))?;
+        self.last_seq = next - 1;
+        self.last_ingested = now;
+        Ok(committed)
+    }
+
+    fn set_pin(&mut self, owner: &str, min_seq: Option<u64>) -> Result<(), StoreError> {
+        match min_seq {
+            Some(seq) => self.conn.execute(
+                "INSERT INTO pins (owner, min_seq) VALUES (?1, ?2)
+                 ON CONFLICT (owner) DO UPDATE SET min_seq = excluded.min_seq",
+                params![owner, seq as i64],
+            ),
+            None => self
+                .conn
+                .execute("DELETE FROM pins WHERE owner = ?1", params![owner]),
+        }
+        .map(drop)
+        .map_err(err("set pin"))
+    }
+
+    fn prune(
+        &mut self,
+        policy: &RetentionPolicy,
+        now: i64,
+        dedupe_window: Duration,
+        max_rows: u64,
+    ) -> Result<PruneReport, StoreError> {
+        let tx = self.conn.transaction().map_err(err("prune"))?;
+        let first: Option<i64> = tx
+            .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
+            .map_err(err("prune"))?;
+        let low: Option<i64> = tx
+            .query_row("SELECT MIN(min_seq) FROM pins", [], |r| r.get(0))
+            .map_err(err("prune"))?;
+        let window_start = now.saturating_sub(dedupe_window.as_millis() as i64);
+        tx.execute(
+            "DELETE FROM dedupe_tombstones WHERE ingested_at < ?1",
+            params![window_start],
+        )
+        .map_err(err("prune tombstones"))?;
+        let Some(first) = first else {
+            tx.commit().map_err(err("prune"))?;
+            return Ok(PruneReport::default());
+        };
+        let last = self.last_seq as i64;
+        // The last seq the policy wants gone (0: nothing).
+        let mut cut = 0i64;
+        if let Some(max) = policy.max_events {
+            cut = cut.max(last - max.min(i64::MAX as u64) as i64);
+        }
+        if let Some(age) = policy.max_age {
+            let cutoff = now.saturating_sub(age.as_millis() as i64);
+            // Ingest stamps grow with seq: walk from the oldest.
+            let by_age: Option<i64> = tx
+                .query_row(
+                    "SELECT MAX(seq) FROM (
+                        SELECT seq, ingested_at FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2
+                     ) WHERE ingested_at < ?3",
+                    params![first, max_rows as i64, cutoff],
+                    |r| r.get(0),
+                )
+                .map_err(err("prune"))?;
+            cut = cut.max(by_age.unwrap_or(0));
+        }
+        let mut held_by_pin = false;
+        if let Some(low) = low
+            && cut >= low
+        {
+            cut = low - 1;
+            held_by_pin = true;
+        }
+        let more = cut >= first + max_rows as i64;
+        cut = cut.min(first + max_rows as i64 - 1);
+        let mut deleted = 0;
+        if cut >= first {
+            tx.execute(
+                "INSERT OR REPLACE INTO dedupe_tombstones (tenant, id, seq, ingested_at)
+                 SELECT tenant, id, seq, ingested_at FROM events
+                 WHERE seq BETWEEN ?1 AND ?2 AND ingested_at >= ?3",
+                params![first, cut, window_start],
+            )
+            .map_err(err("prune tombstones"))?;
+            deleted = tx
+                .execute(
+                    "DELETE FROM events WHERE seq BETWEEN ?1 AND ?2",
+                    params![first, cut],
+                )
+                .map_err(err("prune events"))? as u64;
+        }
+        tx.commit().map_err(err("prune"))?;
+        let first_seq = if cut >= first {
+            (cut < last).then_some(cut as u64 + 1)
+        } else {
+            Some(first as u64)
+        };
+        Ok(PruneReport {
+            deleted,
+            first_seq,
+            held_by_pin,
+            more,
+        })
+    }
+}

@@ -1,0 +1,133 @@
+//! The storage boundary of the log.
+//!
+//! [`LogBackend`] is all the engine asks of a store: one [`LogWriter`]
+//! (owned by the writer thread, the only code that writes) and reads that
+//! see committed data only. SQLite ([`super::sqlite`]) is the embedded
+//! default; a server-grade store implements the same two traits, and no
+//! code above them changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{EventQuery, NewEvent};
+use crate::event::Event;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {message}")]
+pub struct StoreError {
+    /// What the store was doing.
+    pub context: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl StoreError {
+    /// A store error with context.
+    pub fn new(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        Self {
+            context: context.into(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// What happened to one appended event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", content = "seq", rename_all = "snake_case")]
+pub enum AppendOutcome {
+    /// Stored at this seq.
+    Accepted(u64),
+    /// Same (tenant, id) already stored within the dedupe window, at this
+    /// seq; nothing new was written.
+    Duplicate(u64),
+}
+
+impl AppendOutcome {
+    /// The seq the event has in the log (new or original).
+    pub fn seq(self) -> u64 {
+        match self {
+            AppendOutcome::Accepted(s) | AppendOutcome::Duplicate(s) => s,
+        }
+    }
+}
+
+/// The result of one writer transaction.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Per group, per event: what happened.
+    pub outcomes: Vec<Vec<AppendOutcome>>,
+    /// The events stored, in seq order (for the feed).
+    pub stored: Vec<Arc<Event>>,
+}
+
+/// How old events go away. Events still referenced by a pin are kept
+/// whatever the policy says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Prune events ingested longer ago than this.
+    pub max_age: Option<Duration>,
+    /// Keep at most this many of the newest events.
+    pub max_events: Option<u64>,
+}
+
+/// What one pruning pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Events deleted.
+    pub deleted: u64,
+    /// The lowest seq still in the log afterwards (`None` when empty).
+    pub first_seq: Option<u64>,
+    /// The policy wanted to delete more, but a pin holds those events.
+    pub held_by_pin: bool,
+    /// More is due than one pass deletes; run again.
+    pub more: bool,
+}
+
+/// The single writer of a log. Every method is one transaction.
+pub trait LogWriter: Send {
+    /// The highest seq committed (0 for an empty log).
+    fn last_seq(&self) -> u64;
+
+    /// Append groups of events (one group per ingest request) in one
+    /// transaction. Seqs continue gap-free from [`Self::last_seq`]. An event
+    /// with an id already stored for its tenant, ingested at or after
+    /// `now - dedupe_window`, is a duplicate. An event without an id gets a
+    /// generated, time-sortable one; an event without a time gets `now`.
+    fn append(
+        &mut self,
+        groups: &[Vec<NewEvent>],
+        now: i64,
+        dedupe_window: Duration,
+    ) -> Result<Committed, StoreError>;
+
+    /// Pin: events with seq ≥ `min_seq` are kept by retention while the pin
+    /// stands. `None` removes the owner's pin.
+    fn set_pin(&mut self, owner: &str, min_seq: Option<u64>) -> Result<(), StoreError>;
+
+    /// Delete what `policy` allows (at most `max_rows` events per pass).
+    /// Events deleted while still inside the dedupe window leave a
+    /// tombstone, so a late retry is still recognised as a duplicate.
+    fn prune(
+        &mut self,
+        policy: &RetentionPolicy,
+        now: i64,
+        dedupe_window: Duration,
+        max_rows: u64,
+    ) -> Result<PruneReport, StoreError>;
+}
+
+/// A store for the log.
+pub trait LogBackend: Send + Sync + 'static {
+    /// Open the writer. The log opens exactly one, on its writer thread.
+    fn open_writer(&self) -> Result<Box<dyn LogWriter>, StoreError>;
+
+    /// Committed events matching `query`, in seq order.
+    fn read(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// The highest committed seq.
+    fn last_seq(&self) -> Result<u64, StoreError>;
+
+    /// The lowest pinned seq, if any pin stands.
+    fn low_water(&self) -> Result<Option<u64>, StoreError>;
+}

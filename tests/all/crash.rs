@@ -1,0 +1,175 @@
+//! Kill the real process with SIGKILL while it ingests, again and again:
+//! every acknowledged event must be there exactly once, seqs gap-free, and
+//! no event ever stored twice.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use sluice::log::{Durability, EventQuery, LogBackend, SqliteBackend};
+
+/// A small deterministic generator, so a failure can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn line(id: &str) -> String {
+    format!(
+        "{{\"id\":\"{id}\",\"source\":\"crash-test\",\"kind\":\"tick\",\"payload\":{{\"id\":\"{id}\",\"pad\":\"{}\"}}}}\n",
+        "x".repeat(150)
+    )
+}
+
+/// One run of `sluice ingest`: sends `resend` then fresh ids; kills the
+/// process after `kill_after` acks (or lets it finish when `None`).
+/// Returns (ids sent, acks as id → seq).
+fn run(
+    db: &std::path::Path,
+    resend: &[String],
+    fresh: std::ops::Range<u64>,
+    kill_after: Option<usize>,
+) -> (Vec<String>, HashMap<String, u64>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "ingest",
+            "--tenant",
+            "t",
+            "--batch",
+            "40",
+            "--durability",
+            "normal",
+            "--db",
+        ])
+        .arg(db)
+        .env("SLUICE_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let mut stdin = child.stdin.take().unwrap();
+    let to_send: Vec<String> = resend
+        .iter()
+        .cloned()
+        .chain(fresh.map(|n| format!("ev-{n:06}")))
+        .collect();
+    let sent_by_writer = sent.clone();
+    let writer = std::thread::spawn(move || {
+        for id in to_send {
+            // Record before writing: a line may be read even if the write
+            // call then fails.
+            sent_by_writer.lock().unwrap().push(id.clone());
+            if stdin.write_all(line(&id).as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut acks = HashMap::new();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    for l in stdout.lines() {
+        let Ok(l) = l else { break };
+        let ack: serde_json::Value = serde_json::from_str(&l).unwrap();
+        acks.insert(
+            ack["id"].as_str().unwrap().to_owned(),
+            ack["seq"].as_u64().unwrap(),
+        );
+        if kill_after.is_some_and(|k| acks.len() >= k) {
+            child.kill().unwrap(); // SIGKILL
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    writer.join().unwrap();
+    if kill_after.is_none() {
+        assert!(status.success(), "the final run should finish cleanly");
+    }
+    let sent = sent.lock().unwrap().clone();
+    (sent, acks)
+}
+
+#[test]
+fn acknowledged_events_survive_repeated_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    let mut rng = Lcg(0x5eed_1234);
+    let mut acked: HashMap<String, u64> = HashMap::new();
+    let mut outstanding: Vec<String> = Vec::new();
+    let mut sent_all: HashSet<String> = HashSet::new();
+    let mut next = 0u64;
+    let kills = 24;
+    for _ in 0..kills {
+        let fresh = next..next + 3_000;
+        next += 3_000;
+        let kill_after = 1 + rng.below(1_500) as usize;
+        let (sent, acks) = run(&db, &outstanding, fresh, Some(kill_after));
+        for (id, seq) in &acks {
+            if let Some(before) = acked.insert(id.clone(), *seq) {
+                assert_eq!(before, *seq, "{id} acknowledged at two seqs");
+            }
+        }
+        sent_all.extend(sent.iter().cloned());
+        // Unacknowledged ids are sent again, as a client would retry.
+        outstanding = sent_all
+            .iter()
+            .filter(|id| !acked.contains_key(*id))
+            .cloned()
+            .collect();
+        outstanding.sort();
+        eprintln!(
+            "killed after {} acks ({kill_after} asked); {} sent, {} outstanding",
+            acks.len(),
+            sent.len(),
+            outstanding.len()
+        );
+    }
+    // A clean run delivers whatever is still outstanding.
+    let (_, acks) = run(&db, &outstanding, 0..0, None);
+    acked.extend(acks);
+
+    let backend = SqliteBackend::open(&db, Durability::Normal).unwrap();
+    let events = backend
+        .read(&EventQuery::tenant("t", usize::MAX >> 1))
+        .unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "seqs are gap-free"
+    );
+    let mut stored: HashMap<&str, u64> = HashMap::new();
+    for e in &events {
+        assert!(
+            stored.insert(&e.id, e.seq).is_none(),
+            "{} stored twice",
+            e.id
+        );
+    }
+    for (id, seq) in &acked {
+        assert_eq!(
+            stored.get(id.as_str()),
+            Some(seq),
+            "acknowledged {id} missing or moved"
+        );
+    }
+    assert_eq!(
+        stored.len(),
+        sent_all.len(),
+        "every sent event is stored exactly once"
+    );
+    assert!(acked.len() > kills, "the kills happened mid-stream");
+    eprintln!(
+        "{kills} kills; {} events stored, {} acknowledged before a kill or at the end",
+        events.len(),
+        acked.len()
+    );
+}
