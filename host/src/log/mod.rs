@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::sqlite::{Durability, SqliteBackend};
 pub use self::store::{
-    AppendOutcome, LogBackend, LogWriter, PruneReport, RetentionPolicy, StoreError,
+    AppendOutcome, LogBackend, LogWriter, PruneReport, RetentionPolicy, StateOp, StoreError,
 };
 pub use self::validate::{EventLimits, ValidationError};
 use crate::clock::SharedClock;
@@ -181,10 +181,10 @@ enum Command {
         events: Vec<NewEvent>,
         reply: oneshot::Sender<Result<AppendReport, LogError>>,
     },
-    Pin {
-        owner: String,
-        min_seq: Option<u64>,
-        reply: oneshot::Sender<Result<(), LogError>>,
+    Transact {
+        events: Vec<NewEvent>,
+        ops: Vec<StateOp>,
+        reply: oneshot::Sender<Result<AppendReport, LogError>>,
     },
     Prune {
         policy: RetentionPolicy,
@@ -329,19 +329,54 @@ impl EventLog {
         rx.blocking_recv().map_err(|_| LogError::Closed)?
     }
 
-    /// Pin events from `min_seq` on against retention, for `owner`; `None`
-    /// releases the owner's pin.
-    pub async fn pin(&self, owner: &str, min_seq: Option<u64>) -> Result<(), LogError> {
+    /// Append `events` and apply the state changes `ops` in one
+    /// transaction: everything is written or nothing is. This is how
+    /// engine state moves together with the log (a rule's cursor with its
+    /// window buffers, a fire's outputs with its completion).
+    pub async fn transact(
+        &self,
+        events: Vec<NewEvent>,
+        ops: Vec<StateOp>,
+    ) -> Result<AppendReport, LogError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Pin {
-                owner: owner.to_owned(),
-                min_seq,
-                reply,
-            })
+            .send(Command::Transact { events, ops, reply })
             .await
             .map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// [`Self::transact`] for code outside an async runtime.
+    pub fn transact_blocking(
+        &self,
+        events: Vec<NewEvent>,
+        ops: Vec<StateOp>,
+    ) -> Result<AppendReport, LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Transact { events, ops, reply })
+            .map_err(|_| LogError::Closed)?;
+        rx.blocking_recv().map_err(|_| LogError::Closed)?
+    }
+
+    /// Pin events from `min_seq` on against retention, for `owner`; `None`
+    /// releases the owner's pin.
+    pub async fn pin(&self, owner: &str, min_seq: Option<u64>) -> Result<(), LogError> {
+        let op = StateOp::Pin {
+            owner: owner.to_owned(),
+            min_seq,
+        };
+        self.transact(Vec::new(), vec![op]).await.map(drop)
+    }
+
+    /// The committed value of `key` in state namespace `ns`.
+    pub fn state_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, LogError> {
+        Ok(self.shared.backend.state_get(ns, key)?)
+    }
+
+    /// Every committed key and value of state namespace `ns`, in key order.
+    pub fn state_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, LogError> {
+        Ok(self.shared.backend.state_scan(ns)?)
     }
 
     /// Run one retention pass now.
@@ -434,12 +469,12 @@ fn run_writer(
         };
         let (events, reply) = match first {
             Command::Append { events, reply } => (events, reply),
-            Command::Pin {
-                owner,
-                min_seq,
-                reply,
-            } => {
-                let _ = reply.send(writer.set_pin(&owner, min_seq).map_err(LogError::from));
+            Command::Transact { events, ops, reply } => {
+                let result = writer.transact(events, ops, clock.now_millis(), config.dedupe_window);
+                let _ = reply.send(
+                    publish(writer, shared, result)
+                        .map(|mut outcomes| AppendReport::new(outcomes.pop().unwrap_or_default())),
+                );
                 continue;
             }
             Command::Prune { policy, reply } => {
@@ -486,23 +521,44 @@ fn run_writer(
                 }
             }
         }
-        match writer.append(&groups, clock.now_millis(), config.dedupe_window) {
-            Ok(committed) => {
-                shared.ring.push(&committed.stored);
-                shared.committed.send_replace(writer.last_seq());
-                for (reply, outcomes) in replies.into_iter().zip(committed.outcomes) {
+        let result = writer.append(groups, clock.now_millis(), config.dedupe_window);
+        match publish(writer, shared, result) {
+            Ok(outcomes) => {
+                for (reply, outcomes) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(AppendReport::new(outcomes)));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "append failed; the requests were not written");
                 for reply in replies {
-                    let _ = reply.send(Err(LogError::Store(StoreError {
-                        context: e.context.clone(),
-                        message: e.message.clone(),
-                    })));
+                    let _ = reply.send(Err(match &e {
+                        LogError::Store(s) => LogError::Store(StoreError {
+                            context: s.context.clone(),
+                            message: s.message.clone(),
+                        }),
+                        LogError::Closed => LogError::Closed,
+                    }));
                 }
             }
+        }
+    }
+}
+
+/// After a commit: feed the ring, then move the committed mark (which wakes
+/// subscribers); only then are requests acknowledged.
+fn publish(
+    writer: &dyn LogWriter,
+    shared: &Shared,
+    result: Result<store::Committed, StoreError>,
+) -> Result<Vec<Vec<AppendOutcome>>, LogError> {
+    match result {
+        Ok(committed) => {
+            shared.ring.push(&committed.stored);
+            shared.committed.send_replace(writer.last_seq());
+            Ok(committed.outcomes)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "write failed; the requests were not written");
+            Err(LogError::Store(e))
         }
     }
 }

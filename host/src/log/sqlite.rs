@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
 use super::store::{
-    AppendOutcome, Committed, LogBackend, LogWriter, PruneReport, RetentionPolicy, StoreError,
+    AppendOutcome, Committed, LogBackend, LogWriter, PruneReport, RetentionPolicy, StateOp,
+    StoreError,
 };
 use super::{EventQuery, NewEvent};
 use crate::event::Event;
@@ -70,6 +71,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE pins (
         owner TEXT PRIMARY KEY,
         min_seq INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+    // 2: engine state (trigger state, cursors, fires).
+    "CREATE TABLE state (
+        ns TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (ns, key)
     ) WITHOUT ROWID;",
 ];
 
@@ -326,6 +334,27 @@ impl LogBackend for SqliteBackend {
         })
     }
 
+    fn state_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with_reader(|conn| {
+            conn.prepare_cached("SELECT value FROM state WHERE ns = ?1 AND key = ?2")
+                .and_then(|mut s| s.query_row(params![ns, key], |r| r.get(0)).optional())
+                .map_err(err("read state"))
+        })
+    }
+
+    fn state_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT key, value FROM state WHERE ns = ?1 ORDER BY key")
+                .map_err(err("scan state"))?;
+            let rows = stmt
+                .query_map(params![ns], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(err("scan state"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(err("scan state"))
+        })
+    }
+
     fn low_water(&self) -> Result<Option<u64>, StoreError> {
         self.with_reader(|conn| {
             conn.query_row("SELECT MIN(min_seq) FROM pins", [], |r| {
@@ -360,14 +389,12 @@ impl SqliteWriter {
     }
 }
 
-impl LogWriter for SqliteWriter {
-    fn last_seq(&self) -> u64 {
-        self.last_seq
-    }
-
-    fn append(
+impl SqliteWriter {
+    /// One transaction: append the groups, then apply the state ops.
+    fn write(
         &mut self,
-        groups: &[Vec<NewEvent>],
+        groups: Vec<Vec<NewEvent>>,
+        ops: Vec<StateOp>,
         now: i64,
         dedupe_window: Duration,
     ) -> Result<Committed, StoreError> {
@@ -375,16 +402,22 @@ impl LogWriter for SqliteWriter {
         let window_start = now.saturating_sub(dedupe_window.as_millis() as i64);
         let mut next = self.last_seq + 1;
         let mut committed = Committed::default();
-        let mut ids = Vec::new();
         // Generate ids first: the generator borrows `self` mutably.
-        for group in groups {
-            for e in group {
-                ids.push(match &e.id {
-                    Some(id) => (id.clone(), true),
-                    None => (self.generate_id(now), false),
-                });
-            }
-        }
+        let mut groups: Vec<Vec<(NewEvent, String, bool)>> = groups
+            .into_iter()
+            .map(|group| {
+                group
+                    .into_iter()
+                    .map(|mut e| match e.id.take() {
+                        Some(id) => (e, id, true),
+                        None => {
+                            let id = self.generate_id(now);
+                            (e, id, false)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
         let tx = self.conn.transaction().map_err(err("append"))?;
         {
             let mut find = tx
@@ -404,26 +437,20 @@ impl LogWriter for SqliteWriter {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(err("append"))?;
-            let mut ids = ids.into_iter();
-            for group in groups {
+            for group in groups.drain(..) {
                 let mut outcomes = Vec::with_capacity(group.len());
-                for e in group {
-                    let (id, given) = ids.next().expect("one id per event");
+                for (e, id, given) in group {
                     if given {
-                        let seen = match find
-                            .query_row(params![e.tenant, id], |r| {
+                        let lookup = |stmt: &mut rusqlite::CachedStatement<'_>| {
+                            stmt.query_row(params![e.tenant, id], |r| {
                                 Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
                             })
                             .optional()
-                            .map_err(err("dedupe lookup"))?
-                        {
+                            .map_err(err("dedupe lookup"))
+                        };
+                        let seen = match lookup(&mut find)? {
                             Some(hit) => Some(hit),
-                            None => find_tomb
-                                .query_row(params![e.tenant, id], |r| {
-                                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                                })
-                                .optional()
-                                .map_err(err("dedupe lookup"))?,
+                            None => lookup(&mut find_tomb)?,
                         };
                         if let Some((seq, at)) = seen
                             && at >= window_start
@@ -435,11 +462,11 @@ impl LogWriter for SqliteWriter {
                     let event = Event {
                         seq: next,
                         id,
-                        tenant: e.tenant.clone(),
-                        source: e.source.clone(),
-                        kind: e.kind.clone(),
+                        tenant: e.tenant,
+                        source: e.source,
+                        kind: e.kind,
                         time: e.time.unwrap_or(now),
-                        payload: e.payload.clone(),
+                        payload: e.payload,
                     };
                     insert
                         .execute(params![
@@ -460,25 +487,62 @@ impl LogWriter for SqliteWriter {
                 committed.outcomes.push(outcomes);
             }
         }
+        for op in ops {
+            match op {
+                StateOp::Put { ns, key, value } => tx.execute(
+                    "INSERT INTO state (ns, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
+                    params![ns, key, value],
+                ),
+                StateOp::Delete { ns, key } => tx.execute(
+                    "DELETE FROM state WHERE ns = ?1 AND key = ?2",
+                    params![ns, key],
+                ),
+                StateOp::Clear { ns } => tx.execute("DELETE FROM state WHERE ns = ?1", params![ns]),
+                StateOp::Pin {
+                    owner,
+                    min_seq: Some(seq),
+                } => tx.execute(
+                    "INSERT INTO pins (owner, min_seq) VALUES (?1, ?2)
+                     ON CONFLICT (owner) DO UPDATE SET min_seq = excluded.min_seq",
+                    params![owner, seq as i64],
+                ),
+                StateOp::Pin {
+                    owner,
+                    min_seq: None,
+                } => tx.execute("DELETE FROM pins WHERE owner = ?1", params![owner]),
+            }
+            .map_err(err("apply state"))?;
+        }
         tx.commit().map_err(err("commit"))?;
         self.last_seq = next - 1;
         self.last_ingested = now;
         Ok(committed)
     }
+}
 
-    fn set_pin(&mut self, owner: &str, min_seq: Option<u64>) -> Result<(), StoreError> {
-        match min_seq {
-            Some(seq) => self.conn.execute(
-                "INSERT INTO pins (owner, min_seq) VALUES (?1, ?2)
-                 ON CONFLICT (owner) DO UPDATE SET min_seq = excluded.min_seq",
-                params![owner, seq as i64],
-            ),
-            None => self
-                .conn
-                .execute("DELETE FROM pins WHERE owner = ?1", params![owner]),
-        }
-        .map(drop)
-        .map_err(err("set pin"))
+impl LogWriter for SqliteWriter {
+    fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    fn append(
+        &mut self,
+        groups: Vec<Vec<NewEvent>>,
+        now: i64,
+        dedupe_window: Duration,
+    ) -> Result<Committed, StoreError> {
+        self.write(groups, Vec::new(), now, dedupe_window)
+    }
+
+    fn transact(
+        &mut self,
+        events: Vec<NewEvent>,
+        ops: Vec<StateOp>,
+        now: i64,
+        dedupe_window: Duration,
+    ) -> Result<Committed, StoreError> {
+        self.write(vec![events], ops, now, dedupe_window)
     }
 
     fn prune(

@@ -52,6 +52,42 @@ impl AppendOutcome {
     }
 }
 
+/// A change to durable engine state, applied atomically with the other
+/// changes (and events) of the same transaction. Trigger state lives in
+/// namespaces (one per rule, say) of opaque values under string keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateOp {
+    /// Set `key` in `ns` to `value`.
+    Put {
+        /// Namespace.
+        ns: String,
+        /// Key within the namespace.
+        key: String,
+        /// The value (the owner's encoding).
+        value: Vec<u8>,
+    },
+    /// Remove `key` from `ns` (a no-op when absent).
+    Delete {
+        /// Namespace.
+        ns: String,
+        /// Key within the namespace.
+        key: String,
+    },
+    /// Remove every key of `ns`.
+    Clear {
+        /// Namespace.
+        ns: String,
+    },
+    /// Keep events from `min_seq` on against retention for `owner`;
+    /// `None` releases the owner's pin.
+    Pin {
+        /// Who holds the pin, e.g. `rule:pr-digest/cursor`.
+        owner: String,
+        /// The lowest seq the owner still needs.
+        min_seq: Option<u64>,
+    },
+}
+
 /// The result of one writer transaction.
 #[derive(Debug, Default)]
 pub struct Committed {
@@ -96,14 +132,21 @@ pub trait LogWriter: Send {
     /// generated, time-sortable one; an event without a time gets `now`.
     fn append(
         &mut self,
-        groups: &[Vec<NewEvent>],
+        groups: Vec<Vec<NewEvent>>,
         now: i64,
         dedupe_window: Duration,
     ) -> Result<Committed, StoreError>;
 
-    /// Pin: events with seq ≥ `min_seq` are kept by retention while the pin
-    /// stands. `None` removes the owner's pin.
-    fn set_pin(&mut self, owner: &str, min_seq: Option<u64>) -> Result<(), StoreError>;
+    /// Append `events` (as [`Self::append`] does, one group) and apply
+    /// `ops`, all in one transaction: either everything is written or
+    /// nothing is.
+    fn transact(
+        &mut self,
+        events: Vec<NewEvent>,
+        ops: Vec<StateOp>,
+        now: i64,
+        dedupe_window: Duration,
+    ) -> Result<Committed, StoreError>;
 
     /// Delete what `policy` allows (at most `max_rows` events per pass).
     /// Events deleted while still inside the dedupe window leave a
@@ -130,4 +173,10 @@ pub trait LogBackend: Send + Sync + 'static {
 
     /// The lowest pinned seq, if any pin stands.
     fn low_water(&self) -> Result<Option<u64>, StoreError>;
+
+    /// The committed value of `key` in `ns`.
+    fn state_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every committed key and value of `ns`, in key order.
+    fn state_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 }
