@@ -178,7 +178,8 @@ fn queries_filter_and_keep_seq_order() {
 fn queries_are_served_from_indexes() {
     let f = open();
     let backend = SqliteBackend::open(f.dir.path().join("log.db"), Durability::Normal).unwrap();
-    let variants: Vec<(&str, Box<dyn Fn(&mut EventQuery)>)> = vec![
+    type Edit = Box<dyn Fn(&mut EventQuery)>;
+    let variants: Vec<(&str, Edit)> = vec![
         ("after_seq", Box::new(|q| q.after_seq = Some(10))),
         ("kind", Box::new(|q| q.kind = Some("k".into()))),
         ("source", Box::new(|q| q.source = Some("s".into()))),

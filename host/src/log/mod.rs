@@ -326,7 +326,7 @@ impl EventLog {
         self.tx
             .blocking_send(Command::Append { events, reply })
             .map_err(|_| LogError::Closed)?;
-        rx.blocking_recv().map_err(|_| LogError::Closed)?
+        reply_soon(rx)?
     }
 
     /// Append `events` and apply the state changes `ops` in one
@@ -356,7 +356,7 @@ impl EventLog {
         self.tx
             .blocking_send(Command::Transact { events, ops, reply })
             .map_err(|_| LogError::Closed)?;
-        rx.blocking_recv().map_err(|_| LogError::Closed)?
+        reply_soon(rx)?
     }
 
     /// Pin events from `min_seq` on against retention, for `owner`; `None`
@@ -451,6 +451,39 @@ impl EventLog {
     }
 }
 
+/// How long a thread polls before it parks. A commit takes tens of
+/// microseconds; parking and waking a thread costs about as much again on a
+/// virtual machine, so a short poll halves the latency of a lone request.
+const SPIN: Duration = Duration::from_micros(150);
+
+/// The next command, polling briefly before parking.
+fn recv_soon(rx: &mut mpsc::Receiver<Command>) -> Option<Command> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < SPIN {
+        match rx.try_recv() {
+            Ok(c) => return Some(c),
+            Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+        }
+    }
+    rx.blocking_recv()
+}
+
+/// A writer reply, polling briefly before parking.
+fn reply_soon<T>(
+    mut rx: oneshot::Receiver<Result<T, LogError>>,
+) -> Result<Result<T, LogError>, LogError> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < SPIN {
+        match rx.try_recv() {
+            Ok(r) => return Ok(r),
+            Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
+            Err(oneshot::error::TryRecvError::Closed) => return Err(LogError::Closed),
+        }
+    }
+    rx.blocking_recv().map_err(|_| LogError::Closed)
+}
+
 fn run_writer(
     writer: &mut dyn LogWriter,
     mut rx: mpsc::Receiver<Command>,
@@ -462,7 +495,7 @@ fn run_writer(
     loop {
         let first = match pending.pop_front() {
             Some(c) => c,
-            None => match rx.blocking_recv() {
+            None => match recv_soon(&mut rx) {
                 Some(c) => c,
                 None => return,
             },

@@ -304,11 +304,23 @@ impl LogBackend for SqliteBackend {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(err("open writer"))?;
+        // Checkpoints (copying the WAL into the database file) run on a
+        // thread of their own, so commits do not pay for them. The writer's
+        // own autocheckpoint stays as a backstop should that thread fall
+        // far behind.
+        conn.execute_batch(&format!("PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES}"))
+            .map_err(err("open writer"))?;
+        let checkpointer = Checkpointer::start(Self::connect(
+            &self.inner.path,
+            self.inner.durability,
+            false,
+        )?)?;
         Ok(Box::new(SqliteWriter {
             conn,
             last_seq: last_seq as u64,
             last_ingested,
             ids: ulid::Generator::new(),
+            checkpointer,
         }))
     }
 
@@ -366,6 +378,66 @@ impl LogBackend for SqliteBackend {
     }
 }
 
+/// WAL pages after which the writer checkpoints by itself (≈ 256 MiB).
+const WAL_BACKSTOP_PAGES: u32 = 65_536;
+/// The checkpointer runs after this many commits, or when idle.
+const CHECKPOINT_EVERY_COMMITS: u32 = 64;
+
+/// Runs passive WAL checkpoints off the write path.
+struct Checkpointer {
+    nudge: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    commits: u32,
+}
+
+impl Drop for Checkpointer {
+    /// Stop with the writer, so the database is closed when the log is.
+    fn drop(&mut self) {
+        self.nudge.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Checkpointer {
+    fn start(conn: Connection) -> Result<Self, StoreError> {
+        let (nudge, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("sluice-checkpoint".into())
+            .spawn(move || {
+                use std::sync::mpsc::RecvTimeoutError;
+                // Checkpoint when nudged or idle; stop with the writer.
+                while !matches!(
+                    rx.recv_timeout(Duration::from_millis(200)),
+                    Err(RecvTimeoutError::Disconnected)
+                ) {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::new("start the checkpoint thread", e))?;
+        Ok(Self {
+            nudge: Some(nudge),
+            thread: Some(thread),
+            commits: 0,
+        })
+    }
+
+    fn committed(&mut self) {
+        self.commits += 1;
+        if self.commits >= CHECKPOINT_EVERY_COMMITS {
+            self.commits = 0;
+            // Full channel: a checkpoint is already due; nothing to add.
+            if let Some(nudge) = &self.nudge {
+                let _ = nudge.try_send(());
+            }
+        }
+    }
+}
+
 struct SqliteWriter {
     conn: Connection,
     last_seq: u64,
@@ -373,6 +445,7 @@ struct SqliteWriter {
     /// prefix of the log even if the wall clock steps back.
     last_ingested: i64,
     ids: ulid::Generator,
+    checkpointer: Checkpointer,
 }
 
 impl SqliteWriter {
@@ -515,6 +588,7 @@ impl SqliteWriter {
             .map_err(err("apply state"))?;
         }
         tx.commit().map_err(err("commit"))?;
+        self.checkpointer.committed();
         self.last_seq = next - 1;
         self.last_ingested = now;
         Ok(committed)
