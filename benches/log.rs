@@ -124,11 +124,11 @@ fn ingest(c: &mut Criterion) {
     }
 }
 
-/// Many concurrent single-event requests: group commit at work.
-fn concurrent_single_events() -> f64 {
+/// A fresh log (NORMAL durability) and a 2-thread runtime to drive it.
+fn log_on_runtime() -> (EventLog, tokio::runtime::Runtime, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let log = EventLog::open_sqlite(
-        dir.path().join("c.db"),
+        dir.path().join("log.db"),
         Durability::Normal,
         LogConfig::default(),
         Arc::new(SystemClock),
@@ -139,6 +139,12 @@ fn concurrent_single_events() -> f64 {
         .enable_all()
         .build()
         .unwrap();
+    (log, rt, dir)
+}
+
+/// Many concurrent single-event requests: group commit at work.
+fn concurrent_single_events() -> f64 {
+    let (log, rt, _dir) = log_on_runtime();
     let clients = 256u64;
     let per_client = 200u64;
     let start = Instant::now();
@@ -167,19 +173,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Latency from the start of an append to delivery at each of 100 live
 /// subscribers, and from the start of the append to its acknowledgement.
 fn feed_fanout() -> (Duration, Duration, Duration, Duration) {
-    let dir = tempfile::tempdir().unwrap();
-    let log = EventLog::open_sqlite(
-        dir.path().join("f.db"),
-        Durability::Normal,
-        LogConfig::default(),
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (log, rt, _dir) = log_on_runtime();
     let events = 500u64;
     rt.block_on(async {
         let sent: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();

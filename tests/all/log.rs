@@ -36,6 +36,19 @@ fn open() -> Fixture {
     open_with(LogConfig::default())
 }
 
+/// Close the log and open its file again, as after a restart.
+fn reopen(f: Fixture) -> EventLog {
+    let path = f.dir.path().join("log.db");
+    f.log.close();
+    EventLog::open_sqlite(
+        &path,
+        Durability::Normal,
+        LogConfig::default(),
+        Arc::new(f.clock.clone()),
+    )
+    .unwrap()
+}
+
 fn new_event(tenant: &str, id: Option<&str>, kind: &str) -> NewEvent {
     NewEvent {
         tenant: tenant.into(),
@@ -230,16 +243,7 @@ fn the_log_survives_a_restart() {
             new_event("t", None, "k"),
         ])
         .unwrap();
-    let path = f.dir.path().join("log.db");
-    f.log.clone().close();
-    drop(f.log);
-    let log = EventLog::open_sqlite(
-        &path,
-        Durability::Normal,
-        LogConfig::default(),
-        Arc::new(f.clock.clone()),
-    )
-    .unwrap();
+    let log = reopen(f);
     assert_eq!(log.last_seq(), 2);
     let r = log
         .append_blocking(vec![
@@ -554,16 +558,7 @@ async fn state_moves_with_events_in_one_transaction() {
         vec![("cursor".to_string(), b"42".to_vec())]
     );
     // Survives a restart.
-    let path = f.dir.path().join("log.db");
-    f.log.clone().close();
-    drop(f.log);
-    let log = EventLog::open_sqlite(
-        &path,
-        Durability::Normal,
-        LogConfig::default(),
-        Arc::new(f.clock.clone()),
-    )
-    .unwrap();
+    let log = reopen(f);
     assert_eq!(
         log.state_get("rule:r", "cursor").unwrap(),
         Some(b"42".to_vec())

@@ -303,18 +303,39 @@ impl EventLog {
         Self::open(Arc::new(backend), config, clock)
     }
 
+    /// Send the writer a command and wait for its reply.
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> Command,
+    ) -> Result<T, LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(command(reply))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// [`Self::request`] for code outside an async runtime.
+    fn request_blocking<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> Command,
+    ) -> Result<T, LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(command(reply))
+            .map_err(|_| LogError::Closed)?;
+        reply_soon(rx)?
+    }
+
     /// Append events (one request: committed together, all or nothing).
     /// Returns after the commit.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<AppendReport, LogError> {
         if events.is_empty() {
             return Ok(AppendReport::new(Vec::new()));
         }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Append { events, reply })
+        self.request(|reply| Command::Append { events, reply })
             .await
-            .map_err(|_| LogError::Closed)?;
-        rx.await.map_err(|_| LogError::Closed)?
     }
 
     /// [`Self::append`] for code outside an async runtime.
@@ -322,11 +343,7 @@ impl EventLog {
         if events.is_empty() {
             return Ok(AppendReport::new(Vec::new()));
         }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .blocking_send(Command::Append { events, reply })
-            .map_err(|_| LogError::Closed)?;
-        reply_soon(rx)?
+        self.request_blocking(|reply| Command::Append { events, reply })
     }
 
     /// Append `events` and apply the state changes `ops` in one
@@ -338,12 +355,8 @@ impl EventLog {
         events: Vec<NewEvent>,
         ops: Vec<StateOp>,
     ) -> Result<AppendReport, LogError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Transact { events, ops, reply })
+        self.request(|reply| Command::Transact { events, ops, reply })
             .await
-            .map_err(|_| LogError::Closed)?;
-        rx.await.map_err(|_| LogError::Closed)?
     }
 
     /// [`Self::transact`] for code outside an async runtime.
@@ -352,11 +365,7 @@ impl EventLog {
         events: Vec<NewEvent>,
         ops: Vec<StateOp>,
     ) -> Result<AppendReport, LogError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .blocking_send(Command::Transact { events, ops, reply })
-            .map_err(|_| LogError::Closed)?;
-        reply_soon(rx)?
+        self.request_blocking(|reply| Command::Transact { events, ops, reply })
     }
 
     /// Pin events from `min_seq` on against retention, for `owner`; `None`
@@ -381,12 +390,7 @@ impl EventLog {
 
     /// Run one retention pass now.
     pub async fn prune(&self, policy: RetentionPolicy) -> Result<PruneReport, LogError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Prune { policy, reply })
-            .await
-            .map_err(|_| LogError::Closed)?;
-        rx.await.map_err(|_| LogError::Closed)?
+        self.request(|reply| Command::Prune { policy, reply }).await
     }
 
     /// Prune on a timer until the log closes (passes repeat at once while

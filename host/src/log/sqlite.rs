@@ -380,14 +380,15 @@ impl LogBackend for SqliteBackend {
 
 /// WAL pages after which the writer checkpoints by itself (≈ 256 MiB).
 const WAL_BACKSTOP_PAGES: u32 = 65_536;
-/// The checkpointer runs after this many commits, or when idle.
-const CHECKPOINT_EVERY_COMMITS: u32 = 64;
+/// The checkpointer runs after about this many bytes were committed (about
+/// SQLite's own default of 1000 pages), and every 200 ms.
+const CHECKPOINT_EVERY_BYTES: usize = 4 << 20;
 
 /// Runs passive WAL checkpoints off the write path.
 struct Checkpointer {
     nudge: Option<std::sync::mpsc::SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    commits: u32,
+    bytes: usize,
 }
 
 impl Drop for Checkpointer {
@@ -422,14 +423,15 @@ impl Checkpointer {
         Ok(Self {
             nudge: Some(nudge),
             thread: Some(thread),
-            commits: 0,
+            bytes: 0,
         })
     }
 
-    fn committed(&mut self) {
-        self.commits += 1;
-        if self.commits >= CHECKPOINT_EVERY_COMMITS {
-            self.commits = 0;
+    /// Count a commit of about `bytes` bytes.
+    fn committed(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        if self.bytes >= CHECKPOINT_EVERY_BYTES {
+            self.bytes = 0;
             // Full channel: a checkpoint is already due; nothing to add.
             if let Some(nudge) = &self.nudge {
                 let _ = nudge.try_send(());
@@ -588,7 +590,13 @@ impl SqliteWriter {
             .map_err(err("apply state"))?;
         }
         tx.commit().map_err(err("commit"))?;
-        self.checkpointer.committed();
+        // Rows and their five index entries, roughly.
+        let written: usize = committed
+            .stored
+            .iter()
+            .map(|e| 2 * (e.id.len() + e.source.len() + e.kind.len()) + e.payload.len() + 160)
+            .sum();
+        self.checkpointer.committed(written + 4096);
         self.last_seq = next - 1;
         self.last_ingested = now;
         Ok(committed)
