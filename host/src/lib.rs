@@ -17,6 +17,8 @@
 //!   - [`log::validate`]: checks incoming events; errors name the field.
 //!   - [`log::store`]: the storage traits a backend implements.
 //!   - [`log::sqlite`]: the embedded SQLite backend (WAL, one file).
+//! - [`manifest`]: `rule.toml` — name, version, trigger, limits, retry —
+//!   parsed strictly, with errors that name the line and field.
 //! - [`runtime`]: loads, validates, caches and runs rule components in a
 //!   sandbox with per-call limits; the only place that touches wasmtime.
 //!   - [`runtime::bindings`]: the one `bindgen!` site; the WIT types.
@@ -31,4 +33,5 @@ pub mod cli;
 pub mod clock;
 pub mod event;
 pub mod log;
+pub mod manifest;
 pub mod runtime;

@@ -5,6 +5,7 @@ mod crash;
 mod examples;
 mod load;
 mod log;
+mod manifest;
 mod sandbox;
 
 use std::sync::Arc;

@@ -1,0 +1,777 @@
+//! `rule.toml`: what a rule is called, which trigger runs it, its limits
+//! and its retry policy.
+//!
+//! Parsing is strict: unknown fields are errors, every value is checked,
+//! and an error names the file position and the field. Durations are
+//! written as `"10m"`, `"1h 30m"`, `"500ms"`; sizes as `"32MiB"`, `"512KiB"`
+//! or a number of bytes.
+//!
+//! ```toml
+//! name = "pr-digest"
+//! version = 1
+//!
+//! [trigger.batch]          # or [trigger.dwell] or [trigger.schedule]
+//! count = 10               # 1..=10000
+//! window = "1h"
+//! expire = "fire"          # or "discard"
+//! debounce = false
+//!
+//! [limits]                 # all optional; defaults in runtime::Limits
+//! fuel = 200_000_000
+//! deadline = "500ms"
+//! memory = "32MiB"
+//!
+//! [retry]                  # all optional
+//! max_attempts = 5
+//! backoff = "1s"
+//! max_backoff = "5m"
+//! suspend_after = 10
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::runtime::Limits;
+
+/// A parsed, checked `rule.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    /// The rule's name: lowercase letters, digits, `-` and `_`.
+    pub name: String,
+    /// The version, from 1; a redeploy must raise it.
+    pub version: u32,
+    /// What runs the rule.
+    pub trigger: Trigger,
+    /// Sandbox limits per call.
+    pub limits: Limits,
+    /// What happens when the handler fails.
+    pub retry: RetryPolicy,
+}
+
+/// Exactly one trigger per rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Aggregation windows.
+    Batch(BatchTrigger),
+    /// Membership age.
+    Dwell(DwellTrigger),
+    /// Cron.
+    Schedule(ScheduleTrigger),
+}
+
+/// `[trigger.batch]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchTrigger {
+    /// Fire when a partition has this many events (1..=10000).
+    pub count: u32,
+    /// Fire (or discard) when this long has passed since the window opened.
+    #[serde(with = "humantime_serde_compat")]
+    pub window: Duration,
+    /// What an expired window does.
+    pub expire: Expire,
+    /// Every new event restarts the window.
+    pub debounce: bool,
+}
+
+/// What happens to a window that expires before reaching `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expire {
+    /// Fire with the partial batch (reason window-expired).
+    Fire,
+    /// Drop the events; the discard is recorded on the feed.
+    Discard,
+}
+
+/// `[trigger.dwell]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DwellTrigger {
+    /// Reactions, each with a unique label.
+    pub reactions: Vec<Reaction>,
+    /// Force a leave after this long.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub max_dwell: Option<Duration>,
+}
+
+/// One dwell reaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reaction {
+    /// Names the reaction in the fire reason and the fire id.
+    pub label: String,
+    /// When it fires.
+    pub when: ReactionTime,
+}
+
+/// `after` (once per membership) or `every` (each interval).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReactionTime {
+    /// Once per membership epoch, when the member has stayed this long.
+    After(#[serde(with = "humantime_serde_compat")] Duration),
+    /// Each interval while a member.
+    Every(#[serde(with = "humantime_serde_compat")] Duration),
+}
+
+/// `[trigger.schedule]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduleTrigger {
+    /// The cron expression (seconds field optional), as written.
+    pub cron: String,
+    /// IANA time zone the expression is read in.
+    pub timezone: String,
+    /// When the previous tick's handler still runs.
+    pub overlap: Overlap,
+    /// Ticks missed while the engine was down.
+    pub catch_up: CatchUp,
+    /// How far back `catch_up = "all"` reaches.
+    #[serde(with = "humantime_serde_compat")]
+    pub catch_up_window: Duration,
+    /// Do not fire on a tick with no events.
+    pub skip_empty: bool,
+}
+
+/// Overlap policy of a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overlap {
+    /// Skip the tick (counted).
+    Skip,
+    /// Run it after the current one; at most one waits.
+    BufferOne,
+    /// Queue every tick.
+    BufferAll,
+    /// Cancel the running handler and start the new tick.
+    CancelPrevious,
+    /// Run concurrently.
+    AllowAll,
+}
+
+/// Catch-up policy of a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Missed ticks are skipped (and counted).
+    Skip,
+    /// Only the latest missed tick runs.
+    Latest,
+    /// Every missed tick within `catch_up_window` runs.
+    All,
+}
+
+/// `[retry]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = no retry).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each time (with jitter).
+    #[serde(with = "humantime_serde_compat")]
+    pub backoff: Duration,
+    /// Cap on the delay.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_backoff: Duration,
+    /// Suspend the rule after this many fires in a row end dead-lettered.
+    pub suspend_after: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            suspend_after: 10,
+        }
+    }
+}
+
+/// Why a manifest was refused: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// 1-based line and column, when known.
+    pub at: Option<(usize, usize)>,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, col)) => write!(f, "line {line}, column {col}: {}", self.message),
+            None => write!(f, "{}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    version: u32,
+    trigger: RawTrigger,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    retry: RawRetry,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    batch: Option<RawBatch>,
+    dwell: Option<RawDwell>,
+    schedule: Option<RawSchedule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    count: u32,
+    #[serde(deserialize_with = "duration")]
+    window: Duration,
+    #[serde(default = "default_expire")]
+    expire: Expire,
+    #[serde(default)]
+    debounce: bool,
+}
+
+fn default_expire() -> Expire {
+    Expire::Fire
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDwell {
+    reactions: Vec<RawReaction>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    max_dwell: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReaction {
+    label: String,
+    #[serde(default, deserialize_with = "opt_duration")]
+    after: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    every: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: String,
+    #[serde(default = "default_timezone")]
+    timezone: String,
+    #[serde(default = "default_overlap")]
+    overlap: Overlap,
+    #[serde(default = "default_catch_up")]
+    catch_up: CatchUp,
+    #[serde(default = "default_catch_up_window", deserialize_with = "duration")]
+    catch_up_window: Duration,
+    #[serde(default)]
+    skip_empty: bool,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn default_overlap() -> Overlap {
+    Overlap::Skip
+}
+
+fn default_catch_up() -> CatchUp {
+    CatchUp::Skip
+}
+
+fn default_catch_up_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    fuel: Option<u64>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    deadline: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_size")]
+    memory: Option<u64>,
+    max_emits: Option<usize>,
+    #[serde(default, deserialize_with = "opt_size")]
+    max_emit_bytes: Option<u64>,
+    max_batch: Option<usize>,
+    #[serde(default, deserialize_with = "opt_size")]
+    max_log_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    backoff: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    max_backoff: Option<Duration>,
+    suspend_after: Option<u32>,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); write e.g. \"500ms\", \"10m\", \"1h 30m\""
+        ))
+    })
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// A byte size: an integer, or a string with a unit (B, KiB, MiB, GiB, KB,
+/// MB, GB).
+fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(Some(n)),
+        Size::Text(text) => parse_size(&text).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a size; write e.g. \"32MiB\", \"512KiB\" or a number of bytes"
+            ))
+        }),
+    }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.replace('_', "").parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+/// Serialises durations in the same form the manifest accepts.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) mod option {
+        use std::time::Duration;
+
+        use serde::Serializer;
+
+        pub(in super::super) fn serialize<S: Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+// ---- checking --------------------------------------------------------------
+
+/// Largest `count` of a batch trigger.
+pub const MAX_COUNT: u32 = 10_000;
+
+fn invalid(message: impl Into<String>) -> ManifestError {
+    ManifestError {
+        at: None,
+        message: message.into(),
+    }
+}
+
+impl Manifest {
+    /// Parse and check manifest text.
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| line_col(text, span.start));
+            ManifestError {
+                at,
+                message: e.message().trim_end().to_owned(),
+            }
+        })?;
+        check(raw).map_err(|mut e| {
+            // Checks name the field by its path; point at it in the file.
+            if let Some(path) = e.message.split(':').next() {
+                e.at = locate(text, path);
+            }
+            e
+        })
+    }
+}
+
+/// The line and column of the field at `path` (`name`,
+/// `trigger.batch.count`, `trigger.dwell.reactions[1].label`), or of its
+/// table when the key is absent.
+fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
+    let (table, index, key) = match path.rsplit_once('.') {
+        None => ("", None::<usize>, path),
+        Some((table, key)) => match table.split_once('[') {
+            Some((array, rest)) => (array, rest.trim_end_matches(']').parse().ok(), key),
+            None => (table, None, key),
+        },
+    };
+    // `trigger.dwell.reactions[0]` has no key part after the index.
+    let (table, index, key) = match key.split_once('[') {
+        Some((array, rest)) if index.is_none() && !table.is_empty() => (
+            &path[..table.len() + 1 + array.len()],
+            rest.trim_end_matches(']').parse().ok(),
+            "",
+        ),
+        _ => (table, index, key),
+    };
+    let mut current = String::new();
+    let mut seen = 0usize;
+    let mut table_line = None;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(header) = trimmed.strip_prefix('[') {
+            let array = header.starts_with('[');
+            current = header
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned();
+            if current == table {
+                let wanted = index.is_none_or(|i| array && seen == i);
+                if array {
+                    seen += 1;
+                }
+                if wanted {
+                    table_line = Some((n + 1, line.find('[').unwrap_or(0) + 1));
+                    if key.is_empty() {
+                        return table_line;
+                    }
+                } else if table_line.is_some() {
+                    break;
+                }
+            } else if table_line.is_some() {
+                break;
+            }
+            continue;
+        }
+        let in_table = if table.is_empty() {
+            current.is_empty()
+        } else {
+            table_line.is_some() && current == table
+        };
+        if in_table
+            && !key.is_empty()
+            && let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some((n + 1, line.find(key).unwrap_or(0) + 1));
+        }
+    }
+    if table_line.is_none() && table.is_empty() {
+        // A top-level path that is a table: its first header.
+        let header = format!("[{key}");
+        return text
+            .lines()
+            .position(|l| l.trim_start().starts_with(&header))
+            .map(|n| (n + 1, 1));
+    }
+    table_line
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+fn check(raw: RawManifest) -> Result<Manifest, ManifestError> {
+    if raw.name.is_empty()
+        || raw.name.len() > 64
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        || !raw.name.starts_with(|c: char| c.is_ascii_lowercase())
+    {
+        return Err(invalid(format!(
+            "name: {:?} must be 1 to 64 characters of a-z, 0-9, - and _, starting with a letter",
+            raw.name
+        )));
+    }
+    if raw.version == 0 {
+        return Err(invalid("version: must be 1 or more"));
+    }
+    let trigger = match (raw.trigger.batch, raw.trigger.dwell, raw.trigger.schedule) {
+        (Some(b), None, None) => Trigger::Batch(check_batch(b)?),
+        (None, Some(d), None) => Trigger::Dwell(check_dwell(d)?),
+        (None, None, Some(s)) => Trigger::Schedule(check_schedule(s)?),
+        (None, None, None) => {
+            return Err(invalid(
+                "trigger: one of [trigger.batch], [trigger.dwell] or [trigger.schedule] is required",
+            ));
+        }
+        _ => {
+            return Err(invalid(
+                "trigger: a rule has exactly one trigger; found more than one of batch, dwell, schedule",
+            ));
+        }
+    };
+    Ok(Manifest {
+        name: raw.name,
+        version: raw.version,
+        trigger,
+        limits: check_limits(raw.limits)?,
+        retry: check_retry(raw.retry)?,
+    })
+}
+
+fn check_batch(b: RawBatch) -> Result<BatchTrigger, ManifestError> {
+    if !(1..=MAX_COUNT).contains(&b.count) {
+        return Err(invalid(format!(
+            "trigger.batch.count: {} is outside 1..={MAX_COUNT}",
+            b.count
+        )));
+    }
+    if b.window.is_zero() {
+        return Err(invalid("trigger.batch.window: must be longer than zero"));
+    }
+    Ok(BatchTrigger {
+        count: b.count,
+        window: b.window,
+        expire: b.expire,
+        debounce: b.debounce,
+    })
+}
+
+fn check_dwell(d: RawDwell) -> Result<DwellTrigger, ManifestError> {
+    if d.reactions.is_empty() {
+        return Err(invalid(
+            "trigger.dwell.reactions: at least one reaction is required",
+        ));
+    }
+    let mut labels = BTreeSet::new();
+    let mut reactions = Vec::new();
+    for (i, r) in d.reactions.into_iter().enumerate() {
+        let at = format!("trigger.dwell.reactions[{i}]");
+        if r.label.trim().is_empty() {
+            return Err(invalid(format!("{at}.label: must not be empty")));
+        }
+        if !labels.insert(r.label.clone()) {
+            return Err(invalid(format!(
+                "{at}.label: {:?} is used by another reaction",
+                r.label
+            )));
+        }
+        let when = match (r.after, r.every) {
+            (Some(a), None) if !a.is_zero() => ReactionTime::After(a),
+            (None, Some(e)) if !e.is_zero() => ReactionTime::Every(e),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(format!(
+                    "{at}: the duration must be longer than zero"
+                )));
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{at}: give exactly one of `after` or `every`"
+                )));
+            }
+        };
+        reactions.push(Reaction {
+            label: r.label,
+            when,
+        });
+    }
+    if d.max_dwell.is_some_and(|m| m.is_zero()) {
+        return Err(invalid("trigger.dwell.max_dwell: must be longer than zero"));
+    }
+    Ok(DwellTrigger {
+        reactions,
+        max_dwell: d.max_dwell,
+    })
+}
+
+fn check_schedule(s: RawSchedule) -> Result<ScheduleTrigger, ManifestError> {
+    // The cron crate wants a seconds field; five-field expressions get one.
+    let fields = s.cron.split_whitespace().count();
+    let expr = match fields {
+        5 => format!("0 {}", s.cron),
+        6 | 7 => s.cron.clone(),
+        _ => {
+            return Err(invalid(format!(
+                "trigger.schedule.cron: {:?} has {fields} field{}; expected 5 (min hour day month weekday) or 6 (with seconds first)",
+                s.cron,
+                if fields == 1 { "" } else { "s" }
+            )));
+        }
+    };
+    expr.parse::<cron::Schedule>().map_err(|e| {
+        // The parser's message ends with the reason, after a caret line.
+        let text = e.to_string();
+        let reason = text.lines().last().unwrap_or_default().trim().to_owned();
+        invalid(format!(
+            "trigger.schedule.cron: {:?} is not a cron expression: {reason}",
+            s.cron
+        ))
+    })?;
+    s.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
+        invalid(format!(
+            "trigger.schedule.timezone: {:?} is not an IANA time zone (e.g. \"UTC\", \"Europe/Berlin\")",
+            s.timezone
+        ))
+    })?;
+    Ok(ScheduleTrigger {
+        cron: s.cron,
+        timezone: s.timezone,
+        overlap: s.overlap,
+        catch_up: s.catch_up,
+        catch_up_window: s.catch_up_window,
+        skip_empty: s.skip_empty,
+    })
+}
+
+fn check_limits(raw: RawLimits) -> Result<Limits, ManifestError> {
+    let mut limits = Limits::default();
+    if let Some(fuel) = raw.fuel {
+        if fuel == 0 {
+            return Err(invalid("limits.fuel: must be more than zero"));
+        }
+        limits.fuel = fuel;
+    }
+    if let Some(deadline) = raw.deadline {
+        if deadline.is_zero() || deadline > Duration::from_secs(300) {
+            return Err(invalid(format!(
+                "limits.deadline: {} is outside (0, 5m]",
+                humantime::format_duration(deadline)
+            )));
+        }
+        limits.deadline = deadline;
+    }
+    if let Some(memory) = raw.memory {
+        if memory < (1 << 20) {
+            return Err(invalid(format!(
+                "limits.memory: {memory} bytes is below the 1MiB minimum"
+            )));
+        }
+        limits.memory_bytes = memory;
+    }
+    if let Some(n) = raw.max_emits {
+        limits.max_emits = n;
+    }
+    if let Some(n) = raw.max_emit_bytes {
+        limits.max_emit_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = raw.max_batch {
+        if !(1..=MAX_COUNT as usize).contains(&n) {
+            return Err(invalid(format!(
+                "limits.max_batch: {n} is outside 1..={MAX_COUNT}"
+            )));
+        }
+        limits.max_batch = n;
+    }
+    if let Some(n) = raw.max_log_bytes {
+        limits.max_log_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    Ok(limits)
+}
+
+fn check_retry(raw: RawRetry) -> Result<RetryPolicy, ManifestError> {
+    let mut retry = RetryPolicy::default();
+    if let Some(n) = raw.max_attempts {
+        if !(1..=100).contains(&n) {
+            return Err(invalid(format!(
+                "retry.max_attempts: {n} is outside 1..=100"
+            )));
+        }
+        retry.max_attempts = n;
+    }
+    if let Some(b) = raw.backoff {
+        retry.backoff = b;
+    }
+    if let Some(b) = raw.max_backoff {
+        retry.max_backoff = b;
+    }
+    if retry.max_backoff < retry.backoff {
+        return Err(invalid(format!(
+            "retry.max_backoff: {} is shorter than retry.backoff ({})",
+            humantime::format_duration(retry.max_backoff),
+            humantime::format_duration(retry.backoff)
+        )));
+    }
+    if let Some(n) = raw.suspend_after {
+        if n == 0 {
+            return Err(invalid("retry.suspend_after: must be 1 or more"));
+        }
+        retry.suspend_after = n;
+    }
+    Ok(retry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("32MiB"), Some(32 << 20));
+        assert_eq!(parse_size("512 KiB"), Some(512 << 10));
+        assert_eq!(parse_size("1_000"), Some(1000));
+        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("3 parsecs"), None);
+        assert_eq!(parse_size("MiB"), None);
+    }
+
+    #[test]
+    fn fields_are_located() {
+        let text = "name = \"x\"\n[trigger.dwell]\nmax_dwell = \"1d\"\n\n[[trigger.dwell.reactions]]\nlabel = \"a\"\n[[trigger.dwell.reactions]]\n  label = \"b\"\n[limits]\nfuel = 0\n";
+        assert_eq!(locate(text, "name"), Some((1, 1)));
+        assert_eq!(locate(text, "trigger.dwell.max_dwell"), Some((3, 1)));
+        assert_eq!(
+            locate(text, "trigger.dwell.reactions[1].label"),
+            Some((8, 3))
+        );
+        assert_eq!(locate(text, "trigger.dwell.reactions[0]"), Some((5, 1)));
+        assert_eq!(locate(text, "limits.fuel"), Some((10, 1)));
+        assert_eq!(locate(text, "retry.backoff"), None);
+        assert_eq!(
+            locate(text, "limits.memory"),
+            Some((9, 1)),
+            "the table when the key is absent"
+        );
+    }
+
+    #[test]
+    fn positions() {
+        assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
+        assert_eq!(line_col("abc", 0), (1, 1));
+    }
+}
