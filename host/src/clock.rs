@@ -10,10 +10,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tokio::sync::watch;
+
 /// A source of the current time, in milliseconds since the Unix epoch (UTC).
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current time in milliseconds since the Unix epoch.
     fn now_millis(&self) -> i64;
+
+    /// For clocks that jump (the manual clock): a receiver that sees every
+    /// move, so a timer task can wake when time is moved instead of
+    /// sleeping. `None` for clocks that simply run (sleep on the runtime).
+    fn moves(&self) -> Option<watch::Receiver<i64>> {
+        None
+    }
 }
 
 /// Shared handle to the engine clock.
@@ -37,6 +46,7 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now: Arc<AtomicI64>,
+    moved: Arc<watch::Sender<i64>>,
 }
 
 impl ManualClock {
@@ -44,25 +54,34 @@ impl ManualClock {
     pub fn new(start_millis: i64) -> Self {
         Self {
             now: Arc::new(AtomicI64::new(start_millis)),
+            moved: Arc::new(watch::channel(start_millis).0),
         }
     }
 
     /// Set the time. Time never moves backwards: an earlier value is ignored
     /// and the current time returned.
     pub fn set(&self, millis: i64) -> i64 {
-        self.now.fetch_max(millis, Ordering::SeqCst).max(millis)
+        let now = self.now.fetch_max(millis, Ordering::SeqCst).max(millis);
+        self.moved.send_replace(now);
+        now
     }
 
     /// Move the time forward by `millis` (negative values are ignored).
     pub fn advance(&self, millis: i64) -> i64 {
         let step = millis.max(0);
-        self.now.fetch_add(step, Ordering::SeqCst) + step
+        let now = self.now.fetch_add(step, Ordering::SeqCst) + step;
+        self.moved.send_replace(now);
+        now
     }
 }
 
 impl Clock for ManualClock {
     fn now_millis(&self) -> i64 {
         self.now.load(Ordering::SeqCst)
+    }
+
+    fn moves(&self) -> Option<watch::Receiver<i64>> {
+        Some(self.moved.subscribe())
     }
 }
 
@@ -81,6 +100,17 @@ mod tests {
         );
         assert_eq!(clock.set(2_000), 2_000);
         assert_eq!(clock.clone().now_millis(), 2_000, "clones share the time");
+    }
+
+    #[test]
+    fn manual_clock_announces_its_moves() {
+        let clock = ManualClock::new(0);
+        let mut moves = clock.moves().expect("a manual clock announces moves");
+        assert!(!moves.has_changed().unwrap());
+        clock.advance(250);
+        assert!(moves.has_changed().unwrap());
+        assert_eq!(*moves.borrow_and_update(), 250);
+        assert!(SystemClock.moves().is_none());
     }
 
     #[test]

@@ -25,6 +25,10 @@
 //!   - [`runtime::cache`]: on-disk cache of compiled components.
 //!   - [`runtime::limits`]: per-call limits and the memory limiter.
 //!   - [`runtime::stdio`]: guest stdout/stderr and `log` into `tracing`.
+//! - [`triggers`]: trigger semantics as pure state machines, and the
+//!   shared deadline index.
+//!   - [`triggers::batch`]: aggregation windows per partition.
+//!   - [`triggers::timers`]: which deadline is due next.
 //! - [`cli`]: the `sluice` command line (the binary is a thin shell).
 
 #![deny(missing_docs)]
@@ -35,3 +39,4 @@ pub mod event;
 pub mod log;
 pub mod manifest;
 pub mod runtime;
+pub mod triggers;
