@@ -28,6 +28,7 @@
 //! - [`triggers`]: trigger semantics as pure state machines, and the
 //!   shared deadline index.
 //!   - [`triggers::batch`]: aggregation windows per partition.
+//!   - [`triggers::dispatch`]: a batch rule's durable dispatcher.
 //!   - [`triggers::timers`]: which deadline is due next.
 //! - [`cli`]: the `sluice` command line (the binary is a thin shell).
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod dispatch;
 mod examples;
 mod load;
 mod log;

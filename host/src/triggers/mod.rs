@@ -1,11 +1,15 @@
 //! Trigger semantics: what turns selected events (and the passing of
-//! time) into fires. The pure state machines live here, free of storage
-//! and threads, so that every rule of DESIGN §3 is tested directly.
+//! time) into fires. The state machines are pure, free of storage and
+//! threads, so that every rule of DESIGN §3 is tested directly; the
+//! dispatcher makes them durable.
 //!
 //! - [`batch`]: aggregation windows (count, window, expire, debounce).
+//! - [`dispatch`]: a batch rule's dispatcher: cursor → select → windows →
+//!   fire outbox, one transaction per step.
 //! - [`timers`]: the deadline index every trigger kind shares.
 
 pub mod batch;
+pub mod dispatch;
 pub mod timers;
 
 use sha2::{Digest, Sha256};
