@@ -7,10 +7,10 @@ use std::time::Duration;
 use serde_json::json;
 use sluice::clock::Clock;
 use sluice::log::{Durability, EventLog, EventQuery, LogConfig, NewEvent};
-use sluice::manifest::{BatchTrigger, Expire};
+use sluice::manifest::{BatchTrigger, Expire, RetryPolicy};
 use sluice::triggers::batch::{Batcher, Close};
-use sluice::triggers::dispatch::{BatchRule, Dispatcher, ENGINE_SOURCE};
-use sluice_test_components::components::PR_DIGEST;
+use sluice::triggers::dispatch::{BatchRule, Dispatcher, ENGINE_SOURCE, FireOutcome};
+use sluice_test_components::components::{HOSTILE, PR_DIGEST};
 
 use crate::Harness;
 
@@ -189,4 +189,202 @@ fn discarded_windows_are_recorded_on_the_log_and_fire_ids_are_stable() {
         d2.expire(&log2, h.clock.now_millis()).unwrap()[0].fire_id,
         fires[0].fire_id
     );
+}
+
+fn kind_events(kinds: &[&str], tag: &str) -> Vec<NewEvent> {
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| NewEvent {
+            tenant: "acme".into(),
+            id: Some(format!("{tag}-{i}")),
+            source: "tests".into(),
+            kind: (*k).into(),
+            time: None,
+            payload: "{}".into(),
+        })
+        .collect()
+}
+
+fn engine_kinds(log: &EventLog) -> Vec<String> {
+    log.query(&EventQuery {
+        source: Some(ENGINE_SOURCE.into()),
+        ..EventQuery::tenant("acme", 100)
+    })
+    .unwrap()
+    .into_iter()
+    .map(|e| e.kind)
+    .collect()
+}
+
+#[test]
+fn a_completed_fire_appends_outputs_under_its_id_exactly_once() {
+    let h = Harness::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open_sqlite(
+        dir.path().join("log.db"),
+        Durability::Normal,
+        LogConfig::default(),
+        Arc::new(h.clock.clone()),
+    )
+    .unwrap();
+    log.append_blocking(vec![merged("acme/api", 1), merged("acme/api", 2)])
+        .unwrap();
+    let mut d = Dispatcher::open(&log, spec(&h, Expire::Fire)).unwrap();
+    // A second runner that loaded the same state: a stale re-run.
+    let fire = d
+        .step(&log, h.clock.now_millis(), 10)
+        .unwrap()
+        .fires
+        .remove(0);
+    let mut stale = Dispatcher::open(&log, spec(&h, Expire::Fire)).unwrap();
+
+    let retry = RetryPolicy::default();
+    let FireOutcome::Completed { outputs } = d
+        .run_fire(&log, &fire.fire_id, h.clock.now_millis(), &retry)
+        .unwrap()
+    else {
+        panic!("the handler should succeed")
+    };
+    assert_eq!(outputs, vec![3]);
+    let out = &log
+        .query(&EventQuery {
+            after_seq: Some(2),
+            ..EventQuery::tenant("acme", 1)
+        })
+        .unwrap()[0];
+    assert_eq!(
+        (out.source.as_str(), out.kind.as_str()),
+        ("rule:pr-digest", "pr.digest")
+    );
+    assert_eq!(out.id, format!("{}.0", fire.fire_id));
+    assert_eq!(d.pending_fires().count(), 0);
+
+    // The re-run finds its outputs already there: nothing is emitted twice.
+    let again = stale
+        .run_fire(&log, &fire.fire_id, h.clock.now_millis(), &retry)
+        .unwrap();
+    assert_eq!(again, FireOutcome::Completed { outputs: vec![3] });
+    let digests = log
+        .query(&EventQuery {
+            kind: Some("pr.digest".into()),
+            ..EventQuery::tenant("acme", 10)
+        })
+        .unwrap();
+    assert_eq!(digests.len(), 1);
+    assert_eq!(engine_kinds(&log), vec!["fire.completed"]);
+}
+
+#[test]
+fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
+    let h = Harness::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open_sqlite(
+        dir.path().join("log.db"),
+        Durability::Normal,
+        LogConfig::default(),
+        Arc::new(h.clock.clone()),
+    )
+    .unwrap();
+    let rule = BatchRule {
+        name: "hostile".into(),
+        rule: h.load(HOSTILE, Default::default()),
+        ..spec(&h, Expire::Fire)
+    };
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(60),
+        suspend_after: 2,
+    };
+    let mut d = Dispatcher::open(&log, rule).unwrap();
+    log.append_blocking(kind_events(&["retry", "x"], "a"))
+        .unwrap();
+    let fire = d
+        .step(&log, h.clock.now_millis(), 10)
+        .unwrap()
+        .fires
+        .remove(0);
+    let mut retry_times = Vec::new();
+    for attempt in 1..=2 {
+        match d
+            .run_fire(&log, &fire.fire_id, h.clock.now_millis(), &retry)
+            .unwrap()
+        {
+            FireOutcome::Retry { at, error } => {
+                assert!(error.contains("retryable error: try me again"), "{error}");
+                let wait = at - h.clock.now_millis();
+                let full = 1_000 << (attempt - 1);
+                assert!(
+                    (full / 2..=full).contains(&wait),
+                    "attempt {attempt}: waits {wait} ms"
+                );
+                assert!(d.due_fires(at - 1).is_empty(), "not before its retry time");
+                assert_eq!(d.due_fires(at), vec![fire.fire_id.clone()]);
+                retry_times.push(at);
+                h.clock.set(at);
+            }
+            other => panic!("attempt {attempt}: {other:?}"),
+        }
+    }
+    assert_eq!(d.fire(&fire.fire_id).unwrap().attempts, 2);
+    let outcome = d
+        .run_fire(&log, &fire.fire_id, h.clock.now_millis(), &retry)
+        .unwrap();
+    assert!(
+        matches!(outcome, FireOutcome::DeadLettered { .. }),
+        "{outcome:?}"
+    );
+    assert!(
+        log.state_get("rule:acme/hostile", &format!("dead/{}", fire.fire_id))
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(d.suspended(), None, "one dead letter is not yet a pattern");
+
+    // A fatal error dead-letters at once; two in a row suspend the rule.
+    log.append_blocking(kind_events(&["fatal", "x"], "b"))
+        .unwrap();
+    let fire = d
+        .step(&log, h.clock.now_millis(), 10)
+        .unwrap()
+        .fires
+        .remove(0);
+    let outcome = d
+        .run_fire(&log, &fire.fire_id, h.clock.now_millis(), &retry)
+        .unwrap();
+    assert_eq!(
+        outcome,
+        FireOutcome::DeadLettered {
+            error: "rule test/hostile: handle-batch: fatal error: never again".into()
+        }
+    );
+    assert!(
+        d.suspended()
+            .unwrap()
+            .starts_with("2 fires in a row dead-lettered")
+    );
+    assert_eq!(
+        engine_kinds(&log),
+        vec![
+            "fire.failed",
+            "fire.failed",
+            "fire.dead_lettered",
+            "fire.dead_lettered"
+        ]
+    );
+    // Suspended: new events wait; the suspension survives a restart.
+    log.append_blocking(kind_events(&["x", "x"], "c")).unwrap();
+    assert_eq!(d.step(&log, h.clock.now_millis(), 10).unwrap().read, 0);
+    let rule = BatchRule {
+        name: "hostile".into(),
+        rule: h.load(HOSTILE, Default::default()),
+        ..spec(&h, Expire::Fire)
+    };
+    let mut d = Dispatcher::open(&log, rule).unwrap();
+    assert!(d.suspended().is_some());
+    d.resume(&log).unwrap();
+    let step = d.step(&log, h.clock.now_millis(), 10).unwrap();
+    assert_eq!(step.fires.len(), 1, "resumed from its cursor");
+    assert!(retry_times[1] > retry_times[0]);
 }

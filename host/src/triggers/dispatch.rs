@@ -13,11 +13,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::batch::{Batcher, Close, Closed, Window};
 use super::fire_id;
 use super::timers::Timers;
+use crate::event::Event;
 use crate::log::{EventLog, EventQuery, LogError, NewEvent, StateOp};
+use crate::manifest::RetryPolicy;
+use crate::runtime::bindings::wit;
 use crate::runtime::{CallError, LoadedRule, RuleInstance, Verdict};
 
 /// Source of the engine's own records in the log; rules never see them.
@@ -40,6 +44,35 @@ pub struct FireRecord {
     pub created_at: i64,
     /// Handler attempts made so far.
     pub attempts: u32,
+    /// Not before this engine time (ms), after a failed attempt.
+    #[serde(default)]
+    pub retry_at: Option<i64>,
+    /// What the last failed attempt said.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// How running a fire ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FireOutcome {
+    /// The handler succeeded; its outputs are in the log at these seqs
+    /// (the original seqs when a re-run found them already there).
+    Completed {
+        /// Seqs of the outputs.
+        outputs: Vec<u64>,
+    },
+    /// The attempt failed and will be retried at this engine time.
+    Retry {
+        /// When the next attempt is due (ms).
+        at: i64,
+        /// The error.
+        error: String,
+    },
+    /// Out of attempts, or a fatal error: moved to the dead-letter list.
+    DeadLettered {
+        /// The error.
+        error: String,
+    },
 }
 
 /// What went wrong while dispatching.
@@ -96,8 +129,12 @@ pub struct Dispatcher {
     cursor: u64,
     windows: HashMap<Option<String>, Window>,
     timers: Timers<Option<String>>,
-    /// Fires not yet completed: fire id → lowest seq they reference.
-    pending: BTreeMap<String, u64>,
+    /// Fires not yet completed, by id.
+    pending: BTreeMap<String, FireRecord>,
+    /// Fires dead-lettered in a row (reset by a success).
+    dead_in_a_row: u32,
+    /// Why the rule is suspended, when it is.
+    suspended: Option<String>,
 }
 
 fn window_key(partition: &Option<String>) -> String {
@@ -134,6 +171,8 @@ impl Dispatcher {
             windows: HashMap::new(),
             timers: Timers::new(),
             pending: BTreeMap::new(),
+            dead_in_a_row: 0,
+            suspended: None,
         };
         for (key, value) in log.state_scan(&d.ns)? {
             if key == "cursor" {
@@ -143,11 +182,15 @@ impl Dispatcher {
                 let w: Window = serde_json::from_slice(&value).map_err(|e| bad_state(&key, e))?;
                 d.timers.set(partition.clone(), w.deadline);
                 d.windows.insert(partition, w);
+            } else if key == "breaker" {
+                let text = String::from_utf8_lossy(&value);
+                d.dead_in_a_row = text.parse().map_err(|e| bad_state(&key, e))?;
+            } else if key == "suspended" {
+                d.suspended = Some(String::from_utf8_lossy(&value).into_owned());
             } else if let Some(id) = key.strip_prefix("fire/") {
                 let f: FireRecord =
                     serde_json::from_slice(&value).map_err(|e| bad_state(&key, e))?;
-                d.pending
-                    .insert(id.to_owned(), f.seqs.first().copied().unwrap_or(u64::MAX));
+                d.pending.insert(id.to_owned(), f);
             }
         }
         Ok(d)
@@ -173,8 +216,260 @@ impl Dispatcher {
         self.pending.keys().map(String::as_str)
     }
 
-    /// Process up to `max` new events at engine time `now`.
+    /// Why the rule is suspended (too many fires dead-lettered in a row).
+    pub fn suspended(&self) -> Option<&str> {
+        self.suspended.as_deref()
+    }
+
+    /// Lift a suspension; the rule carries on from its cursor.
+    pub fn resume(&mut self, log: &EventLog) -> Result<(), DispatchError> {
+        let ops = ["suspended", "breaker"]
+            .map(|key| StateOp::Delete {
+                ns: self.ns.clone(),
+                key: key.into(),
+            })
+            .to_vec();
+        log.transact_blocking(Vec::new(), ops)?;
+        self.suspended = None;
+        self.dead_in_a_row = 0;
+        Ok(())
+    }
+
+    /// Pending fires due at `now` (new, or failed with their retry time
+    /// come), oldest first.
+    pub fn due_fires(&self, now: i64) -> Vec<String> {
+        let mut due: Vec<&FireRecord> = self
+            .pending
+            .values()
+            .filter(|f| f.retry_at.is_none_or(|at| at <= now))
+            .collect();
+        due.sort_by_key(|f| (f.created_at, f.seqs.first().copied()));
+        due.into_iter().map(|f| f.fire_id.clone()).collect()
+    }
+
+    /// A pending fire.
+    pub fn fire(&self, fire_id: &str) -> Option<&FireRecord> {
+        self.pending.get(fire_id)
+    }
+
+    /// Run fire `fire_id`'s handler once, at engine time `now`, and commit
+    /// the outcome in one transaction: outputs appended under the fire id
+    /// (so a re-run after a crash emits nothing twice) and the fire
+    /// removed; or the failure recorded with its retry time; or the fire
+    /// dead-lettered. Each outcome is also an engine record on the log.
+    pub fn run_fire(
+        &mut self,
+        log: &EventLog,
+        fire_id: &str,
+        now: i64,
+        retry: &RetryPolicy,
+    ) -> Result<FireOutcome, DispatchError> {
+        let Some(record) = self.pending.get(fire_id).cloned() else {
+            return Err(bad_state(
+                &format!("fire/{fire_id}"),
+                "no such pending fire",
+            ));
+        };
+        let events = self.load_events(log, &record)?;
+        let attempt = record.attempts + 1;
+        let batch = wit::Batch {
+            fire_id: record.fire_id.clone(),
+            rule: record.rule.clone(),
+            partition: record.partition.clone(),
+            reason: match record.reason {
+                Close::CountReached => wit::Reason::CountReached,
+                Close::WindowExpired | Close::Discarded => wit::Reason::WindowExpired,
+            },
+            attempt,
+            events: events.iter().map(wit::Event::from).collect(),
+        };
+        let result = self.instance.handle_batch(&batch);
+        let key = format!("fire/{fire_id}");
+        let engine = |kind: &str, suffix: &str, payload: serde_json::Value| NewEvent {
+            tenant: self.spec.tenant.clone(),
+            id: Some(format!("{fire_id}.{suffix}")),
+            source: ENGINE_SOURCE.into(),
+            kind: kind.into(),
+            time: Some(now),
+            payload: payload.to_string(),
+        };
+        match result {
+            Ok(emits) => {
+                let mut events: Vec<NewEvent> = emits
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| NewEvent {
+                        tenant: self.spec.tenant.clone(),
+                        id: Some(format!("{fire_id}.{i}")),
+                        source: format!("rule:{}", self.spec.name),
+                        kind: e.kind,
+                        time: Some(now),
+                        payload: e.payload,
+                    })
+                    .collect();
+                let n = events.len();
+                events.push(engine(
+                    "fire.completed",
+                    "done",
+                    serde_json::json!({"rule": record.rule, "fire_id": fire_id,
+                        "partition": record.partition, "attempt": attempt, "outputs": n}),
+                ));
+                self.pending.remove(fire_id);
+                let ops = vec![
+                    StateOp::Delete {
+                        ns: self.ns.clone(),
+                        key,
+                    },
+                    StateOp::Delete {
+                        ns: self.ns.clone(),
+                        key: "breaker".into(),
+                    },
+                    self.pin_op(),
+                ];
+                match log.transact_blocking(events, ops) {
+                    Ok(report) => {
+                        self.dead_in_a_row = 0;
+                        Ok(FireOutcome::Completed {
+                            outputs: report.seqs[..n].to_vec(),
+                        })
+                    }
+                    Err(e) => {
+                        self.pending.insert(fire_id.to_owned(), record);
+                        Err(e.into())
+                    }
+                }
+            }
+            Err(call) => {
+                let error = call.to_string();
+                let dead = call.is_fatal() || attempt >= retry.max_attempts;
+                let mut updated = record.clone();
+                updated.attempts = attempt;
+                updated.last_error = Some(error.clone());
+                let mut ops = Vec::new();
+                let (event, outcome) = if dead {
+                    self.pending.remove(fire_id);
+                    let in_a_row = self.dead_in_a_row + 1;
+                    ops.push(StateOp::Delete {
+                        ns: self.ns.clone(),
+                        key,
+                    });
+                    ops.push(StateOp::Put {
+                        ns: self.ns.clone(),
+                        key: format!("dead/{fire_id}"),
+                        value: serde_json::to_vec(&updated).expect("a fire serialises"),
+                    });
+                    ops.push(StateOp::Put {
+                        ns: self.ns.clone(),
+                        key: "breaker".into(),
+                        value: in_a_row.to_string().into_bytes(),
+                    });
+                    if in_a_row >= retry.suspend_after {
+                        ops.push(StateOp::Put {
+                            ns: self.ns.clone(),
+                            key: "suspended".into(),
+                            value: format!(
+                                "{in_a_row} fires in a row dead-lettered; last: {error}"
+                            )
+                            .into_bytes(),
+                        });
+                    }
+                    ops.push(self.pin_op());
+                    (
+                        engine(
+                            "fire.dead_lettered",
+                            "dead",
+                            serde_json::json!({"rule": record.rule, "fire_id": fire_id,
+                                "attempts": attempt, "error": error}),
+                        ),
+                        FireOutcome::DeadLettered {
+                            error: error.clone(),
+                        },
+                    )
+                } else {
+                    let at = now.saturating_add(backoff_ms(retry, attempt, fire_id));
+                    updated.retry_at = Some(at);
+                    ops.push(StateOp::Put {
+                        ns: self.ns.clone(),
+                        key,
+                        value: serde_json::to_vec(&updated).expect("a fire serialises"),
+                    });
+                    (
+                        engine(
+                            "fire.failed",
+                            &format!("a{attempt}"),
+                            serde_json::json!({"rule": record.rule, "fire_id": fire_id,
+                                "attempt": attempt, "error": error, "retry_at": at}),
+                        ),
+                        FireOutcome::Retry {
+                            at,
+                            error: error.clone(),
+                        },
+                    )
+                };
+                if let Err(e) = log.transact_blocking(vec![event], ops) {
+                    self.pending.insert(fire_id.to_owned(), record);
+                    return Err(e.into());
+                }
+                match &outcome {
+                    FireOutcome::DeadLettered { .. } => {
+                        self.dead_in_a_row += 1;
+                        if self.dead_in_a_row >= retry.suspend_after {
+                            self.suspended = Some(format!(
+                                "{} fires in a row dead-lettered; last: {error}",
+                                self.dead_in_a_row
+                            ));
+                        }
+                    }
+                    _ => {
+                        self.pending.insert(fire_id.to_owned(), updated);
+                    }
+                }
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// The events of a fire, from the log (pinned, so still there).
+    fn load_events(
+        &self,
+        log: &EventLog,
+        record: &FireRecord,
+    ) -> Result<Vec<Event>, DispatchError> {
+        let (Some(&first), Some(&last)) = (record.seqs.first(), record.seqs.last()) else {
+            return Ok(Vec::new());
+        };
+        let wanted: std::collections::HashSet<u64> = record.seqs.iter().copied().collect();
+        let events: Vec<Event> = log
+            .query(&EventQuery {
+                after_seq: Some(first - 1),
+                until_seq: Some(last),
+                ..EventQuery::tenant(&self.spec.tenant, usize::MAX >> 1)
+            })?
+            .into_iter()
+            .filter(|e| wanted.contains(&e.seq))
+            .collect();
+        if events.len() != record.seqs.len() {
+            return Err(bad_state(
+                &format!("fire/{}", record.fire_id),
+                format!(
+                    "{} of its {} events are missing from the log",
+                    record.seqs.len() - events.len(),
+                    record.seqs.len()
+                ),
+            ));
+        }
+        Ok(events)
+    }
+
+    /// Process up to `max` new events at engine time `now`. A suspended
+    /// rule processes nothing (its events wait, pinned, for a resume).
     pub fn step(&mut self, log: &EventLog, now: i64, max: usize) -> Result<Step, DispatchError> {
+        if self.suspended.is_some() {
+            return Ok(Step {
+                cursor: self.cursor,
+                ..Step::default()
+            });
+        }
         let events = log.query(&EventQuery {
             after_seq: Some(self.cursor),
             ..EventQuery::tenant(&self.spec.tenant, max)
@@ -265,7 +560,11 @@ impl Dispatcher {
             .windows
             .values()
             .map(Window::first_seq)
-            .chain(self.pending.values().copied())
+            .chain(
+                self.pending
+                    .values()
+                    .filter_map(|f| f.seqs.first().copied()),
+            )
             .fold(self.cursor + 1, u64::min);
         StateOp::Pin {
             owner: self.ns.clone(),
@@ -313,6 +612,8 @@ impl Dispatcher {
                 seqs: c.seqs,
                 created_at: now,
                 attempts: 0,
+                retry_at: None,
+                last_error: None,
             };
             if record.reason == Close::Discarded {
                 engine_events.push(NewEvent {
@@ -345,10 +646,7 @@ impl Dispatcher {
         let (old_cursor, old_pending) = (self.cursor, self.pending.clone());
         self.cursor = cursor;
         for f in fires.iter().filter(|f| f.reason != Close::Discarded) {
-            self.pending.insert(
-                f.fire_id.clone(),
-                f.seqs.first().copied().unwrap_or(u64::MAX),
-            );
+            self.pending.insert(f.fire_id.clone(), f.clone());
         }
         ops.push(self.pin_op());
         if let Err(e) = log.transact_blocking(engine_events, ops) {
@@ -372,6 +670,19 @@ impl Dispatcher {
         }
         Ok(fires)
     }
+}
+
+/// Exponential backoff with "equal jitter": half the delay fixed, half
+/// spread by a hash of the fire and attempt — so retries of many fires do
+/// not stampede, and a replay computes the same times.
+fn backoff_ms(retry: &RetryPolicy, attempt: u32, fire_id: &str) -> i64 {
+    let base = retry.backoff.as_millis() as f64;
+    let cap = retry.max_backoff.as_millis() as f64;
+    let delay = (base * 2f64.powi(attempt.saturating_sub(1).min(62) as i32)).min(cap);
+    let digest = Sha256::digest(format!("{fire_id}/{attempt}").as_bytes());
+    let unit =
+        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
+    (delay / 2.0 + unit * delay / 2.0) as i64
 }
 
 /// The partitions a step touched (with their state before it, to roll
@@ -401,6 +712,25 @@ impl Change {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_deterministically() {
+        let retry = RetryPolicy {
+            backoff: std::time::Duration::from_secs(1),
+            max_backoff: std::time::Duration::from_secs(10),
+            ..RetryPolicy::default()
+        };
+        for attempt in 1..=8 {
+            let full = (1_000i64 << (attempt - 1)).min(10_000);
+            let d = backoff_ms(&retry, attempt, "f_x");
+            assert!(
+                (full / 2..=full).contains(&d),
+                "attempt {attempt}: {d} vs {full}"
+            );
+            assert_eq!(d, backoff_ms(&retry, attempt, "f_x"));
+        }
+        assert_ne!(backoff_ms(&retry, 3, "f_a"), backoff_ms(&retry, 3, "f_b"));
+    }
 
     #[test]
     fn window_keys_round_trip() {
