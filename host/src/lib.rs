@@ -30,6 +30,8 @@
 //!   - [`triggers::batch`]: aggregation windows per partition.
 //!   - [`triggers::dispatch`]: a batch rule's durable dispatcher.
 //!   - [`triggers::timers`]: which deadline is due next.
+//! - [`offline`]: `sluice test` — a rule against recorded events on a
+//!   virtual clock, reported as JSON lines.
 //! - [`cli`]: the `sluice` command line (the binary is a thin shell).
 
 #![deny(missing_docs)]
@@ -39,5 +41,6 @@ pub mod clock;
 pub mod event;
 pub mod log;
 pub mod manifest;
+pub mod offline;
 pub mod runtime;
 pub mod triggers;

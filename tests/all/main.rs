@@ -1,6 +1,7 @@
 //! Sluice's integration tests: one binary, a module per area.
 
 mod cli;
+mod conformance;
 mod crash;
 mod dispatch;
 mod examples;

@@ -7,6 +7,7 @@
 //! - `huge`: emits a million events (handler) / returns a huge key (select)
 //! - `panic`: panics
 //! - `retry` / `fatal`: returns that error (handler)
+//! - `flaky`: a retryable error on the first attempt, success after
 //! - `not-json`: emits a payload that is not a JSON object (handler)
 //! - `shout`: writes 1 MiB to stdout and stderr, then behaves
 //! - `chat`: writes a line to stdout, stderr and the log, then behaves
@@ -69,6 +70,7 @@ impl Rule for Hostile {
                 .map(|i| Emit::raw("spam", format!("{{\"i\":{i}}}")))
                 .collect()),
             "retry" => Err(RuleError::retryable("try me again")),
+            "flaky" if batch.attempt() < 2 => Err(RuleError::retryable("not yet")),
             "fatal" => Err(RuleError::fatal("never again")),
             "not-json" => Ok(vec![Emit::raw("bad", "[1, 2, 3]")]),
             _ => Ok(vec![Emit::json(

@@ -1,0 +1,250 @@
+//! `sluice test`: run a rule against recorded events on a virtual clock,
+//! with the real log, dispatcher and fire pipeline, and report every fire,
+//! output, discard and error as a JSON line — stable enough for golden
+//! files.
+//!
+//! Input lines are events (`{"id"?, "source", "kind", "time"?,
+//! "payload"}`) or directives: `{"advance": "10m"}` (a duration) or
+//! `{"advance": "2026-01-01T01:00:00Z"}` (a time). An event whose `time`
+//! is later than the clock moves the clock there first. Moving the clock
+//! runs everything that falls due on the way, in time order: window
+//! expiries and retries.
+
+use std::io::BufRead;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::clock::{Clock, ManualClock};
+use crate::log::validate::{EventLimits, parse_event};
+use crate::log::{Durability, EventLog, LogConfig};
+use crate::manifest::{Manifest, Trigger};
+use crate::runtime::{RuleLabel, Runtime, RuntimeConfig};
+use crate::triggers::batch::{Batcher, Close};
+use crate::triggers::dispatch::{BatchRule, Dispatcher, FireOutcome, FireRecord};
+
+/// The clock's start when no event gives a time: 2026-01-01T00:00:00Z.
+pub const DEFAULT_START: i64 = 1_767_225_600_000;
+
+/// The tenant events belong to in an offline run.
+const TENANT: &str = "test";
+
+/// What an offline run produced.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// One JSON value per line of output.
+    pub lines: Vec<Value>,
+    /// A handler failed at least once.
+    pub rule_failed: bool,
+}
+
+struct Run {
+    log: EventLog,
+    clock: ManualClock,
+    dispatcher: Dispatcher,
+    manifest: Manifest,
+    report: Report,
+}
+
+/// Run `component` under `manifest` against the lines of `input`.
+pub fn run(
+    component: &[u8],
+    manifest: Manifest,
+    input: impl BufRead,
+    cache_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<Report> {
+    let Trigger::Batch(batch) = &manifest.trigger else {
+        anyhow::bail!(
+            "trigger: sluice test runs batch rules so far; dwell and schedule triggers are not available yet"
+        );
+    };
+    let lines: Vec<(usize, String)> = input
+        .lines()
+        .enumerate()
+        .map(|(n, l)| l.map(|l| (n + 1, l)))
+        .collect::<Result<_, _>>()?;
+    let start = lines
+        .iter()
+        .find_map(|(_, l)| serde_json::from_str::<Value>(l).ok()?.get("time").cloned())
+        .and_then(|t| parse_time(&t))
+        .unwrap_or(DEFAULT_START);
+    let clock = ManualClock::new(start);
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir,
+        clock: Arc::new(clock.clone()),
+        ..RuntimeConfig::default()
+    })?;
+    let rule = runtime.load(
+        RuleLabel::new(TENANT, &format!("{}@{}", manifest.name, manifest.version)),
+        component,
+        manifest.limits.clone(),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let log = EventLog::open_sqlite(
+        dir.path().join("test.db"),
+        Durability::Normal,
+        LogConfig::default(),
+        Arc::new(clock.clone()),
+    )?;
+    let dispatcher = Dispatcher::open(
+        &log,
+        BatchRule {
+            tenant: TENANT.into(),
+            name: manifest.name.clone(),
+            batcher: Batcher::from(batch),
+            rule,
+        },
+    )?;
+    let mut run = Run {
+        log,
+        clock,
+        dispatcher,
+        manifest,
+        report: Report::default(),
+    };
+    let limits = EventLimits::default();
+    for (n, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value =
+            serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("line {n}: not JSON: {e}"))?;
+        if let Some(to) = value.get("advance") {
+            let target = advance_target(to, run.clock.now_millis()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "line {n}: advance: {to} is neither a duration (\"10m\") nor an RFC 3339 time"
+                )
+            })?;
+            run.advance_to(target)?;
+            continue;
+        }
+        let event =
+            parse_event(TENANT, &line, &limits).map_err(|e| anyhow::anyhow!("line {n}: {e}"))?;
+        if let Some(t) = event.time {
+            run.advance_to(t)?;
+        }
+        run.log.append_blocking(vec![event])?;
+        let now = run.clock.now_millis();
+        let step = run.dispatcher.step(&run.log, now, usize::MAX >> 1)?;
+        run.created(&step.fires);
+        run.run_due()?;
+    }
+    let Run { log, report, .. } = run;
+    log.close();
+    Ok(report)
+}
+
+fn parse_time(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis()),
+        _ => None,
+    }
+}
+
+fn advance_target(v: &Value, now: i64) -> Option<i64> {
+    let Value::String(s) = v else {
+        return None;
+    };
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Some(now.saturating_add(d.as_millis() as i64));
+    }
+    parse_time(v)
+}
+
+fn reason(close: Close) -> &'static str {
+    match close {
+        Close::CountReached => "count-reached",
+        Close::WindowExpired => "window-expired",
+        Close::Discarded => "discarded",
+    }
+}
+
+impl Run {
+    fn emit(&mut self, line: Value) {
+        self.report.lines.push(line);
+    }
+
+    fn created(&mut self, fires: &[FireRecord]) {
+        let at = self.clock.now_millis();
+        for f in fires {
+            let kind = if f.reason == Close::Discarded {
+                "discard"
+            } else {
+                "fire"
+            };
+            self.emit(json!({"type": kind, "at": at, "fire_id": f.fire_id,
+                "partition": f.partition, "reason": reason(f.reason), "events": f.seqs}));
+        }
+    }
+
+    /// Run every fire due now; failed ones wait for their retry time.
+    fn run_due(&mut self) -> anyhow::Result<()> {
+        let now = self.clock.now_millis();
+        for fire_id in self.dispatcher.due_fires(now) {
+            let attempt = self.dispatcher.fire(&fire_id).map_or(1, |f| f.attempts + 1);
+            let outcome =
+                self.dispatcher
+                    .run_fire(&self.log, &fire_id, now, &self.manifest.retry)?;
+            match outcome {
+                FireOutcome::Completed { outputs } => {
+                    for event in self.log.query(&crate::log::EventQuery {
+                        after_seq: outputs.first().map(|s| s - 1),
+                        until_seq: outputs.last().copied(),
+                        ..crate::log::EventQuery::tenant(TENANT, outputs.len())
+                    })? {
+                        let payload: Value =
+                            serde_json::from_str(&event.payload).unwrap_or(Value::Null);
+                        self.emit(json!({"type": "output", "at": now, "fire_id": fire_id,
+                            "seq": event.seq, "kind": event.kind, "payload": payload}));
+                    }
+                }
+                FireOutcome::Retry {
+                    at: retry_at,
+                    error,
+                } => {
+                    self.report.rule_failed = true;
+                    self.emit(json!({"type": "error", "at": now, "fire_id": fire_id,
+                        "attempt": attempt, "retry_at": retry_at, "error": error}));
+                }
+                FireOutcome::DeadLettered { error } => {
+                    self.report.rule_failed = true;
+                    self.emit(json!({"type": "dead_letter", "at": now, "fire_id": fire_id,
+                        "attempt": attempt, "error": error}));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Move the clock to `target`, running what falls due on the way in
+    /// time order.
+    fn advance_to(&mut self, target: i64) -> anyhow::Result<()> {
+        loop {
+            let retry = self
+                .dispatcher
+                .due_fires(i64::MAX)
+                .iter()
+                .filter_map(|id| self.dispatcher.fire(id)?.retry_at)
+                .min();
+            let next = [self.dispatcher.next_deadline(), retry]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= target => {
+                    self.clock.set(t);
+                    let now = self.clock.now_millis();
+                    let fires = self.dispatcher.expire(&self.log, now)?;
+                    self.created(&fires);
+                    self.run_due()?;
+                }
+                _ => break,
+            }
+        }
+        self.clock.set(target);
+        Ok(())
+    }
+}
