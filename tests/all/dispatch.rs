@@ -386,5 +386,13 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     d.resume(&log).unwrap();
     let step = d.step(&log, h.clock.now_millis(), 10).unwrap();
     assert_eq!(step.fires.len(), 1, "resumed from its cursor");
+
+    // A dead letter can be re-driven: pending again, with fresh attempts.
+    let first_dead = d.dead_letters(&log).unwrap()[0].fire_id.clone();
+    d.redrive(&log, &first_dead).unwrap();
+    assert_eq!(d.fire(&first_dead).unwrap().attempts, 0);
+    assert!(d.due_fires(h.clock.now_millis()).contains(&first_dead));
+    assert_eq!(d.dead_letters(&log).unwrap().len(), 1);
+    assert!(d.redrive(&log, "f_nope").is_err());
     assert!(retry_times[1] > retry_times[0]);
 }

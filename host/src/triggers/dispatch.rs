@@ -235,6 +235,52 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// The dead-letter list: fires that ran out of attempts or failed
+    /// fatally, with their last error, oldest first.
+    pub fn dead_letters(&self, log: &EventLog) -> Result<Vec<FireRecord>, DispatchError> {
+        let mut dead = Vec::new();
+        for (key, value) in log.state_scan(&self.ns)? {
+            if key.starts_with("dead/") {
+                dead.push(
+                    serde_json::from_slice::<FireRecord>(&value).map_err(|e| bad_state(&key, e))?,
+                );
+            }
+        }
+        dead.sort_by_key(|f| (f.created_at, f.seqs.first().copied()));
+        Ok(dead)
+    }
+
+    /// Re-drive a dead-lettered fire: it becomes pending again with fresh
+    /// attempts (same fire id, so outputs it may have emitted stay single).
+    pub fn redrive(&mut self, log: &EventLog, fire_id: &str) -> Result<(), DispatchError> {
+        let key = format!("dead/{fire_id}");
+        let Some(value) = log.state_get(&self.ns, &key)? else {
+            return Err(bad_state(&key, "no such dead letter"));
+        };
+        let mut record: FireRecord =
+            serde_json::from_slice(&value).map_err(|e| bad_state(&key, e))?;
+        record.attempts = 0;
+        record.retry_at = None;
+        self.pending.insert(fire_id.to_owned(), record.clone());
+        let ops = vec![
+            StateOp::Delete {
+                ns: self.ns.clone(),
+                key,
+            },
+            StateOp::Put {
+                ns: self.ns.clone(),
+                key: format!("fire/{fire_id}"),
+                value: serde_json::to_vec(&record).expect("a fire serialises"),
+            },
+            self.pin_op(),
+        ];
+        if let Err(e) = log.transact_blocking(Vec::new(), ops) {
+            self.pending.remove(fire_id);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     /// Pending fires due at `now` (new, or failed with their retry time
     /// come), oldest first.
     pub fn due_fires(&self, now: i64) -> Vec<String> {
