@@ -11,6 +11,8 @@
 //! # Layout
 //!
 //! - [`clock`]: the engine clock — real in production, manual in tests.
+//! - [`engine`]: runs deployed rules — a task per rule: dispatch, window
+//!   expiry and fires, woken by commits and the engine clock.
 //! - [`event`]: the event record shared by every part of the engine.
 //! - [`log`]: the durable event log — group-committed ingest with dedupe,
 //!   queries, the live feed and retention.
@@ -38,6 +40,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod engine;
 pub mod event;
 pub mod log;
 pub mod manifest;

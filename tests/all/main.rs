@@ -4,6 +4,7 @@ mod cli;
 mod conformance;
 mod crash;
 mod dispatch;
+mod engine;
 mod examples;
 mod load;
 mod log;

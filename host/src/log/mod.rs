@@ -424,6 +424,11 @@ impl EventLog {
         *self.shared.committed.borrow()
     }
 
+    /// Follow the highest committed seq: changes on every commit.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.shared.committed.subscribe()
+    }
+
     /// The lowest pinned seq, if any.
     pub fn low_water(&self) -> Result<Option<u64>, LogError> {
         Ok(self.shared.backend.low_water()?)

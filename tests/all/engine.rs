@@ -1,0 +1,220 @@
+//! The engine running rules: outputs feed other rules, windows close on
+//! idle partitions when the clock moves, deadlines passed while down fire
+//! at start, and a hostile rule delays no one else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sluice::clock::{Clock, SharedClock};
+use sluice::engine::Engine;
+use sluice::event::Event;
+use sluice::log::{Durability, EventLog, FeedItem, LogConfig, NewEvent};
+use sluice::manifest::{BatchTrigger, Expire, RetryPolicy};
+use sluice::runtime::Limits;
+use sluice::triggers::batch::Batcher;
+use sluice::triggers::dispatch::BatchRule;
+use sluice_test_components::components::{HOSTILE, PR_DIGEST};
+
+use crate::Harness;
+
+fn merged(n: u32) -> NewEvent {
+    NewEvent {
+        tenant: "acme".into(),
+        id: Some(format!("m{n}")),
+        source: "github".into(),
+        kind: "pull_request.merged".into(),
+        time: None,
+        payload: json!({"repo": "acme/api", "number": n}).to_string(),
+    }
+}
+
+fn batch_rule(
+    h: &Harness,
+    name: &str,
+    component: &str,
+    count: u32,
+    window_s: u64,
+    limits: Limits,
+) -> BatchRule {
+    BatchRule {
+        tenant: "acme".into(),
+        name: name.into(),
+        batcher: Batcher::from(&BatchTrigger {
+            count,
+            window: Duration::from_secs(window_s),
+            expire: Expire::Fire,
+            debounce: false,
+        }),
+        rule: h.load(component, limits),
+    }
+}
+
+/// The first event on the feed (from `after`) matching `pred`, waiting for
+/// the engine's tasks (not for a timer: the clock is manual).
+async fn wait_for(log: &EventLog, after: u64, pred: impl Fn(&Event) -> bool) -> Event {
+    let mut sub = log.subscribe(Some("acme"), after);
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let FeedItem::Event(e) = sub.next().await.unwrap() else {
+                continue;
+            };
+            if pred(&e) {
+                return (*e).clone();
+            }
+        }
+    })
+    .await;
+    found.expect("the engine produced the event in time")
+}
+
+/// Wait until the rule has processed the log up to `seq`.
+async fn wait_cursor(engine: &Engine, name: &str, seq: u64) {
+    for _ in 0..3_000 {
+        if engine.status("acme", name).is_some_and(|s| s.cursor >= seq) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} did not reach seq {seq}");
+}
+
+fn open_log(dir: &tempfile::TempDir, clock: SharedClock) -> EventLog {
+    EventLog::open_sqlite(
+        dir.path().join("log.db"),
+        Durability::Normal,
+        LogConfig::default(),
+        clock,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_feed_another_rule() {
+    let h = Harness::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, Arc::new(h.clock.clone()));
+    let engine = Engine::new(log.clone(), Arc::new(h.clock.clone()));
+    engine
+        .deploy_batch(
+            batch_rule(&h, "pr-digest", PR_DIGEST, 2, 3600, Limits::default()),
+            RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    // The hostile rule keeps every event, its peers' outputs included.
+    engine
+        .deploy_batch(
+            batch_rule(&h, "hostile", HOSTILE, 3, 3600, Limits::default()),
+            RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    log.append(vec![merged(1), merged(2)]).await.unwrap();
+    let digest = wait_for(&log, 0, |e| e.kind == "pr.digest").await;
+    assert_eq!(digest.source, "rule:pr-digest");
+    let ok = wait_for(&log, 0, |e| e.source == "rule:hostile").await;
+    let payload: serde_json::Value = serde_json::from_str(&ok.payload).unwrap();
+    assert_eq!(payload["events"], 3, "two merges and pr-digest's output");
+    assert!(ok.seq > digest.seq);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_close_on_idle_partitions_and_after_a_restart() {
+    let h = Harness::new();
+    let clock: SharedClock = Arc::new(h.clock.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, clock.clone());
+    let engine = Engine::new(log.clone(), clock.clone());
+    engine
+        .deploy_batch(
+            batch_rule(&h, "pr-digest", PR_DIGEST, 10, 60, Limits::default()),
+            RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    log.append(vec![merged(1)]).await.unwrap();
+    wait_cursor(&engine, "pr-digest", 1).await;
+    // Nothing else happens: moving the clock alone closes the window.
+    h.clock.advance(60_000);
+    let digest = wait_for(&log, 0, |e| e.kind == "pr.digest").await;
+    assert!(digest.payload.contains("window expired"));
+    assert_eq!(digest.time, h.clock.now_millis());
+
+    // An open window, then the engine stops; its deadline passes while down.
+    log.append(vec![merged(2)]).await.unwrap();
+    let after = log.last_seq();
+    wait_cursor(&engine, "pr-digest", after).await;
+    engine.shutdown().await;
+    h.clock.advance(120_000);
+    let engine = Engine::new(log.clone(), clock.clone());
+    engine
+        .deploy_batch(
+            batch_rule(&h, "pr-digest", PR_DIGEST, 10, 60, Limits::default()),
+            RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    let late = wait_for(&log, after, |e| e.kind == "pr.digest").await;
+    assert!(late.payload.contains("\"number\":2"), "{}", late.payload);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_rule_delays_no_other_rule() {
+    let h = Harness::new();
+    let clock: SharedClock = Arc::new(h.clock.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, clock.clone());
+    let engine = Engine::new(log.clone(), clock.clone());
+    let slow = Limits {
+        deadline: Duration::from_secs(5),
+        fuel: u64::MAX / 2,
+        ..Limits::default()
+    };
+    // The hostile rule spins in `select` on every `loop` event until its
+    // 5 s deadline; pr-digest must not wait for it.
+    engine
+        .deploy_batch(
+            batch_rule(&h, "hostile", HOSTILE, 1, 60, slow),
+            RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    engine
+        .deploy_batch(
+            batch_rule(&h, "pr-digest", PR_DIGEST, 2, 60, Limits::default()),
+            RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    let loop_event = NewEvent {
+        kind: "loop".into(),
+        id: Some("spin".into()),
+        ..merged(0)
+    };
+    log.append(vec![loop_event]).await.unwrap();
+    let started = std::time::Instant::now();
+    log.append(vec![merged(1), merged(2)]).await.unwrap();
+    wait_for(&log, 0, |e| e.kind == "pr.digest").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "pr-digest waited for the hostile rule"
+    );
+    // The hostile rule's select keeps failing (timeout) and says so.
+    for _ in 0..1000 {
+        if engine
+            .status("acme", "hostile")
+            .unwrap()
+            .last_error
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = engine.status("acme", "hostile").unwrap();
+    assert!(status.last_error.unwrap().contains("exceeded its deadline"));
+    drop(engine);
+}
