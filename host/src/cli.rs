@@ -63,6 +63,33 @@ enum Command {
         #[arg(long, env = "SLUICE_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
     },
+    /// Run batch rules against a log database on the real clock, while
+    /// ingesting NDJSON events from stdin (acknowledged on stdout once
+    /// committed, as with `ingest`).
+    Run {
+        /// The database file.
+        #[arg(long, default_value = "sluice.db")]
+        db: PathBuf,
+        /// The tenant of the events and rules.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// A rule as MANIFEST=COMPONENT (repeat for more rules).
+        #[arg(long = "rule", required = true)]
+        rules: Vec<String>,
+        /// Lines per commit.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// full (survives power loss) or normal (survives a process crash).
+        #[arg(long, default_value = "full")]
+        durability: Durability,
+        /// After stdin ends, exit once every rule has caught up and run its
+        /// fires (otherwise run until interrupted).
+        #[arg(long)]
+        exit_when_idle: bool,
+        /// Where compiled components are cached.
+        #[arg(long, env = "SLUICE_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+    },
     /// Append NDJSON events from stdin to a log database. Each event is
     /// acknowledged on stdout — {"line", "seq", "outcome", "id"} — once its
     /// batch is committed. A bad line stops the import with an error naming
@@ -106,6 +133,23 @@ pub fn main() -> ExitCode {
             events,
             cache_dir,
         } => test(&rule, &manifest, &events, cache_dir),
+        Command::Run {
+            db,
+            tenant,
+            rules,
+            batch,
+            durability,
+            exit_when_idle,
+            cache_dir,
+        } => run(RunArgs {
+            db,
+            tenant,
+            rules,
+            batch: batch.max(1),
+            durability,
+            exit_when_idle,
+            cache_dir,
+        }),
     };
     match result {
         Ok(code) => code,
@@ -301,6 +345,14 @@ fn ingest(
 ) -> anyhow::Result<ExitCode> {
     let log = EventLog::open_sqlite(db, durability, LogConfig::default(), Arc::new(SystemClock))
         .with_context(|| format!("open {}", db.display()))?;
+    pump_stdin(&log, tenant, batch)?;
+    log.close();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Append NDJSON events from stdin in commits of `batch` lines, printing
+/// one acknowledgement per event after its commit.
+fn pump_stdin(log: &EventLog, tenant: &str, batch: usize) -> anyhow::Result<()> {
     let limits = EventLimits::default();
     let mut out = std::io::stdout().lock();
     let mut pending: Vec<(usize, NewEvent)> = Vec::with_capacity(batch);
@@ -341,7 +393,88 @@ fn ingest(
             flush(&mut pending, &mut out)?;
         }
     }
-    flush(&mut pending, &mut out)?;
+    flush(&mut pending, &mut out)
+}
+
+struct RunArgs {
+    db: PathBuf,
+    tenant: String,
+    rules: Vec<String>,
+    batch: usize,
+    durability: Durability,
+    exit_when_idle: bool,
+    cache_dir: Option<PathBuf>,
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let clock: crate::clock::SharedClock = Arc::new(SystemClock);
+    let log = EventLog::open_sqlite(
+        &args.db,
+        args.durability,
+        LogConfig::default(),
+        clock.clone(),
+    )
+    .with_context(|| format!("open {}", args.db.display()))?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: args.cache_dir.clone(),
+        clock: clock.clone(),
+        ..RuntimeConfig::default()
+    })?;
+    let tokio = tokio::runtime::Runtime::new()?;
+    let _guard = tokio.enter();
+    let engine = crate::engine::Engine::new(log.clone(), clock);
+    let mut names = Vec::new();
+    for spec in &args.rules {
+        let (manifest_path, component_path) = spec
+            .split_once('=')
+            .with_context(|| format!("--rule {spec:?}: expected MANIFEST=COMPONENT"))?;
+        let text = std::fs::read_to_string(manifest_path)
+            .with_context(|| format!("read {manifest_path}"))?;
+        let manifest = crate::manifest::Manifest::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{manifest_path}: {e}"))?;
+        let crate::manifest::Trigger::Batch(trigger) = &manifest.trigger else {
+            bail!("{manifest_path}: only batch rules run so far");
+        };
+        let bytes =
+            std::fs::read(component_path).with_context(|| format!("read {component_path}"))?;
+        let label = RuleLabel::new(
+            &args.tenant,
+            &format!("{}@{}", manifest.name, manifest.version),
+        );
+        let rule = runtime
+            .load(label, &bytes, manifest.limits.clone())
+            .with_context(|| format!("load {component_path}"))?;
+        let spec = crate::triggers::dispatch::BatchRule {
+            tenant: args.tenant.clone(),
+            name: manifest.name.clone(),
+            batcher: crate::triggers::batch::Batcher::from(trigger),
+            rule,
+        };
+        tokio.block_on(engine.deploy_batch(spec, manifest.retry.clone()))?;
+        names.push(manifest.name.clone());
+    }
+    // The engine's tasks run on the Tokio runtime's threads meanwhile.
+    pump_stdin(&log, &args.tenant, args.batch)?;
+    if args.exit_when_idle {
+        // Idle: every rule has read the whole log and has no fire left,
+        // twice in a row.
+        let mut quiet = 0;
+        while quiet < 2 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let last = log.last_seq();
+            let idle = names.iter().all(|n| {
+                engine
+                    .status(&args.tenant, n)
+                    .is_some_and(|s| s.cursor >= last && s.pending_fires == 0)
+            });
+            quiet = if idle { quiet + 1 } else { 0 };
+        }
+    } else {
+        tokio.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+    }
+    tokio.block_on(engine.shutdown());
     log.close();
     Ok(ExitCode::SUCCESS)
 }
