@@ -68,6 +68,25 @@ async fn wait_for(log: &EventLog, after: u64, pred: impl Fn(&Event) -> bool) -> 
     found.expect("the engine produced the event in time")
 }
 
+/// The first `n` engine records of `kind` on the feed, waiting for them.
+async fn collect(log: &EventLog, kind: &str, n: usize) -> Vec<Event> {
+    let mut sub = log.subscribe(Some("acme"), 0);
+    let mut found = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while found.len() < n {
+            let FeedItem::Event(e) = sub.next().await.unwrap() else {
+                continue;
+            };
+            if e.kind == kind {
+                found.push((*e).clone());
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} {kind} records in time; got {}", found.len()));
+    found
+}
+
 /// Wait until the rule has processed the log up to `seq`.
 async fn wait_cursor(engine: &Engine, name: &str, seq: u64) {
     for _ in 0..3_000 {
@@ -217,4 +236,82 @@ async fn a_hostile_rule_delays_no_other_rule() {
     let status = engine.status("acme", "hostile").unwrap();
     assert!(status.last_error.unwrap().contains("exceeded its deadline"));
     drop(engine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_handlers_are_stopped_retried_and_dead_lettered() {
+    let h = Harness::new();
+    let clock: SharedClock = Arc::new(h.clock.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, clock.clone());
+    let engine = Engine::new(log.clone(), clock.clone());
+    // Room for a million emits to reach the host (and be refused there).
+    let tight = Limits {
+        deadline: Duration::from_millis(500),
+        memory_bytes: 256 << 20,
+        ..Limits::default()
+    };
+    let retry = RetryPolicy {
+        max_attempts: 2,
+        backoff: Duration::from_secs(10),
+        max_backoff: Duration::from_secs(10),
+        suspend_after: 10,
+    };
+    engine
+        .deploy_batch(batch_rule(&h, "hostile", HOSTILE, 1, 60, tight), retry)
+        .await
+        .unwrap();
+    engine
+        .deploy_batch(
+            batch_rule(&h, "pr-digest", PR_DIGEST, 2, 60, Limits::default()),
+            RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    let hostile = |kind: &str| NewEvent {
+        kind: kind.into(),
+        id: Some(kind.into()),
+        ..merged(0)
+    };
+    log.append(vec![
+        hostile("handler-loop"),
+        hostile("handler-bomb"),
+        hostile("handler-huge"),
+    ])
+    .await
+    .unwrap();
+    log.append(vec![merged(1), merged(2)]).await.unwrap();
+    // The healthy rule's digest comes while the hostile fires fail.
+    wait_for(&log, 0, |e| e.kind == "pr.digest").await;
+    let failed = collect(&log, "fire.failed", 3).await;
+    let errors: Vec<&str> = failed.iter().map(|e| e.payload.as_str()).collect();
+    assert!(
+        errors.iter().all(|p| p.contains("\"attempt\":1")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|p| p.contains("ran out of fuel") || p.contains("exceeded its deadline")),
+        "the loop is stopped: {errors:?}"
+    );
+    assert!(
+        errors.iter().any(|p| p.contains("memory limit")),
+        "{errors:?}"
+    );
+    // Their retries fall due when the clock reaches them; then they are
+    // out of attempts.
+    h.clock.advance(10_000);
+    let dead = collect(&log, "fire.dead_lettered", 3).await;
+    assert!(dead.iter().all(|e| e.payload.contains("\"attempts\":2")));
+    // The engine records its work before it reports the status.
+    for _ in 0..300 {
+        if engine.status("acme", "hostile").unwrap().pending_fires == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = engine.status("acme", "hostile").unwrap();
+    assert_eq!(status.pending_fires, 0);
+    engine.shutdown().await;
 }

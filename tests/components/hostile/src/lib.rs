@@ -8,6 +8,7 @@
 //! - `panic`: panics
 //! - `retry` / `fatal`: returns that error (handler)
 //! - `flaky`: a retryable error on the first attempt, success after
+//! - `handler-<mode>`: `<mode>` in the handler only (`select` keeps it)
 //! - `not-json`: emits a payload that is not a JSON object (handler)
 //! - `shout`: writes 1 MiB to stdout and stderr, then behaves
 //! - `chat`: writes a line to stdout, stderr and the log, then behaves
@@ -63,7 +64,8 @@ impl Rule for Hostile {
     }
 
     fn handle_batch(batch: &Batch<'_>) -> Result<Vec<Emit>, RuleError> {
-        let kind = batch.events().first().map_or("", |e| e.kind());
+        let first = batch.events().first().map_or("", |e| e.kind());
+        let kind = first.strip_prefix("handler-").unwrap_or(first);
         misbehave(kind);
         match kind {
             "huge" => Ok((0..1_000_000)
