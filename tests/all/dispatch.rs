@@ -165,9 +165,10 @@ fn discarded_windows_are_recorded_on_the_log_and_fire_ids_are_stable() {
         })
         .unwrap();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].kind, "window.discarded");
+    assert_eq!(records[0].kind, "windows.discarded");
     let payload: serde_json::Value = serde_json::from_str(&records[0].payload).unwrap();
-    assert_eq!(payload["seqs"], json!([1]));
+    assert_eq!(payload["windows"][0]["seqs"], json!([1]));
+    assert_eq!(payload["windows"][0]["fire_id"], json!(fires[0].fire_id));
     // The engine's own record does not feed the rule.
     let step = d.step(&log, h.clock.now_millis(), 100).unwrap();
     assert_eq!((step.read, step.kept), (0, 0));

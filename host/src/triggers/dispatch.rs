@@ -127,7 +127,7 @@ pub struct Dispatcher {
     instance: RuleInstance,
     ns: String,
     cursor: u64,
-    windows: HashMap<Option<String>, Window>,
+    windows: Windows,
     timers: Timers<Option<String>>,
     /// Fires not yet completed, by id.
     pending: BTreeMap<String, FireRecord>,
@@ -168,7 +168,7 @@ impl Dispatcher {
             spec,
             ns,
             cursor: 0,
-            windows: HashMap::new(),
+            windows: Windows::default(),
             timers: Timers::new(),
             pending: BTreeMap::new(),
             dead_in_a_row: 0,
@@ -557,13 +557,8 @@ impl Dispatcher {
     /// Close every window whose deadline has passed at `now` (they expire
     /// on idle partitions too: no event is needed).
     pub fn expire(&mut self, log: &EventLog, now: i64) -> Result<Vec<FireRecord>, DispatchError> {
-        let due: Vec<Option<String>> = self
-            .timers
-            .clone()
-            .pop_due(now)
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
+        // Read, not pop: the timers change only once the commit succeeds.
+        let due: Vec<Option<String>> = self.timers.due(now).into_iter().map(|(_, p)| p).collect();
         if due.is_empty() {
             return Ok(Vec::new());
         }
@@ -604,8 +599,8 @@ impl Dispatcher {
     fn pin_op(&self) -> StateOp {
         let min = self
             .windows
-            .values()
-            .map(Window::first_seq)
+            .min_first()
+            .into_iter()
             .chain(
                 self.pending
                     .values()
@@ -646,6 +641,7 @@ impl Dispatcher {
             });
         }
         let mut fires = Vec::new();
+        let mut discarded = Vec::new();
         for (partition, c) in change.closed {
             let part = partition
                 .as_deref()
@@ -662,19 +658,11 @@ impl Dispatcher {
                 last_error: None,
             };
             if record.reason == Close::Discarded {
-                engine_events.push(NewEvent {
-                    tenant: self.spec.tenant.clone(),
-                    id: Some(record.fire_id.clone()),
-                    source: ENGINE_SOURCE.into(),
-                    kind: "window.discarded".into(),
-                    time: Some(now),
-                    payload: serde_json::json!({
-                        "rule": record.rule,
-                        "partition": record.partition,
-                        "seqs": record.seqs,
-                    })
-                    .to_string(),
-                });
+                discarded.push(serde_json::json!({
+                    "fire_id": record.fire_id,
+                    "partition": record.partition,
+                    "seqs": record.seqs,
+                }));
             } else {
                 ops.push(StateOp::Put {
                     ns: self.ns.clone(),
@@ -683,6 +671,21 @@ impl Dispatcher {
                 });
             }
             fires.push(record);
+        }
+        // Discards go on the log as engine records, up to 1000 windows each
+        // (so closing a million windows is not a million events).
+        for chunk in discarded.chunks(1_000) {
+            engine_events.push(NewEvent {
+                tenant: self.spec.tenant.clone(),
+                id: Some(format!(
+                    "{}.discarded",
+                    chunk[0]["fire_id"].as_str().unwrap_or_default()
+                )),
+                source: ENGINE_SOURCE.into(),
+                kind: "windows.discarded".into(),
+                time: Some(now),
+                payload: serde_json::json!({"rule": self.spec.name, "windows": chunk}).to_string(),
+            });
         }
         ops.push(StateOp::Put {
             ns: self.ns.clone(),
@@ -731,6 +734,50 @@ fn backoff_ms(retry: &RetryPolicy, attempt: u32, fire_id: &str) -> i64 {
     (delay / 2.0 + unit * delay / 2.0) as i64
 }
 
+/// The open windows by partition, with the first seqs they hold counted,
+/// so the lowest one (the retention pin) is found in O(log n).
+#[derive(Debug, Default)]
+struct Windows {
+    map: HashMap<Option<String>, Window>,
+    firsts: BTreeMap<u64, usize>,
+}
+
+impl Windows {
+    fn get(&self, partition: &Option<String>) -> Option<&Window> {
+        self.map.get(partition)
+    }
+
+    fn insert(&mut self, partition: Option<String>, window: Window) -> Option<Window> {
+        *self.firsts.entry(window.first_seq()).or_default() += 1;
+        let old = self.map.insert(partition, window);
+        if let Some(o) = &old {
+            self.forget(o.first_seq());
+        }
+        old
+    }
+
+    fn remove(&mut self, partition: &Option<String>) -> Option<Window> {
+        let old = self.map.remove(partition);
+        if let Some(o) = &old {
+            self.forget(o.first_seq());
+        }
+        old
+    }
+
+    fn forget(&mut self, first: u64) {
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.firsts.entry(first) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    fn min_first(&self) -> Option<u64> {
+        self.firsts.keys().next().copied()
+    }
+}
+
 /// The partitions a step touched (with their state before it, to roll
 /// back) and the windows it closed.
 #[derive(Default)]
@@ -742,11 +789,7 @@ struct Change {
 impl Change {
     /// Take a partition's window out for changing, remembering the
     /// original the first time.
-    fn take(
-        &mut self,
-        windows: &mut HashMap<Option<String>, Window>,
-        partition: &Option<String>,
-    ) -> Option<Window> {
+    fn take(&mut self, windows: &mut Windows, partition: &Option<String>) -> Option<Window> {
         let slot = windows.remove(partition);
         self.undo
             .entry(partition.clone())

@@ -71,6 +71,16 @@ impl<K: Ord + Hash + Clone> Timers<K> {
         due
     }
 
+    /// Every key due at `now` (deadline ≤ now), earliest first, without
+    /// removing them.
+    pub fn due(&self, now: i64) -> Vec<(i64, K)> {
+        self.by_time
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .cloned()
+            .collect()
+    }
+
     /// How many deadlines are set.
     pub fn len(&self) -> usize {
         self.by_key.len()
@@ -94,6 +104,8 @@ mod tests {
         t.set("c", 10);
         t.set("d", 30);
         assert_eq!(t.next_deadline(), Some(10));
+        assert_eq!(t.due(20), vec![(10, "c"), (20, "a"), (20, "b")]);
+        assert_eq!(t.len(), 4, "due() leaves the timers set");
         assert_eq!(t.pop_due(20), vec![(10, "c"), (20, "a"), (20, "b")]);
         assert_eq!(t.len(), 1);
         assert!(t.pop_due(29).is_empty());
