@@ -12,7 +12,7 @@ use sluice::triggers::batch::{Batcher, Close};
 use sluice::triggers::dispatch::{BatchRule, Dispatcher, ENGINE_SOURCE, FireOutcome};
 use sluice_test_components::components::{HOSTILE, PR_DIGEST};
 
-use crate::Harness;
+use crate::{Harness, temp_log};
 
 fn merged(repo: &str, n: u32) -> NewEvent {
     NewEvent {
@@ -142,14 +142,7 @@ fn windows_fires_and_cursor_commit_together_and_survive_restart() {
 #[test]
 fn discarded_windows_are_recorded_on_the_log_and_fire_ids_are_stable() {
     let h = Harness::new();
-    let dir = tempfile::tempdir().unwrap();
-    let log = EventLog::open_sqlite(
-        dir.path().join("log.db"),
-        Durability::Normal,
-        LogConfig::default(),
-        Arc::new(h.clock.clone()),
-    )
-    .unwrap();
+    let (log, _dir) = temp_log(&h);
     log.append_blocking(vec![merged("acme/api", 1)]).unwrap();
     let mut d = Dispatcher::open(&log, spec(&h, Expire::Discard)).unwrap();
     d.step(&log, h.clock.now_millis(), 100).unwrap();
@@ -174,14 +167,7 @@ fn discarded_windows_are_recorded_on_the_log_and_fire_ids_are_stable() {
     assert_eq!((step.read, step.kept), (0, 0));
 
     // Same window, same fire id, in another engine.
-    let other = tempfile::tempdir().unwrap();
-    let log2 = EventLog::open_sqlite(
-        other.path().join("log.db"),
-        Durability::Normal,
-        LogConfig::default(),
-        Arc::new(h.clock.clone()),
-    )
-    .unwrap();
+    let (log2, _other) = temp_log(&h);
     log2.append_blocking(vec![merged("acme/api", 1)]).unwrap();
     let mut d2 = Dispatcher::open(&log2, spec(&h, Expire::Discard)).unwrap();
     d2.step(&log2, h.clock.now_millis(), 100).unwrap();
@@ -221,14 +207,7 @@ fn engine_kinds(log: &EventLog) -> Vec<String> {
 #[test]
 fn a_completed_fire_appends_outputs_under_its_id_exactly_once() {
     let h = Harness::new();
-    let dir = tempfile::tempdir().unwrap();
-    let log = EventLog::open_sqlite(
-        dir.path().join("log.db"),
-        Durability::Normal,
-        LogConfig::default(),
-        Arc::new(h.clock.clone()),
-    )
-    .unwrap();
+    let (log, _dir) = temp_log(&h);
     log.append_blocking(vec![merged("acme/api", 1), merged("acme/api", 2)])
         .unwrap();
     let mut d = Dispatcher::open(&log, spec(&h, Expire::Fire)).unwrap();
@@ -279,14 +258,7 @@ fn a_completed_fire_appends_outputs_under_its_id_exactly_once() {
 #[test]
 fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     let h = Harness::new();
-    let dir = tempfile::tempdir().unwrap();
-    let log = EventLog::open_sqlite(
-        dir.path().join("log.db"),
-        Durability::Normal,
-        LogConfig::default(),
-        Arc::new(h.clock.clone()),
-    )
-    .unwrap();
+    let (log, _dir) = temp_log(&h);
     let rule = BatchRule {
         name: "hostile".into(),
         rule: h.load(HOSTILE, Default::default()),

@@ -68,6 +68,10 @@ async fn wait_for(log: &EventLog, after: u64, pred: impl Fn(&Event) -> bool) -> 
     found.expect("the engine produced the event in time")
 }
 
+async fn deploy(engine: &Engine, rule: BatchRule, retry: RetryPolicy) {
+    engine.deploy_batch(rule, retry).await.unwrap();
+}
+
 /// The first `n` engine records of `kind` on the feed, waiting for them.
 async fn collect(log: &EventLog, kind: &str, n: usize) -> Vec<Event> {
     let mut sub = log.subscribe(Some("acme"), 0);
@@ -114,21 +118,19 @@ async fn outputs_feed_another_rule() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir, Arc::new(h.clock.clone()));
     let engine = Engine::new(log.clone(), Arc::new(h.clock.clone()));
-    engine
-        .deploy_batch(
-            batch_rule(&h, "pr-digest", PR_DIGEST, 2, 3600, Limits::default()),
-            RetryPolicy::default(),
-        )
-        .await
-        .unwrap();
+    deploy(
+        &engine,
+        batch_rule(&h, "pr-digest", PR_DIGEST, 2, 3600, Limits::default()),
+        RetryPolicy::default(),
+    )
+    .await;
     // The hostile rule keeps every event, its peers' outputs included.
-    engine
-        .deploy_batch(
-            batch_rule(&h, "hostile", HOSTILE, 3, 3600, Limits::default()),
-            RetryPolicy::default(),
-        )
-        .await
-        .unwrap();
+    deploy(
+        &engine,
+        batch_rule(&h, "hostile", HOSTILE, 3, 3600, Limits::default()),
+        RetryPolicy::default(),
+    )
+    .await;
     log.append(vec![merged(1), merged(2)]).await.unwrap();
     let digest = wait_for(&log, 0, |e| e.kind == "pr.digest").await;
     assert_eq!(digest.source, "rule:pr-digest");
@@ -146,13 +148,12 @@ async fn windows_close_on_idle_partitions_and_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir, clock.clone());
     let engine = Engine::new(log.clone(), clock.clone());
-    engine
-        .deploy_batch(
-            batch_rule(&h, "pr-digest", PR_DIGEST, 10, 60, Limits::default()),
-            RetryPolicy::default(),
-        )
-        .await
-        .unwrap();
+    deploy(
+        &engine,
+        batch_rule(&h, "pr-digest", PR_DIGEST, 10, 60, Limits::default()),
+        RetryPolicy::default(),
+    )
+    .await;
     log.append(vec![merged(1)]).await.unwrap();
     wait_cursor(&engine, "pr-digest", 1).await;
     // Nothing else happens: moving the clock alone closes the window.
@@ -168,13 +169,12 @@ async fn windows_close_on_idle_partitions_and_after_a_restart() {
     engine.shutdown().await;
     h.clock.advance(120_000);
     let engine = Engine::new(log.clone(), clock.clone());
-    engine
-        .deploy_batch(
-            batch_rule(&h, "pr-digest", PR_DIGEST, 10, 60, Limits::default()),
-            RetryPolicy::default(),
-        )
-        .await
-        .unwrap();
+    deploy(
+        &engine,
+        batch_rule(&h, "pr-digest", PR_DIGEST, 10, 60, Limits::default()),
+        RetryPolicy::default(),
+    )
+    .await;
     let late = wait_for(&log, after, |e| e.kind == "pr.digest").await;
     assert!(late.payload.contains("\"number\":2"), "{}", late.payload);
     engine.shutdown().await;
@@ -194,20 +194,18 @@ async fn a_hostile_rule_delays_no_other_rule() {
     };
     // The hostile rule spins in `select` on every `loop` event until its
     // 5 s deadline; pr-digest must not wait for it.
-    engine
-        .deploy_batch(
-            batch_rule(&h, "hostile", HOSTILE, 1, 60, slow),
-            RetryPolicy::default(),
-        )
-        .await
-        .unwrap();
-    engine
-        .deploy_batch(
-            batch_rule(&h, "pr-digest", PR_DIGEST, 2, 60, Limits::default()),
-            RetryPolicy::default(),
-        )
-        .await
-        .unwrap();
+    deploy(
+        &engine,
+        batch_rule(&h, "hostile", HOSTILE, 1, 60, slow),
+        RetryPolicy::default(),
+    )
+    .await;
+    deploy(
+        &engine,
+        batch_rule(&h, "pr-digest", PR_DIGEST, 2, 60, Limits::default()),
+        RetryPolicy::default(),
+    )
+    .await;
     let loop_event = NewEvent {
         kind: "loop".into(),
         id: Some("spin".into()),
@@ -261,13 +259,12 @@ async fn hostile_handlers_are_stopped_retried_and_dead_lettered() {
         .deploy_batch(batch_rule(&h, "hostile", HOSTILE, 1, 60, tight), retry)
         .await
         .unwrap();
-    engine
-        .deploy_batch(
-            batch_rule(&h, "pr-digest", PR_DIGEST, 2, 60, Limits::default()),
-            RetryPolicy::default(),
-        )
-        .await
-        .unwrap();
+    deploy(
+        &engine,
+        batch_rule(&h, "pr-digest", PR_DIGEST, 2, 60, Limits::default()),
+        RetryPolicy::default(),
+    )
+    .await;
     let hostile = |kind: &str| NewEvent {
         kind: kind.into(),
         id: Some(kind.into()),

@@ -68,6 +68,19 @@ impl Harness {
     }
 }
 
+/// A fresh SQLite log in a temporary directory, on the harness's clock.
+pub fn temp_log(h: &Harness) -> (sluice::log::EventLog, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = sluice::log::EventLog::open_sqlite(
+        dir.path().join("log.db"),
+        sluice::log::Durability::Normal,
+        sluice::log::LogConfig::default(),
+        Arc::new(h.clock.clone()),
+    )
+    .unwrap();
+    (log, dir)
+}
+
 /// An event of `kind` with a JSON `payload`.
 pub fn event(seq: u64, kind: &str, payload: serde_json::Value) -> Event {
     Event {
