@@ -369,3 +369,59 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     assert!(d.redrive(&log, "f_nope").is_err());
     assert!(retry_times[1] > retry_times[0]);
 }
+
+#[test]
+fn an_event_the_rule_cannot_select_is_isolated_skipped_and_recorded() {
+    let h = Harness::new();
+    let (log, _dir) = temp_log(&h);
+    let rule = BatchRule {
+        name: "hostile".into(),
+        rule: h.load(HOSTILE, Default::default()),
+        batcher: Batcher::from(&BatchTrigger {
+            count: 1,
+            window: Duration::from_secs(60),
+            expire: Expire::Fire,
+            debounce: false,
+        }),
+        ..spec(&h, Expire::Fire)
+    };
+    let mut d = Dispatcher::open(&log, rule).unwrap();
+    log.append_blocking(kind_events(&["fine", "panic", "fine"], "p"))
+        .unwrap();
+    let mut fires = Vec::new();
+    let mut errors = 0;
+    for _ in 0..20 {
+        match d.step(&log, h.clock.now_millis(), 100) {
+            Ok(step) => fires.extend(step.fires.into_iter().map(|f| f.seqs)),
+            Err(_) => errors += 1,
+        }
+        if d.cursor() >= 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        fires,
+        vec![vec![1], vec![3]],
+        "the events around it are processed"
+    );
+    // One failure for the batch, then three for the event alone.
+    assert_eq!(
+        errors,
+        1 + sluice::triggers::dispatch::POISON_ATTEMPTS as usize - 1
+    );
+    let skipped = log
+        .query(&EventQuery {
+            kind: Some("event.skipped".into()),
+            ..EventQuery::tenant("acme", 10)
+        })
+        .unwrap();
+    assert_eq!(skipped.len(), 1);
+    let payload: serde_json::Value = serde_json::from_str(&skipped[0].payload).unwrap();
+    assert_eq!(payload["seq"], 2);
+    assert!(
+        payload["error"]
+            .as_str()
+            .unwrap()
+            .contains("hostile rule panicked on purpose")
+    );
+}

@@ -135,7 +135,15 @@ pub struct Dispatcher {
     dead_in_a_row: u32,
     /// Why the rule is suspended, when it is.
     suspended: Option<String>,
+    /// Events still to take one at a time after a failed `select`.
+    isolating: usize,
+    /// The single event whose `select` failed, and how many times.
+    poison: Option<(u64, u32)>,
 }
+
+/// A single event whose `select` fails this many times in a row is
+/// skipped (and recorded on the log).
+pub const POISON_ATTEMPTS: u32 = 3;
 
 fn window_key(partition: &Option<String>) -> String {
     match partition {
@@ -173,6 +181,8 @@ impl Dispatcher {
             pending: BTreeMap::new(),
             dead_in_a_row: 0,
             suspended: None,
+            isolating: 0,
+            poison: None,
         };
         for (key, value) in log.state_scan(&d.ns)? {
             if key == "cursor" {
@@ -516,6 +526,9 @@ impl Dispatcher {
                 ..Step::default()
             });
         }
+        // After a failed `select`, go one event at a time to find the one
+        // that fails.
+        let max = if self.isolating > 0 { 1 } else { max };
         let events = log.query(&EventQuery {
             after_seq: Some(self.cursor),
             ..EventQuery::tenant(&self.spec.tenant, max)
@@ -530,7 +543,31 @@ impl Dispatcher {
             .into_iter()
             .filter(|e| e.source != ENGINE_SOURCE)
             .collect();
-        let verdicts = self.instance.select(&candidates)?;
+        let verdicts = match self.instance.select(&candidates) {
+            Ok(v) => {
+                self.isolating = self.isolating.saturating_sub(1);
+                self.poison = None;
+                v
+            }
+            Err(e) if candidates.len() > 1 => {
+                self.isolating = candidates.len();
+                return Err(e.into());
+            }
+            Err(e) => {
+                let seq = candidates.first().map_or(last, |c| c.seq);
+                let failures = match self.poison {
+                    Some((s, n)) if s == seq => n + 1,
+                    _ => 1,
+                };
+                self.poison = Some((seq, failures));
+                if failures < POISON_ATTEMPTS {
+                    return Err(e.into());
+                }
+                // The event fails the rule's `select` every time: record it
+                // on the log and move past it, so the rule is not stuck.
+                return self.skip_poison(log, seq, &e);
+            }
+        };
         let mut step = Step {
             read: candidates.len(),
             cursor: last,
@@ -592,6 +629,48 @@ impl Dispatcher {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// Move the cursor past event `seq`, which the rule cannot select,
+    /// leaving an `event.skipped` engine record with the error.
+    fn skip_poison(
+        &mut self,
+        log: &EventLog,
+        seq: u64,
+        error: &CallError,
+    ) -> Result<Step, DispatchError> {
+        let record = NewEvent {
+            tenant: self.spec.tenant.clone(),
+            id: Some(format!("skip:{}:{seq}", self.spec.name)),
+            source: ENGINE_SOURCE.into(),
+            kind: "event.skipped".into(),
+            time: None,
+            payload: serde_json::json!({"rule": self.spec.name, "seq": seq,
+                "attempts": POISON_ATTEMPTS, "error": error.to_string()})
+            .to_string(),
+        };
+        tracing::warn!(rule = %self.spec.name, seq, error = %error, "skipping an event the rule cannot select");
+        let (old_cursor, old_poison) = (self.cursor, self.poison.take());
+        self.cursor = seq;
+        let ops = vec![
+            StateOp::Put {
+                ns: self.ns.clone(),
+                key: "cursor".into(),
+                value: seq.to_string().into_bytes(),
+            },
+            self.pin_op(),
+        ];
+        if let Err(e) = log.transact_blocking(vec![record], ops) {
+            self.cursor = old_cursor;
+            self.poison = old_poison;
+            return Err(e.into());
+        }
+        self.isolating = self.isolating.saturating_sub(1);
+        Ok(Step {
+            read: 1,
+            cursor: seq,
+            ..Step::default()
+        })
     }
 
     /// The lowest seq this rule still needs: the next one to read, the
