@@ -23,3 +23,9 @@ run() {
 run pr-digest count-reached
 run user-inactive dwell:inactive
 run hourly-summary schedule
+
+echo
+echo "== pr-digest under its trigger (sluice test: real log, windows, fires; virtual clock) =="
+echo "-- events: examples/pr-digest/scenario.ndjson (ends with {\"advance\": \"2h\"})"
+"$sluice" test "$wasm/pr_digest.wasm" --manifest examples/pr-digest/rule.toml \
+    --events examples/pr-digest/scenario.ndjson
