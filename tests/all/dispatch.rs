@@ -367,6 +367,12 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     assert!(d.due_fires(h.clock.now_millis()).contains(&first_dead));
     assert_eq!(d.dead_letters(&log).unwrap().len(), 1);
     assert!(d.redrive(&log, "f_nope").is_err());
+    // Dead letters keep their events pinned until re-driven or discarded.
+    let other_dead = d.dead_letters(&log).unwrap()[0].clone();
+    assert!(log.low_water().unwrap().unwrap() <= other_dead.seqs[0]);
+    d.discard_dead(&log, &other_dead.fire_id).unwrap();
+    assert!(d.dead_letters(&log).unwrap().is_empty());
+    assert!(d.discard_dead(&log, &other_dead.fire_id).is_err());
     assert!(retry_times[1] > retry_times[0]);
 }
 

@@ -131,6 +131,9 @@ pub struct Dispatcher {
     timers: Timers<Option<String>>,
     /// Fires not yet completed, by id.
     pending: BTreeMap<String, FireRecord>,
+    /// Dead letters (fire id → first seq): their events stay pinned so
+    /// that they can be re-driven.
+    dead: BTreeMap<String, u64>,
     /// Fires dead-lettered in a row (reset by a success).
     dead_in_a_row: u32,
     /// Why the rule is suspended, when it is.
@@ -179,6 +182,7 @@ impl Dispatcher {
             windows: Windows::default(),
             timers: Timers::new(),
             pending: BTreeMap::new(),
+            dead: BTreeMap::new(),
             dead_in_a_row: 0,
             suspended: None,
             isolating: 0,
@@ -201,6 +205,11 @@ impl Dispatcher {
                 let f: FireRecord =
                     serde_json::from_slice(&value).map_err(|e| bad_state(&key, e))?;
                 d.pending.insert(id.to_owned(), f);
+            } else if let Some(id) = key.strip_prefix("dead/") {
+                let f: FireRecord =
+                    serde_json::from_slice(&value).map_err(|e| bad_state(&key, e))?;
+                d.dead
+                    .insert(id.to_owned(), f.seqs.first().copied().unwrap_or(u64::MAX));
             }
         }
         Ok(d)
@@ -271,6 +280,7 @@ impl Dispatcher {
             serde_json::from_slice(&value).map_err(|e| bad_state(&key, e))?;
         record.attempts = 0;
         record.retry_at = None;
+        let first = self.dead.remove(fire_id);
         self.pending.insert(fire_id.to_owned(), record.clone());
         let ops = vec![
             StateOp::Delete {
@@ -286,6 +296,28 @@ impl Dispatcher {
         ];
         if let Err(e) = log.transact_blocking(Vec::new(), ops) {
             self.pending.remove(fire_id);
+            if let Some(first) = first {
+                self.dead.insert(fire_id.to_owned(), first);
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Drop a dead letter for good, releasing its events to retention.
+    pub fn discard_dead(&mut self, log: &EventLog, fire_id: &str) -> Result<(), DispatchError> {
+        let Some(first) = self.dead.remove(fire_id) else {
+            return Err(bad_state(&format!("dead/{fire_id}"), "no such dead letter"));
+        };
+        let ops = vec![
+            StateOp::Delete {
+                ns: self.ns.clone(),
+                key: format!("dead/{fire_id}"),
+            },
+            self.pin_op(),
+        ];
+        if let Err(e) = log.transact_blocking(Vec::new(), ops) {
+            self.dead.insert(fire_id.to_owned(), first);
             return Err(e.into());
         }
         Ok(())
@@ -404,6 +436,10 @@ impl Dispatcher {
                 let mut ops = Vec::new();
                 let (event, outcome) = if dead {
                     self.pending.remove(fire_id);
+                    self.dead.insert(
+                        fire_id.to_owned(),
+                        record.seqs.first().copied().unwrap_or(u64::MAX),
+                    );
                     let in_a_row = self.dead_in_a_row + 1;
                     ops.push(StateOp::Delete {
                         ns: self.ns.clone(),
@@ -463,6 +499,7 @@ impl Dispatcher {
                     )
                 };
                 if let Err(e) = log.transact_blocking(vec![event], ops) {
+                    self.dead.remove(fire_id);
                     self.pending.insert(fire_id.to_owned(), record);
                     return Err(e.into());
                 }
@@ -674,7 +711,7 @@ impl Dispatcher {
     }
 
     /// The lowest seq this rule still needs: the next one to read, the
-    /// first of every open window, the first of every pending fire.
+    /// first of every open window, pending fire and dead letter.
     fn pin_op(&self) -> StateOp {
         let min = self
             .windows
@@ -685,6 +722,7 @@ impl Dispatcher {
                     .values()
                     .filter_map(|f| f.seqs.first().copied()),
             )
+            .chain(self.dead.values().copied())
             .fold(self.cursor + 1, u64::min);
         StateOp::Pin {
             owner: self.ns.clone(),
