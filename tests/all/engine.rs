@@ -188,12 +188,12 @@ async fn a_hostile_rule_delays_no_other_rule() {
     let log = open_log(&dir, clock.clone());
     let engine = Engine::new(log.clone(), clock.clone());
     let slow = Limits {
-        deadline: Duration::from_secs(5),
+        deadline: Duration::from_secs(10),
         fuel: u64::MAX / 2,
         ..Limits::default()
     };
     // The hostile rule spins in `select` on every `loop` event until its
-    // 5 s deadline; pr-digest must not wait for it.
+    // 10 s deadline; pr-digest must not wait for it.
     deploy(
         &engine,
         batch_rule(&h, "hostile", HOSTILE, 1, 60, slow),
