@@ -478,12 +478,27 @@ fn recv_soon(rx: &mut mpsc::Receiver<Command>) -> Option<Command> {
     rx.blocking_recv()
 }
 
-/// A writer reply, polling briefly before parking.
+/// Threads waiting for a writer reply right now: only a lone waiter polls
+/// (with many, the writer is busy anyway and polling would steal its CPU).
+static WAITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A writer reply, polling briefly before parking when alone.
 fn reply_soon<T>(
+    rx: oneshot::Receiver<Result<T, LogError>>,
+) -> Result<Result<T, LogError>, LogError> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let alone = WAITERS.fetch_add(1, SeqCst) == 0;
+    let result = wait_reply(rx, alone);
+    WAITERS.fetch_sub(1, SeqCst);
+    result
+}
+
+fn wait_reply<T>(
     mut rx: oneshot::Receiver<Result<T, LogError>>,
+    spin: bool,
 ) -> Result<Result<T, LogError>, LogError> {
     let start = std::time::Instant::now();
-    while start.elapsed() < SPIN {
+    while spin && start.elapsed() < SPIN {
         match rx.try_recv() {
             Ok(r) => return Ok(r),
             Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),

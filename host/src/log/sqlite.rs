@@ -563,31 +563,33 @@ impl SqliteWriter {
             }
         }
         for op in ops {
-            match op {
-                StateOp::Put { ns, key, value } => tx.execute(
+            let (sql, args): (&str, Vec<Box<dyn rusqlite::ToSql>>) = match op {
+                StateOp::Put { ns, key, value } => (
                     "INSERT INTO state (ns, key, value) VALUES (?1, ?2, ?3)
                      ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
-                    params![ns, key, value],
+                    vec![Box::new(ns), Box::new(key), Box::new(value)],
                 ),
-                StateOp::Delete { ns, key } => tx.execute(
+                StateOp::Delete { ns, key } => (
                     "DELETE FROM state WHERE ns = ?1 AND key = ?2",
-                    params![ns, key],
+                    vec![Box::new(ns), Box::new(key)],
                 ),
-                StateOp::Clear { ns } => tx.execute("DELETE FROM state WHERE ns = ?1", params![ns]),
+                StateOp::Clear { ns } => ("DELETE FROM state WHERE ns = ?1", vec![Box::new(ns)]),
                 StateOp::Pin {
                     owner,
                     min_seq: Some(seq),
-                } => tx.execute(
+                } => (
                     "INSERT INTO pins (owner, min_seq) VALUES (?1, ?2)
                      ON CONFLICT (owner) DO UPDATE SET min_seq = excluded.min_seq",
-                    params![owner, seq as i64],
+                    vec![Box::new(owner), Box::new(seq as i64)],
                 ),
                 StateOp::Pin {
                     owner,
                     min_seq: None,
-                } => tx.execute("DELETE FROM pins WHERE owner = ?1", params![owner]),
-            }
-            .map_err(err("apply state"))?;
+                } => ("DELETE FROM pins WHERE owner = ?1", vec![Box::new(owner)]),
+            };
+            tx.prepare_cached(sql)
+                .and_then(|mut stmt| stmt.execute(params_from_iter(args.iter())))
+                .map_err(err("apply state"))?;
         }
         tx.commit().map_err(err("commit"))?;
         // Rows and their five index entries, roughly.
