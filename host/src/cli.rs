@@ -232,6 +232,28 @@ fn parse_reason(reason: &str, now: i64, events: &[wit::Event]) -> anyhow::Result
     })
 }
 
+/// Membership as the WIT spells it.
+fn membership_name(m: wit::Membership) -> &'static str {
+    match m {
+        wit::Membership::Enter => "enter",
+        wit::Membership::Leave => "leave",
+        wit::Membership::Refresh => "refresh",
+        wit::Membership::Ignore => "ignore",
+    }
+}
+
+/// A reason as the WIT spells it (`count-reached`, `{"dwell": {…}}`, …).
+fn reason_json(reason: &Reason) -> serde_json::Value {
+    match reason {
+        Reason::CountReached => json!("count-reached"),
+        Reason::WindowExpired => json!("window-expired"),
+        Reason::Drained => json!("drained"),
+        Reason::Dwell(d) => json!({"dwell": {"label": d.label, "ordinal": d.ordinal,
+            "member-since": d.member_since, "epoch": d.epoch}}),
+        Reason::Schedule(s) => json!({"schedule": {"tick": s.tick, "catch-up": s.catch_up}}),
+    }
+}
+
 fn eval(
     rule_path: &Path,
     events_path: &Path,
@@ -285,7 +307,7 @@ fn eval(
                     .or_default()
                     .push(wit::Event::from(event));
                 json!({"type": "keep", "seq": event.seq, "kind": event.kind,
-                       "partition": p.partition, "membership": p.membership})
+                       "partition": p.partition, "membership": membership_name(p.membership)})
             }
         };
         writeln!(out, "{line}")?;
@@ -306,7 +328,7 @@ fn eval(
             out,
             "{}",
             json!({"type": "fire", "fire_id": batch.fire_id, "partition": partition,
-                   "reason": batch.reason, "events": seqs})
+                   "reason": reason_json(&batch.reason), "events": seqs})
         )?;
         match instance.handle_batch(&batch) {
             Ok(emits) => {

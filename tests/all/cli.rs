@@ -51,7 +51,8 @@ fn eval_runs_the_pr_digest_example() {
     assert_eq!(outputs[0]["payload"]["repo"], "acme/api");
     assert_eq!(outputs[0]["payload"]["merged"], 2);
     assert_eq!(outputs[1]["payload"]["repo"], "acme/web");
-    assert_eq!(lines[5]["reason"], "CountReached");
+    assert_eq!(lines[5]["reason"], "count-reached");
+    assert_eq!(lines[0]["membership"], "enter");
 }
 
 #[test]
