@@ -59,6 +59,10 @@ enum Command {
         /// Events and directives, as NDJSON.
         #[arg(long)]
         events: PathBuf,
+        /// More rules to run alongside, as MANIFEST=COMPONENT (repeatable):
+        /// their outputs and the first rule's feed each other.
+        #[arg(long = "rule")]
+        also: Vec<String>,
         /// Where compiled components are cached.
         #[arg(long, env = "SLUICE_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
@@ -131,8 +135,9 @@ pub fn main() -> ExitCode {
             rule,
             manifest,
             events,
+            also,
             cache_dir,
-        } => test(&rule, &manifest, &events, cache_dir),
+        } => test(&rule, &manifest, &events, &also, cache_dir),
         Command::Run {
             db,
             tenant,
@@ -501,21 +506,38 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn test(
-    rule: &Path,
+/// Read a manifest and its component; errors name the file.
+fn read_rule(
     manifest_path: &Path,
-    events: &Path,
-    cache_dir: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+    component: &Path,
+) -> anyhow::Result<(Vec<u8>, crate::manifest::Manifest)> {
     let text = std::fs::read_to_string(manifest_path)
         .with_context(|| format!("read {}", manifest_path.display()))?;
     let manifest = crate::manifest::Manifest::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
-    let component = std::fs::read(rule).with_context(|| format!("read {}", rule.display()))?;
+    let bytes =
+        std::fs::read(component).with_context(|| format!("read {}", component.display()))?;
+    Ok((bytes, manifest))
+}
+
+fn test(
+    rule: &Path,
+    manifest_path: &Path,
+    events: &Path,
+    also: &[String],
+    cache_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let mut rules = vec![read_rule(manifest_path, rule)?];
+    for spec in also {
+        let (m, c) = spec
+            .split_once('=')
+            .with_context(|| format!("--rule {spec:?}: expected MANIFEST=COMPONENT"))?;
+        rules.push(read_rule(Path::new(m), Path::new(c))?);
+    }
     let input = std::io::BufReader::new(
         std::fs::File::open(events).with_context(|| format!("open {}", events.display()))?,
     );
-    let report = crate::offline::run(&component, manifest, input, cache_dir)
+    let report = crate::offline::run_rules(rules, input, cache_dir)
         .with_context(|| format!("{}", events.display()))?;
     let mut out = std::io::stdout().lock();
     for line in &report.lines {

@@ -38,13 +38,23 @@ pub struct Report {
     pub rule_failed: bool,
 }
 
+/// One rule of an offline run.
+struct RuleRun {
+    name: String,
+    dispatcher: Dispatcher,
+    retry: crate::manifest::RetryPolicy,
+}
+
 struct Run {
     log: EventLog,
     clock: ManualClock,
-    dispatcher: Dispatcher,
-    manifest: Manifest,
+    rules: Vec<RuleRun>,
     report: Report,
 }
+
+/// Rounds of dispatching in a row after which rules are taken to be feeding
+/// each other forever.
+const MAX_ROUNDS: usize = 10_000;
 
 /// Run `component` under `manifest` against the lines of `input`.
 pub fn run(
@@ -53,11 +63,17 @@ pub fn run(
     input: impl BufRead,
     cache_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Report> {
-    let Trigger::Batch(batch) = &manifest.trigger else {
-        anyhow::bail!(
-            "trigger: sluice test runs batch rules so far; dwell and schedule triggers are not available yet"
-        );
-    };
+    run_rules(vec![(component.to_vec(), manifest)], input, cache_dir)
+}
+
+/// Run several rules side by side against the lines of `input`: each
+/// rule's outputs are events the others (and itself) may consume. Lines
+/// carry a `rule` field.
+pub fn run_rules(
+    rules: Vec<(Vec<u8>, Manifest)>,
+    input: impl BufRead,
+    cache_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<Report> {
     let lines: Vec<(usize, String)> = input
         .lines()
         .enumerate()
@@ -74,11 +90,6 @@ pub fn run(
         clock: Arc::new(clock.clone()),
         ..RuntimeConfig::default()
     })?;
-    let rule = runtime.load(
-        RuleLabel::new(TENANT, &format!("{}@{}", manifest.name, manifest.version)),
-        component,
-        manifest.limits.clone(),
-    )?;
     let dir = tempfile::tempdir()?;
     let log = EventLog::open_sqlite(
         dir.path().join("test.db"),
@@ -86,20 +97,38 @@ pub fn run(
         LogConfig::default(),
         Arc::new(clock.clone()),
     )?;
-    let dispatcher = Dispatcher::open(
-        &log,
-        BatchRule {
-            tenant: TENANT.into(),
+    let mut runs = Vec::new();
+    for (component, manifest) in rules {
+        let Trigger::Batch(batch) = &manifest.trigger else {
+            anyhow::bail!(
+                "{}: trigger: sluice test runs batch rules so far; dwell and schedule triggers are not available yet",
+                manifest.name
+            );
+        };
+        let rule = runtime.load(
+            RuleLabel::new(TENANT, &format!("{}@{}", manifest.name, manifest.version)),
+            &component,
+            manifest.limits.clone(),
+        )?;
+        let dispatcher = Dispatcher::open(
+            &log,
+            BatchRule {
+                tenant: TENANT.into(),
+                name: manifest.name.clone(),
+                batcher: Batcher::from(batch),
+                rule,
+            },
+        )?;
+        runs.push(RuleRun {
             name: manifest.name.clone(),
-            batcher: Batcher::from(batch),
-            rule,
-        },
-    )?;
+            dispatcher,
+            retry: manifest.retry.clone(),
+        });
+    }
     let mut run = Run {
         log,
         clock,
-        dispatcher,
-        manifest,
+        rules: runs,
         report: Report::default(),
     };
     let limits = EventLimits::default();
@@ -124,10 +153,7 @@ pub fn run(
             run.advance_to(t)?;
         }
         run.log.append_blocking(vec![event])?;
-        let now = run.clock.now_millis();
-        let step = run.dispatcher.step(&run.log, now, usize::MAX >> 1)?;
-        run.created(&step.fires);
-        run.run_due()?;
+        run.settle()?;
     }
     let Run { log, report, .. } = run;
     log.close();
@@ -167,7 +193,7 @@ impl Run {
         self.report.lines.push(line);
     }
 
-    fn created(&mut self, fires: &[FireRecord]) {
+    fn created(&mut self, rule: &str, fires: &[FireRecord]) {
         let at = self.clock.now_millis();
         for f in fires {
             let kind = if f.reason == Close::Discarded {
@@ -175,19 +201,49 @@ impl Run {
             } else {
                 "fire"
             };
-            self.emit(json!({"type": kind, "at": at, "fire_id": f.fire_id,
-                "partition": f.partition, "reason": reason(f.reason), "events": f.seqs}));
+            self.emit(
+                json!({"type": kind, "rule": rule, "at": at, "fire_id": f.fire_id,
+                "partition": f.partition, "reason": reason(f.reason), "events": f.seqs}),
+            );
         }
     }
 
-    /// Run every fire due now; failed ones wait for their retry time.
-    fn run_due(&mut self) -> anyhow::Result<()> {
+    /// Let every rule dispatch what is new and run what is due, until none
+    /// has anything left (outputs of one rule may feed another).
+    fn settle(&mut self) -> anyhow::Result<()> {
+        for _ in 0..MAX_ROUNDS {
+            let mut progressed = false;
+            for i in 0..self.rules.len() {
+                let now = self.clock.now_millis();
+                let before = self.rules[i].dispatcher.cursor();
+                let step = self.rules[i]
+                    .dispatcher
+                    .step(&self.log, now, usize::MAX >> 1)?;
+                progressed |= step.cursor != before;
+                let name = self.rules[i].name.clone();
+                self.created(&name, &step.fires);
+                progressed |= self.run_due(i)?;
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+        anyhow::bail!(
+            "rules kept producing events for {MAX_ROUNDS} rounds: do they feed each other in a loop?"
+        )
+    }
+
+    /// Run rule `i`'s fires due now; failed ones wait for their retry
+    /// time. True when any ran.
+    fn run_due(&mut self, i: usize) -> anyhow::Result<bool> {
         let now = self.clock.now_millis();
-        for fire_id in self.dispatcher.due_fires(now) {
-            let attempt = self.dispatcher.fire(&fire_id).map_or(1, |f| f.attempts + 1);
-            let outcome =
-                self.dispatcher
-                    .run_fire(&self.log, &fire_id, now, &self.manifest.retry)?;
+        let due = self.rules[i].dispatcher.due_fires(now);
+        let ran = !due.is_empty();
+        for fire_id in due {
+            let r = &mut self.rules[i];
+            let attempt = r.dispatcher.fire(&fire_id).map_or(1, |f| f.attempts + 1);
+            let outcome = r.dispatcher.run_fire(&self.log, &fire_id, now, &r.retry)?;
+            let rule = r.name.clone();
             match outcome {
                 FireOutcome::Completed { outputs } => {
                     for event in self.log.query(&crate::log::EventQuery {
@@ -197,8 +253,9 @@ impl Run {
                     })? {
                         let payload: Value =
                             serde_json::from_str(&event.payload).unwrap_or(Value::Null);
-                        self.emit(json!({"type": "output", "at": now, "fire_id": fire_id,
-                            "seq": event.seq, "kind": event.kind, "payload": payload}));
+                        self.emit(json!({"type": "output", "rule": rule, "at": now,
+                            "fire_id": fire_id, "seq": event.seq, "kind": event.kind,
+                            "payload": payload}));
                     }
                 }
                 FireOutcome::Retry {
@@ -206,43 +263,49 @@ impl Run {
                     error,
                 } => {
                     self.report.rule_failed = true;
-                    self.emit(json!({"type": "error", "at": now, "fire_id": fire_id,
-                        "attempt": attempt, "retry_at": retry_at, "error": error}));
+                    self.emit(json!({"type": "error", "rule": rule, "at": now,
+                        "fire_id": fire_id, "attempt": attempt, "retry_at": retry_at,
+                        "error": error}));
                 }
                 FireOutcome::DeadLettered { error } => {
                     self.report.rule_failed = true;
-                    self.emit(json!({"type": "dead_letter", "at": now, "fire_id": fire_id,
-                        "attempt": attempt, "error": error}));
+                    self.emit(json!({"type": "dead_letter", "rule": rule, "at": now,
+                        "fire_id": fire_id, "attempt": attempt, "error": error}));
                 }
             }
         }
-        Ok(())
+        Ok(ran)
+    }
+
+    /// The earliest window deadline or retry time of any rule.
+    fn next_due(&self) -> Option<i64> {
+        self.rules
+            .iter()
+            .flat_map(|r| {
+                let retry = r
+                    .dispatcher
+                    .due_fires(i64::MAX)
+                    .iter()
+                    .filter_map(|id| r.dispatcher.fire(id)?.retry_at)
+                    .min();
+                [r.dispatcher.next_deadline(), retry]
+            })
+            .flatten()
+            .min()
     }
 
     /// Move the clock to `target`, running what falls due on the way in
     /// time order.
     fn advance_to(&mut self, target: i64) -> anyhow::Result<()> {
-        loop {
-            let retry = self
-                .dispatcher
-                .due_fires(i64::MAX)
-                .iter()
-                .filter_map(|id| self.dispatcher.fire(id)?.retry_at)
-                .min();
-            let next = [self.dispatcher.next_deadline(), retry]
-                .into_iter()
-                .flatten()
-                .min();
-            match next {
-                Some(t) if t <= target => {
-                    self.clock.set(t);
-                    let now = self.clock.now_millis();
-                    let fires = self.dispatcher.expire(&self.log, now)?;
-                    self.created(&fires);
-                    self.run_due()?;
-                }
-                _ => break,
+        while let Some(t) = self.next_due().filter(|t| *t <= target) {
+            self.clock.set(t);
+            let now = self.clock.now_millis();
+            for i in 0..self.rules.len() {
+                let fires = self.rules[i].dispatcher.expire(&self.log, now)?;
+                let name = self.rules[i].name.clone();
+                self.created(&name, &fires);
             }
+            self.settle()?;
         }
         self.clock.set(target);
         Ok(())

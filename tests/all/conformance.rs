@@ -1,8 +1,9 @@
 //! The conformance suite: a folder per case under `tests/conformance`,
 //! each with `rule.toml`, `events.ndjson` and `expected.ndjson` (the JSON
 //! lines `sluice test` prints). The rule's name picks the test component
-//! (`pr-digest` → `pr_digest.wasm`). `SLUICE_BLESS=1` rewrites the
-//! expectations — read the diff before committing it.
+//! (`pr-digest` → `pr_digest.wasm`); further rules that run alongside it
+//! are `rule-*.toml`. `SLUICE_BLESS=1` rewrites the expectations — read
+//! the diff before committing it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,15 +33,33 @@ fn component_for(manifest: &Manifest) -> &'static str {
 #[test]
 fn every_case_produces_its_expected_lines() {
     let cases = cases();
-    assert!(cases.len() >= 8, "found {} cases", cases.len());
+    assert!(cases.len() >= 9, "found {} cases", cases.len());
     let mut failures = Vec::new();
     for case in cases {
-        let manifest = Manifest::parse(&std::fs::read_to_string(case.join("rule.toml")).unwrap())
-            .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
-        let component = std::fs::read(component_for(&manifest)).unwrap();
+        let mut files = vec![case.join("rule.toml")];
+        let mut extra: Vec<PathBuf> = std::fs::read_dir(&case)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("rule-")
+            })
+            .collect();
+        extra.sort();
+        files.extend(extra);
+        let rules = files
+            .iter()
+            .map(|f| {
+                let manifest = Manifest::parse(&std::fs::read_to_string(f).unwrap())
+                    .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                (std::fs::read(component_for(&manifest)).unwrap(), manifest)
+            })
+            .collect();
         let events =
             std::io::BufReader::new(std::fs::File::open(case.join("events.ndjson")).unwrap());
-        let report = sluice::offline::run(&component, manifest, events, None)
+        let report = sluice::offline::run_rules(rules, events, None)
             .unwrap_or_else(|e| panic!("{}: {e:#}", case.display()));
         let actual: String = report.lines.iter().map(|l| format!("{l}\n")).collect();
         let expected_path = case.join("expected.ndjson");

@@ -576,9 +576,12 @@ impl Dispatcher {
                 ..Step::default()
             });
         };
+        // Engine records are not for rules, and a rule does not consume its
+        // own outputs (that would feed it to itself without end).
+        let own = format!("rule:{}", self.spec.name);
         let candidates: Vec<_> = events
             .into_iter()
-            .filter(|e| e.source != ENGINE_SOURCE)
+            .filter(|e| e.source != ENGINE_SOURCE && e.source != own)
             .collect();
         let verdicts = match self.instance.select(&candidates) {
             Ok(v) => {
