@@ -137,27 +137,12 @@ fn work(
     now: i64,
     retry: &RetryPolicy,
 ) -> Result<(), DispatchError> {
-    loop {
-        let before = d.cursor();
-        if d.step(log, now, STEP_EVENTS)?.cursor == before {
-            break;
-        }
-    }
+    d.catch_up(log, now, STEP_EVENTS)?;
     d.expire(log, now)?;
     for fire_id in d.due_fires(now) {
         d.run_fire(log, &fire_id, now, retry)?;
     }
     Ok(())
-}
-
-/// The earliest time something of this rule falls due.
-fn next_due(d: &Dispatcher) -> Option<i64> {
-    let retry = d
-        .due_fires(i64::MAX)
-        .iter()
-        .filter_map(|id| d.fire(id)?.retry_at)
-        .min();
-    [d.next_deadline(), retry].into_iter().flatten().min()
 }
 
 async fn rule_task(
@@ -211,7 +196,7 @@ async fn rule_task(
             }
             continue;
         }
-        let due = next_due(&d);
+        let due = d.next_due();
         if due.is_some_and(|t| t <= clock.now_millis()) {
             continue;
         }

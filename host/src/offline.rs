@@ -216,9 +216,7 @@ impl Run {
             for i in 0..self.rules.len() {
                 let now = self.clock.now_millis();
                 let before = self.rules[i].dispatcher.cursor();
-                let step = self.rules[i]
-                    .dispatcher
-                    .step(&self.log, now, usize::MAX >> 1)?;
+                let step = self.rules[i].dispatcher.catch_up(&self.log, now, 1_024)?;
                 progressed |= step.cursor != before;
                 let name = self.rules[i].name.clone();
                 self.created(&name, &step.fires);
@@ -281,16 +279,7 @@ impl Run {
     fn next_due(&self) -> Option<i64> {
         self.rules
             .iter()
-            .flat_map(|r| {
-                let retry = r
-                    .dispatcher
-                    .due_fires(i64::MAX)
-                    .iter()
-                    .filter_map(|id| r.dispatcher.fire(id)?.retry_at)
-                    .min();
-                [r.dispatcher.next_deadline(), retry]
-            })
-            .flatten()
+            .filter_map(|r| r.dispatcher.next_due())
             .min()
     }
 

@@ -335,6 +335,37 @@ impl Dispatcher {
         due.into_iter().map(|f| f.fire_id.clone()).collect()
     }
 
+    /// The earliest time something of this rule falls due: a window's
+    /// deadline or a failed fire's retry time.
+    pub fn next_due(&self) -> Option<i64> {
+        let retry = self.pending.values().filter_map(|f| f.retry_at).min();
+        [self.next_deadline(), retry].into_iter().flatten().min()
+    }
+
+    /// Step in chunks of `chunk` events until the cursor reaches the end of
+    /// the log; the result sums the steps.
+    pub fn catch_up(
+        &mut self,
+        log: &EventLog,
+        now: i64,
+        chunk: usize,
+    ) -> Result<Step, DispatchError> {
+        let mut total = Step {
+            cursor: self.cursor,
+            ..Step::default()
+        };
+        loop {
+            let step = self.step(log, now, chunk)?;
+            if step.cursor == total.cursor {
+                return Ok(total);
+            }
+            total.read += step.read;
+            total.kept += step.kept;
+            total.fires.extend(step.fires);
+            total.cursor = step.cursor;
+        }
+    }
+
     /// A pending fire.
     pub fn fire(&self, fire_id: &str) -> Option<&FireRecord> {
         self.pending.get(fire_id)
@@ -812,15 +843,29 @@ impl Dispatcher {
             key: "cursor".into(),
             value: cursor.to_string().into_bytes(),
         });
-        let (old_cursor, old_pending) = (self.cursor, self.pending.clone());
+        // Remember only what this commit changes, to undo it on failure
+        // (not a copy of every pending fire on every step).
+        let old_cursor = self.cursor;
         self.cursor = cursor;
-        for f in fires.iter().filter(|f| f.reason != Close::Discarded) {
-            self.pending.insert(f.fire_id.clone(), f.clone());
-        }
+        let replaced: Vec<(String, Option<FireRecord>)> = fires
+            .iter()
+            .filter(|f| f.reason != Close::Discarded)
+            .map(|f| {
+                (
+                    f.fire_id.clone(),
+                    self.pending.insert(f.fire_id.clone(), f.clone()),
+                )
+            })
+            .collect();
         ops.push(self.pin_op());
         if let Err(e) = log.transact_blocking(engine_events, ops) {
             self.cursor = old_cursor;
-            self.pending = old_pending;
+            for (id, old) in replaced {
+                match old {
+                    Some(f) => self.pending.insert(id, f),
+                    None => self.pending.remove(&id),
+                };
+            }
             for (partition, original) in change.undo {
                 match original {
                     Some(w) => self.windows.insert(partition, w),
