@@ -459,24 +459,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("read {manifest_path}"))?;
         let manifest = crate::manifest::Manifest::parse(&text)
             .map_err(|e| anyhow::anyhow!("{manifest_path}: {e}"))?;
-        let crate::manifest::Trigger::Batch(trigger) = &manifest.trigger else {
-            bail!("{manifest_path}: only batch rules run so far");
-        };
         let bytes =
             std::fs::read(component_path).with_context(|| format!("read {component_path}"))?;
-        let label = RuleLabel::new(
-            &args.tenant,
-            &format!("{}@{}", manifest.name, manifest.version),
-        );
-        let rule = runtime
-            .load(label, &bytes, manifest.limits.clone())
-            .with_context(|| format!("load {component_path}"))?;
-        let spec = crate::triggers::dispatch::BatchRule {
-            tenant: args.tenant.clone(),
-            name: manifest.name.clone(),
-            batcher: crate::triggers::batch::Batcher::from(trigger),
-            rule,
-        };
+        let spec =
+            crate::triggers::dispatch::BatchRule::load(&runtime, &args.tenant, &bytes, &manifest)
+                .with_context(|| format!("load {component_path}"))?;
         tokio.block_on(engine.deploy_batch(spec, manifest.retry.clone()))?;
         names.push(manifest.name.clone());
     }

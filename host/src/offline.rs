@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 use crate::clock::{Clock, ManualClock};
 use crate::log::validate::{EventLimits, parse_event};
 use crate::log::{Durability, EventLog, LogConfig};
-use crate::manifest::{Manifest, Trigger};
-use crate::runtime::{RuleLabel, Runtime, RuntimeConfig};
-use crate::triggers::batch::{Batcher, Close};
+use crate::manifest::Manifest;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::triggers::batch::Close;
 use crate::triggers::dispatch::{BatchRule, Dispatcher, FireOutcome, FireRecord};
 
 /// The clock's start when no event gives a time: 2026-01-01T00:00:00Z.
@@ -99,26 +99,8 @@ pub fn run_rules(
     )?;
     let mut runs = Vec::new();
     for (component, manifest) in rules {
-        let Trigger::Batch(batch) = &manifest.trigger else {
-            anyhow::bail!(
-                "{}: trigger: sluice test runs batch rules so far; dwell and schedule triggers are not available yet",
-                manifest.name
-            );
-        };
-        let rule = runtime.load(
-            RuleLabel::new(TENANT, &format!("{}@{}", manifest.name, manifest.version)),
-            &component,
-            manifest.limits.clone(),
-        )?;
-        let dispatcher = Dispatcher::open(
-            &log,
-            BatchRule {
-                tenant: TENANT.into(),
-                name: manifest.name.clone(),
-                batcher: Batcher::from(batch),
-                rule,
-            },
-        )?;
+        let spec = BatchRule::load(&runtime, TENANT, &component, &manifest)?;
+        let dispatcher = Dispatcher::open(&log, spec)?;
         runs.push(RuleRun {
             name: manifest.name.clone(),
             dispatcher,

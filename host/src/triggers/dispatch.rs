@@ -20,9 +20,9 @@ use super::fire_id;
 use super::timers::Timers;
 use crate::event::Event;
 use crate::log::{EventLog, EventQuery, LogError, NewEvent, StateOp};
-use crate::manifest::RetryPolicy;
+use crate::manifest::{Manifest, RetryPolicy, Trigger};
 use crate::runtime::bindings::wit;
-use crate::runtime::{CallError, LoadedRule, RuleInstance, Verdict};
+use crate::runtime::{CallError, LoadError, LoadedRule, RuleInstance, RuleLabel, Runtime, Verdict};
 
 /// Source of the engine's own records in the log; rules never see them.
 pub const ENGINE_SOURCE: &str = "sluice";
@@ -118,6 +118,52 @@ pub struct BatchRule {
     pub batcher: Batcher,
     /// The loaded component.
     pub rule: LoadedRule,
+}
+
+/// Why a rule could not be set up to run.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The manifest names a trigger the engine does not run yet.
+    #[error(
+        "{0}: trigger: only batch rules run so far; dwell and schedule triggers are not available yet"
+    )]
+    NotBatch(String),
+    /// The component did not load.
+    #[error("{name}: {error}")]
+    Load {
+        /// The rule's name.
+        name: String,
+        /// What went wrong.
+        #[source]
+        error: LoadError,
+    },
+}
+
+impl BatchRule {
+    /// Load `component` for `tenant` as the batch rule `manifest` describes.
+    pub fn load(
+        runtime: &Runtime,
+        tenant: &str,
+        component: &[u8],
+        manifest: &Manifest,
+    ) -> Result<Self, SetupError> {
+        let Trigger::Batch(trigger) = &manifest.trigger else {
+            return Err(SetupError::NotBatch(manifest.name.clone()));
+        };
+        let label = RuleLabel::new(tenant, &format!("{}@{}", manifest.name, manifest.version));
+        let rule = runtime
+            .load(label, component, manifest.limits.clone())
+            .map_err(|error| SetupError::Load {
+                name: manifest.name.clone(),
+                error,
+            })?;
+        Ok(Self {
+            tenant: tenant.to_owned(),
+            name: manifest.name.clone(),
+            batcher: Batcher::from(trigger),
+            rule,
+        })
+    }
 }
 
 /// Dispatches one batch rule.
