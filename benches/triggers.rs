@@ -56,6 +56,7 @@ fn batch_rule(rt: &Runtime, name: &str, component: &str, count: u32, expire: Exp
             window: Duration::from_secs(3600),
             expire,
             debounce: false,
+            max_wait: None,
         }),
         rule: rt
             .load(

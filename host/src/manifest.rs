@@ -49,6 +49,75 @@ pub struct Manifest {
     pub limits: Limits,
     /// What happens when the handler fails.
     pub retry: RetryPolicy,
+    /// How many fires of the rule run at once.
+    pub concurrency: Concurrency,
+    /// What the rule's outputs may do.
+    pub outputs: OutputPolicy,
+    /// What happens to an event the rule's `select` keeps failing on.
+    pub select: SelectPolicy,
+}
+
+/// `[concurrency]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Concurrency {
+    /// Fires of the rule running at once (1..=64); the fires of one
+    /// partition still run in order.
+    pub max: u32,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Self { max: 1 }
+    }
+}
+
+/// `[outputs]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutputPolicy {
+    /// An output is `hops` rule steps away from a client event (a fire fed
+    /// by client events emits hop 1). Outputs past this are not appended;
+    /// an engine record says so (1..=1000).
+    pub max_hops: u32,
+}
+
+/// Default hop limit of outputs.
+pub const DEFAULT_MAX_HOPS: u32 = 16;
+
+impl Default for OutputPolicy {
+    fn default() -> Self {
+        Self {
+            max_hops: DEFAULT_MAX_HOPS,
+        }
+    }
+}
+
+/// `[select]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SelectPolicy {
+    /// What to do with an event `select` fails on `attempts` times in a row.
+    pub on_poison: OnPoison,
+    /// Failed `select` calls on one event before `on_poison` applies
+    /// (1..=100).
+    pub attempts: u32,
+}
+
+impl Default for SelectPolicy {
+    fn default() -> Self {
+        Self {
+            on_poison: OnPoison::Skip,
+            attempts: 3,
+        }
+    }
+}
+
+/// What happens to a poison event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnPoison {
+    /// Move past it; an `event.skipped` engine record keeps it visible.
+    Skip,
+    /// Suspend the rule (its status says why) until it is resumed.
+    Suspend,
 }
 
 /// Exactly one trigger per rule.
@@ -75,6 +144,10 @@ pub struct BatchTrigger {
     pub expire: Expire,
     /// Every new event restarts the window.
     pub debounce: bool,
+    /// With `debounce`: the window fires at the latest this long after it
+    /// opened, however steady the stream.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub max_wait: Option<Duration>,
 }
 
 /// What happens to a window that expires before reaching `count`.
@@ -552,6 +625,9 @@ fn check(raw: RawManifest) -> Result<Manifest, ManifestError> {
         trigger,
         limits: check_limits(raw.limits)?,
         retry: check_retry(raw.retry)?,
+        concurrency: Concurrency::default(),
+        outputs: OutputPolicy::default(),
+        select: SelectPolicy::default(),
     })
 }
 
@@ -570,6 +646,7 @@ fn check_batch(b: RawBatch) -> Result<BatchTrigger, ManifestError> {
         window: b.window,
         expire: b.expire,
         debounce: b.debounce,
+        max_wait: None,
     })
 }
 

@@ -42,6 +42,7 @@ fn spec(h: &Harness, expire: Expire) -> BatchRule {
             window: Duration::from_secs(60),
             expire,
             debounce: false,
+            max_wait: None,
         }),
         rule: h.load(PR_DIGEST, Default::default()),
     }
@@ -388,6 +389,7 @@ fn an_event_the_rule_cannot_select_is_isolated_skipped_and_recorded() {
             window: Duration::from_secs(60),
             expire: Expire::Fire,
             debounce: false,
+            max_wait: None,
         }),
         ..spec(&h, Expire::Fire)
     };

@@ -45,6 +45,7 @@ fn batch_rule(
             window: Duration::from_secs(window_s),
             expire: Expire::Fire,
             debounce: false,
+            max_wait: None,
         }),
         rule: h.load(component, limits),
     }

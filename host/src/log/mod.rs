@@ -385,7 +385,23 @@ impl EventLog {
 
     /// Every committed key and value of state namespace `ns`, in key order.
     pub fn state_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, LogError> {
-        Ok(self.shared.backend.state_scan(ns)?)
+        Ok(self.shared.backend.state_scan(ns, "")?)
+    }
+
+    /// The committed keys of `ns` starting with `prefix`, with their
+    /// values, in key order.
+    pub fn state_scan_prefix(
+        &self,
+        ns: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, LogError> {
+        Ok(self.shared.backend.state_scan(ns, prefix)?)
+    }
+
+    /// `tenant`'s events with exactly these seqs, in seq order (a blocking
+    /// read that costs what it returns).
+    pub fn read_seqs(&self, tenant: &str, seqs: &[u64]) -> Result<Vec<Event>, LogError> {
+        Ok(self.shared.backend.read_seqs(tenant, seqs)?)
     }
 
     /// Run one retention pass now.

@@ -354,16 +354,44 @@ impl LogBackend for SqliteBackend {
         })
     }
 
-    fn state_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn state_scan(&self, ns: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.with_reader(|conn| {
+            let (sql, upper) = prefix_range(prefix);
             let mut stmt = conn
-                .prepare_cached("SELECT key, value FROM state WHERE ns = ?1 ORDER BY key")
+                .prepare_cached(&format!(
+                    "SELECT key, value FROM state WHERE ns = ?1 AND {sql} ORDER BY key"
+                ))
                 .map_err(err("scan state"))?;
             let rows = stmt
-                .query_map(params![ns], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map(params![ns, prefix, upper], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(err("scan state"))?;
             rows.collect::<Result<Vec<_>, _>>()
                 .map_err(err("scan state"))
+        })
+    }
+
+    fn read_seqs(&self, tenant: &str, seqs: &[u64]) -> Result<Vec<Event>, StoreError> {
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        self.with_reader(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, tenant, id, source, kind, time, payload FROM events
+                     WHERE seq = ?1 AND tenant = ?2",
+                )
+                .map_err(err("read events by seq"))?;
+            let mut out = Vec::with_capacity(sorted.len());
+            for seq in sorted {
+                if let Some(e) = stmt
+                    .query_row(params![seq as i64, tenant], row_to_event)
+                    .optional()
+                    .map_err(err("read events by seq"))?
+                {
+                    out.push(e);
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -375,6 +403,27 @@ impl LogBackend for SqliteBackend {
             .map(|s| s.map(|s| s as u64))
             .map_err(err("read pins"))
         })
+    }
+}
+
+/// The condition (on `key`, with `?2` = the prefix and `?3` = an upper
+/// bound) that selects the keys starting with a prefix, and the bound. A
+/// prefix ending in an ASCII character is an index range (`[prefix,
+/// prefix with its last byte + 1)`, SQLite compares text bytewise); any
+/// other prefix is compared directly, which is correct but scans the
+/// namespace.
+fn prefix_range(prefix: &str) -> (&'static str, String) {
+    match prefix.as_bytes().last() {
+        None => ("?2 = ?2 AND ?3 = ?3", String::new()),
+        Some(&b) if b < 0x7f => {
+            let mut upper = prefix[..prefix.len() - 1].to_owned();
+            upper.push(char::from(b + 1));
+            ("key >= ?2 AND key < ?3", upper)
+        }
+        Some(_) => (
+            "substr(key, 1, length(?2)) = ?2 AND ?3 = ?3",
+            String::new(),
+        ),
     }
 }
 
@@ -573,6 +622,13 @@ impl SqliteWriter {
                     "DELETE FROM state WHERE ns = ?1 AND key = ?2",
                     vec![Box::new(ns), Box::new(key)],
                 ),
+                StateOp::DeletePrefix { ns, prefix } => {
+                    let (range, upper) = prefix_range(&prefix);
+                    tx.prepare_cached(&format!("DELETE FROM state WHERE ns = ?1 AND {range}"))
+                        .and_then(|mut stmt| stmt.execute(params![ns, prefix, upper]))
+                        .map_err(err("apply state"))?;
+                    continue;
+                }
                 StateOp::Clear { ns } => ("DELETE FROM state WHERE ns = ?1", vec![Box::new(ns)]),
                 StateOp::Pin {
                     owner,

@@ -73,6 +73,13 @@ pub enum StateOp {
         /// Key within the namespace.
         key: String,
     },
+    /// Remove every key of `ns` that starts with `prefix`.
+    DeletePrefix {
+        /// Namespace.
+        ns: String,
+        /// Key prefix.
+        prefix: String,
+    },
     /// Remove every key of `ns`.
     Clear {
         /// Namespace.
@@ -177,6 +184,13 @@ pub trait LogBackend: Send + Sync + 'static {
     /// The committed value of `key` in `ns`.
     fn state_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Every committed key and value of `ns`, in key order.
-    fn state_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Every committed key and value of `ns` whose key starts with
+    /// `prefix` (all of them for `""`), in key order. Costs what it
+    /// returns, not the size of the namespace.
+    fn state_scan(&self, ns: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// The events of `tenant` with exactly these seqs, in seq order (seqs
+    /// that are missing or another tenant's are left out). Costs
+    /// O(k log n) for k seqs, whatever lies between them.
+    fn read_seqs(&self, tenant: &str, seqs: &[u64]) -> Result<Vec<Event>, StoreError>;
 }

@@ -141,6 +141,7 @@ mod tests {
             window: Duration::from_millis(window_ms),
             expire,
             debounce,
+            max_wait: None,
         })
     }
 
