@@ -2,9 +2,11 @@
 //! and its retry policy.
 //!
 //! Parsing is strict: unknown fields are errors, every value is checked,
-//! and an error names the file position and the field. Durations are
-//! written as `"10m"`, `"1h 30m"`, `"500ms"`; sizes as `"32MiB"`, `"512KiB"`
-//! or a number of bytes.
+//! and an error names the file position and the field by its path
+//! (`trigger.batch.window: "soon" is not a duration ...`). Durations are
+//! written as `"10m"`, `"1h 30m"`, `"500ms"`, in whole milliseconds and
+//! within the range each field states; sizes as `"32MiB"`, `"512KiB"` or a
+//! number of bytes.
 //!
 //! ```toml
 //! name = "pr-digest"
@@ -12,27 +14,56 @@
 //!
 //! [trigger.batch]          # or [trigger.dwell] or [trigger.schedule]
 //! count = 10               # 1..=10000
-//! window = "1h"
+//! window = "1h"            # 1ms..=366d
 //! expire = "fire"          # or "discard"
-//! debounce = false
+//! debounce = false         # true: every event restarts the window
+//! # max_wait = "6h"        # only with debounce = true; window..=366d:
+//! #                        # fire at the latest this long after opening
+//!
+//! # [trigger.dwell]
+//! # max_dwell = "30d"      # optional, 1ms..=3660d: force a leave
+//! # [[trigger.dwell.reactions]]
+//! # label = "nudge"
+//! # after = "7d"           # once per membership, 1ms..=3660d
+//! # # or every = "1h"      # each interval, 1s..=366d
+//!
+//! # [trigger.schedule]
+//! # cron = "0 3 * * *"     # 5 fields, or 6 with seconds first
+//! # timezone = "UTC"
+//! # overlap = "skip"       # buffer-one, buffer-all, cancel-previous, allow-all
+//! # catch_up = "skip"      # latest, all
+//! # catch_up_window = "1d" # 1ms..=366d
+//! # skip_empty = false
 //!
 //! [limits]                 # all optional; defaults in runtime::Limits
 //! fuel = 200_000_000
-//! deadline = "500ms"
+//! deadline = "500ms"       # 1ms..=5m
 //! memory = "32MiB"
 //!
 //! [retry]                  # all optional
-//! max_attempts = 5
-//! backoff = "1s"
-//! max_backoff = "5m"
+//! max_attempts = 5         # 1..=100
+//! backoff = "1s"           # 1ms..=1h
+//! max_backoff = "5m"       # 1ms..=1d, not below backoff
 //! suspend_after = 10
+//!
+//! [concurrency]            # optional
+//! max = 1                  # fires running at once, 1..=64
+//!
+//! [outputs]                # optional
+//! max_hops = 16            # rule steps from a client event, 1..=1000
+//!
+//! [select]                 # optional: an event `select` keeps failing on
+//! on_poison = "skip"       # or "suspend"
+//! attempts = 3             # failures before on_poison applies, 1..=100
 //! ```
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::ops::Range;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
+use toml::Spanned;
 
 use crate::runtime::Limits;
 
@@ -293,6 +324,12 @@ struct RawManifest {
     limits: RawLimits,
     #[serde(default)]
     retry: RawRetry,
+    #[serde(default)]
+    concurrency: RawConcurrency,
+    #[serde(default)]
+    outputs: RawOutputs,
+    #[serde(default)]
+    select: RawSelect,
 }
 
 #[derive(Deserialize)]
@@ -307,12 +344,12 @@ struct RawTrigger {
 #[serde(deny_unknown_fields)]
 struct RawBatch {
     count: u32,
-    #[serde(deserialize_with = "duration")]
-    window: Duration,
+    window: Spanned<Written>,
     #[serde(default = "default_expire")]
     expire: Expire,
     #[serde(default)]
     debounce: bool,
+    max_wait: Option<Spanned<Written>>,
 }
 
 fn default_expire() -> Expire {
@@ -323,18 +360,15 @@ fn default_expire() -> Expire {
 #[serde(deny_unknown_fields)]
 struct RawDwell {
     reactions: Vec<RawReaction>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    max_dwell: Option<Duration>,
+    max_dwell: Option<Spanned<Written>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReaction {
     label: String,
-    #[serde(default, deserialize_with = "opt_duration")]
-    after: Option<Duration>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    every: Option<Duration>,
+    after: Option<Spanned<Written>>,
+    every: Option<Spanned<Written>>,
 }
 
 #[derive(Deserialize)]
@@ -347,8 +381,7 @@ struct RawSchedule {
     overlap: Overlap,
     #[serde(default = "default_catch_up")]
     catch_up: CatchUp,
-    #[serde(default = "default_catch_up_window", deserialize_with = "duration")]
-    catch_up_window: Duration,
+    catch_up_window: Option<Spanned<Written>>,
     #[serde(default)]
     skip_empty: bool,
 }
@@ -365,16 +398,14 @@ fn default_catch_up() -> CatchUp {
     CatchUp::Skip
 }
 
-fn default_catch_up_window() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
+/// How far back `catch_up = "all"` reaches unless the manifest says.
+const DEFAULT_CATCH_UP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     fuel: Option<u64>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    deadline: Option<Duration>,
+    deadline: Option<Spanned<Written>>,
     #[serde(default, deserialize_with = "opt_size")]
     memory: Option<u64>,
     max_emits: Option<usize>,
@@ -389,24 +420,47 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawRetry {
     max_attempts: Option<u32>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    backoff: Option<Duration>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    max_backoff: Option<Duration>,
+    backoff: Option<Spanned<Written>>,
+    max_backoff: Option<Spanned<Written>>,
     suspend_after: Option<u32>,
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{text:?} is not a duration ({e}); write e.g. \"500ms\", \"10m\", \"1h 30m\""
-        ))
-    })
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConcurrency {
+    max: Option<u32>,
 }
 
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOutputs {
+    max_hops: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSelect {
+    on_poison: Option<OnPoison>,
+    attempts: Option<u32>,
+}
+
+/// A duration as written (`"10m"`), parsed; the range a field accepts is
+/// checked later, where the field is known.
+struct Written {
+    value: Duration,
+    text: String,
+}
+
+impl<'de> Deserialize<'de> for Written {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let value = humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write e.g. \"500ms\", \"10m\", \"1h 30m\""
+            ))
+        })?;
+        Ok(Self { value, text })
+    }
 }
 
 /// A byte size: an integer, or a string with a unit (B, KiB, MiB, GiB, KB,
@@ -480,10 +534,93 @@ mod humantime_serde_compat {
 /// Largest `count` of a batch trigger.
 pub const MAX_COUNT: u32 = 10_000;
 
-fn invalid(message: impl Into<String>) -> ManifestError {
-    ManifestError {
-        at: None,
+/// Why a check refused the manifest: the message names the field by its
+/// path; `span` is where the value sits in the text, when known.
+struct Refused {
+    message: String,
+    span: Option<Range<usize>>,
+}
+
+fn invalid(message: impl Into<String>) -> Refused {
+    Refused {
         message: message.into(),
+        span: None,
+    }
+}
+
+/// The durations a field accepts, both ends included.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    min: Duration,
+    max: Duration,
+    /// The range as the message states it, e.g. `1ms..=366d`.
+    text: &'static str,
+}
+
+const MS: u64 = 1;
+const SECOND: u64 = 1000 * MS;
+const HOUR: u64 = 3600 * SECOND;
+const DAY: u64 = 24 * HOUR;
+
+const fn bounds(min_ms: u64, max_ms: u64, text: &'static str) -> Bounds {
+    Bounds {
+        min: Duration::from_millis(min_ms),
+        max: Duration::from_millis(max_ms),
+        text,
+    }
+}
+
+/// `trigger.batch.window` and `max_wait`.
+const BATCH_WINDOW: Bounds = bounds(MS, 366 * DAY, "1ms..=366d");
+/// `trigger.dwell` reactions' `after` and `max_dwell`: memberships may
+/// last years.
+const DWELL_AGE: Bounds = bounds(MS, 3660 * DAY, "1ms..=3660d");
+/// `trigger.dwell` reactions' `every`: a repeating fire per member, so not
+/// more often than each second.
+const DWELL_EVERY: Bounds = bounds(SECOND, 366 * DAY, "1s..=366d");
+/// `trigger.schedule.catch_up_window`.
+const CATCH_UP_WINDOW: Bounds = bounds(MS, 366 * DAY, "1ms..=366d");
+/// `limits.deadline`.
+const DEADLINE: Bounds = bounds(MS, 300 * SECOND, "1ms..=5m");
+/// `retry.backoff`.
+const BACKOFF: Bounds = bounds(MS, HOUR, "1ms..=1h");
+/// `retry.max_backoff`.
+const MAX_BACKOFF: Bounds = bounds(MS, DAY, "1ms..=1d");
+
+/// The duration of the field at `path`, if it lies within `bounds` and is a
+/// whole number of milliseconds (the engine's clock unit).
+fn within(path: &str, written: &Spanned<Written>, bounds: Bounds) -> Result<Duration, Refused> {
+    let Written { value, text } = written.get_ref();
+    let refuse = |why: String| Refused {
+        message: format!("{path}: {text:?} {why}"),
+        span: Some(written.span()),
+    };
+    if *value < bounds.min || *value > bounds.max {
+        return Err(refuse(format!("is outside {}", bounds.text)));
+    }
+    if value.subsec_nanos() % 1_000_000 != 0 {
+        return Err(refuse(
+            "is not a whole number of milliseconds, the engine's unit of time".into(),
+        ));
+    }
+    Ok(*value)
+}
+
+/// An optional count of the field at `path` within `range`, else `default`.
+fn count_within(
+    path: &str,
+    value: Option<u32>,
+    range: std::ops::RangeInclusive<u32>,
+    default: u32,
+) -> Result<u32, Refused> {
+    match value {
+        None => Ok(default),
+        Some(n) if range.contains(&n) => Ok(n),
+        Some(n) => Err(invalid(format!(
+            "{path}: {n} is outside {}..={}",
+            range.start(),
+            range.end()
+        ))),
     }
 }
 
@@ -491,20 +628,89 @@ impl Manifest {
     /// Parse and check manifest text.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
         let raw: RawManifest = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|span| line_col(text, span.start));
+            let span = e.span();
+            let message = e.message().trim_end();
             ManifestError {
-                at,
-                message: e.message().trim_end().to_owned(),
+                at: span.as_ref().map(|span| line_col(text, span.start)),
+                message: match span.and_then(|span| path_at(text, &span)) {
+                    Some(path) => format!("{path}: {message}"),
+                    None => message.to_owned(),
+                },
             }
         })?;
-        check(raw).map_err(|mut e| {
-            // Checks name the field by its path; point at it in the file.
-            if let Some(path) = e.message.split(':').next() {
-                e.at = locate(text, path);
-            }
-            e
+        check(raw).map_err(|e| ManifestError {
+            // Checks name the field by its path; point at its value, or
+            // else at the field (or its table) in the file.
+            at: match &e.span {
+                Some(span) => Some(line_col(text, span.start)),
+                None => e
+                    .message
+                    .split(':')
+                    .next()
+                    .and_then(|path| locate(text, path)),
+            },
+            message: e.message,
         })
     }
+}
+
+/// The path (`trigger.batch.window`, `trigger.dwell.reactions[1]`) of what
+/// a parse error at `span` is about: the innermost value holding the span,
+/// or, when the span is a key (an unknown field), the table holding the
+/// key. `None` for the top level.
+fn path_at(text: &str, span: &Range<usize>) -> Option<String> {
+    fn holds(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+        outer.start <= inner.start && inner.end <= outer.end && outer.start < outer.end
+    }
+    fn walk(
+        table: &toml::de::DeTable<'_>,
+        prefix: &str,
+        span: &Range<usize>,
+        best: &mut Option<(usize, String)>,
+    ) {
+        let depth = |path: &str| path.matches(['.', '[']).count() + 1;
+        let offer = |path: String, best: &mut Option<(usize, String)>| {
+            if best.as_ref().is_none_or(|(d, _)| depth(&path) >= *d) {
+                *best = Some((depth(&path), path));
+            }
+        };
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", key.get_ref())
+            };
+            if key.span() == *span {
+                // An unknown or duplicate key: name the table it is in.
+                if !prefix.is_empty() {
+                    offer(prefix.to_owned(), best);
+                }
+                continue;
+            }
+            if holds(&value.span(), span) {
+                offer(path.clone(), best);
+            }
+            match value.get_ref() {
+                toml::de::DeValue::Table(inner) => walk(inner, &path, span, best),
+                toml::de::DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let path = format!("{path}[{i}]");
+                        if holds(&item.span(), span) {
+                            offer(path.clone(), best);
+                        }
+                        if let toml::de::DeValue::Table(inner) = item.get_ref() {
+                            walk(inner, &path, span, best);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let mut best = None;
+    walk(root.get_ref(), "", span, &mut best);
+    best.map(|(_, path)| path)
 }
 
 /// The line and column of the field at `path` (`name`,
@@ -587,7 +793,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn check(raw: RawManifest) -> Result<Manifest, ManifestError> {
+fn check(raw: RawManifest) -> Result<Manifest, Refused> {
     if raw.name.is_empty()
         || raw.name.len() > 64
         || !raw
@@ -625,32 +831,70 @@ fn check(raw: RawManifest) -> Result<Manifest, ManifestError> {
         trigger,
         limits: check_limits(raw.limits)?,
         retry: check_retry(raw.retry)?,
-        concurrency: Concurrency::default(),
-        outputs: OutputPolicy::default(),
-        select: SelectPolicy::default(),
+        concurrency: Concurrency {
+            max: count_within(
+                "concurrency.max",
+                raw.concurrency.max,
+                1..=64,
+                Concurrency::default().max,
+            )?,
+        },
+        outputs: OutputPolicy {
+            max_hops: count_within(
+                "outputs.max_hops",
+                raw.outputs.max_hops,
+                1..=1000,
+                DEFAULT_MAX_HOPS,
+            )?,
+        },
+        select: check_select(raw.select)?,
     })
 }
 
-fn check_batch(b: RawBatch) -> Result<BatchTrigger, ManifestError> {
+fn check_batch(b: RawBatch) -> Result<BatchTrigger, Refused> {
     if !(1..=MAX_COUNT).contains(&b.count) {
         return Err(invalid(format!(
             "trigger.batch.count: {} is outside 1..={MAX_COUNT}",
             b.count
         )));
     }
-    if b.window.is_zero() {
-        return Err(invalid("trigger.batch.window: must be longer than zero"));
-    }
+    let window = within("trigger.batch.window", &b.window, BATCH_WINDOW)?;
+    let max_wait = match &b.max_wait {
+        None => None,
+        Some(written) if !b.debounce => {
+            return Err(Refused {
+                message: format!(
+                    "trigger.batch.max_wait: {:?} is only allowed with debounce = true (without it a window already fires `window` after it opens)",
+                    written.get_ref().text
+                ),
+                span: Some(written.span()),
+            });
+        }
+        Some(written) => {
+            let max_wait = within("trigger.batch.max_wait", written, BATCH_WINDOW)?;
+            if max_wait < window {
+                return Err(Refused {
+                    message: format!(
+                        "trigger.batch.max_wait: {:?} is shorter than trigger.batch.window ({:?})",
+                        written.get_ref().text,
+                        b.window.get_ref().text
+                    ),
+                    span: Some(written.span()),
+                });
+            }
+            Some(max_wait)
+        }
+    };
     Ok(BatchTrigger {
         count: b.count,
-        window: b.window,
+        window,
         expire: b.expire,
         debounce: b.debounce,
-        max_wait: None,
+        max_wait,
     })
 }
 
-fn check_dwell(d: RawDwell) -> Result<DwellTrigger, ManifestError> {
+fn check_dwell(d: RawDwell) -> Result<DwellTrigger, Refused> {
     if d.reactions.is_empty() {
         return Err(invalid(
             "trigger.dwell.reactions: at least one reaction is required",
@@ -669,14 +913,9 @@ fn check_dwell(d: RawDwell) -> Result<DwellTrigger, ManifestError> {
                 r.label
             )));
         }
-        let when = match (r.after, r.every) {
-            (Some(a), None) if !a.is_zero() => ReactionTime::After(a),
-            (None, Some(e)) if !e.is_zero() => ReactionTime::Every(e),
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(invalid(format!(
-                    "{at}: the duration must be longer than zero"
-                )));
-            }
+        let when = match (&r.after, &r.every) {
+            (Some(a), None) => ReactionTime::After(within(&format!("{at}.after"), a, DWELL_AGE)?),
+            (None, Some(e)) => ReactionTime::Every(within(&format!("{at}.every"), e, DWELL_EVERY)?),
             _ => {
                 return Err(invalid(format!(
                     "{at}: give exactly one of `after` or `every`"
@@ -688,16 +927,18 @@ fn check_dwell(d: RawDwell) -> Result<DwellTrigger, ManifestError> {
             when,
         });
     }
-    if d.max_dwell.is_some_and(|m| m.is_zero()) {
-        return Err(invalid("trigger.dwell.max_dwell: must be longer than zero"));
-    }
+    let max_dwell = d
+        .max_dwell
+        .as_ref()
+        .map(|m| within("trigger.dwell.max_dwell", m, DWELL_AGE))
+        .transpose()?;
     Ok(DwellTrigger {
         reactions,
-        max_dwell: d.max_dwell,
+        max_dwell,
     })
 }
 
-fn check_schedule(s: RawSchedule) -> Result<ScheduleTrigger, ManifestError> {
+fn check_schedule(s: RawSchedule) -> Result<ScheduleTrigger, Refused> {
     // The cron crate wants a seconds field; five-field expressions get one.
     let fields = s.cron.split_whitespace().count();
     let expr = match fields {
@@ -731,12 +972,17 @@ fn check_schedule(s: RawSchedule) -> Result<ScheduleTrigger, ManifestError> {
         timezone: s.timezone,
         overlap: s.overlap,
         catch_up: s.catch_up,
-        catch_up_window: s.catch_up_window,
+        catch_up_window: s
+            .catch_up_window
+            .as_ref()
+            .map(|w| within("trigger.schedule.catch_up_window", w, CATCH_UP_WINDOW))
+            .transpose()?
+            .unwrap_or(DEFAULT_CATCH_UP_WINDOW),
         skip_empty: s.skip_empty,
     })
 }
 
-fn check_limits(raw: RawLimits) -> Result<Limits, ManifestError> {
+fn check_limits(raw: RawLimits) -> Result<Limits, Refused> {
     let mut limits = Limits::default();
     if let Some(fuel) = raw.fuel {
         if fuel == 0 {
@@ -744,14 +990,8 @@ fn check_limits(raw: RawLimits) -> Result<Limits, ManifestError> {
         }
         limits.fuel = fuel;
     }
-    if let Some(deadline) = raw.deadline {
-        if deadline.is_zero() || deadline > Duration::from_secs(300) {
-            return Err(invalid(format!(
-                "limits.deadline: {} is outside (0, 5m]",
-                humantime::format_duration(deadline)
-            )));
-        }
-        limits.deadline = deadline;
+    if let Some(deadline) = &raw.deadline {
+        limits.deadline = within("limits.deadline", deadline, DEADLINE)?;
     }
     if let Some(memory) = raw.memory {
         if memory < (1 << 20) {
@@ -781,7 +1021,7 @@ fn check_limits(raw: RawLimits) -> Result<Limits, ManifestError> {
     Ok(limits)
 }
 
-fn check_retry(raw: RawRetry) -> Result<RetryPolicy, ManifestError> {
+fn check_retry(raw: RawRetry) -> Result<RetryPolicy, Refused> {
     let mut retry = RetryPolicy::default();
     if let Some(n) = raw.max_attempts {
         if !(1..=100).contains(&n) {
@@ -791,11 +1031,11 @@ fn check_retry(raw: RawRetry) -> Result<RetryPolicy, ManifestError> {
         }
         retry.max_attempts = n;
     }
-    if let Some(b) = raw.backoff {
-        retry.backoff = b;
+    if let Some(b) = &raw.backoff {
+        retry.backoff = within("retry.backoff", b, BACKOFF)?;
     }
-    if let Some(b) = raw.max_backoff {
-        retry.max_backoff = b;
+    if let Some(b) = &raw.max_backoff {
+        retry.max_backoff = within("retry.max_backoff", b, MAX_BACKOFF)?;
     }
     if retry.max_backoff < retry.backoff {
         return Err(invalid(format!(
@@ -811,6 +1051,14 @@ fn check_retry(raw: RawRetry) -> Result<RetryPolicy, ManifestError> {
         retry.suspend_after = n;
     }
     Ok(retry)
+}
+
+fn check_select(raw: RawSelect) -> Result<SelectPolicy, Refused> {
+    let default = SelectPolicy::default();
+    Ok(SelectPolicy {
+        on_poison: raw.on_poison.unwrap_or(default.on_poison),
+        attempts: count_within("select.attempts", raw.attempts, 1..=100, default.attempts)?,
+    })
 }
 
 #[cfg(test)]
@@ -843,6 +1091,57 @@ mod tests {
             locate(text, "limits.memory"),
             Some((9, 1)),
             "the table when the key is absent"
+        );
+    }
+
+    #[test]
+    fn parse_errors_are_named_by_path() {
+        let text = "name = \"x\"\n[trigger.batch]\ncount = 1\nwindow = 5\ncont = 2\n\n[[trigger.dwell.reactions]]\nlabel = \"a\"\n[[trigger.dwell.reactions]]\nafter = \"soon\"\n";
+        let at = |needle: &str| {
+            let start = text.find(needle).unwrap();
+            path_at(text, &(start..start + needle.len()))
+        };
+        assert_eq!(at("5").as_deref(), Some("trigger.batch.window"));
+        assert_eq!(
+            at("cont").as_deref(),
+            Some("trigger.batch"),
+            "a key names its table"
+        );
+        assert_eq!(
+            at("\"soon\"").as_deref(),
+            Some("trigger.dwell.reactions[1].after")
+        );
+        assert_eq!(at("[trigger.batch]").as_deref(), Some("trigger.batch"));
+        assert_eq!(at("name").as_deref(), None, "top-level keys have no table");
+        assert_eq!(path_at(text, &(0..text.len())), None);
+    }
+
+    #[test]
+    fn durations_are_bounded_and_whole_milliseconds() {
+        let written = |text: &str| {
+            Spanned::new(
+                0..1,
+                Written {
+                    value: humantime::parse_duration(text).unwrap(),
+                    text: text.into(),
+                },
+            )
+        };
+        let check = |text: &str| within("f", &written(text), BATCH_WINDOW).map_err(|e| e.message);
+        assert_eq!(check("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(check("366d"), Ok(Duration::from_secs(366 * 86_400)));
+        assert_eq!(
+            check("367d"),
+            Err("f: \"367d\" is outside 1ms..=366d".into())
+        );
+        assert_eq!(
+            check("999us"),
+            Err("f: \"999us\" is outside 1ms..=366d".into())
+        );
+        assert!(
+            check("2ms 1ns")
+                .unwrap_err()
+                .contains("whole number of milliseconds")
         );
     }
 
