@@ -95,6 +95,36 @@ fn seqs_are_gap_free_and_ids_are_generated() {
 }
 
 #[test]
+fn reports_carry_the_stored_id_of_every_event() {
+    let f = open();
+    let r = f
+        .log
+        .append_blocking(vec![
+            new_event("t", None, "a"),
+            new_event("t", Some("x"), "b"),
+            new_event("t", Some("x"), "c"),
+            new_event("t", None, "d"),
+        ])
+        .unwrap();
+    assert_eq!(r.seqs, vec![1, 2, 2, 3]);
+    let stored: Vec<String> = all(&f.log, "t").into_iter().map(|e| e.id).collect();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(
+        r.ids,
+        vec![stored[0].clone(), "x".into(), "x".into(), stored[2].clone()],
+        "generated ids as stored; a duplicate's is the original's"
+    );
+    assert_ne!(r.ids[0], r.ids[3]);
+    // Transactions report ids too.
+    let r = f
+        .log
+        .transact_blocking(vec![new_event("t", None, "e")], Vec::new())
+        .unwrap();
+    assert_eq!(r.ids, vec![all(&f.log, "t")[3].id.clone()]);
+    assert_eq!(r.ids[0].len(), 26, "a ULID");
+}
+
+#[test]
 fn duplicates_report_the_original_seq_within_the_window() {
     let f = open();
     let r = f

@@ -100,12 +100,15 @@ pub struct AppendReport {
     pub duplicates: usize,
     /// The seq of every event of the request (original seq for duplicates).
     pub seqs: Vec<u64>,
+    /// The id of every event of the request: the client's, or the one the
+    /// log generated (a duplicate's is the original's).
+    pub ids: Vec<String>,
     /// Per event: accepted or duplicate.
     pub outcomes: Vec<AppendOutcome>,
 }
 
 impl AppendReport {
-    fn new(outcomes: Vec<AppendOutcome>) -> Self {
+    fn new(outcomes: Vec<AppendOutcome>, ids: Vec<String>) -> Self {
         let duplicates = outcomes
             .iter()
             .filter(|o| matches!(o, AppendOutcome::Duplicate(_)))
@@ -114,6 +117,7 @@ impl AppendReport {
             accepted: outcomes.len() - duplicates,
             duplicates,
             seqs: outcomes.iter().map(|o| o.seq()).collect(),
+            ids,
             outcomes,
         }
     }
@@ -332,7 +336,7 @@ impl EventLog {
     /// Returns after the commit.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<AppendReport, LogError> {
         if events.is_empty() {
-            return Ok(AppendReport::new(Vec::new()));
+            return Ok(AppendReport::new(Vec::new(), Vec::new()));
         }
         self.request(|reply| Command::Append { events, reply })
             .await
@@ -341,7 +345,7 @@ impl EventLog {
     /// [`Self::append`] for code outside an async runtime.
     pub fn append_blocking(&self, events: Vec<NewEvent>) -> Result<AppendReport, LogError> {
         if events.is_empty() {
-            return Ok(AppendReport::new(Vec::new()));
+            return Ok(AppendReport::new(Vec::new(), Vec::new()));
         }
         self.request_blocking(|reply| Command::Append { events, reply })
     }
@@ -544,10 +548,11 @@ fn run_writer(
             Command::Append { events, reply } => (events, reply),
             Command::Transact { events, ops, reply } => {
                 let result = writer.transact(events, ops, clock.now_millis(), config.dedupe_window);
-                let _ = reply.send(
-                    publish(writer, shared, result)
-                        .map(|mut outcomes| AppendReport::new(outcomes.pop().unwrap_or_default())),
-                );
+                let _ = reply.send(publish(writer, shared, result).map(|mut reports| {
+                    reports
+                        .pop()
+                        .unwrap_or_else(|| AppendReport::new(Vec::new(), Vec::new()))
+                }));
                 continue;
             }
             Command::Prune { policy, reply } => {
@@ -596,9 +601,9 @@ fn run_writer(
         }
         let result = writer.append(groups, clock.now_millis(), config.dedupe_window);
         match publish(writer, shared, result) {
-            Ok(outcomes) => {
-                for (reply, outcomes) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(AppendReport::new(outcomes)));
+            Ok(reports) => {
+                for (reply, report) in replies.into_iter().zip(reports) {
+                    let _ = reply.send(Ok(report));
                 }
             }
             Err(e) => {
@@ -617,17 +622,23 @@ fn run_writer(
 }
 
 /// After a commit: feed the ring, then move the committed mark (which wakes
-/// subscribers); only then are requests acknowledged.
+/// subscribers); only then are requests acknowledged. Yields a report per
+/// group.
 fn publish(
     writer: &dyn LogWriter,
     shared: &Shared,
     result: Result<store::Committed, StoreError>,
-) -> Result<Vec<Vec<AppendOutcome>>, LogError> {
+) -> Result<Vec<AppendReport>, LogError> {
     match result {
         Ok(committed) => {
             shared.ring.push(&committed.stored);
             shared.committed.send_replace(writer.last_seq());
-            Ok(committed.outcomes)
+            Ok(committed
+                .outcomes
+                .into_iter()
+                .zip(committed.ids)
+                .map(|(outcomes, ids)| AppendReport::new(outcomes, ids))
+                .collect())
         }
         Err(e) => {
             tracing::error!(error = %e, "write failed; the requests were not written");

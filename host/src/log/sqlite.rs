@@ -420,10 +420,7 @@ fn prefix_range(prefix: &str) -> (&'static str, String) {
             upper.push(char::from(b + 1));
             ("key >= ?2 AND key < ?3", upper)
         }
-        Some(_) => (
-            "substr(key, 1, length(?2)) = ?2 AND ?3 = ?3",
-            String::new(),
-        ),
+        Some(_) => ("substr(key, 1, length(?2)) = ?2 AND ?3 = ?3", String::new()),
     }
 }
 
@@ -563,6 +560,7 @@ impl SqliteWriter {
                 .map_err(err("append"))?;
             for group in groups.drain(..) {
                 let mut outcomes = Vec::with_capacity(group.len());
+                let mut ids = Vec::with_capacity(group.len());
                 for (e, id, given) in group {
                     if given {
                         let lookup = |stmt: &mut rusqlite::CachedStatement<'_>| {
@@ -580,6 +578,7 @@ impl SqliteWriter {
                             && at >= window_start
                         {
                             outcomes.push(AppendOutcome::Duplicate(seq as u64));
+                            ids.push(id);
                             continue;
                         }
                     }
@@ -605,10 +604,12 @@ impl SqliteWriter {
                         ])
                         .map_err(err("insert event"))?;
                     outcomes.push(AppendOutcome::Accepted(next));
+                    ids.push(event.id.clone());
                     committed.stored.push(Arc::new(event));
                     next += 1;
                 }
                 committed.outcomes.push(outcomes);
+                committed.ids.push(ids);
             }
         }
         for op in ops {

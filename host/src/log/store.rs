@@ -100,6 +100,9 @@ pub enum StateOp {
 pub struct Committed {
     /// Per group, per event: what happened.
     pub outcomes: Vec<Vec<AppendOutcome>>,
+    /// Per group, per event: the stored id (the client's, or the one
+    /// generated for an event without; a duplicate's is the original's).
+    pub ids: Vec<Vec<String>>,
     /// The events stored, in seq order (for the feed).
     pub stored: Vec<Arc<Event>>,
 }
