@@ -378,7 +378,8 @@ fn ingest(
 }
 
 /// Append NDJSON events from stdin in commits of `batch` lines, printing
-/// one acknowledgement per event after its commit.
+/// one acknowledgement per event after its commit (with the id the log
+/// stored, generated when the event had none).
 fn pump_stdin(log: &EventLog, tenant: &str, batch: usize) -> anyhow::Result<()> {
     let limits = EventLimits::default();
     let mut out = std::io::stdout().lock();
@@ -388,9 +389,8 @@ fn pump_stdin(log: &EventLog, tenant: &str, batch: usize) -> anyhow::Result<()> 
             return anyhow::Ok(());
         }
         let (lines, events): (Vec<usize>, Vec<NewEvent>) = pending.drain(..).unzip();
-        let ids: Vec<Option<String>> = events.iter().map(|e| e.id.clone()).collect();
         let report = log.append_blocking(events)?;
-        for ((line, id), outcome) in lines.into_iter().zip(ids).zip(report.outcomes) {
+        for ((line, id), outcome) in lines.into_iter().zip(report.ids).zip(report.outcomes) {
             let (seq, outcome) = match outcome {
                 AppendOutcome::Accepted(s) => (s, "accepted"),
                 AppendOutcome::Duplicate(s) => (s, "duplicate"),

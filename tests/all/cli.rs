@@ -1,6 +1,8 @@
 //! The `sluice` binary, run as a user would.
 
-use std::process::Command;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 use sluice_test_components::components::{HOSTILE, NOT_A_RULE, PR_DIGEST};
@@ -111,4 +113,71 @@ fn eval_names_bad_input() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/events.ndjson"));
+}
+
+/// `sluice ingest` into `db` with `input` on stdin.
+fn ingest(db: &Path, input: &[u8]) -> Output {
+    let mut child = sluice()
+        .args(["ingest", "--durability", "normal", "--db"])
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Every event stored in `db`, in seq order.
+fn stored(db: &Path) -> Vec<sluice::event::Event> {
+    let log = sluice::log::EventLog::open_sqlite(
+        db,
+        sluice::log::Durability::Normal,
+        sluice::log::LogConfig::default(),
+        std::sync::Arc::new(sluice::clock::SystemClock),
+    )
+    .unwrap();
+    let events = log
+        .query(&sluice::log::EventQuery::tenant("default", 1000))
+        .unwrap();
+    log.close();
+    events
+}
+
+#[test]
+fn ingest_acknowledges_the_id_the_log_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let input = concat!(
+        "{\"source\":\"s\",\"kind\":\"a\",\"payload\":{}}\n",
+        "{\"id\":\"x\",\"source\":\"s\",\"kind\":\"b\",\"payload\":{}}\n",
+        "\n",
+        "{\"id\":\"x\",\"source\":\"s\",\"kind\":\"c\",\"payload\":{}}\n",
+        "{\"id\":null,\"source\":\"s\",\"kind\":\"d\",\"payload\":{}}\n",
+    );
+    let out = ingest(&db, input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acks = lines(&out.stdout);
+    let events = stored(&db);
+    assert_eq!(events.len(), 3);
+    let expected = [
+        (1, 1, "accepted", events[0].id.as_str()),
+        (2, 2, "accepted", "x"),
+        (4, 2, "duplicate", "x"),
+        (5, 3, "accepted", events[2].id.as_str()),
+    ];
+    assert_eq!(acks.len(), expected.len());
+    for (ack, (line, seq, outcome, id)) in acks.iter().zip(expected) {
+        assert_eq!(ack["line"], line, "{ack}");
+        assert_eq!(ack["seq"], seq, "{ack}");
+        assert_eq!(ack["outcome"], outcome, "{ack}");
+        assert_eq!(ack["id"], id, "{ack}");
+    }
+    assert_eq!(events[0].id.len(), 26, "a generated ULID");
+    assert_ne!(events[0].id, events[2].id);
 }
