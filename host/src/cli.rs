@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::clock::{Clock, SystemClock};
@@ -35,7 +34,8 @@ enum Command {
     Eval {
         /// The rule component (.wasm).
         rule: PathBuf,
-        /// Events as NDJSON: {"source", "kind", "payload", "id"?, "time"?}.
+        /// Events as NDJSON: {"source", "kind", "payload", "id"?, "time"?},
+        /// checked as `ingest` checks them.
         #[arg(long)]
         events: PathBuf,
         /// The reason the handler is given: count-reached, window-expired,
@@ -176,37 +176,106 @@ fn init_tracing() {
         .try_init();
 }
 
-/// One line of an events file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventLine {
-    id: Option<String>,
-    source: String,
-    kind: String,
-    time: Option<i64>,
-    payload: serde_json::Map<String, serde_json::Value>,
+/// NDJSON events read from `input`, numbered by line and checked exactly
+/// as `sluice ingest` checks them ([`parse_event`]); blank lines are
+/// skipped. The input is read as bytes, so a line that is not UTF-8 is a
+/// bad line like any other: an error naming it, after which the iteration
+/// ends.
+struct EventLines<R> {
+    input: R,
+    tenant: String,
+    limits: EventLimits,
+    /// The number of the line last read (1-based).
+    line: usize,
+    buf: Vec<u8>,
+    done: bool,
 }
 
-/// Read an NDJSON events file; errors name the line.
+impl<R: BufRead> EventLines<R> {
+    fn new(input: R, tenant: &str) -> Self {
+        Self {
+            input,
+            tenant: tenant.to_owned(),
+            limits: EventLimits::default(),
+            line: 0,
+            buf: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The event on the line in `buf`, or `None` for a blank line.
+    fn parse(&self) -> anyhow::Result<Option<NewEvent>> {
+        let bytes = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "line {}: not valid UTF-8 (byte {} of the line); events are JSON text in UTF-8",
+                self.line,
+                e.valid_up_to() + 1
+            )
+        })?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        let event = parse_event(&self.tenant, text, &self.limits).map_err(|mut e| {
+            e.line = Some(self.line);
+            e
+        })?;
+        Ok(Some(event))
+    }
+}
+
+impl<R: BufRead> Iterator for EventLines<R> {
+    type Item = anyhow::Result<(usize, NewEvent)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            self.buf.clear();
+            let read = match self.input.read_until(b'\n', &mut self.buf) {
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.done = true;
+                    let line = self.line + 1;
+                    return Some(Err(
+                        anyhow::Error::new(e).context(format!("read line {line}"))
+                    ));
+                }
+            };
+            if read == 0 {
+                self.done = true;
+                break;
+            }
+            self.line += 1;
+            match self.parse() {
+                Ok(None) => {}
+                Ok(Some(event)) => return Some(Ok((self.line, event))),
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Read an NDJSON events file, checked as `sluice ingest` checks events;
+/// errors name the file and the line.
 fn read_events(path: &Path, now: i64) -> anyhow::Result<Vec<Event>> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut events = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("read {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: EventLine = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not an event", path.display(), n + 1))?;
+    for item in EventLines::new(std::io::BufReader::new(file), "local") {
+        let (_, event) = item.with_context(|| path.display().to_string())?;
         let seq = events.len() as u64 + 1;
         events.push(Event {
             seq,
-            id: parsed.id.unwrap_or_else(|| format!("ev-{seq}")),
-            tenant: "local".into(),
-            source: parsed.source,
-            kind: parsed.kind,
-            time: parsed.time.unwrap_or(now),
-            payload: serde_json::Value::Object(parsed.payload).to_string(),
+            id: event.id.unwrap_or_else(|| format!("ev-{seq}")),
+            tenant: event.tenant,
+            source: event.source,
+            kind: event.kind,
+            time: event.time.unwrap_or(now),
+            payload: event.payload,
         });
     }
     Ok(events)
@@ -379,9 +448,10 @@ fn ingest(
 
 /// Append NDJSON events from stdin in commits of `batch` lines, printing
 /// one acknowledgement per event after its commit (with the id the log
-/// stored, generated when the event had none).
+/// stored, generated when the event had none). A bad line — not UTF-8, not
+/// a valid event — ends the import with an error naming it, once the good
+/// lines before it are committed and acknowledged.
 fn pump_stdin(log: &EventLog, tenant: &str, batch: usize) -> anyhow::Result<()> {
-    let limits = EventLimits::default();
     let mut out = std::io::stdout().lock();
     let mut pending: Vec<(usize, NewEvent)> = Vec::with_capacity(batch);
     let flush = |pending: &mut Vec<(usize, NewEvent)>, out: &mut std::io::StdoutLock<'_>| {
@@ -404,16 +474,12 @@ fn pump_stdin(log: &EventLog, tenant: &str, batch: usize) -> anyhow::Result<()> 
         out.flush()?;
         Ok(())
     };
-    for (n, line) in std::io::stdin().lock().lines().enumerate() {
-        let line = line.context("read stdin")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_event(tenant, &line, &limits) {
-            Ok(event) => pending.push((n + 1, event)),
+    for item in EventLines::new(std::io::stdin().lock(), tenant) {
+        match item {
+            Ok(line_and_event) => pending.push(line_and_event),
             Err(e) => {
                 flush(&mut pending, &mut out)?;
-                bail!("line {}: {e}", n + 1);
+                return Err(e);
             }
         }
         if pending.len() >= batch {

@@ -97,7 +97,10 @@ fn eval_names_bad_input() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("events.ndjson:1: not an event"), "{err}");
+    assert!(
+        err.contains("events.ndjson: line 1: payload: must be a JSON object, got an array"),
+        "{err}"
+    );
 
     let out = sluice()
         .args(["eval", NOT_A_RULE, "--events", &example_events("pr-digest")])
@@ -180,4 +183,97 @@ fn ingest_acknowledges_the_id_the_log_stored() {
     }
     assert_eq!(events[0].id.len(), 26, "a generated ULID");
     assert_ne!(events[0].id, events[2].id);
+}
+
+#[test]
+fn ingest_reports_invalid_utf8_as_a_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let mut input = b"{\"source\":\"s\",\"kind\":\"a\",\"payload\":{}}\n\n".to_vec();
+    input.extend_from_slice(b"{\"source\":\"s\",\"kind\":\"caf\xe9\",\"payload\":{}}\n");
+    input.extend_from_slice(b"{\"source\":\"s\",\"kind\":\"never\",\"payload\":{}}\n");
+    let out = ingest(&db, &input);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 3: not valid UTF-8 (byte 26 of the line)"),
+        "{err}"
+    );
+    // The good line before it was committed and acknowledged; nothing after.
+    let acks = lines(&out.stdout);
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert_eq!(
+        (acks[0]["line"].as_u64(), acks[0]["seq"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let kinds: Vec<String> = stored(&db).into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["a"]);
+}
+
+#[test]
+fn eval_and_ingest_accept_and_refuse_the_same_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let good = b"{\"source\":\"s\",\"kind\":\"k\",\"payload\":{}}\n".as_slice();
+    let cases: [&[u8]; 14] = [
+        br#"{"source":"s","kind":"k","payload":{"x":1}}"#,
+        br#"{"source":"s","kind":"k","payload":{},"id":"a","time":5}"#,
+        br#"{"source":"s","kind":"k","payload":{},"id":null,"time":"2026-01-01T00:00:00Z"}"#,
+        br#"{"source":"s","kind":"","payload":{}}"#,
+        br#"{"source":"s","kind":"k","payload":[1]}"#,
+        br#"{"source":"s","kind":"k"}"#,
+        br#"{"kind":"k","payload":{}}"#,
+        br#"{"source":"s","kind":"k","payload":{},"tenant":"x"}"#,
+        br#"{"source":"s","kind":"k","payload":{},"time":-1}"#,
+        br#"{"source":"s","kind":"k","payload":{},"time":"yesterday"}"#,
+        br#"{"source":"s","kind":"k","payload":{},"id":7}"#,
+        br#"[{"source":"s","kind":"k","payload":{}}]"#,
+        b"not json",
+        b"{\"source\":\"s\",\"kind\":\"\xff\",\"payload\":{}}",
+    ];
+    let mut accepted = 0;
+    for (i, case) in cases.iter().enumerate() {
+        // A good line first: the error must name line 2.
+        let mut input = good.to_vec();
+        input.extend_from_slice(case);
+        input.push(b'\n');
+        let events = dir.path().join(format!("case-{i}.ndjson"));
+        std::fs::write(&events, &input).unwrap();
+        let eval = sluice()
+            .args(["eval", PR_DIGEST, "--events"])
+            .arg(&events)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        let ingested = ingest(&dir.path().join(format!("case-{i}.db")), &input);
+        let shown = String::from_utf8_lossy(case);
+        let eval_err = String::from_utf8_lossy(&eval.stderr);
+        let ingest_err = String::from_utf8_lossy(&ingested.stderr);
+        assert_eq!(
+            eval.status.success(),
+            ingested.status.success(),
+            "{shown}: eval said {eval_err:?}, ingest said {ingest_err:?}"
+        );
+        if ingested.status.success() {
+            accepted += 1;
+            assert_eq!(lines(&ingested.stdout).len(), 2, "{shown}");
+            continue;
+        }
+        assert_eq!(ingested.status.code(), Some(2), "{shown}");
+        assert_eq!(eval.status.code(), Some(2), "{shown}");
+        // Ingest: `error: line 2: …`; eval names the file first.
+        let ingest_says = ingest_err
+            .trim_end()
+            .strip_prefix("error: ")
+            .unwrap_or_else(|| panic!("{shown}: {ingest_err}"));
+        assert!(
+            ingest_says.starts_with("line 2: "),
+            "{shown}: {ingest_says}"
+        );
+        let eval_says = eval_err.trim_end();
+        let expected = format!("error: {}: {ingest_says}", events.display());
+        assert_eq!(eval_says, expected, "{shown}");
+    }
+    assert_eq!(accepted, 3);
 }
