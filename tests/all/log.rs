@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use sluice::clock::ManualClock;
 use sluice::log::{
-    AppendOutcome, Durability, EventLog, EventQuery, FeedItem, LogConfig, NewEvent,
+    AppendOutcome, Durability, EventLog, EventQuery, FeedItem, LogBackend, LogConfig, NewEvent,
     RetentionPolicy, SqliteBackend, StateOp,
 };
 
@@ -630,4 +630,218 @@ async fn the_retention_task_prunes_in_the_background() {
     assert_eq!(remaining, 10);
     assert_eq!(all(&f.log, "t")[0].seq, 41);
     task.abort();
+}
+
+fn open_at(path: &std::path::Path, clock: &ManualClock) -> Result<EventLog, String> {
+    EventLog::open_sqlite(
+        path,
+        Durability::Normal,
+        LogConfig::default(),
+        Arc::new(clock.clone()),
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_second_writer_is_refused_naming_the_database_and_the_holder() {
+    let f = open();
+    let path = f.dir.path().join("log.db");
+    f.log
+        .append_blocking(vec![new_event("t", None, "k")])
+        .unwrap();
+    let err = open_at(&path, &f.clock).unwrap_err();
+    assert!(
+        err.contains(&format!("database {} is in use by", path.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("(pid {}, since ", std::process::id())),
+        "{err}"
+    );
+    // Reading needs no lock: a backend opens and reads beside the writer,
+    // but cannot become a second writer.
+    let backend = SqliteBackend::open(&path, Durability::Normal).unwrap();
+    assert_eq!(backend.last_seq().unwrap(), 1);
+    let err = backend.open_writer().err().unwrap().to_string();
+    assert!(err.contains("is in use by"), "{err}");
+    // The writer is unharmed.
+    let r = f
+        .log
+        .append_blocking(vec![new_event("t", None, "k")])
+        .unwrap();
+    assert_eq!(r.seqs, vec![2]);
+}
+
+#[test]
+fn closing_the_log_releases_the_database() {
+    let f = open();
+    let path = f.dir.path().join("log.db");
+    f.log
+        .append_blocking(vec![new_event("t", None, "k")])
+        .unwrap();
+    // Closing one of two handles leaves the writer to the other.
+    let other = f.log.clone();
+    other.close();
+    assert!(open_at(&path, &f.clock).is_err());
+    f.log.close();
+    let log = open_at(&path, &f.clock).unwrap();
+    assert_eq!(log.last_seq(), 1);
+    let r = log
+        .append_blocking(vec![new_event("t", None, "k")])
+        .unwrap();
+    assert_eq!(r.seqs, vec![2]);
+    log.close();
+    assert_eq!(open_at(&path, &f.clock).unwrap().last_seq(), 2);
+}
+
+#[test]
+fn a_killed_writer_process_does_not_block_the_next() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cli.db");
+    let ingest = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.env("SLUICE_LOG", "warn")
+            .args(["ingest", "--batch", "1", "--durability", "normal", "--db"])
+            .arg(&db);
+        cmd
+    };
+    let line = |id: &str| format!(r#"{{"id":"{id}","source":"s","kind":"k","payload":{{}}}}"#);
+
+    // A writer that stays up: stdin open, one event acknowledged.
+    let mut first = ingest()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = first.stdin.take().unwrap();
+    writeln!(stdin, "{}", line("a")).unwrap();
+    let mut acks = BufReader::new(first.stdout.take().unwrap()).lines();
+    let ack: serde_json::Value = serde_json::from_str(&acks.next().unwrap().unwrap()).unwrap();
+    assert_eq!(ack["seq"], 1);
+
+    // A second process is refused at start, naming the database and the
+    // holder, with the exit code for "could not do its work".
+    let second = ingest().stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "database {} is in use by another sluice process (pid {}, since ",
+            db.display(),
+            first.id()
+        )),
+        "{stderr}"
+    );
+
+    // SIGKILL: the lock goes with the process.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drop(stdin);
+    let mut third = ingest()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(third.stdin.take().unwrap(), "{}\n{}", line("a"), line("b")).unwrap();
+    let out = third.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acks: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(&str, u64)> = acks
+        .iter()
+        .map(|a| (a["outcome"].as_str().unwrap(), a["seq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, [("duplicate", 1), ("accepted", 2)]);
+}
+
+/// Write events at these seqs straight into the database, as a process
+/// that ignores the writer lock would.
+fn intrude(raw: &rusqlite::Connection, seqs: std::ops::RangeInclusive<u64>) {
+    for seq in seqs {
+        raw.execute(
+            "INSERT INTO events (seq, tenant, id, source, kind, time, ingested_at, payload)
+             VALUES (?1, 't', ?2, 'intruder', 'k', 0, 0, '{}')",
+            rusqlite::params![seq as i64, format!("intruder-{seq}")],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_contradicted_seq_counter_fails_one_request_then_resynchronises() {
+    let f = open();
+    f.log
+        .append_blocking(vec![new_event("t", None, "k"), new_event("t", None, "k")])
+        .unwrap();
+    let mut feed = f.log.subscribe(None, 0);
+    let raw = rusqlite::Connection::open(f.dir.path().join("log.db")).unwrap();
+    raw.busy_timeout(Duration::from_secs(10)).unwrap();
+    intrude(&raw, 3..=4);
+
+    // The request that finds its seq taken fails, saying why...
+    let err = f
+        .log
+        .append_blocking(vec![new_event("t", Some("late"), "k")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the log was written by another process: expected seq 2, store has 4"),
+        "{err}"
+    );
+    assert_eq!(f.log.failed_writes(), 1);
+    assert_eq!(f.log.last_seq(), 4, "the writer re-read the store");
+    // ...and nothing else does: the retry and everything after it are
+    // written after the store's seq.
+    let r = f
+        .log
+        .append_blocking(vec![new_event("t", Some("late"), "k")])
+        .unwrap();
+    assert_eq!(r.outcomes, vec![AppendOutcome::Accepted(5)]);
+    for n in 0..100 {
+        let r = f
+            .log
+            .append_blocking(vec![new_event("t", None, "k")])
+            .unwrap();
+        assert_eq!(r.seqs, vec![6 + n]);
+    }
+    assert_eq!(f.log.failed_writes(), 1, "one failure, not one per request");
+
+    // A transaction that finds its seq taken writes none of its state.
+    intrude(&raw, 106..=106);
+    let put = || StateOp::Put {
+        ns: "rule:r".into(),
+        key: "cursor".into(),
+        value: b"106".to_vec(),
+    };
+    let err = f
+        .log
+        .transact_blocking(vec![new_event("t", None, "k")], vec![put()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected seq 105, store has 106"), "{err}");
+    assert_eq!(f.log.state_get("rule:r", "cursor").unwrap(), None);
+    let r = f
+        .log
+        .transact_blocking(vec![new_event("t", None, "k")], vec![put()])
+        .unwrap();
+    assert_eq!(r.seqs, vec![107]);
+    assert_eq!(f.log.failed_writes(), 2);
+
+    // The feed has every event once and in order, the intruder's too.
+    let mut seen = Vec::new();
+    while let Some(item) = feed.try_next().unwrap() {
+        seen.push(item.seq());
+    }
+    assert_eq!(seen, (1..=107).collect::<Vec<_>>());
 }

@@ -23,6 +23,7 @@ pub mod store;
 pub mod validate;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -127,11 +128,19 @@ impl AppendReport {
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// The store failed; nothing of the request was written.
+    // The message includes the store's, so it is not also a `source` (an
+    // error chain would say it twice).
     #[error("event log storage: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// The log is shut down.
     #[error("the event log is closed")]
     Closed,
+}
+
+impl From<StoreError> for LogError {
+    fn from(e: StoreError) -> Self {
+        LogError::Store(e)
+    }
 }
 
 /// Settings of the log.
@@ -204,6 +213,14 @@ struct Ring {
 }
 
 impl Ring {
+    /// Forget every event: the next one pushed starts the ring afresh.
+    fn clear(&self) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     fn push(&self, stored: &[Arc<Event>]) {
         let mut ring = self.events.lock().unwrap_or_else(|e| e.into_inner());
         for e in stored {
@@ -248,6 +265,8 @@ struct Shared {
     backend: Arc<dyn LogBackend>,
     ring: Ring,
     committed: watch::Sender<u64>,
+    /// Writer transactions that failed.
+    failed_writes: AtomicU64,
 }
 
 /// The event log. Cheap to clone; clones share the writer.
@@ -267,7 +286,10 @@ impl std::fmt::Debug for EventLog {
 }
 
 impl EventLog {
-    /// Open the log on `backend` and start its writer thread.
+    /// Open the log on `backend` and start its writer thread. A backend
+    /// allows one writer at a time: while another log (in this process or
+    /// another) writes the same database, this fails at once with an error
+    /// naming the database and the holder.
     pub fn open(
         backend: Arc<dyn LogBackend>,
         config: LogConfig,
@@ -282,6 +304,7 @@ impl EventLog {
                 capacity: config.feed_ring.max(1),
             },
             committed,
+            failed_writes: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let thread_shared = shared.clone();
@@ -296,7 +319,9 @@ impl EventLog {
         })
     }
 
-    /// Open an SQLite log at `path` with default settings.
+    /// Open an SQLite log at `path`. Fails at once, naming the database and
+    /// the holder, while another log (in this process or another) writes
+    /// it; [`Self::close`] releases it.
     pub fn open_sqlite(
         path: impl AsRef<std::path::Path>,
         durability: Durability,
@@ -449,6 +474,13 @@ impl EventLog {
         self.shared.committed.subscribe()
     }
 
+    /// Writer transactions that failed since the log opened (each failed
+    /// transaction once, whatever number of requests it carried). A store
+    /// that another process wrote behind the writer's back costs one.
+    pub fn failed_writes(&self) -> u64 {
+        self.shared.failed_writes.load(Ordering::Relaxed)
+    }
+
     /// The lowest pinned seq, if any.
     pub fn low_water(&self) -> Result<Option<u64>, LogError> {
         Ok(self.shared.backend.low_water()?)
@@ -467,14 +499,19 @@ impl EventLog {
         }
     }
 
-    /// Stop the writer after the queued requests and wait for it.
+    /// Stop the writer after the queued requests and wait for it. Closing
+    /// the last handle of the log releases the database: another writer
+    /// may open it as soon as this returns. (Dropping the last handle
+    /// releases it too, but without waiting for the writer to finish.)
     pub fn close(self) {
         let writer = self.writer.clone();
         drop(self);
-        let handle = writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle
-            && Arc::strong_count(&writer) == 1
+        let mut slot = writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Only the last handle waits; others leave the thread to it.
+        if Arc::strong_count(&writer) == 1
+            && let Some(handle) = slot.take()
         {
+            drop(slot);
             let _ = handle.join();
         }
     }
@@ -564,6 +601,9 @@ fn run_writer(
                         config.max_batch_events as u64,
                     )
                     .map_err(LogError::from);
+                if result.is_err() {
+                    shared.failed_writes.fetch_add(1, Ordering::Relaxed);
+                }
                 let _ = reply.send(result);
                 continue;
             }
@@ -624,6 +664,12 @@ fn run_writer(
 /// After a commit: feed the ring, then move the committed mark (which wakes
 /// subscribers); only then are requests acknowledged. Yields a report per
 /// group.
+///
+/// After a failure: count it. A writer that found the store ahead of it
+/// (another process wrote the log) continues after the store's seq; the
+/// events it did not write are not in the ring, so the ring starts afresh
+/// (subscribers read those from the store) and the committed mark moves to
+/// the store's, so followers see them.
 fn publish(
     writer: &dyn LogWriter,
     shared: &Shared,
@@ -641,7 +687,13 @@ fn publish(
                 .collect())
         }
         Err(e) => {
+            shared.failed_writes.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "write failed; the requests were not written");
+            let last = writer.last_seq();
+            if last != *shared.committed.borrow() {
+                shared.ring.clear();
+                shared.committed.send_replace(last);
+            }
             Err(LogError::Store(e))
         }
     }

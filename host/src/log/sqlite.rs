@@ -4,7 +4,16 @@
 //! from a small pool and, thanks to WAL, never block the writer or each
 //! other. The schema is versioned in `schema_version` and migrated forward
 //! on open.
+//!
+//! One process writes a database at a time. The writer holds an exclusive
+//! advisory lock on `<db>.lock` (which names the holder) for as long as it
+//! is open; a second writer — another process, or another log in this one —
+//! is refused at once with an error naming the database and the holder.
+//! The operating system drops the lock with its process, so a killed writer
+//! never blocks the next start. Readers take no lock.
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -100,10 +109,18 @@ fn err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 
 impl SqliteBackend {
     /// Open (creating and migrating as needed) the database at `path`.
+    ///
+    /// Opening for reads works whatever else has the database open; the
+    /// one-writer rule is checked by [`LogBackend::open_writer`]. Only a
+    /// database that needs migrating takes the writer lock here (briefly),
+    /// so that a schema never changes under a live writer.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let mut conn = Self::connect(&path, durability, false)?;
-        migrate(&mut conn)?;
+        if schema_version(&conn)? < MIGRATIONS.len() as i64 {
+            let _lock = WriterLock::acquire(&path)?;
+            migrate(&mut conn)?;
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -190,6 +207,111 @@ impl SqliteBackend {
                 .map_err(err("explain"))?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err("explain"))
         })
+    }
+}
+
+/// The applied schema version (0 for a new database).
+fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master
+                            WHERE type = 'table' AND name = 'schema_version')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err("read the schema version"))?;
+    if !exists {
+        return Ok(0);
+    }
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(err("read the schema version"))
+}
+
+/// The writer's claim on a database: an exclusive advisory lock on
+/// `<db>.lock`, held while it lives. The file holds the holder's pid and
+/// when it took the lock, for the error a second writer gets. The lock is
+/// the operating system's (`flock` on Unix), so it goes with the process
+/// however that ends; the file itself stays (removing it could let two
+/// writers lock two different files).
+#[derive(Debug)]
+struct WriterLock {
+    _file: File,
+}
+
+impl WriterLock {
+    fn acquire(db: &Path) -> Result<Self, StoreError> {
+        let path = lock_path(db);
+        let context = format!("lock {}", path.display());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::new(&context, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = (&file).take(256).read_to_string(&mut holder);
+                return Err(StoreError::new(
+                    "open the writer",
+                    format!(
+                        "database {} is in use by {}",
+                        db.display(),
+                        describe_holder(&holder)
+                    ),
+                ));
+            }
+            Err(TryLockError::Error(e)) => return Err(StoreError::new(&context, e)),
+        }
+        let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let stamp = format!("pid {}, since {since}\n", std::process::id());
+        // Best effort: the lock holds whether or not the note is written.
+        if let Err(e) = file
+            .set_len(0)
+            .and_then(|()| (&file).write_all(stamp.as_bytes()))
+        {
+            tracing::warn!(file = %path.display(), error = %e, "could not note the writer's pid");
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+/// `<db>.lock`, beside the database.
+fn lock_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Who holds the writer lock, from the note in the lock file:
+/// `another sluice process (pid 1234, since 2026-01-01T00:00:00Z)`.
+fn describe_holder(note: &str) -> String {
+    let note: String = note
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
+    let pid = note
+        .strip_prefix("pid ")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|pid| pid.trim().parse::<u32>().ok());
+    match pid {
+        Some(pid) if pid == std::process::id() => {
+            format!("another writer in this process ({note}); close that log first")
+        }
+        Some(_) => format!("another sluice process ({note})"),
+        // The holder is between taking the lock and writing its note, or
+        // the note cannot be read while locked (Windows).
+        None => "another sluice process (its pid could not be read)".to_owned(),
     }
 }
 
@@ -295,15 +417,13 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
 }
 
 impl LogBackend for SqliteBackend {
+    /// Take the database's writer lock (refused at once, naming the
+    /// holder, while another writer has it) and open the writer, which
+    /// holds the lock until it is dropped.
     fn open_writer(&self) -> Result<Box<dyn LogWriter>, StoreError> {
+        let lock = WriterLock::acquire(&self.inner.path)?;
         let conn = Self::connect(&self.inner.path, self.inner.durability, false)?;
-        let (last_seq, last_ingested): (i64, i64) = conn
-            .query_row(
-                "SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(ingested_at), 0) FROM events",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(err("open writer"))?;
+        let (last_seq, last_ingested) = read_head(&conn).map_err(err("open writer"))?;
         // Checkpoints (copying the WAL into the database file) run on a
         // thread of their own, so commits do not pay for them. The writer's
         // own autocheckpoint stays as a backstop should that thread fall
@@ -317,10 +437,11 @@ impl LogBackend for SqliteBackend {
         )?)?;
         Ok(Box::new(SqliteWriter {
             conn,
-            last_seq: last_seq as u64,
+            last_seq,
             last_ingested,
             ids: ulid::Generator::new(),
             checkpointer,
+            _lock: lock,
         }))
     }
 
@@ -486,14 +607,53 @@ impl Checkpointer {
     }
 }
 
+/// The highest seq and ingest stamp in the store.
+fn read_head(conn: &Connection) -> rusqlite::Result<(u64, i64)> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(ingested_at), 0) FROM events",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+    )
+}
+
+/// Why one writer transaction failed.
+enum WriteFailure {
+    /// The store failed.
+    Store(StoreError),
+    /// An event's seq is already taken: someone else wrote the log.
+    SeqTaken,
+}
+
+impl From<StoreError> for WriteFailure {
+    fn from(e: StoreError) -> Self {
+        WriteFailure::Store(e)
+    }
+}
+
+/// Whether an insert into `events` failed because its seq is taken (the
+/// table's only uniqueness constraint is its primary key).
+fn seq_taken(e: &rusqlite::Error) -> bool {
+    e.sqlite_error().is_some_and(|e| {
+        e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    })
+}
+
 struct SqliteWriter {
     conn: Connection,
+    /// The highest committed seq. Only this writer appends while it holds
+    /// the lock; should the store contradict it all the same (a process
+    /// that ignores the lock), it is re-read from the store (see
+    /// [`SqliteWriter::resync`]).
     last_seq: u64,
     /// Ingest stamps never go backwards, so that "ingested before T" is a
     /// prefix of the log even if the wall clock steps back.
     last_ingested: i64,
     ids: ulid::Generator,
     checkpointer: Checkpointer,
+    /// Dropped last: the database is closed before another writer may
+    /// open it.
+    _lock: WriterLock,
 }
 
 impl SqliteWriter {
@@ -511,7 +671,9 @@ impl SqliteWriter {
 }
 
 impl SqliteWriter {
-    /// One transaction: append the groups, then apply the state ops.
+    /// One transaction: append the groups, then apply the state ops. When
+    /// an event's seq turns out to be taken, the request fails (nothing of
+    /// it is written) and the writer continues from the store's seq.
     fn write(
         &mut self,
         groups: Vec<Vec<NewEvent>>,
@@ -519,6 +681,49 @@ impl SqliteWriter {
         now: i64,
         dedupe_window: Duration,
     ) -> Result<Committed, StoreError> {
+        match self.write_once(groups, ops, now, dedupe_window) {
+            Ok(committed) => Ok(committed),
+            Err(WriteFailure::Store(e)) => Err(e),
+            Err(WriteFailure::SeqTaken) => Err(self.resync()),
+        }
+    }
+
+    /// Re-read the head of the log after finding a seq taken, and say what
+    /// happened. The transaction was rolled back; from now on seqs continue
+    /// after the store's, so one contradiction costs one failed request,
+    /// never a writer that fails every request.
+    fn resync(&mut self) -> StoreError {
+        let expected = self.last_seq;
+        match read_head(&self.conn) {
+            Ok((last_seq, last_ingested)) => {
+                self.last_seq = last_seq;
+                self.last_ingested = self.last_ingested.max(last_ingested);
+                StoreError::new(
+                    "append",
+                    format!(
+                        "the log was written by another process: expected seq {expected}, \
+                         store has {last_seq} (nothing of this request was written; \
+                         the writer continues after seq {last_seq})"
+                    ),
+                )
+            }
+            Err(e) => StoreError::new(
+                "append",
+                format!(
+                    "the log was written by another process: expected seq {expected}, \
+                     and reading the store's seq failed: {e}"
+                ),
+            ),
+        }
+    }
+
+    fn write_once(
+        &mut self,
+        groups: Vec<Vec<NewEvent>>,
+        ops: Vec<StateOp>,
+        now: i64,
+        dedupe_window: Duration,
+    ) -> Result<Committed, WriteFailure> {
         let now = now.max(self.last_ingested);
         let window_start = now.saturating_sub(dedupe_window.as_millis() as i64);
         let mut next = self.last_seq + 1;
@@ -602,7 +807,13 @@ impl SqliteWriter {
                             now,
                             event.payload
                         ])
-                        .map_err(err("insert event"))?;
+                        .map_err(|e| {
+                            if seq_taken(&e) {
+                                WriteFailure::SeqTaken
+                            } else {
+                                WriteFailure::Store(StoreError::new("insert event", e))
+                            }
+                        })?;
                     outcomes.push(AppendOutcome::Accepted(next));
                     ids.push(event.id.clone());
                     committed.stored.push(Arc::new(event));

@@ -173,6 +173,9 @@ pub trait LogWriter: Send {
 /// A store for the log.
 pub trait LogBackend: Send + Sync + 'static {
     /// Open the writer. The log opens exactly one, on its writer thread.
+    /// A store has one writer at a time, across processes: while another
+    /// is open this fails at once with an error naming the store and the
+    /// holder; dropping the writer lets the next one open.
     fn open_writer(&self) -> Result<Box<dyn LogWriter>, StoreError>;
 
     /// Committed events matching `query`, in seq order.
