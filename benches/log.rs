@@ -32,6 +32,7 @@ fn batch(start: u64, n: usize) -> Vec<NewEvent> {
             kind: "pull_request.merged".into(),
             time: None,
             payload: payload(i),
+            hops: 0,
         })
         .collect()
 }

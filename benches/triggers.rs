@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use sluice::engine::Engine;
+use sluice::engine::rule::Deployable;
 use sluice::log::{Durability, EventLog, FeedItem, LogConfig, NewEvent, StateOp};
-use sluice::manifest::{BatchTrigger, Expire, RetryPolicy};
+use sluice::manifest::{BatchTrigger, Expire};
 use sluice::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
-use sluice::triggers::batch::{Batcher, Window};
-use sluice::triggers::dispatch::{BatchRule, Dispatcher};
+use sluice::triggers::batch::Batch;
+use sluice::triggers::core::{RuleCore, RuleSpec};
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::{HOSTILE, JSON_KEY};
 
@@ -34,6 +35,7 @@ fn event(i: u64, partitions: u64) -> NewEvent {
         payload: json!({"repo": format!("r{:05}", i % partitions), "ok": true, "n": i,
             "title": "Refactor the ingestion pipeline to batch writes"})
         .to_string(),
+        hops: 0,
     }
 }
 
@@ -47,25 +49,45 @@ fn open_log(dir: &tempfile::TempDir, name: &str, clock: SharedClock) -> EventLog
     .unwrap()
 }
 
-fn batch_rule(rt: &Runtime, name: &str, component: &str, count: u32, expire: Expire) -> BatchRule {
-    BatchRule {
-        tenant: "bench".into(),
-        name: name.into(),
-        batcher: Batcher::from(&BatchTrigger {
+fn batch_parts(
+    rt: &Runtime,
+    name: &str,
+    component: &str,
+    count: u32,
+    expire: Expire,
+) -> (RuleSpec, Batch) {
+    let rule = rt
+        .load(
+            RuleLabel::new("bench", name),
+            &component_bytes(component),
+            Limits::default(),
+        )
+        .unwrap();
+    let trigger = BatchTrigger {
+        count,
+        window: Duration::from_secs(3600),
+        expire,
+        debounce: false,
+        max_wait: None,
+    };
+    (
+        RuleSpec::with_defaults("bench", name, rule),
+        Batch::from(&trigger),
+    )
+}
+
+fn batch_rule(rt: &Runtime, name: &str, component: &str, count: u32, expire: Expire) -> Deployable {
+    let (spec, _) = batch_parts(rt, name, component, count, expire);
+    Deployable::batch(
+        spec,
+        &BatchTrigger {
             count,
             window: Duration::from_secs(3600),
             expire,
             debounce: false,
             max_wait: None,
-        }),
-        rule: rt
-            .load(
-                RuleLabel::new("bench", name),
-                &component_bytes(component),
-                Limits::default(),
-            )
-            .unwrap(),
-    }
+        },
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -111,10 +133,7 @@ fn end_to_end(tokio: &tokio::runtime::Runtime, rt: &Runtime) {
         let engine = Engine::new(log.clone(), Arc::new(clock.clone()));
         for r in 0..10 {
             let rule = batch_rule(rt, &format!("rule-{r}"), JSON_KEY, 100, Expire::Fire);
-            engine
-                .deploy_batch(rule, RetryPolicy::default())
-                .await
-                .unwrap();
+            engine.deploy(rule).await.unwrap();
         }
         engine
     });
@@ -152,10 +171,7 @@ fn fire_latency(tokio: &tokio::runtime::Runtime, rt: &Runtime) {
         let engine = Engine::new(log.clone(), Arc::new(SystemClock));
         // count = 1: every event closes its window and fires at once.
         let rule = batch_rule(rt, "hostile", HOSTILE, 1, Expire::Fire);
-        engine
-            .deploy_batch(rule, RetryPolicy::default())
-            .await
-            .unwrap();
+        engine.deploy(rule).await.unwrap();
         let mut sub = log.subscribe(Some("bench"), 0);
         let mut lat = Vec::new();
         for i in 0..samples {
@@ -191,7 +207,7 @@ fn timer_lateness(rt: &Runtime) {
     const SPREAD_MS: i64 = 30_000;
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir, "timers.db", Arc::new(SystemClock));
-    let spec = batch_rule(rt, "timers", JSON_KEY, 100, Expire::Discard);
+    let spec = batch_parts(rt, "timers", JSON_KEY, 100, Expire::Discard);
     // 1M open windows, expiring uniformly over 30 s from 20 s from now
     // (written as state, as the dispatcher would have left them).
     let base = SystemClock.now_millis() + 20_000;
@@ -200,21 +216,26 @@ fn timer_lateness(rt: &Runtime) {
     for chunk in (0..WINDOWS).collect::<Vec<_>>().chunks(100_000) {
         let ops = chunk
             .iter()
-            .map(|&i| StateOp::Put {
-                ns: ns.clone(),
-                key: format!("window/=p{i:07}"),
-                value: serde_json::to_vec(&Window {
-                    opened_at: base - 3_600_000,
-                    deadline: deadline(i),
-                    seqs: vec![i + 1],
-                })
-                .unwrap(),
+            .flat_map(|&i| {
+                let prefix = sluice::triggers::state::partition(&Some(format!("p{i:07}")));
+                [
+                    StateOp::Put {
+                        ns: ns.clone(),
+                        key: format!("{prefix}h"),
+                        value: format!("{} {}", base - 3_600_000, deadline(i)).into_bytes(),
+                    },
+                    StateOp::Put {
+                        ns: ns.clone(),
+                        key: format!("{prefix}m/{:016x}", i + 1),
+                        value: Vec::new(),
+                    },
+                ]
             })
             .collect();
         log.transact_blocking(vec![], ops).unwrap();
     }
     let before = rss_bytes();
-    let mut d = Dispatcher::open(&log, spec).unwrap();
+    let mut d = RuleCore::open(&log, spec.0, spec.1).unwrap();
     let per_window = (rss_bytes().saturating_sub(before)) as f64 / WINDOWS as f64;
     let mut late = Vec::with_capacity(WINDOWS as usize);
     while let Some(next) = d.next_deadline() {
@@ -222,7 +243,7 @@ fn timer_lateness(rt: &Runtime) {
         if wait > 0 {
             std::thread::sleep(Duration::from_millis(wait as u64));
         }
-        let closed = d.expire(&log, SystemClock.now_millis()).unwrap();
+        let closed = d.expire(&log, SystemClock.now_millis()).unwrap().discards;
         let done = SystemClock.now_millis();
         for f in closed {
             late.push(Duration::from_millis(

@@ -276,6 +276,7 @@ fn read_events(path: &Path, now: i64) -> anyhow::Result<Vec<Event>> {
             kind: event.kind,
             time: event.time.unwrap_or(now),
             payload: event.payload,
+            hops: 0,
         });
     }
     Ok(events)
@@ -500,7 +501,36 @@ struct RunArgs {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Everything about the rules is checked before the database is touched.
+    let mut rules = Vec::new();
+    let mut names = Vec::new();
+    for spec in &args.rules {
+        let (manifest_path, component_path) = spec
+            .split_once('=')
+            .with_context(|| format!("--rule {spec:?}: expected MANIFEST=COMPONENT"))?;
+        let (bytes, manifest) = read_rule(Path::new(manifest_path), Path::new(component_path))?;
+        if names.contains(&manifest.name) {
+            bail!(
+                "{manifest_path}: two rules are named {:?}: a rule's name is its identity; rename one",
+                manifest.name
+            );
+        }
+        names.push(manifest.name.clone());
+        rules.push((component_path.to_owned(), bytes, manifest));
+    }
     let clock: crate::clock::SharedClock = Arc::new(SystemClock);
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: args.cache_dir.clone(),
+        clock: clock.clone(),
+        ..RuntimeConfig::default()
+    })?;
+    let mut loaded = Vec::new();
+    for (component_path, bytes, manifest) in &rules {
+        loaded.push(
+            crate::engine::rule::Deployable::load(&runtime, &args.tenant, bytes, manifest)
+                .with_context(|| format!("load {component_path}"))?,
+        );
+    }
     let log = EventLog::open_sqlite(
         &args.db,
         args.durability,
@@ -508,30 +538,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         clock.clone(),
     )
     .with_context(|| format!("open {}", args.db.display()))?;
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: args.cache_dir.clone(),
-        clock: clock.clone(),
-        ..RuntimeConfig::default()
-    })?;
     let tokio = tokio::runtime::Runtime::new()?;
     let _guard = tokio.enter();
     let engine = crate::engine::Engine::new(log.clone(), clock);
-    let mut names = Vec::new();
-    for spec in &args.rules {
-        let (manifest_path, component_path) = spec
-            .split_once('=')
-            .with_context(|| format!("--rule {spec:?}: expected MANIFEST=COMPONENT"))?;
-        let text = std::fs::read_to_string(manifest_path)
-            .with_context(|| format!("read {manifest_path}"))?;
-        let manifest = crate::manifest::Manifest::parse(&text)
-            .map_err(|e| anyhow::anyhow!("{manifest_path}: {e}"))?;
-        let bytes =
-            std::fs::read(component_path).with_context(|| format!("read {component_path}"))?;
-        let spec =
-            crate::triggers::dispatch::BatchRule::load(&runtime, &args.tenant, &bytes, &manifest)
-                .with_context(|| format!("load {component_path}"))?;
-        tokio.block_on(engine.deploy_batch(spec, manifest.retry.clone()))?;
-        names.push(manifest.name.clone());
+    for rule in loaded {
+        tokio.block_on(engine.deploy(rule))?;
     }
     // The engine's tasks run on the Tokio runtime's threads meanwhile.
     pump_stdin(&log, &args.tenant, args.batch)?;
@@ -590,13 +601,13 @@ fn test(
     let input = std::io::BufReader::new(
         std::fs::File::open(events).with_context(|| format!("open {}", events.display()))?,
     );
-    let report = crate::offline::run_rules(rules, input, cache_dir)
-        .with_context(|| format!("{}", events.display()))?;
-    let mut out = std::io::stdout().lock();
-    for line in &report.lines {
-        writeln!(out, "{line}")?;
-    }
-    Ok(if report.rule_failed {
+    // Lines go out as they happen, not at the end.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let failed =
+        crate::offline::stream_rules(rules, input, cache_dir, &mut |line| writeln!(out, "{line}"))
+            .with_context(|| format!("{}", events.display()))?;
+    out.flush()?;
+    Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

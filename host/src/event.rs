@@ -22,4 +22,8 @@ pub struct Event {
     pub time: i64,
     /// A JSON object, as text.
     pub payload: String,
+    /// Rule steps between this event and a client's: 0 for what clients
+    /// send, one more than its fire's inputs for a rule's output.
+    #[serde(default)]
+    pub hops: u32,
 }

@@ -11,8 +11,13 @@
 //! # Layout
 //!
 //! - [`clock`]: the engine clock — real in production, manual in tests.
-//! - [`engine`]: runs deployed rules — a task per rule: dispatch, window
-//!   expiry and fires, woken by commits and the engine clock.
+//! - [`engine`]: runs deployed rules — a task per rule, with a control
+//!   channel (pause, resume, re-drive, stop-and-join), woken by commits,
+//!   the engine clock, finished fires and requests.
+//!   - [`engine::driver`]: the one order of a rule's work at a given time,
+//!     shared by the engine and `sluice test`.
+//!   - [`engine::rule`]: a manifest and component made into a runnable
+//!     core of its kind.
 //! - [`event`]: the event record shared by every part of the engine.
 //! - [`log`]: the durable event log — group-committed ingest with dedupe,
 //!   queries, the live feed and retention.
@@ -27,10 +32,14 @@
 //!   - [`runtime::cache`]: on-disk cache of compiled components.
 //!   - [`runtime::limits`]: per-call limits and the memory limiter.
 //!   - [`runtime::stdio`]: guest stdout/stderr and `log` into `tracing`.
-//! - [`triggers`]: trigger semantics as pure state machines, and the
-//!   shared deadline index.
-//!   - [`triggers::batch`]: aggregation windows per partition.
-//!   - [`triggers::dispatch`]: a batch rule's durable dispatcher.
+//! - [`triggers`]: one core for every trigger kind; a kind is its state
+//!   machine ([`triggers::Kind`]).
+//!   - [`triggers::core`]: the cursor, `select` with poison isolation,
+//!     partition state, steps committed in one transaction.
+//!   - [`triggers::fires`]: the fire pipeline — outbox, retries, dead
+//!     letters, breaker.
+//!   - [`triggers::batch`]: aggregation windows — where a batch fires.
+//!   - [`triggers::state`]: typed keys of a rule's durable state.
 //!   - [`triggers::timers`]: which deadline is due next.
 //! - [`offline`]: `sluice test` — a rule against recorded events on a
 //!   virtual clock, reported as JSON lines.

@@ -1,27 +1,39 @@
-//! `sluice test`: run a rule against recorded events on a virtual clock,
-//! with the real log, dispatcher and fire pipeline, and report every fire,
-//! output, discard and error as a JSON line — stable enough for golden
-//! files.
+//! `sluice test`: run rules against recorded events on a virtual clock,
+//! with the real log, core and fire pipeline, and report every fire,
+//! output, discard and error as a JSON line as it happens — stable enough
+//! for golden files.
 //!
 //! Input lines are events (`{"id"?, "source", "kind", "time"?,
 //! "payload"}`) or directives: `{"advance": "10m"}` (a duration) or
-//! `{"advance": "2026-01-01T01:00:00Z"}` (a time). An event whose `time`
-//! is later than the clock moves the clock there first. Moving the clock
-//! runs everything that falls due on the way, in time order: window
-//! expiries and retries.
+//! `{"advance": "2026-01-01T01:00:00Z"}` (a time; never backwards). An
+//! event whose `time` is later than the clock moves the clock there first.
+//! Moving the clock runs everything that falls due on the way, in time
+//! order: deadlines and retries. An event without an id gets `line-<n>`.
+//!
+//! Replay is fast without changing what it reports: consecutive events
+//! are taken together up to the next due deadline and up to the first
+//! event that makes a fire, selected in one call per rule, appended in
+//! one commit and processed by the same core step the engine uses — so
+//! the seqs, fire times and outputs are those of feeding the events one
+//! by one. Everything else (deadlines, fires, rules' outputs feeding
+//! rules) goes through [`crate::engine::driver`], as in the engine.
 
+use std::collections::HashSet;
 use std::io::BufRead;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
 use crate::clock::{Clock, ManualClock};
+use crate::engine::driver;
+use crate::engine::rule::{Deployable, Driven};
+use crate::event::Event;
 use crate::log::validate::{EventLimits, parse_event};
-use crate::log::{Durability, EventLog, LogConfig};
+use crate::log::{Durability, EventLog, LogConfig, NewEvent};
 use crate::manifest::Manifest;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::triggers::batch::Close;
-use crate::triggers::dispatch::{BatchRule, Dispatcher, FireOutcome, FireRecord};
+use crate::triggers::core::{Step, Stop};
+use crate::triggers::fires::FireOutcome;
 
 /// The clock's start when no event gives a time: 2026-01-01T00:00:00Z.
 pub const DEFAULT_START: i64 = 1_767_225_600_000;
@@ -29,27 +41,16 @@ pub const DEFAULT_START: i64 = 1_767_225_600_000;
 /// The tenant events belong to in an offline run.
 const TENANT: &str = "test";
 
+/// Events taken together at most.
+const CHUNK: usize = 4_096;
+
 /// What an offline run produced.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// One JSON value per line of output.
+    /// One JSON value per line of output (when collected).
     pub lines: Vec<Value>,
     /// A handler failed at least once.
     pub rule_failed: bool,
-}
-
-/// One rule of an offline run.
-struct RuleRun {
-    name: String,
-    dispatcher: Dispatcher,
-    retry: crate::manifest::RetryPolicy,
-}
-
-struct Run {
-    log: EventLog,
-    clock: ManualClock,
-    rules: Vec<RuleRun>,
-    report: Report,
 }
 
 /// Rounds of dispatching in a row after which rules are taken to be feeding
@@ -66,25 +67,42 @@ pub fn run(
     run_rules(vec![(component.to_vec(), manifest)], input, cache_dir)
 }
 
-/// Run several rules side by side against the lines of `input`: each
-/// rule's outputs are events the others (and itself) may consume. Lines
-/// carry a `rule` field.
+/// Run several rules side by side against the lines of `input`, collecting
+/// the report: each rule's outputs are events the others may consume.
 pub fn run_rules(
     rules: Vec<(Vec<u8>, Manifest)>,
     input: impl BufRead,
     cache_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Report> {
-    let lines: Vec<(usize, String)> = input
-        .lines()
-        .enumerate()
-        .map(|(n, l)| l.map(|l| (n + 1, l)))
-        .collect::<Result<_, _>>()?;
-    let start = lines
-        .iter()
-        .find_map(|(_, l)| serde_json::from_str::<Value>(l).ok()?.get("time").cloned())
-        .and_then(|t| parse_time(&t))
-        .unwrap_or(DEFAULT_START);
-    let clock = ManualClock::new(start);
+    let mut lines = Vec::new();
+    let failed = stream_rules(rules, input, cache_dir, &mut |v| {
+        lines.push(v);
+        Ok(())
+    })?;
+    Ok(Report {
+        lines,
+        rule_failed: failed,
+    })
+}
+
+/// Run rules against `input`, handing each report line to `sink` as it
+/// happens. True when a handler failed at least once.
+pub fn stream_rules(
+    rules: Vec<(Vec<u8>, Manifest)>,
+    mut input: impl BufRead,
+    cache_dir: Option<std::path::PathBuf>,
+    sink: &mut dyn FnMut(Value) -> std::io::Result<()>,
+) -> anyhow::Result<bool> {
+    let mut names = HashSet::new();
+    for (_, m) in &rules {
+        if !names.insert(m.name.clone()) {
+            anyhow::bail!(
+                "two rules are named {:?}: a rule's name is its identity; rename one",
+                m.name
+            );
+        }
+    }
+    let clock = ManualClock::new(DEFAULT_START);
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir,
         clock: Arc::new(clock.clone()),
@@ -97,49 +115,66 @@ pub fn run_rules(
         LogConfig::default(),
         Arc::new(clock.clone()),
     )?;
-    let mut runs = Vec::new();
+    let mut cores = Vec::new();
     for (component, manifest) in rules {
-        let spec = BatchRule::load(&runtime, TENANT, &component, &manifest)?;
-        let dispatcher = Dispatcher::open(&log, spec)?;
-        runs.push(RuleRun {
-            name: manifest.name.clone(),
-            dispatcher,
-            retry: manifest.retry.clone(),
-        });
+        cores.push(Deployable::load(&runtime, TENANT, &component, &manifest)?.open(&log)?);
     }
     let mut run = Run {
         log,
         clock,
-        rules: runs,
-        report: Report::default(),
+        rules: cores,
+        sink,
+        failed: false,
+        started: false,
+        pending: Vec::new(),
     };
     let limits = EventLimits::default();
-    for (n, line) in lines {
-        if line.trim().is_empty() {
+    let mut buf = Vec::new();
+    let mut n = 0usize;
+    loop {
+        buf.clear();
+        if input.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        n += 1;
+        let line = std::str::from_utf8(&buf)
+            .map_err(|e| anyhow::anyhow!("line {n}: not valid UTF-8 ({e})"))?
+            .trim();
+        if line.is_empty() {
             continue;
         }
         let value: Value =
-            serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("line {n}: not JSON: {e}"))?;
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("line {n}: not JSON: {e}"))?;
         if let Some(to) = value.get("advance") {
-            let target = advance_target(to, run.clock.now_millis()).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "line {n}: advance: {to} is neither a duration (\"10m\") nor an RFC 3339 time"
-                )
-            })?;
+            run.flush()?;
+            let now = run.clock.now_millis();
+            let target =
+                advance_target(to, now).map_err(|e| anyhow::anyhow!("line {n}: advance: {e}"))?;
+            run.started = true;
             run.advance_to(target)?;
             continue;
         }
-        let event =
-            parse_event(TENANT, &line, &limits).map_err(|e| anyhow::anyhow!("line {n}: {e}"))?;
-        if let Some(t) = event.time {
-            run.advance_to(t)?;
+        let mut event =
+            parse_event(TENANT, line, &limits).map_err(|e| anyhow::anyhow!("line {n}: {e}"))?;
+        if event.id.is_none() {
+            event.id = Some(format!("line-{n}"));
         }
-        run.log.append_blocking(vec![event])?;
-        run.settle()?;
+        if !run.started {
+            // The first event's time (if any) starts the clock.
+            if let Some(t) = event.time {
+                run.clock.set(t.max(i64::MIN + 1));
+            }
+            run.started = true;
+        }
+        run.pending.push(event);
+        if run.pending.len() >= CHUNK {
+            run.flush()?;
+        }
     }
-    let Run { log, report, .. } = run;
+    run.flush()?;
+    let Run { log, failed, .. } = run;
     log.close();
-    Ok(report)
+    Ok(failed)
 }
 
 fn parse_time(v: &Value) -> Option<i64> {
@@ -152,56 +187,189 @@ fn parse_time(v: &Value) -> Option<i64> {
     }
 }
 
-fn advance_target(v: &Value, now: i64) -> Option<i64> {
+fn advance_target(v: &Value, now: i64) -> Result<i64, String> {
     let Value::String(s) = v else {
-        return None;
+        return Err(format!(
+            "{v} is neither a duration (\"10m\") nor an RFC 3339 time"
+        ));
     };
     if let Ok(d) = humantime::parse_duration(s) {
-        return Some(now.saturating_add(d.as_millis() as i64));
+        return i64::try_from(d.as_millis())
+            .ok()
+            .and_then(|ms| now.checked_add(ms))
+            .ok_or_else(|| format!("{s:?} moves the clock past the year 292 million"));
     }
-    parse_time(v)
+    let t = parse_time(v)
+        .ok_or_else(|| format!("{s:?} is neither a duration (\"10m\") nor an RFC 3339 time"))?;
+    if t < now {
+        return Err(format!(
+            "{s:?} is before the clock ({}): time only moves forward",
+            chrono::DateTime::from_timestamp_millis(now)
+                .map_or_else(|| now.to_string(), |d| d.to_rfc3339())
+        ));
+    }
+    Ok(t)
 }
 
-fn reason(close: Close) -> &'static str {
-    match close {
-        Close::CountReached => "count-reached",
-        Close::WindowExpired => "window-expired",
-        Close::Discarded => "discarded",
-    }
+struct Run<'a> {
+    log: EventLog,
+    clock: ManualClock,
+    rules: Vec<Box<dyn Driven>>,
+    sink: &'a mut dyn FnMut(Value) -> std::io::Result<()>,
+    failed: bool,
+    started: bool,
+    /// Events read and not yet appended.
+    pending: Vec<NewEvent>,
 }
 
-impl Run {
-    fn emit(&mut self, line: Value) {
-        self.report.lines.push(line);
+impl Run<'_> {
+    fn emit(&mut self, line: Value) -> anyhow::Result<()> {
+        (self.sink)(line)?;
+        Ok(())
     }
 
-    fn created(&mut self, rule: &str, fires: &[FireRecord]) {
-        let at = self.clock.now_millis();
-        for f in fires {
-            let kind = if f.reason == Close::Discarded {
-                "discard"
-            } else {
-                "fire"
-            };
-            self.emit(
-                json!({"type": kind, "rule": rule, "at": at, "fire_id": f.fire_id,
-                "partition": f.partition, "reason": reason(f.reason), "events": f.seqs}),
-            );
+    fn report_step(&mut self, rule: &str, step: &Step) -> anyhow::Result<()> {
+        for f in &step.fires {
+            self.emit(json!({"type": "fire", "rule": rule, "at": f.created_at,
+                "fire_id": f.fire_id, "partition": f.partition, "reason": f.reason.name(),
+                "events": f.seqs}))?;
         }
+        for d in &step.discards {
+            self.emit(json!({"type": "discard", "rule": rule, "at": d.at,
+                "fire_id": d.fire_id, "partition": d.partition, "reason": "discarded",
+                "events": d.seqs}))?;
+        }
+        Ok(())
     }
 
-    /// Let every rule dispatch what is new and run what is due, until none
-    /// has anything left (outputs of one rule may feed another).
+    fn next_due(&self) -> Option<i64> {
+        self.rules.iter().filter_map(|r| r.next_due()).min()
+    }
+
+    /// Append and process the pending events, in chunks that end before
+    /// the next due deadline and right after an event that makes a fire.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut start = 0;
+        while start < pending.len() {
+            if let Some(t) = pending[start].time
+                && t > self.clock.now_millis()
+            {
+                self.advance_to(t)?;
+            }
+            let last = self.log.last_seq();
+            let caught_up = self.rules.iter().all(|r| r.cursor() == last);
+            let taken = if caught_up {
+                self.chunk(&pending[start..])?
+            } else {
+                0
+            };
+            let taken = if taken == 0 {
+                // One at a time: what the engine would do.
+                self.log.append_blocking(vec![pending[start].clone()])?;
+                1
+            } else {
+                taken
+            };
+            start += taken;
+            self.settle()?;
+        }
+        pending.clear();
+        self.pending = pending;
+        Ok(())
+    }
+
+    /// Take a chunk of `events` through select and the core in one go;
+    /// how many were taken (0: take one the ordinary way).
+    fn chunk(&mut self, events: &[NewEvent]) -> anyhow::Result<usize> {
+        let bound = self.next_due().unwrap_or(i64::MAX);
+        let mut nows = Vec::new();
+        let mut now = self.clock.now_millis();
+        for e in events.iter().take(CHUNK) {
+            now = now.max(e.time.unwrap_or(now));
+            if now >= bound {
+                break;
+            }
+            nows.push(now);
+        }
+        if nows.is_empty() {
+            return Ok(0);
+        }
+        let first_seq = self.log.last_seq() + 1;
+        let provisional: Vec<Event> = events[..nows.len()]
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Event {
+                seq: first_seq + i as u64,
+                id: e.id.clone().unwrap_or_default(),
+                tenant: e.tenant.clone(),
+                source: e.source.clone(),
+                kind: e.kind.clone(),
+                time: e.time.unwrap_or(nows[i]),
+                payload: e.payload.clone(),
+                hops: e.hops,
+            })
+            .collect();
+        let now_of = |i: usize| nows[i];
+        let stop = Stop {
+            limit: nows.len(),
+            at_fire: true,
+            before: bound,
+        };
+        let mut verdicts = Vec::with_capacity(self.rules.len());
+        let mut take = nows.len();
+        for r in &mut self.rules {
+            match r.select(&provisional) {
+                Ok(v) => {
+                    take = take.min(r.plan_len(&provisional, &v, &now_of, stop));
+                    verdicts.push(v);
+                }
+                // The ordinary path isolates the event that fails.
+                Err(_) => return Ok(0),
+            }
+        }
+        if take == 0 {
+            return Ok(0);
+        }
+        let report = self.log.append_blocking(events[..take].to_vec())?;
+        let expected: Vec<u64> = (first_seq..first_seq + take as u64).collect();
+        if report.seqs != expected || report.duplicates > 0 {
+            // Duplicates or a foreign write: let the ordinary path read
+            // what the log holds.
+            return Ok(take);
+        }
+        let stop = Stop {
+            limit: take,
+            ..stop
+        };
+        for (i, v) in verdicts.iter().enumerate() {
+            let step = self.rules[i].step_with(
+                &self.log,
+                &provisional[..take],
+                &v[..take],
+                &now_of,
+                stop,
+            )?;
+            let name = self.rules[i].spec().name.clone();
+            self.report_step(&name, &step)?;
+        }
+        self.clock.set(nows[take - 1]);
+        Ok(take)
+    }
+
+    /// Let every rule take its turn and run what is due, until none has
+    /// anything left (outputs of one rule may feed another).
     fn settle(&mut self) -> anyhow::Result<()> {
         for _ in 0..MAX_ROUNDS {
             let mut progressed = false;
             for i in 0..self.rules.len() {
                 let now = self.clock.now_millis();
-                let before = self.rules[i].dispatcher.cursor();
-                let step = self.rules[i].dispatcher.catch_up(&self.log, now, 1_024)?;
-                progressed |= step.cursor != before;
-                let name = self.rules[i].name.clone();
-                self.created(&name, &step.fires);
+                let before = self.rules[i].cursor();
+                let turn = driver::turn(&mut *self.rules[i], &self.log, now, usize::MAX)?;
+                progressed |= turn.stepped.cursor != before || !turn.expired.fires.is_empty();
+                let name = self.rules[i].spec().name.clone();
+                self.report_step(&name, &turn.expired)?;
+                self.report_step(&name, &turn.stepped)?;
                 progressed |= self.run_due(i)?;
             }
             if !progressed {
@@ -213,56 +381,45 @@ impl Run {
         )
     }
 
-    /// Run rule `i`'s fires due now; failed ones wait for their retry
-    /// time. True when any ran.
+    /// Run rule `i`'s fires due now, one after another; failed ones wait
+    /// for their retry time. True when any ran.
     fn run_due(&mut self, i: usize) -> anyhow::Result<bool> {
         let now = self.clock.now_millis();
-        let due = self.rules[i].dispatcher.due_fires(now);
-        let ran = !due.is_empty();
-        for fire_id in due {
+        let mut ran = false;
+        while let Some(fire_id) = self.rules[i].due_fires(now).into_iter().next() {
+            ran = true;
             let r = &mut self.rules[i];
-            let attempt = r.dispatcher.fire(&fire_id).map_or(1, |f| f.attempts + 1);
-            let outcome = r.dispatcher.run_fire(&self.log, &fire_id, now, &r.retry)?;
-            let rule = r.name.clone();
+            let attempt = r.fire(&fire_id).map_or(1, |f| f.attempts + 1);
+            let job = r.start(&self.log, &fire_id, now)?;
+            let outcome = r.finish(&self.log, job.run())?;
+            let rule = r.spec().name.clone();
             match outcome {
                 FireOutcome::Completed { outputs } => {
-                    for event in self.log.query(&crate::log::EventQuery {
-                        after_seq: outputs.first().map(|s| s - 1),
-                        until_seq: outputs.last().copied(),
-                        ..crate::log::EventQuery::tenant(TENANT, outputs.len())
-                    })? {
+                    for event in self.log.read_seqs(TENANT, &outputs)? {
                         let payload: Value =
                             serde_json::from_str(&event.payload).unwrap_or(Value::Null);
                         self.emit(json!({"type": "output", "rule": rule, "at": now,
                             "fire_id": fire_id, "seq": event.seq, "kind": event.kind,
-                            "payload": payload}));
+                            "payload": payload}))?;
                     }
                 }
                 FireOutcome::Retry {
                     at: retry_at,
                     error,
                 } => {
-                    self.report.rule_failed = true;
+                    self.failed = true;
                     self.emit(json!({"type": "error", "rule": rule, "at": now,
                         "fire_id": fire_id, "attempt": attempt, "retry_at": retry_at,
-                        "error": error}));
+                        "error": error}))?;
                 }
                 FireOutcome::DeadLettered { error } => {
-                    self.report.rule_failed = true;
+                    self.failed = true;
                     self.emit(json!({"type": "dead_letter", "rule": rule, "at": now,
-                        "fire_id": fire_id, "attempt": attempt, "error": error}));
+                        "fire_id": fire_id, "attempt": attempt, "error": error}))?;
                 }
             }
         }
         Ok(ran)
-    }
-
-    /// The earliest window deadline or retry time of any rule.
-    fn next_due(&self) -> Option<i64> {
-        self.rules
-            .iter()
-            .filter_map(|r| r.dispatcher.next_due())
-            .min()
     }
 
     /// Move the clock to `target`, running what falls due on the way in
@@ -270,12 +427,6 @@ impl Run {
     fn advance_to(&mut self, target: i64) -> anyhow::Result<()> {
         while let Some(t) = self.next_due().filter(|t| *t <= target) {
             self.clock.set(t);
-            let now = self.clock.now_millis();
-            for i in 0..self.rules.len() {
-                let fires = self.rules[i].dispatcher.expire(&self.log, now)?;
-                let name = self.rules[i].name.clone();
-                self.created(&name, &fires);
-            }
             self.settle()?;
         }
         self.clock.set(target);

@@ -8,8 +8,12 @@ use serde_json::json;
 use sluice::clock::Clock;
 use sluice::log::{Durability, EventLog, EventQuery, LogConfig, NewEvent};
 use sluice::manifest::{BatchTrigger, Expire, RetryPolicy};
-use sluice::triggers::batch::{Batcher, Close};
-use sluice::triggers::dispatch::{BatchRule, Dispatcher, ENGINE_SOURCE, FireOutcome};
+use sluice::runtime::LoadedRule;
+use sluice::triggers::ENGINE_SOURCE;
+use sluice::triggers::FireReason;
+use sluice::triggers::batch::Batch;
+use sluice::triggers::core::{RuleCore, RuleSpec};
+use sluice::triggers::fires::FireOutcome;
 use sluice_test_components::components::{HOSTILE, PR_DIGEST};
 
 use crate::{Harness, temp_log};
@@ -22,6 +26,7 @@ fn merged(repo: &str, n: u32) -> NewEvent {
         kind: "pull_request.merged".into(),
         time: None,
         payload: json!({"repo": repo, "number": n}).to_string(),
+        hops: 0,
     }
 }
 
@@ -33,11 +38,25 @@ fn opened(repo: &str, n: u32) -> NewEvent {
     }
 }
 
+/// A batch rule's parts, for opening its core.
+struct BatchRule {
+    name: String,
+    rule: LoadedRule,
+    batcher: BatchTrigger,
+    retry: RetryPolicy,
+}
+
+fn open(log: &EventLog, r: BatchRule) -> RuleCore<Batch> {
+    let mut spec = RuleSpec::with_defaults("acme", &r.name, r.rule);
+    spec.retry = r.retry;
+    RuleCore::open(log, spec, Batch::from(&r.batcher)).unwrap()
+}
+
 fn spec(h: &Harness, expire: Expire) -> BatchRule {
     BatchRule {
-        tenant: "acme".into(),
         name: "pr-digest".into(),
-        batcher: Batcher::from(&BatchTrigger {
+        retry: RetryPolicy::default(),
+        batcher: (BatchTrigger {
             count: 2,
             window: Duration::from_secs(60),
             expire,
@@ -78,18 +97,22 @@ fn windows_fires_and_cursor_commit_together_and_survive_restart() {
     }])
     .unwrap();
 
-    let mut d = Dispatcher::open(&log, spec(&h, Expire::Fire)).unwrap();
+    let mut d = open(&log, spec(&h, Expire::Fire));
     let now = h.clock.now_millis();
     let step = d.step(&log, now, 1_000).unwrap();
     assert_eq!((step.read, step.kept, step.cursor), (5, 4, 5));
     assert_eq!(step.fires.len(), 1, "acme/api reached count = 2");
     let fire = &step.fires[0];
     assert_eq!(
-        (fire.partition.as_deref(), fire.reason, fire.seqs.clone()),
-        (Some("acme/api"), Close::CountReached, vec![1, 2])
+        (
+            fire.partition.as_deref(),
+            fire.reason.clone(),
+            fire.seqs.clone()
+        ),
+        (Some("acme/api"), FireReason::CountReached, vec![1, 2])
     );
-    assert_eq!(d.window(Some("acme/web")).unwrap().seqs, vec![3]);
-    assert_eq!(d.window(Some("acme/api")).unwrap().seqs, vec![5]);
+    assert_eq!(d.partition(Some("acme/web")).unwrap().seqs, vec![3]);
+    assert_eq!(d.partition(Some("acme/api")).unwrap().seqs, vec![5]);
     assert_eq!(d.next_deadline(), Some(now + 60_000));
     // The pin holds the pending fire's events.
     assert_eq!(log.low_water().unwrap(), Some(1));
@@ -102,29 +125,40 @@ fn windows_fires_and_cursor_commit_together_and_survive_restart() {
     drop(d);
     log.close();
     let log = open_log();
-    let mut d = Dispatcher::open(&log, spec(&h, Expire::Fire)).unwrap();
+    let mut d = open(&log, spec(&h, Expire::Fire));
     assert_eq!(d.cursor(), 5);
     assert_eq!(
         d.pending_fires().collect::<Vec<_>>(),
         vec![fire_id.as_str()]
     );
-    assert_eq!(d.window(Some("acme/web")).unwrap().seqs, vec![3]);
+    assert_eq!(d.partition(Some("acme/web")).unwrap().seqs, vec![3]);
 
     // Windows expire on idle partitions at their deadline, not before.
     h.clock.advance(59_999);
-    assert!(d.expire(&log, h.clock.now_millis()).unwrap().is_empty());
+    assert!(
+        d.expire(&log, h.clock.now_millis())
+            .unwrap()
+            .fires
+            .is_empty()
+    );
     h.clock.advance(1);
-    let mut fires = d.expire(&log, h.clock.now_millis()).unwrap();
+    let mut fires = d.expire(&log, h.clock.now_millis()).unwrap().fires;
     fires.sort_by(|a, b| a.partition.cmp(&b.partition));
     let got: Vec<_> = fires
         .iter()
-        .map(|f| (f.partition.clone().unwrap(), f.reason, f.seqs.clone()))
+        .map(|f| {
+            (
+                f.partition.clone().unwrap(),
+                f.reason.clone(),
+                f.seqs.clone(),
+            )
+        })
         .collect();
     assert_eq!(
         got,
         vec![
-            ("acme/api".to_string(), Close::WindowExpired, vec![5]),
-            ("acme/web".to_string(), Close::WindowExpired, vec![3]),
+            ("acme/api".to_string(), FireReason::WindowExpired, vec![5]),
+            ("acme/web".to_string(), FireReason::WindowExpired, vec![3]),
         ]
     );
     assert_eq!(d.next_deadline(), None);
@@ -145,12 +179,11 @@ fn discarded_windows_are_recorded_on_the_log_and_fire_ids_are_stable() {
     let h = Harness::new();
     let (log, _dir) = temp_log(&h);
     log.append_blocking(vec![merged("acme/api", 1)]).unwrap();
-    let mut d = Dispatcher::open(&log, spec(&h, Expire::Discard)).unwrap();
+    let mut d = open(&log, spec(&h, Expire::Discard));
     d.step(&log, h.clock.now_millis(), 100).unwrap();
     h.clock.advance(60_000);
-    let fires = d.expire(&log, h.clock.now_millis()).unwrap();
+    let fires = d.expire(&log, h.clock.now_millis()).unwrap().discards;
     assert_eq!(fires.len(), 1);
-    assert_eq!(fires[0].reason, Close::Discarded);
     assert_eq!(d.pending_fires().count(), 0, "nothing to run for a discard");
     let records = log
         .query(&EventQuery {
@@ -170,11 +203,11 @@ fn discarded_windows_are_recorded_on_the_log_and_fire_ids_are_stable() {
     // Same window, same fire id, in another engine.
     let (log2, _other) = temp_log(&h);
     log2.append_blocking(vec![merged("acme/api", 1)]).unwrap();
-    let mut d2 = Dispatcher::open(&log2, spec(&h, Expire::Discard)).unwrap();
+    let mut d2 = open(&log2, spec(&h, Expire::Discard));
     d2.step(&log2, h.clock.now_millis(), 100).unwrap();
     h.clock.advance(60_000);
     assert_eq!(
-        d2.expire(&log2, h.clock.now_millis()).unwrap()[0].fire_id,
+        d2.expire(&log2, h.clock.now_millis()).unwrap().discards[0].fire_id,
         fires[0].fire_id
     );
 }
@@ -190,6 +223,7 @@ fn kind_events(kinds: &[&str], tag: &str) -> Vec<NewEvent> {
             kind: (*k).into(),
             time: None,
             payload: "{}".into(),
+            hops: 0,
         })
         .collect()
 }
@@ -211,18 +245,17 @@ fn a_completed_fire_appends_outputs_under_its_id_exactly_once() {
     let (log, _dir) = temp_log(&h);
     log.append_blocking(vec![merged("acme/api", 1), merged("acme/api", 2)])
         .unwrap();
-    let mut d = Dispatcher::open(&log, spec(&h, Expire::Fire)).unwrap();
+    let mut d = open(&log, spec(&h, Expire::Fire));
     // A second runner that loaded the same state: a stale re-run.
     let fire = d
         .step(&log, h.clock.now_millis(), 10)
         .unwrap()
         .fires
         .remove(0);
-    let mut stale = Dispatcher::open(&log, spec(&h, Expire::Fire)).unwrap();
+    let mut stale = open(&log, spec(&h, Expire::Fire));
 
-    let retry = RetryPolicy::default();
     let FireOutcome::Completed { outputs } = d
-        .run_fire(&log, &fire.fire_id, h.clock.now_millis(), &retry)
+        .run_fire(&log, &fire.fire_id, h.clock.now_millis())
         .unwrap()
     else {
         panic!("the handler should succeed")
@@ -243,7 +276,7 @@ fn a_completed_fire_appends_outputs_under_its_id_exactly_once() {
 
     // The re-run finds its outputs already there: nothing is emitted twice.
     let again = stale
-        .run_fire(&log, &fire.fire_id, h.clock.now_millis(), &retry)
+        .run_fire(&log, &fire.fire_id, h.clock.now_millis())
         .unwrap();
     assert_eq!(again, FireOutcome::Completed { outputs: vec![3] });
     let digests = log
@@ -263,15 +296,15 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     let rule = BatchRule {
         name: "hostile".into(),
         rule: h.load(HOSTILE, Default::default()),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            suspend_after: 2,
+        },
         ..spec(&h, Expire::Fire)
     };
-    let retry = RetryPolicy {
-        max_attempts: 3,
-        backoff: Duration::from_secs(1),
-        max_backoff: Duration::from_secs(60),
-        suspend_after: 2,
-    };
-    let mut d = Dispatcher::open(&log, rule).unwrap();
+    let mut d = open(&log, rule);
     log.append_blocking(kind_events(&["retry", "x"], "a"))
         .unwrap();
     let fire = d
@@ -282,7 +315,7 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     let mut retry_times = Vec::new();
     for attempt in 1..=2 {
         match d
-            .run_fire(&log, &fire.fire_id, h.clock.now_millis(), &retry)
+            .run_fire(&log, &fire.fire_id, h.clock.now_millis())
             .unwrap()
         {
             FireOutcome::Retry { at, error } => {
@@ -303,14 +336,14 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     }
     assert_eq!(d.fire(&fire.fire_id).unwrap().attempts, 2);
     let outcome = d
-        .run_fire(&log, &fire.fire_id, h.clock.now_millis(), &retry)
+        .run_fire(&log, &fire.fire_id, h.clock.now_millis())
         .unwrap();
     assert!(
         matches!(outcome, FireOutcome::DeadLettered { .. }),
         "{outcome:?}"
     );
     assert!(
-        log.state_get("rule:acme/hostile", &format!("dead/{}", fire.fire_id))
+        log.state_get("rule:acme/hostile", &format!("d/{}", fire.fire_id))
             .unwrap()
             .is_some()
     );
@@ -325,7 +358,7 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
         .fires
         .remove(0);
     let outcome = d
-        .run_fire(&log, &fire.fire_id, h.clock.now_millis(), &retry)
+        .run_fire(&log, &fire.fire_id, h.clock.now_millis())
         .unwrap();
     assert_eq!(
         outcome,
@@ -353,9 +386,15 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     let rule = BatchRule {
         name: "hostile".into(),
         rule: h.load(HOSTILE, Default::default()),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            suspend_after: 2,
+        },
         ..spec(&h, Expire::Fire)
     };
-    let mut d = Dispatcher::open(&log, rule).unwrap();
+    let mut d = open(&log, rule);
     assert!(d.suspended().is_some());
     d.resume(&log).unwrap();
     let step = d.step(&log, h.clock.now_millis(), 10).unwrap();
@@ -384,7 +423,7 @@ fn an_event_the_rule_cannot_select_is_isolated_skipped_and_recorded() {
     let rule = BatchRule {
         name: "hostile".into(),
         rule: h.load(HOSTILE, Default::default()),
-        batcher: Batcher::from(&BatchTrigger {
+        batcher: (BatchTrigger {
             count: 1,
             window: Duration::from_secs(60),
             expire: Expire::Fire,
@@ -393,7 +432,7 @@ fn an_event_the_rule_cannot_select_is_isolated_skipped_and_recorded() {
         }),
         ..spec(&h, Expire::Fire)
     };
-    let mut d = Dispatcher::open(&log, rule).unwrap();
+    let mut d = open(&log, rule);
     log.append_blocking(kind_events(&["fine", "panic", "fine"], "p"))
         .unwrap();
     let mut fires = Vec::new();
@@ -415,7 +454,7 @@ fn an_event_the_rule_cannot_select_is_isolated_skipped_and_recorded() {
     // One failure for the batch, then three for the event alone.
     assert_eq!(
         errors,
-        1 + sluice::triggers::dispatch::POISON_ATTEMPTS as usize - 1
+        1 + sluice::manifest::SelectPolicy::default().attempts as usize - 1
     );
     let skipped = log
         .query(&EventQuery {

@@ -8,12 +8,12 @@ use std::time::Duration;
 use serde_json::json;
 use sluice::clock::{Clock, SharedClock};
 use sluice::engine::Engine;
+use sluice::engine::rule::Deployable;
 use sluice::event::Event;
 use sluice::log::{Durability, EventLog, FeedItem, LogConfig, NewEvent};
 use sluice::manifest::{BatchTrigger, Expire, RetryPolicy};
 use sluice::runtime::Limits;
-use sluice::triggers::batch::Batcher;
-use sluice::triggers::dispatch::BatchRule;
+use sluice::triggers::core::RuleSpec;
 use sluice_test_components::components::{HOSTILE, PR_DIGEST};
 
 use crate::Harness;
@@ -26,6 +26,7 @@ fn merged(n: u32) -> NewEvent {
         kind: "pull_request.merged".into(),
         time: None,
         payload: json!({"repo": "acme/api", "number": n}).to_string(),
+        hops: 0,
     }
 }
 
@@ -36,19 +37,17 @@ fn batch_rule(
     count: u32,
     window_s: u64,
     limits: Limits,
-) -> BatchRule {
-    BatchRule {
-        tenant: "acme".into(),
-        name: name.into(),
-        batcher: Batcher::from(&BatchTrigger {
+) -> Deployable {
+    Deployable::batch(
+        RuleSpec::with_defaults("acme", name, h.load(component, limits)),
+        &BatchTrigger {
             count,
             window: Duration::from_secs(window_s),
             expire: Expire::Fire,
             debounce: false,
             max_wait: None,
-        }),
-        rule: h.load(component, limits),
-    }
+        },
+    )
 }
 
 /// The first event on the feed (from `after`) matching `pred`, waiting for
@@ -69,8 +68,9 @@ async fn wait_for(log: &EventLog, after: u64, pred: impl Fn(&Event) -> bool) -> 
     found.expect("the engine produced the event in time")
 }
 
-async fn deploy(engine: &Engine, rule: BatchRule, retry: RetryPolicy) {
-    engine.deploy_batch(rule, retry).await.unwrap();
+async fn deploy(engine: &Engine, mut rule: Deployable, retry: RetryPolicy) {
+    rule.spec.retry = retry;
+    engine.deploy(rule).await.unwrap();
 }
 
 /// The first `n` engine records of `kind` on the feed, waiting for them.
@@ -256,10 +256,12 @@ async fn hostile_handlers_are_stopped_retried_and_dead_lettered() {
         max_backoff: Duration::from_secs(10),
         suspend_after: 10,
     };
-    engine
-        .deploy_batch(batch_rule(&h, "hostile", HOSTILE, 1, 60, tight), retry)
-        .await
-        .unwrap();
+    deploy(
+        &engine,
+        batch_rule(&h, "hostile", HOSTILE, 1, 60, tight),
+        retry,
+    )
+    .await;
     deploy(
         &engine,
         batch_rule(&h, "pr-digest", PR_DIGEST, 2, 60, Limits::default()),

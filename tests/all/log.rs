@@ -57,6 +57,7 @@ fn new_event(tenant: &str, id: Option<&str>, kind: &str) -> NewEvent {
         kind: kind.into(),
         time: None,
         payload: r#"{"n":1}"#.into(),
+        hops: 0,
     }
 }
 

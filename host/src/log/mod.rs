@@ -53,6 +53,8 @@ pub struct NewEvent {
     pub time: Option<i64>,
     /// A JSON object, as text.
     pub payload: String,
+    /// Rule steps from a client event (0 for what clients send).
+    pub hops: u32,
 }
 
 /// A read of the log. Results come in seq order, at most `limit` of them.

@@ -88,6 +88,8 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL,
         PRIMARY KEY (ns, key)
     ) WITHOUT ROWID;",
+    // 3: how many rule steps an output is from a client event.
+    "ALTER TABLE events ADD COLUMN hops INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The SQLite store.
@@ -371,8 +373,9 @@ impl rusqlite::ToSql for Arg {
 }
 
 fn select_sql(q: &EventQuery) -> (String, Vec<Arg>) {
-    let mut sql =
-        String::from("SELECT seq, tenant, id, source, kind, time, payload FROM events WHERE 1 = 1");
+    let mut sql = String::from(
+        "SELECT seq, tenant, id, source, kind, time, payload, hops FROM events WHERE 1 = 1",
+    );
     let mut args = Vec::new();
     let mut push = |clause: &str, arg: Arg| {
         args.push(arg);
@@ -413,6 +416,7 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         kind: r.get(4)?,
         time: r.get(5)?,
         payload: r.get(6)?,
+        hops: r.get(7)?,
     })
 }
 
@@ -498,7 +502,7 @@ impl LogBackend for SqliteBackend {
         self.with_reader(|conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT seq, tenant, id, source, kind, time, payload FROM events
+                    "SELECT seq, tenant, id, source, kind, time, payload, hops FROM events
                      WHERE seq = ?1 AND tenant = ?2",
                 )
                 .map_err(err("read events by seq"))?;
@@ -759,8 +763,8 @@ impl SqliteWriter {
                 .map_err(err("append"))?;
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO events (seq, tenant, id, source, kind, time, ingested_at, payload)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO events (seq, tenant, id, source, kind, time, ingested_at, payload, hops)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .map_err(err("append"))?;
             for group in groups.drain(..) {
@@ -795,6 +799,7 @@ impl SqliteWriter {
                         kind: e.kind,
                         time: e.time.unwrap_or(now),
                         payload: e.payload,
+                        hops: e.hops,
                     };
                     insert
                         .execute(params![
@@ -805,7 +810,8 @@ impl SqliteWriter {
                             event.kind,
                             event.time,
                             now,
-                            event.payload
+                            event.payload,
+                            event.hops
                         ])
                         .map_err(|e| {
                             if seq_taken(&e) {

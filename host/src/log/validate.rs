@@ -179,6 +179,7 @@ fn from_map(
         kind,
         time,
         payload,
+        hops: 0,
     })
 }
 

@@ -1047,6 +1047,7 @@ mod tests {
             kind: kind.into(),
             time: 1_000,
             payload: payload.into(),
+            hops: 0,
         }
     }
 

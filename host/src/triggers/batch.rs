@@ -1,4 +1,5 @@
-//! Batch windows, per partition (DESIGN §3, batch):
+//! The batch kind: aggregation windows per partition (DESIGN §3, batch).
+//! This is where a batch rule decides to fire.
 //!
 //! - the window opens at the first buffered event of a partition, on the
 //!   engine clock, and expires `window` later;
@@ -8,18 +9,22 @@
 //!   `expire = discard`, is dropped and reported;
 //! - with `debounce`, every new event pushes the expiry to `now + window`,
 //!   so the window fires after a quiet period with all its events (`count`
-//!   still caps a batch).
+//!   still caps a batch); `max_wait` bounds how far a steady stream can
+//!   push it: never later than `opened + max_wait`.
 //!
 //! A window is identified by the seq of its first event: unique, and the
 //! same on every replay, so fire ids derived from it are deterministic.
+//!
+//! Stored as rows under the partition's prefix: `h` → the header
+//! (`opened_at deadline`), `m/<seq as 16 hex digits>` → one row per member.
+//! Buffering an event writes one row; closing a window clears the prefix.
 
-use serde::{Deserialize, Serialize};
-
+use super::{Discard, FireReason, Kept, Kind, KindOut, NewFire, Row};
 use crate::manifest::{BatchTrigger, Expire};
 
 /// The open window of one partition. Holds event references (seqs), not
 /// events: the log keeps the events, pinned until the window closes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
     /// When the window opened (engine clock, ms).
     pub opened_at: i64,
@@ -36,96 +41,258 @@ impl Window {
     }
 }
 
-/// Why a window closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Close {
-    /// `count` events arrived: fire them.
-    CountReached,
-    /// The window expired with `expire = fire`: fire the partial batch.
-    WindowExpired,
-    /// The window expired with `expire = discard`: drop the events.
-    Discarded,
-}
-
-/// A closed window: what to fire (or report as discarded).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Closed {
-    /// Why it closed.
-    pub close: Close,
-    /// Its identity (seq of its first event).
-    pub first_seq: u64,
-    /// Its events, in log order.
-    pub seqs: Vec<u64>,
+/// What one step did to a partition's window.
+#[derive(Debug, Default)]
+pub struct WindowChange {
+    /// The committed window closed during the step (it no longer counts).
+    reset: bool,
+    /// A window opened during the step: (opened_at, deadline).
+    opened: Option<(i64, i64)>,
+    /// Events buffered during the step into the current window.
+    appended: Vec<u64>,
+    /// The current window's deadline moved (debounce).
+    deadline: Option<i64>,
 }
 
 /// The batch rules of one rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Batcher {
+pub struct Batch {
     count: usize,
     window_ms: i64,
+    max_wait_ms: Option<i64>,
     expire: Expire,
     debounce: bool,
 }
 
-impl From<&BatchTrigger> for Batcher {
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl From<&BatchTrigger> for Batch {
     fn from(t: &BatchTrigger) -> Self {
         Self {
             count: t.count.max(1) as usize,
-            window_ms: i64::try_from(t.window.as_millis()).unwrap_or(i64::MAX),
+            window_ms: millis(t.window),
+            max_wait_ms: t.max_wait.map(millis),
             expire: t.expire,
             debounce: t.debounce,
         }
     }
 }
 
-impl Batcher {
-    /// Buffer event `seq` of a partition at `now`. Returns the closed
-    /// window when it reached `count`; the partition then has no window
-    /// until its next event.
-    pub fn on_event(&self, window: &mut Option<Window>, seq: u64, now: i64) -> Option<Closed> {
+/// The current window as the step sees it: committed part + change.
+struct View<'a> {
+    opened_at: i64,
+    deadline: i64,
+    base: &'a [u64],
+    appended: &'a [u64],
+}
+
+impl View<'_> {
+    fn len(&self) -> usize {
+        self.base.len() + self.appended.len()
+    }
+
+    fn first(&self) -> u64 {
+        self.base
+            .first()
+            .or(self.appended.first())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn seqs(&self) -> Vec<u64> {
+        let mut all = Vec::with_capacity(self.len());
+        all.extend_from_slice(self.base);
+        all.extend_from_slice(self.appended);
+        all
+    }
+}
+
+fn view<'a>(base: Option<&'a Window>, c: &'a WindowChange) -> Option<View<'a>> {
+    if c.reset {
+        let (opened_at, deadline) = c.opened?;
+        return Some(View {
+            opened_at,
+            deadline: c.deadline.unwrap_or(deadline),
+            base: &[],
+            appended: &c.appended,
+        });
+    }
+    let b = base?;
+    Some(View {
+        opened_at: b.opened_at,
+        deadline: c.deadline.unwrap_or(b.deadline),
+        base: &b.seqs,
+        appended: &c.appended,
+    })
+}
+
+fn member_key(seq: u64) -> String {
+    format!("m/{seq:016x}")
+}
+
+impl Batch {
+    /// Close the current window: it no longer exists after this step.
+    fn close(
+        &self,
+        base: Option<&Window>,
+        c: &mut WindowChange,
+        why: Option<FireReason>,
+        out: &mut KindOut,
+    ) {
+        let Some(v) = view(base, c) else { return };
+        let (first, seqs) = (v.first(), v.seqs());
+        let id_parts = vec![first.to_string()];
+        match why {
+            Some(reason) => out.fires.push(NewFire {
+                id_parts,
+                reason,
+                seqs,
+            }),
+            None => out.discards.push(Discard { id_parts, seqs }),
+        }
+        *c = WindowChange {
+            reset: true,
+            ..WindowChange::default()
+        };
+    }
+}
+
+impl Kind for Batch {
+    type State = Window;
+    type Change = WindowChange;
+
+    fn on_event(
+        &self,
+        base: Option<&Window>,
+        c: &mut WindowChange,
+        event: Kept,
+        now: i64,
+        out: &mut KindOut,
+    ) {
         let deadline = now.saturating_add(self.window_ms);
-        match window {
-            Some(w) => {
-                w.seqs.push(seq);
+        match view(base, c).map(|v| v.opened_at) {
+            Some(opened_at) => {
+                c.appended.push(event.seq);
                 if self.debounce {
-                    w.deadline = deadline;
+                    let cap = self
+                        .max_wait_ms
+                        .map_or(i64::MAX, |w| opened_at.saturating_add(w));
+                    c.deadline = Some(deadline.min(cap));
                 }
             }
             None => {
-                *window = Some(Window {
-                    opened_at: now,
-                    deadline,
-                    seqs: vec![seq],
-                });
+                // No window: open one (any committed one closed earlier in
+                // this step, or there was none).
+                c.reset = true;
+                let first_deadline = match self.max_wait_ms {
+                    Some(w) if self.debounce => deadline.min(now.saturating_add(w)),
+                    _ => deadline,
+                };
+                c.opened = Some((now, first_deadline));
+                c.deadline = None;
+                c.appended.clear();
+                c.appended.push(event.seq);
             }
         }
-        let full = window.as_ref().is_some_and(|w| w.seqs.len() >= self.count);
-        if !full {
-            return None;
+        if view(base, c).is_some_and(|v| v.len() >= self.count) {
+            self.close(base, c, Some(FireReason::CountReached), out);
         }
-        let w = window.take().expect("checked above");
-        Some(Closed {
-            close: Close::CountReached,
-            first_seq: w.first_seq(),
-            seqs: w.seqs,
+    }
+
+    fn on_deadline(
+        &self,
+        base: Option<&Window>,
+        c: &mut WindowChange,
+        now: i64,
+        out: &mut KindOut,
+    ) {
+        if view(base, c).is_none_or(|v| v.deadline > now) {
+            return;
+        }
+        let why = match self.expire {
+            Expire::Fire => Some(FireReason::WindowExpired),
+            Expire::Discard => None,
+        };
+        self.close(base, c, why, out);
+    }
+
+    fn deadline(&self, base: Option<&Window>, c: &WindowChange) -> Option<i64> {
+        view(base, c).map(|v| v.deadline)
+    }
+
+    fn write(&self, base: Option<&Window>, c: &WindowChange, rows: &mut Vec<Row>) {
+        if c.reset && base.is_some() {
+            rows.push(Row::Clear);
+        }
+        let Some(v) = view(base, c) else { return };
+        if c.reset || c.deadline.is_some() {
+            rows.push(Row::Put(
+                "h".into(),
+                format!("{} {}", v.opened_at, v.deadline).into_bytes(),
+            ));
+        }
+        for &seq in v.appended {
+            rows.push(Row::Put(member_key(seq), Vec::new()));
+        }
+    }
+
+    fn apply(&self, base: Option<Window>, c: WindowChange) -> Option<Window> {
+        let mut w = if c.reset {
+            let (opened_at, deadline) = c.opened?;
+            Window {
+                opened_at,
+                deadline,
+                seqs: Vec::with_capacity(self.count.min(1024)),
+            }
+        } else {
+            base?
+        };
+        if let Some(d) = c.deadline {
+            w.deadline = d;
+        }
+        w.seqs.extend_from_slice(&c.appended);
+        Some(w)
+    }
+
+    fn load(&self, rows: Vec<(String, Vec<u8>)>) -> Result<Window, String> {
+        let mut header = None;
+        let mut seqs = Vec::new();
+        for (key, value) in rows {
+            if key == "h" {
+                let text = String::from_utf8_lossy(&value);
+                let (a, b) = text
+                    .split_once(' ')
+                    .ok_or_else(|| format!("window header {text:?}"))?;
+                let parse = |s: &str| {
+                    s.parse::<i64>()
+                        .map_err(|e| format!("window header {text:?}: {e}"))
+                };
+                header = Some((parse(a)?, parse(b)?));
+            } else if let Some(hex) = key.strip_prefix("m/") {
+                seqs.push(u64::from_str_radix(hex, 16).map_err(|e| format!("member {key}: {e}"))?);
+            } else {
+                return Err(format!("unknown window row {key:?}"));
+            }
+        }
+        let (opened_at, deadline) = header.ok_or("window without a header")?;
+        if seqs.is_empty() {
+            return Err("window without events".into());
+        }
+        Ok(Window {
+            opened_at,
+            deadline,
+            seqs,
         })
     }
 
-    /// Close the window if it has expired at `now`.
-    pub fn on_timer(&self, window: &mut Option<Window>, now: i64) -> Option<Closed> {
-        if window.as_ref().is_none_or(|w| w.deadline > now) {
-            return None;
-        }
-        let w = window.take().expect("checked above");
-        Some(Closed {
-            close: match self.expire {
-                Expire::Fire => Close::WindowExpired,
-                Expire::Discard => Close::Discarded,
-            },
-            first_seq: w.first_seq(),
-            seqs: w.seqs,
-        })
+    fn first_seq(&self, w: &Window) -> Option<u64> {
+        w.seqs.first().copied()
+    }
+
+    fn first_seq_after(&self, base: Option<&Window>, c: &WindowChange) -> Option<u64> {
+        view(base, c).map(|v| v.first())
     }
 }
 
@@ -134,9 +301,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::runtime::bindings::wit::Membership;
 
-    fn batcher(count: u32, window_ms: u64, expire: Expire, debounce: bool) -> Batcher {
-        Batcher::from(&BatchTrigger {
+    fn batch(count: u32, window_ms: u64, expire: Expire, debounce: bool) -> Batch {
+        Batch::from(&BatchTrigger {
             count,
             window: Duration::from_millis(window_ms),
             expire,
@@ -145,19 +313,60 @@ mod tests {
         })
     }
 
+    /// Drive a kind the way the core does, one event or deadline per step.
+    struct Part {
+        kind: Batch,
+        state: Option<Window>,
+    }
+
+    impl Part {
+        fn new(kind: Batch) -> Self {
+            Self { kind, state: None }
+        }
+
+        fn commit(&mut self, c: WindowChange) {
+            self.state = self.kind.apply(self.state.take(), c);
+        }
+
+        fn event(&mut self, seq: u64, now: i64) -> KindOut {
+            let mut c = WindowChange::default();
+            let mut out = KindOut::default();
+            let kept = Kept {
+                seq,
+                time: now,
+                membership: Membership::Enter,
+            };
+            self.kind
+                .on_event(self.state.as_ref(), &mut c, kept, now, &mut out);
+            self.commit(c);
+            out
+        }
+
+        fn timer(&mut self, now: i64) -> KindOut {
+            let mut c = WindowChange::default();
+            let mut out = KindOut::default();
+            self.kind
+                .on_deadline(self.state.as_ref(), &mut c, now, &mut out);
+            self.commit(c);
+            out
+        }
+    }
+
     #[test]
     fn count_reached_fires_exactly_count_and_resets() {
-        let b = batcher(3, 1_000, Expire::Fire, false);
-        let mut w = None;
-        assert_eq!(b.on_event(&mut w, 1, 0), None);
-        assert_eq!(b.on_event(&mut w, 2, 10), None);
-        let closed = b.on_event(&mut w, 3, 20).unwrap();
-        assert_eq!(closed.close, Close::CountReached);
-        assert_eq!((closed.first_seq, closed.seqs), (1, vec![1, 2, 3]));
-        assert_eq!(w, None, "the window closed");
+        let mut p = Part::new(batch(3, 1_000, Expire::Fire, false));
+        assert!(p.event(1, 0).fires.is_empty());
+        assert!(p.event(2, 10).fires.is_empty());
+        let out = p.event(3, 20);
+        assert_eq!(out.fires[0].reason, FireReason::CountReached);
+        assert_eq!(
+            (out.fires[0].id_parts.clone(), out.fires[0].seqs.clone()),
+            (vec!["1".to_owned()], vec![1, 2, 3])
+        );
+        assert_eq!(p.state, None, "the window closed");
         // The next event opens a fresh window, timed from its arrival.
-        assert_eq!(b.on_event(&mut w, 4, 500), None);
-        let open = w.clone().unwrap();
+        p.event(4, 500);
+        let open = p.state.clone().unwrap();
         assert_eq!(
             (open.opened_at, open.deadline, open.first_seq()),
             (500, 1_500, 4)
@@ -165,56 +374,101 @@ mod tests {
     }
 
     #[test]
+    fn one_step_can_close_and_reopen_windows() {
+        let kind = batch(2, 1_000, Expire::Fire, false);
+        let mut c = WindowChange::default();
+        let mut out = KindOut::default();
+        for seq in 1..=5 {
+            let kept = Kept {
+                seq,
+                time: 0,
+                membership: Membership::Enter,
+            };
+            kind.on_event(None, &mut c, kept, 7, &mut out);
+        }
+        let got: Vec<_> = out.fires.iter().map(|f| f.seqs.clone()).collect();
+        assert_eq!(got, vec![vec![1, 2], vec![3, 4]]);
+        let mut rows = Vec::new();
+        kind.write(None, &c, &mut rows);
+        assert_eq!(
+            rows,
+            vec![
+                Row::Put("h".into(), b"7 1007".to_vec()),
+                Row::Put(member_key(5), vec![])
+            ]
+        );
+        assert_eq!(kind.apply(None, c).unwrap().seqs, vec![5]);
+    }
+
+    #[test]
     fn expiry_fires_the_partial_batch_at_its_deadline_not_before() {
-        let b = batcher(10, 1_000, Expire::Fire, false);
-        let mut w = None;
-        b.on_event(&mut w, 7, 100);
-        b.on_event(&mut w, 9, 900);
-        assert_eq!(b.on_timer(&mut w, 1_099), None);
-        let closed = b.on_timer(&mut w, 1_100).unwrap();
-        assert_eq!(closed.close, Close::WindowExpired);
-        assert_eq!(closed.seqs, vec![7, 9]);
-        assert_eq!(b.on_timer(&mut w, 5_000), None, "nothing left to expire");
+        let mut p = Part::new(batch(10, 1_000, Expire::Fire, false));
+        p.event(7, 100);
+        p.event(9, 900);
+        assert!(p.timer(1_099).fires.is_empty());
+        let out = p.timer(1_100);
+        assert_eq!(out.fires[0].reason, FireReason::WindowExpired);
+        assert_eq!(out.fires[0].seqs, vec![7, 9]);
+        assert!(p.timer(5_000).fires.is_empty(), "nothing left to expire");
     }
 
     #[test]
     fn discard_drops_and_reports() {
-        let b = batcher(10, 1_000, Expire::Discard, false);
-        let mut w = None;
-        b.on_event(&mut w, 1, 0);
-        let closed = b.on_timer(&mut w, 2_000).unwrap();
-        assert_eq!((closed.close, closed.seqs), (Close::Discarded, vec![1]));
+        let mut p = Part::new(batch(10, 1_000, Expire::Discard, false));
+        p.event(1, 0);
+        let out = p.timer(2_000);
+        assert!(out.fires.is_empty());
+        assert_eq!(out.discards[0].seqs, vec![1]);
     }
 
     #[test]
     fn debounce_restarts_the_window_on_every_event() {
-        let b = batcher(100, 1_000, Expire::Fire, true);
-        let mut w = None;
-        b.on_event(&mut w, 1, 0);
-        b.on_event(&mut w, 2, 900);
-        b.on_event(&mut w, 3, 1_800);
-        assert_eq!(b.on_timer(&mut w, 2_799), None, "quiet period not over");
-        let closed = b.on_timer(&mut w, 2_800).unwrap();
-        assert_eq!(closed.seqs, vec![1, 2, 3], "all events delivered");
-        assert_eq!(closed.close, Close::WindowExpired);
+        let mut p = Part::new(batch(100, 1_000, Expire::Fire, true));
+        p.event(1, 0);
+        p.event(2, 900);
+        p.event(3, 1_800);
+        assert!(p.timer(2_799).fires.is_empty(), "quiet period not over");
+        let out = p.timer(2_800);
+        assert_eq!(out.fires[0].seqs, vec![1, 2, 3], "all events delivered");
+    }
+
+    #[test]
+    fn max_wait_bounds_a_debounced_window() {
+        let mut kind = batch(100, 1_000, Expire::Fire, true);
+        kind.max_wait_ms = Some(2_500);
+        let mut p = Part::new(kind);
+        for (seq, t) in [(1, 0), (2, 900), (3, 1_800), (4, 2_400)] {
+            p.event(seq, t);
+        }
+        assert_eq!(
+            p.state.as_ref().unwrap().deadline,
+            2_500,
+            "capped at opened + max_wait"
+        );
+        assert_eq!(p.timer(2_500).fires[0].seqs, vec![1, 2, 3, 4]);
     }
 
     #[test]
     fn without_debounce_later_events_do_not_move_the_deadline() {
-        let b = batcher(100, 1_000, Expire::Fire, false);
-        let mut w = None;
-        b.on_event(&mut w, 1, 0);
-        b.on_event(&mut w, 2, 900);
-        assert_eq!(w.as_ref().unwrap().deadline, 1_000);
+        let mut p = Part::new(batch(100, 1_000, Expire::Fire, false));
+        p.event(1, 0);
+        p.event(2, 900);
+        assert_eq!(p.state.as_ref().unwrap().deadline, 1_000);
     }
 
     #[test]
-    fn count_of_one_fires_every_event() {
-        let b = batcher(1, 1_000, Expire::Fire, false);
-        let mut w = None;
-        for seq in 1..=3 {
-            let closed = b.on_event(&mut w, seq, 0).unwrap();
-            assert_eq!(closed.seqs, vec![seq]);
-        }
+    fn rows_round_trip() {
+        let kind = batch(100, 1_000, Expire::Fire, false);
+        let mut p = Part::new(kind);
+        p.event(3, 5);
+        p.event(300, 6);
+        let w = p.state.clone().unwrap();
+        let rows = vec![
+            ("h".to_owned(), b"5 1005".to_vec()),
+            (member_key(3), vec![]),
+            (member_key(300), vec![]),
+        ];
+        assert_eq!(kind.load(rows).unwrap(), w);
+        assert!(kind.load(vec![(member_key(1), vec![])]).is_err());
     }
 }

@@ -1,18 +1,35 @@
-//! Trigger semantics: what turns selected events (and the passing of
-//! time) into fires. The state machines are pure, free of storage and
-//! threads, so that every rule of DESIGN §3 is tested directly; the
-//! dispatcher makes them durable.
+//! Triggers: what turns selected events (and the passing of time) into
+//! fires. Every trigger kind runs on one core (DESIGN §3):
 //!
-//! - [`batch`]: aggregation windows (count, window, expire, debounce).
-//! - [`dispatch`]: a batch rule's dispatcher: cursor → select → windows →
-//!   fire outbox, one transaction per step.
-//! - [`timers`]: the deadline index every trigger kind shares.
+//! - [`core`]: the rule's durable cursor, its `select` with poison-event
+//!   isolation, the per-partition state of its kind, the deadline index,
+//!   and the step: effects computed without I/O, committed in one
+//!   transaction, applied to memory only after the commit.
+//! - [`fires`]: the fire pipeline every kind shares — the outbox, handler
+//!   runs, outputs under the fire id, retries with backoff, dead letters,
+//!   re-drive, the circuit breaker.
+//! - [`batch`]: the batch kind — where a window decides to fire.
+//! - [`state`]: the typed keys of a rule's durable state.
+//! - [`timers`]: the deadline index.
+//!
+//! A kind is a [`Kind`]: given a partition's committed state and what the
+//! current step already changed, it says what a kept event or a due
+//! deadline does — changes, fires, engine records — and how its state is
+//! written (only what changed) and read back.
 
 pub mod batch;
-pub mod dispatch;
+pub mod core;
+pub mod fires;
+pub mod state;
 pub mod timers;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::runtime::bindings::wit::{self, Membership};
+
+/// Source of the engine's own records in the log; rules never see them.
+pub const ENGINE_SOURCE: &str = "sluice";
 
 /// A deterministic fire id: the same inputs give the same id on every run,
 /// retry and replay, whatever the rule's version. Parts are
@@ -26,6 +43,188 @@ pub fn fire_id(rule: &str, parts: &[&str]) -> String {
     }
     let digest = h.finalize();
     format!("f_{}", hex::encode(&digest[..16]))
+}
+
+/// The fire-id part that names a partition (`-` for the global one).
+pub fn partition_part(partition: &Option<String>) -> String {
+    partition
+        .as_deref()
+        .map_or_else(|| "-".to_owned(), |p| format!("={p}"))
+}
+
+/// Why a fire happened, whatever the kind (the WIT's `reason`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FireReason {
+    /// A batch reached `count`.
+    CountReached,
+    /// A batch window expired with `expire = fire`.
+    WindowExpired,
+    /// A dwell reaction fell due.
+    Dwell {
+        /// The reaction's label.
+        label: String,
+        /// Intervals stayed (`every`), 0 for `after`.
+        ordinal: u64,
+        /// When the membership was anchored (ms).
+        member_since: i64,
+        /// The membership's epoch.
+        epoch: u64,
+    },
+    /// A schedule ticked.
+    Schedule {
+        /// The tick's time (ms).
+        tick: i64,
+        /// The tick was missed while the engine was down.
+        catch_up: bool,
+    },
+    /// The rule was undeployed with `drain = fire`.
+    Drained,
+}
+
+impl FireReason {
+    /// The reason as the WIT spells it, for one-line reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FireReason::CountReached => "count-reached",
+            FireReason::WindowExpired => "window-expired",
+            FireReason::Dwell { .. } => "dwell",
+            FireReason::Schedule { .. } => "schedule",
+            FireReason::Drained => "drained",
+        }
+    }
+}
+
+impl From<&FireReason> for wit::Reason {
+    fn from(r: &FireReason) -> Self {
+        match r {
+            FireReason::CountReached => wit::Reason::CountReached,
+            FireReason::WindowExpired => wit::Reason::WindowExpired,
+            FireReason::Dwell {
+                label,
+                ordinal,
+                member_since,
+                epoch,
+            } => wit::Reason::Dwell(wit::DwellReason {
+                label: label.clone(),
+                ordinal: *ordinal,
+                member_since: *member_since,
+                epoch: *epoch,
+            }),
+            FireReason::Schedule { tick, catch_up } => wit::Reason::Schedule(wit::ScheduleReason {
+                tick: *tick,
+                catch_up: *catch_up,
+            }),
+            FireReason::Drained => wit::Reason::Drained,
+        }
+    }
+}
+
+/// A kept event as a kind sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    /// Its seq in the log.
+    pub seq: u64,
+    /// Its time (ms).
+    pub time: i64,
+    /// What it does to the partition's membership (dwell).
+    pub membership: Membership,
+}
+
+/// A fire a kind asks for: the core gives it its id and puts it in the
+/// outbox, in the same transaction as the change that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFire {
+    /// What makes the fire unique within its partition (the fire id is
+    /// derived from the rule, the partition and these parts).
+    pub id_parts: Vec<String>,
+    /// Why.
+    pub reason: FireReason,
+    /// Its events, in log order.
+    pub seqs: Vec<u64>,
+}
+
+/// Events a kind drops without firing (a batch window with `expire =
+/// discard`): reported on the log as `windows.discarded`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discard {
+    /// Identity parts, as for a fire (the report names the would-be fire
+    /// id).
+    pub id_parts: Vec<String>,
+    /// The events dropped.
+    pub seqs: Vec<u64>,
+}
+
+/// What a kind's reaction to one event or deadline produced.
+#[derive(Debug, Default)]
+pub struct KindOut {
+    /// Fires to create.
+    pub fires: Vec<NewFire>,
+    /// Events dropped.
+    pub discards: Vec<Discard>,
+}
+
+/// A write to a partition's durable state, relative to the partition's key
+/// prefix (the core owns the prefix, so a kind cannot touch another
+/// partition's or the core's keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Row {
+    /// Set a key under the partition.
+    Put(String, Vec<u8>),
+    /// Remove a key under the partition.
+    Delete(String),
+    /// Remove every key of the partition (before the puts that follow).
+    Clear,
+}
+
+/// A trigger kind's state machine, free of I/O. A step works on a
+/// partition's committed `State` (read-only) and a `Change` that collects
+/// what the step did to it; the core commits [`Kind::write`]'s rows and
+/// only then calls [`Kind::apply`].
+pub trait Kind: Send + std::fmt::Debug + 'static {
+    /// A partition's committed state, in memory.
+    type State: Send + std::fmt::Debug;
+    /// What the current step changed in one partition.
+    type Change: Default + Send + std::fmt::Debug;
+
+    /// A kept event arrives at engine time `now`.
+    fn on_event(
+        &self,
+        base: Option<&Self::State>,
+        change: &mut Self::Change,
+        event: Kept,
+        now: i64,
+        out: &mut KindOut,
+    );
+
+    /// The partition's deadline has come (`now` ≥ it).
+    fn on_deadline(
+        &self,
+        base: Option<&Self::State>,
+        change: &mut Self::Change,
+        now: i64,
+        out: &mut KindOut,
+    );
+
+    /// The partition's deadline after the change (`None`: no timer).
+    fn deadline(&self, base: Option<&Self::State>, change: &Self::Change) -> Option<i64>;
+
+    /// The rows that make the change durable (only what changed).
+    fn write(&self, base: Option<&Self::State>, change: &Self::Change, rows: &mut Vec<Row>);
+
+    /// The state after the change (`None`: the partition has no state
+    /// left). Called once the change is committed.
+    fn apply(&self, base: Option<Self::State>, change: Self::Change) -> Option<Self::State>;
+
+    /// Rebuild a partition's state from its rows (keys relative to the
+    /// partition prefix, in key order).
+    fn load(&self, rows: Vec<(String, Vec<u8>)>) -> Result<Self::State, String>;
+
+    /// The lowest seq the state still needs from the log (retention).
+    fn first_seq(&self, state: &Self::State) -> Option<u64>;
+
+    /// The lowest seq the state still needs after the change.
+    fn first_seq_after(&self, base: Option<&Self::State>, change: &Self::Change) -> Option<u64>;
 }
 
 #[cfg(test)]

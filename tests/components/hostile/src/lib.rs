@@ -28,8 +28,10 @@ fn misbehave(kind: &str) {
         }
         "bomb" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
+            // Big zeroed chunks: the limit is reached in a few growths,
+            // well before any deadline, however loaded the machine.
             loop {
-                hoard.push(vec![1u8; 1 << 20]);
+                hoard.push(vec![0u8; 16 << 20]);
                 std::hint::black_box(&hoard);
             }
         }

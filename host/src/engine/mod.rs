@@ -1,0 +1,430 @@
+//! The engine: runs deployed rules against the log on the engine clock.
+//!
+//! Each rule has a task of its own, which alone touches the rule's core.
+//! The task runs [`driver::turn`] (due deadlines, then new events in
+//! bounded slices), starts the fires that are due — up to the rule's
+//! concurrency at once, never two of one partition — on the blocking pool,
+//! commits their outcomes as they finish, and serves its control channel
+//! (pause, resume, re-drive, discard dead letters, stop). Then it sleeps
+//! until the next commit, the next deadline or retry time, a finished
+//! fire, a control request or — under a manual clock — the next move of
+//! the clock.
+//!
+//! Stop-and-join: [`Engine::undeploy`] and a redeploy of the same name
+//! stop the rule's task, let its running handlers finish and commit, and
+//! wait for the task to end before anything else opens the rule's state —
+//! never two dispatchers on one rule.
+//!
+//! - [`driver`]: the order of a rule's work, shared with `sluice test`.
+//! - [`rule`]: a manifest and component made into a core of its kind.
+
+pub mod driver;
+pub mod rule;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use self::rule::{Deployable, Driven, RuleStatus};
+use crate::clock::SharedClock;
+use crate::log::EventLog;
+use crate::triggers::core::CoreError;
+use crate::triggers::fires::{FireAttempt, FireRecord};
+
+/// Events a rule's task reads per turn before it serves deadlines, fires
+/// and control requests again.
+const TURN_EVENTS: usize = 8 * driver::STEP_EVENTS;
+
+/// A request to a rule's task.
+enum Control {
+    Pause(oneshot::Sender<Result<(), CoreError>>),
+    Resume(oneshot::Sender<Result<(), CoreError>>),
+    Redrive(String, oneshot::Sender<Result<(), CoreError>>),
+    DiscardDead(String, oneshot::Sender<Result<(), CoreError>>),
+    DeadLetters(oneshot::Sender<Result<Vec<FireRecord>, CoreError>>),
+}
+
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No such rule is deployed.
+    #[error("no rule {0} is deployed")]
+    NoSuchRule(String),
+    /// The rule's task has stopped.
+    #[error("rule {0} is stopping")]
+    Stopped(String),
+    /// The rule refused or failed.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+struct Deployed {
+    task: JoinHandle<()>,
+    status: Arc<Mutex<RuleStatus>>,
+    control: mpsc::Sender<Control>,
+    stop: watch::Sender<bool>,
+}
+
+/// Runs rules. Dropping it without [`Engine::shutdown`] aborts the tasks.
+pub struct Engine {
+    log: EventLog,
+    clock: SharedClock,
+    rules: tokio::sync::Mutex<HashMap<(String, String), Deployed>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, CoreError> {
+    r.map_err(|e| CoreError::State {
+        key: "task".into(),
+        problem: e.to_string(),
+    })
+}
+
+impl Engine {
+    /// An engine over `log`, timed by `clock`. Call from a Tokio runtime.
+    pub fn new(log: EventLog, clock: SharedClock) -> Self {
+        Self {
+            log,
+            clock,
+            rules: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Start running a rule, resuming its durable state. A rule of the same
+    /// tenant and name already running is stopped and joined first; the
+    /// new version carries on from the state the old one committed.
+    pub async fn deploy(&self, rule: Deployable) -> Result<(), CoreError> {
+        let key = (rule.spec.tenant.clone(), rule.spec.name.clone());
+        let mut rules = self.rules.lock().await;
+        if let Some(old) = rules.remove(&key) {
+            stop_and_join(old).await;
+        }
+        let log = self.log.clone();
+        let core = joined(tokio::task::spawn_blocking(move || rule.open(&log)).await)??;
+        let status = Arc::new(Mutex::new(core.status()));
+        let (control, requests) = mpsc::channel(16);
+        let stop = watch::channel(false).0;
+        let task = tokio::spawn(rule_task(
+            core,
+            self.log.clone(),
+            self.clock.clone(),
+            status.clone(),
+            requests,
+            stop.subscribe(),
+        ));
+        rules.insert(
+            key,
+            Deployed {
+                task,
+                status,
+                control,
+                stop,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stop a rule and wait until its task has ended (running handlers
+    /// finish and commit first). Its durable state stays. False when no
+    /// such rule runs.
+    pub async fn undeploy(&self, tenant: &str, name: &str) -> bool {
+        let removed = self
+            .rules
+            .lock()
+            .await
+            .remove(&(tenant.to_owned(), name.to_owned()));
+        match removed {
+            Some(d) => {
+                stop_and_join(d).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The status of a deployed rule.
+    pub fn status(&self, tenant: &str, name: &str) -> Option<RuleStatus> {
+        let rules = self.rules.try_lock().ok()?;
+        let deployed = rules.get(&(tenant.to_owned(), name.to_owned()))?;
+        let status = deployed.status.lock().unwrap_or_else(|e| e.into_inner());
+        Some(status.clone())
+    }
+
+    async fn request<T>(
+        &self,
+        tenant: &str,
+        name: &str,
+        make: impl FnOnce(oneshot::Sender<Result<T, CoreError>>) -> Control,
+    ) -> Result<T, ControlError> {
+        let label = format!("{tenant}/{name}");
+        let sender = {
+            let rules = self.rules.lock().await;
+            let d = rules
+                .get(&(tenant.to_owned(), name.to_owned()))
+                .ok_or_else(|| ControlError::NoSuchRule(label.clone()))?;
+            d.control.clone()
+        };
+        let (reply, rx) = oneshot::channel();
+        sender
+            .send(make(reply))
+            .await
+            .map_err(|_| ControlError::Stopped(label.clone()))?;
+        Ok(rx.await.map_err(|_| ControlError::Stopped(label))??)
+    }
+
+    /// Pause a rule: nothing of it is processed until resumed.
+    pub async fn pause(&self, tenant: &str, name: &str) -> Result<(), ControlError> {
+        self.request(tenant, name, Control::Pause).await
+    }
+
+    /// Resume a paused or suspended rule.
+    pub async fn resume(&self, tenant: &str, name: &str) -> Result<(), ControlError> {
+        self.request(tenant, name, Control::Resume).await
+    }
+
+    /// Re-drive a dead letter.
+    pub async fn redrive(
+        &self,
+        tenant: &str,
+        name: &str,
+        fire_id: &str,
+    ) -> Result<(), ControlError> {
+        let id = fire_id.to_owned();
+        self.request(tenant, name, |r| Control::Redrive(id, r))
+            .await
+    }
+
+    /// Drop a dead letter.
+    pub async fn discard_dead(
+        &self,
+        tenant: &str,
+        name: &str,
+        fire_id: &str,
+    ) -> Result<(), ControlError> {
+        let id = fire_id.to_owned();
+        self.request(tenant, name, |r| Control::DiscardDead(id, r))
+            .await
+    }
+
+    /// The rule's dead letters, oldest first.
+    pub async fn dead_letters(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Vec<FireRecord>, ControlError> {
+        self.request(tenant, name, Control::DeadLetters).await
+    }
+
+    /// Stop every rule and wait for their tasks.
+    pub async fn shutdown(self) {
+        let drained: Vec<Deployed> = self.rules.lock().await.drain().map(|(_, d)| d).collect();
+        for d in drained {
+            stop_and_join(d).await;
+        }
+    }
+}
+
+async fn stop_and_join(d: Deployed) {
+    d.stop.send_replace(true);
+    let _ = d.task.await;
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Ok(mut rules) = self.rules.try_lock() {
+            for (_, d) in rules.drain() {
+                d.task.abort();
+            }
+        }
+    }
+}
+
+/// Answer a control request on the core (blocking: it commits).
+fn serve(core: &mut dyn Driven, log: &EventLog, request: Control) {
+    match request {
+        Control::Pause(r) => drop(r.send(core.pause(log))),
+        Control::Resume(r) => drop(r.send(core.resume(log))),
+        Control::Redrive(id, r) => drop(r.send(core.redrive(log, &id))),
+        Control::DiscardDead(id, r) => drop(r.send(core.discard_dead(log, &id))),
+        Control::DeadLetters(r) => drop(r.send(core.dead_letters(log))),
+    }
+}
+
+/// What one blocking round of the task did.
+struct Round {
+    core: Box<dyn Driven>,
+    jobs: Vec<crate::triggers::fires::FireJob>,
+    more: bool,
+    error: Option<String>,
+}
+
+/// One round on the blocking pool: commit finished fires, serve control
+/// requests, take a turn, start due fires into free slots.
+fn round(
+    mut core: Box<dyn Driven>,
+    log: &EventLog,
+    now: i64,
+    finished: Vec<FireAttempt>,
+    requests: Vec<Control>,
+    stopping: bool,
+) -> Round {
+    let mut error = None;
+    for attempt in finished {
+        if let Err(e) = core.finish(log, attempt) {
+            error = Some(e.to_string());
+        }
+    }
+    for r in requests {
+        serve(&mut *core, log, r);
+    }
+    if stopping {
+        return Round {
+            core,
+            jobs: Vec::new(),
+            more: false,
+            error,
+        };
+    }
+    let mut more = false;
+    match driver::turn(&mut *core, log, now, TURN_EVENTS) {
+        Ok(t) => more = t.more,
+        Err(e) => error = Some(e.to_string()),
+    }
+    let slots = (core.spec().concurrency as usize).saturating_sub(core.running());
+    let mut jobs = Vec::new();
+    for id in core.due_fires(now).into_iter().take(slots) {
+        match core.start(log, &id, now) {
+            Ok(job) => jobs.push(job),
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    Round {
+        core,
+        jobs,
+        more,
+        error,
+    }
+}
+
+async fn rule_task(
+    mut core: Box<dyn Driven>,
+    log: EventLog,
+    clock: SharedClock,
+    status: Arc<Mutex<RuleStatus>>,
+    mut requests: mpsc::Receiver<Control>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut committed = log.committed();
+    let mut moves = clock.moves();
+    let mut running: JoinSet<FireAttempt> = JoinSet::new();
+    let mut finished = Vec::new();
+    let mut pending_requests = Vec::new();
+    loop {
+        let stopping = *stop.borrow();
+        if stopping && running.is_empty() && finished.is_empty() && pending_requests.is_empty() {
+            return;
+        }
+        committed.borrow_and_update();
+        if let Some(m) = moves.as_mut() {
+            m.borrow_and_update();
+        }
+        while let Ok(r) = requests.try_recv() {
+            pending_requests.push(r);
+        }
+        let now = clock.now_millis();
+        let (log2, done, reqs) = (
+            log.clone(),
+            std::mem::take(&mut finished),
+            std::mem::take(&mut pending_requests),
+        );
+        let r = match tokio::task::spawn_blocking(move || {
+            round(core, &log2, now, done, reqs, stopping)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "rule task panicked");
+                return;
+            }
+        };
+        core = r.core;
+        for job in r.jobs {
+            running.spawn_blocking(move || job.run());
+        }
+        {
+            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+            let last_error = r.error.clone().or_else(|| s.last_error.take());
+            *s = core.status();
+            s.last_error = last_error;
+        }
+        if let Some(e) = &r.error {
+            // Nothing of the failed piece was committed; try again shortly.
+            tracing::warn!(rule = %core.spec().name, error = %e, "rule step failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok(a) = done { finished.push(a) }
+                }
+            }
+            continue;
+        }
+        if stopping {
+            if let Some(done) = running.join_next().await
+                && let Ok(a) = done
+            {
+                finished.push(a);
+            }
+            continue;
+        }
+        if r.more {
+            continue;
+        }
+        let now = clock.now_millis();
+        let slots = (core.spec().concurrency as usize).saturating_sub(core.running());
+        if slots > 0 && !core.due_fires(now).is_empty() {
+            continue;
+        }
+        // Something due now that cannot start (its partition's fire is
+        // running) waits for a running fire to finish, not for a timer.
+        let due = core.next_due().filter(|t| *t > now);
+        if due.is_none() && core.next_due().is_some() && running.is_empty() {
+            continue;
+        }
+        let core_idle = core.next_due().is_none();
+        // Sleep until a commit, the next due time, a clock move, a finished
+        // fire, a request or a stop.
+        let timer = async {
+            match (&mut moves, due) {
+                (Some(m), _) if due.is_some() || core_idle => {
+                    let _ = m.changed().await;
+                }
+                (None, Some(t)) => {
+                    let wait = (t - clock.now_millis()).max(0) as u64;
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = committed.changed() => {}
+            _ = timer => {}
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(a) = done { finished.push(a) }
+            }
+            Some(r) = requests.recv() => pending_requests.push(r),
+            _ = stop.changed() => {}
+        }
+    }
+}

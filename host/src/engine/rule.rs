@@ -1,0 +1,249 @@
+//! A deployable rule: a manifest and a component turned into a core of the
+//! right kind, behind one object-safe face ([`Driven`]) that the driver,
+//! the engine and `sluice test` use whatever the kind.
+
+use crate::event::Event;
+use crate::log::EventLog;
+use crate::manifest::{Manifest, Trigger};
+use crate::runtime::{CallError, LoadError, RuleLabel, Runtime, Verdict};
+use crate::triggers::Kind;
+use crate::triggers::batch::Batch;
+use crate::triggers::core::{CoreError, Counters, RuleCore, RuleSpec, Step, Stop};
+use crate::triggers::fires::{FireAttempt, FireJob, FireOutcome, FireRecord};
+
+/// Why a rule could not be set up to run.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The manifest names a trigger the engine does not run yet.
+    #[error(
+        "{0}: trigger: dwell and schedule triggers are not available yet; only batch rules run so far"
+    )]
+    NotYet(String),
+    /// The component did not load.
+    #[error("{name}: {error}")]
+    Load {
+        /// The rule's name.
+        name: String,
+        /// What went wrong.
+        #[source]
+        error: LoadError,
+    },
+}
+
+/// The trigger kind, ready to open on a log.
+#[derive(Debug, Clone)]
+enum KindSpec {
+    Batch(Batch),
+}
+
+/// A rule ready to run: its spec (component, policies) and its kind.
+#[derive(Debug, Clone)]
+pub struct Deployable {
+    /// Component and policies.
+    pub spec: RuleSpec,
+    kind: KindSpec,
+}
+
+impl Deployable {
+    /// Load `component` for `tenant` as `manifest` describes.
+    pub fn load(
+        runtime: &Runtime,
+        tenant: &str,
+        component: &[u8],
+        manifest: &Manifest,
+    ) -> Result<Self, SetupError> {
+        let kind = match &manifest.trigger {
+            Trigger::Batch(t) => KindSpec::Batch(Batch::from(t)),
+            Trigger::Dwell(_) | Trigger::Schedule(_) => {
+                return Err(SetupError::NotYet(manifest.name.clone()));
+            }
+        };
+        let label = RuleLabel::new(tenant, &format!("{}@{}", manifest.name, manifest.version));
+        let rule = runtime
+            .load(label, component, manifest.limits.clone())
+            .map_err(|error| SetupError::Load {
+                name: manifest.name.clone(),
+                error,
+            })?;
+        Ok(Self {
+            spec: RuleSpec::new(tenant, manifest, rule),
+            kind,
+        })
+    }
+
+    /// A batch rule from its parts (for embedding without a manifest file).
+    pub fn batch(spec: RuleSpec, trigger: &crate::manifest::BatchTrigger) -> Self {
+        Self {
+            spec,
+            kind: KindSpec::Batch(Batch::from(trigger)),
+        }
+    }
+
+    /// Open the rule's durable state on `log`.
+    pub fn open(self, log: &EventLog) -> Result<Box<dyn Driven>, CoreError> {
+        Ok(match self.kind {
+            KindSpec::Batch(b) => Box::new(RuleCore::open(log, self.spec, b)?),
+        })
+    }
+}
+
+/// What a rule is doing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleStatus {
+    /// Last seq processed.
+    pub cursor: u64,
+    /// Fires waiting to run (or to be retried), running ones included.
+    pub pending_fires: usize,
+    /// Fires running now.
+    pub running_fires: usize,
+    /// Dead letters.
+    pub dead_letters: usize,
+    /// Partitions with open state.
+    pub partitions: usize,
+    /// Why the rule is suspended, if it is.
+    pub suspended: Option<String>,
+    /// The rule is paused.
+    pub paused: bool,
+    /// The last error the rule's task met (storage or `select`), if any.
+    pub last_error: Option<String>,
+    /// Counters since the rule's task started.
+    pub counters: Counters,
+}
+
+/// A rule's core as the driver sees it, whatever its kind.
+pub trait Driven: Send + std::fmt::Debug {
+    /// The rule's spec.
+    fn spec(&self) -> &RuleSpec;
+    /// Last seq processed.
+    fn cursor(&self) -> u64;
+    /// Close what is due at `now`.
+    fn expire(&mut self, log: &EventLog, now: i64) -> Result<Step, CoreError>;
+    /// Read, select and process up to `max` new events at `now`.
+    fn step(&mut self, log: &EventLog, now: i64, max: usize) -> Result<Step, CoreError>;
+    /// The rule's verdicts on events (not yet, or already, in the log).
+    fn select(&mut self, events: &[Event]) -> Result<Vec<Verdict>, CallError>;
+    /// How many of `events` a step would consume under `stop`.
+    fn plan_len(
+        &self,
+        events: &[Event],
+        verdicts: &[Verdict],
+        now_of: &dyn Fn(usize) -> i64,
+        stop: Stop,
+    ) -> usize;
+    /// Process selected events right after the cursor, as `stop` says.
+    fn step_with(
+        &mut self,
+        log: &EventLog,
+        events: &[Event],
+        verdicts: &[Verdict],
+        now_of: &dyn Fn(usize) -> i64,
+        stop: Stop,
+    ) -> Result<Step, CoreError>;
+    /// Fires that may start at `now`, oldest first (none while held).
+    fn due_fires(&self, now: i64) -> Vec<String>;
+    /// Start a fire: its job.
+    fn start(&mut self, log: &EventLog, fire_id: &str, now: i64) -> Result<FireJob, CoreError>;
+    /// Commit a job's attempt.
+    fn finish(&mut self, log: &EventLog, attempt: FireAttempt) -> Result<FireOutcome, CoreError>;
+    /// A pending fire.
+    fn fire(&self, fire_id: &str) -> Option<&FireRecord>;
+    /// The earliest deadline or retry time.
+    fn next_due(&self) -> Option<i64>;
+    /// Fires running now.
+    fn running(&self) -> usize;
+    /// Status (without `last_error`, which the driver knows).
+    fn status(&self) -> RuleStatus;
+    /// Pause.
+    fn pause(&mut self, log: &EventLog) -> Result<(), CoreError>;
+    /// Resume (from a pause or a suspension).
+    fn resume(&mut self, log: &EventLog) -> Result<(), CoreError>;
+    /// The dead-letter list.
+    fn dead_letters(&self, log: &EventLog) -> Result<Vec<FireRecord>, CoreError>;
+    /// Re-drive a dead letter.
+    fn redrive(&mut self, log: &EventLog, fire_id: &str) -> Result<(), CoreError>;
+    /// Drop a dead letter.
+    fn discard_dead(&mut self, log: &EventLog, fire_id: &str) -> Result<(), CoreError>;
+}
+
+impl<K: Kind> Driven for RuleCore<K> {
+    fn spec(&self) -> &RuleSpec {
+        RuleCore::spec(self)
+    }
+    fn cursor(&self) -> u64 {
+        RuleCore::cursor(self)
+    }
+    fn expire(&mut self, log: &EventLog, now: i64) -> Result<Step, CoreError> {
+        RuleCore::expire(self, log, now)
+    }
+    fn step(&mut self, log: &EventLog, now: i64, max: usize) -> Result<Step, CoreError> {
+        RuleCore::step(self, log, now, max)
+    }
+    fn select(&mut self, events: &[Event]) -> Result<Vec<Verdict>, CallError> {
+        RuleCore::select(self, events)
+    }
+    fn plan_len(
+        &self,
+        events: &[Event],
+        verdicts: &[Verdict],
+        now_of: &dyn Fn(usize) -> i64,
+        stop: Stop,
+    ) -> usize {
+        self.plan(events, verdicts, now_of, stop).consumed
+    }
+    fn step_with(
+        &mut self,
+        log: &EventLog,
+        events: &[Event],
+        verdicts: &[Verdict],
+        now_of: &dyn Fn(usize) -> i64,
+        stop: Stop,
+    ) -> Result<Step, CoreError> {
+        RuleCore::step_with(self, log, events, verdicts, now_of, stop)
+    }
+    fn due_fires(&self, now: i64) -> Vec<String> {
+        RuleCore::due_fires(self, now)
+    }
+    fn start(&mut self, log: &EventLog, fire_id: &str, now: i64) -> Result<FireJob, CoreError> {
+        RuleCore::start(self, log, fire_id, now)
+    }
+    fn finish(&mut self, log: &EventLog, attempt: FireAttempt) -> Result<FireOutcome, CoreError> {
+        RuleCore::finish(self, log, attempt)
+    }
+    fn fire(&self, fire_id: &str) -> Option<&FireRecord> {
+        RuleCore::fire(self, fire_id)
+    }
+    fn next_due(&self) -> Option<i64> {
+        RuleCore::next_due(self)
+    }
+    fn running(&self) -> usize {
+        self.fires().running()
+    }
+    fn status(&self) -> RuleStatus {
+        RuleStatus {
+            cursor: self.cursor(),
+            pending_fires: self.fires().len(),
+            running_fires: self.fires().running(),
+            dead_letters: self.fires().dead_len(),
+            partitions: self.partitions(),
+            suspended: self.suspended().map(str::to_owned),
+            paused: self.paused(),
+            last_error: None,
+            counters: self.counters().clone(),
+        }
+    }
+    fn pause(&mut self, log: &EventLog) -> Result<(), CoreError> {
+        RuleCore::pause(self, log)
+    }
+    fn resume(&mut self, log: &EventLog) -> Result<(), CoreError> {
+        RuleCore::resume(self, log)
+    }
+    fn dead_letters(&self, log: &EventLog) -> Result<Vec<FireRecord>, CoreError> {
+        RuleCore::dead_letters(self, log)
+    }
+    fn redrive(&mut self, log: &EventLog, fire_id: &str) -> Result<(), CoreError> {
+        RuleCore::redrive(self, log, fire_id)
+    }
+    fn discard_dead(&mut self, log: &EventLog, fire_id: &str) -> Result<(), CoreError> {
+        RuleCore::discard_dead(self, log, fire_id)
+    }
+}

@@ -1,0 +1,1086 @@
+//! The core every trigger kind runs on: this is where a rule's cursor
+//! lives.
+//!
+//! A [`RuleCore`] reads its tenant's log from its durable cursor, runs the
+//! rule's `select` over the new events (isolating an event `select` keeps
+//! failing on, then skipping it or suspending the rule as the manifest
+//! says), feeds the kept ones to its [`Kind`] per partition, closes what
+//! the deadline index says is due, and creates fires in the outbox of the
+//! [fire pipeline](super::fires).
+//!
+//! Every step follows one pattern: compute the effects without I/O (a
+//! [`Plan`]: per-partition changes, fires, engine records, the new
+//! cursor), commit them in one transaction together with the retention
+//! pin, and only then change memory. A failed commit leaves memory as it
+//! was, so there is nothing to roll back; the same events are processed
+//! again by the next step, giving the same fires with the same ids.
+//!
+//! Costs follow the work: a step writes the rows its kind says changed, a
+//! fire reads its own events by seq, the pin and the next deadline are
+//! O(log n), dead letters are read by their own key prefix.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::json;
+
+use super::fires::{
+    FireAttempt, FireBook, FireJob, FireOutcome, FireRecord, FirstSeqs, backoff_ms,
+};
+use super::state::{self as key};
+use super::timers::Timers;
+use super::{ENGINE_SOURCE, Kept, Kind, KindOut, Row, fire_id, partition_part};
+use crate::event::Event;
+use crate::log::{EventLog, EventQuery, LogError, NewEvent, StateOp};
+use crate::manifest::{Manifest, OnPoison, OutputPolicy, RetryPolicy, SelectPolicy};
+use crate::runtime::{CallError, CallErrorKind, LoadedRule, RuleInstance, Verdict};
+
+/// What went wrong in a step.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// Reading or committing failed; nothing of the step was committed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The rule's `select` failed; the cursor did not move.
+    #[error(transparent)]
+    Rule(#[from] CallError),
+    /// Stored state could not be read back, or a request named something
+    /// that is not there.
+    #[error("rule state {key}: {problem}")]
+    State {
+        /// The state key.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn bad_state(key: &str, problem: impl ToString) -> CoreError {
+    CoreError::State {
+        key: key.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+/// A rule as the core needs it: who owns it, its policies, its component.
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The rule's name (fire ids do not depend on the version).
+    pub name: String,
+    /// The loaded component.
+    pub rule: LoadedRule,
+    /// Handler retries and the breaker.
+    pub retry: RetryPolicy,
+    /// Poison events.
+    pub select: SelectPolicy,
+    /// Output hop limit.
+    pub outputs: OutputPolicy,
+    /// Fires running at once.
+    pub concurrency: u32,
+}
+
+impl RuleSpec {
+    /// A spec with default policies (retry, poison, hops, concurrency 1).
+    pub fn with_defaults(tenant: &str, name: &str, rule: LoadedRule) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
+            rule,
+            retry: RetryPolicy::default(),
+            select: SelectPolicy::default(),
+            outputs: OutputPolicy::default(),
+            concurrency: 1,
+        }
+    }
+
+    /// The spec of `manifest`'s rule for `tenant`, running `rule`.
+    pub fn new(tenant: &str, manifest: &Manifest, rule: LoadedRule) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            name: manifest.name.clone(),
+            rule,
+            retry: manifest.retry.clone(),
+            select: manifest.select,
+            outputs: manifest.outputs,
+            concurrency: manifest.concurrency.max.max(1),
+        }
+    }
+}
+
+/// Events a kind dropped, reported on the log (`windows.discarded`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscardRecord {
+    /// The fire id the window would have had.
+    pub fire_id: String,
+    /// Its partition.
+    pub partition: Option<String>,
+    /// The events dropped.
+    pub seqs: Vec<u64>,
+    /// Engine time (ms).
+    pub at: i64,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Events read from the log.
+    pub read: usize,
+    /// Events the rule kept.
+    pub kept: usize,
+    /// Fires created.
+    pub fires: Vec<FireRecord>,
+    /// Windows dropped.
+    pub discards: Vec<DiscardRecord>,
+    /// The cursor after the step.
+    pub cursor: u64,
+}
+
+/// When a plan stops consuming events.
+#[derive(Debug, Clone, Copy)]
+pub struct Stop {
+    /// Consume at most this many events.
+    pub limit: usize,
+    /// Stop right after an event that created a fire (so that the fire
+    /// runs before the next event, as when events come one by one).
+    pub at_fire: bool,
+    /// Do not consume an event whose engine time is at or after this (a
+    /// deadline falls due first).
+    pub before: i64,
+}
+
+impl Stop {
+    /// Consume everything given.
+    pub const NEVER: Stop = Stop {
+        limit: usize::MAX,
+        at_fire: false,
+        before: i64::MAX,
+    };
+}
+
+/// A step's effects, computed without I/O.
+#[derive(Debug)]
+pub struct Plan<K: Kind> {
+    /// Events consumed (a prefix of those given).
+    pub consumed: usize,
+    cursor: u64,
+    read: usize,
+    kept: usize,
+    changes: BTreeMap<Option<String>, K::Change>,
+    fires: Vec<FireRecord>,
+    discards: Vec<DiscardRecord>,
+}
+
+/// Counters of a rule since its core was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Events the rule kept.
+    pub matched: u64,
+    /// Fires created.
+    pub fires_created: u64,
+    /// Fires completed.
+    pub fires_ok: u64,
+    /// Failed handler attempts.
+    pub fires_failed: u64,
+    /// Fires moved to the dead-letter list.
+    pub dead_lettered: u64,
+    /// Events skipped as poison.
+    pub skipped_events: u64,
+    /// Outputs dropped at the hop limit.
+    pub outputs_dropped: u64,
+}
+
+/// A rule's durable trigger state and the machinery around it.
+#[derive(Debug)]
+pub struct RuleCore<K: Kind> {
+    spec: RuleSpec,
+    kind: K,
+    instance: RuleInstance,
+    ns: String,
+    own_source: String,
+    cursor: u64,
+    parts: HashMap<Option<String>, K::State>,
+    part_firsts: FirstSeqs,
+    timers: Timers<Option<String>>,
+    fires: FireBook,
+    suspended: Option<String>,
+    paused: bool,
+    /// Events still to take one at a time after a failed `select`.
+    isolating: usize,
+    /// The single event whose `select` failed, and how many times.
+    poison: Option<(u64, u32)>,
+    counters: Counters,
+}
+
+impl<K: Kind> RuleCore<K> {
+    /// Load the rule's durable state: cursor, partitions, fires, breaker.
+    pub fn open(log: &EventLog, spec: RuleSpec, kind: K) -> Result<Self, CoreError> {
+        let ns = key::namespace(&spec.tenant, &spec.name);
+        let mut core = Self {
+            instance: spec.rule.instance(),
+            own_source: format!("rule:{}", spec.name),
+            spec,
+            kind,
+            ns,
+            cursor: 0,
+            parts: HashMap::new(),
+            part_firsts: FirstSeqs::default(),
+            timers: Timers::new(),
+            fires: FireBook::default(),
+            suspended: None,
+            paused: false,
+            isolating: 0,
+            poison: None,
+            counters: Counters::default(),
+        };
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        for (k, value) in log.state_scan_prefix(&core.ns, "")? {
+            match k.as_str() {
+                key::CURSOR => core.cursor = text(&value).parse().map_err(|e| bad_state(&k, e))?,
+                key::BREAKER => {
+                    core.fires.dead_in_a_row = text(&value).parse().map_err(|e| bad_state(&k, e))?
+                }
+                key::SUSPENDED => core.suspended = Some(text(&value)),
+                key::PAUSED => core.paused = true,
+                _ => {}
+            }
+        }
+        for (k, value) in log.state_scan_prefix(&core.ns, key::FIRES)? {
+            let f: FireRecord = serde_json::from_slice(&value).map_err(|e| bad_state(&k, e))?;
+            core.fires.insert(f);
+        }
+        for (k, value) in log.state_scan_prefix(&core.ns, key::DEAD)? {
+            let f: FireRecord = serde_json::from_slice(&value).map_err(|e| bad_state(&k, e))?;
+            core.fires
+                .insert_dead(&f.fire_id, f.first_seq().unwrap_or(u64::MAX));
+        }
+        let mut rows: BTreeMap<Option<String>, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+        for (k, value) in log.state_scan_prefix(&core.ns, key::PARTITIONS)? {
+            let (p, sub) =
+                key::parse_partition(&k).ok_or_else(|| bad_state(&k, "not a partition key"))?;
+            rows.entry(p).or_default().push((sub.to_owned(), value));
+        }
+        for (p, rows) in rows {
+            let state = core
+                .kind
+                .load(rows)
+                .map_err(|e| bad_state(&key::partition(&p), e))?;
+            core.install(p, state);
+        }
+        Ok(core)
+    }
+
+    fn install(&mut self, p: Option<String>, state: K::State) {
+        if let Some(first) = self.kind.first_seq(&state) {
+            self.part_firsts.add(first);
+        }
+        match self.kind.deadline(Some(&state), &K::Change::default()) {
+            Some(at) => self.timers.set(p.clone(), at),
+            None => {
+                self.timers.cancel(&p);
+            }
+        }
+        self.parts.insert(p, state);
+    }
+
+    /// The rule's spec.
+    pub fn spec(&self) -> &RuleSpec {
+        &self.spec
+    }
+
+    /// The rule's kind.
+    pub fn kind(&self) -> &K {
+        &self.kind
+    }
+
+    /// The last seq processed.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The committed state of `partition`.
+    pub fn partition(&self, partition: Option<&str>) -> Option<&K::State> {
+        self.parts.get(&partition.map(str::to_owned))
+    }
+
+    /// Partitions with state.
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// The earliest partition deadline.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.timers.next_deadline()
+    }
+
+    /// The fire book (pending, running, dead letters).
+    pub fn fires(&self) -> &FireBook {
+        &self.fires
+    }
+
+    /// Pending fire ids, oldest first.
+    pub fn pending_fires(&self) -> impl Iterator<Item = &str> {
+        self.fires.ids()
+    }
+
+    /// A pending fire.
+    pub fn fire(&self, fire_id: &str) -> Option<&FireRecord> {
+        self.fires.get(fire_id)
+    }
+
+    /// Why the rule is suspended.
+    pub fn suspended(&self) -> Option<&str> {
+        self.suspended.as_deref()
+    }
+
+    /// The rule is paused.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Counters since the core was opened.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn held(&self) -> bool {
+        self.paused || self.suspended.is_some()
+    }
+
+    /// Fires that may start at `now` (at most `max`), oldest first; none
+    /// while the rule is paused or suspended.
+    pub fn due_fires(&self, now: i64) -> Vec<String> {
+        if self.held() {
+            return Vec::new();
+        }
+        self.fires.due(now, usize::MAX)
+    }
+
+    /// The earliest time something falls due: a deadline or a retry.
+    /// (Fires ready now are found by [`Self::due_fires`].)
+    pub fn next_due(&self) -> Option<i64> {
+        if self.held() {
+            return None;
+        }
+        [self.next_deadline(), self.fires.next_retry()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    // ---- select --------------------------------------------------------
+
+    /// The rule's verdict on every event: engine records and the rule's own
+    /// outputs are skipped without asking the guest.
+    pub fn select(&mut self, events: &[Event]) -> Result<Vec<Verdict>, CallError> {
+        let candidates: Vec<usize> = (0..events.len())
+            .filter(|&i| self.is_candidate(&events[i]))
+            .collect();
+        let mut verdicts = vec![Verdict::Skip; events.len()];
+        if candidates.is_empty() {
+            return Ok(verdicts);
+        }
+        let picked: Vec<Event> = if candidates.len() == events.len() {
+            events.to_vec()
+        } else {
+            candidates.iter().map(|&i| events[i].clone()).collect()
+        };
+        let got = self.instance.select(&picked)?;
+        for (i, v) in candidates.into_iter().zip(got) {
+            verdicts[i] = v;
+        }
+        Ok(verdicts)
+    }
+
+    fn is_candidate(&self, e: &Event) -> bool {
+        e.source != ENGINE_SOURCE && e.source != self.own_source
+    }
+
+    // ---- planning --------------------------------------------------------
+
+    /// The effects of feeding `events` (with `verdicts`) to the kind, the
+    /// `i`-th at engine time `now_of(i)`, without changing anything.
+    pub fn plan(
+        &self,
+        events: &[Event],
+        verdicts: &[Verdict],
+        now_of: &dyn Fn(usize) -> i64,
+        stop: Stop,
+    ) -> Plan<K> {
+        let mut plan = Plan {
+            consumed: 0,
+            cursor: self.cursor,
+            read: 0,
+            kept: 0,
+            changes: BTreeMap::new(),
+            fires: Vec::new(),
+            discards: Vec::new(),
+        };
+        // Deadlines this plan set, to stop before an event they precede.
+        let mut new_deadline = i64::MAX;
+        for (i, (event, verdict)) in events.iter().zip(verdicts).enumerate() {
+            let now = now_of(i);
+            if i >= stop.limit || (i > 0 && now >= stop.before.min(new_deadline)) {
+                break;
+            }
+            plan.consumed = i + 1;
+            if self.is_candidate(event) {
+                plan.read += 1;
+            }
+            plan.cursor = event.seq;
+            let Verdict::Keep(place) = verdict else {
+                continue;
+            };
+            plan.kept += 1;
+            let base = self.parts.get(&place.partition);
+            let change = plan.changes.entry(place.partition.clone()).or_default();
+            let mut out = KindOut::default();
+            let kept = Kept {
+                seq: event.seq,
+                time: event.time,
+                membership: place.membership,
+            };
+            self.kind.on_event(base, change, kept, now, &mut out);
+            if let Some(d) = self.kind.deadline(base, change) {
+                new_deadline = new_deadline.min(d);
+            }
+            let fired = !out.fires.is_empty();
+            self.collect(&mut plan, &place.partition, out, now);
+            if fired && stop.at_fire {
+                break;
+            }
+        }
+        plan
+    }
+
+    /// The effects of the deadlines due at `now`.
+    fn plan_deadlines(&self, now: i64) -> Plan<K> {
+        let mut plan = Plan {
+            consumed: 0,
+            cursor: self.cursor,
+            read: 0,
+            kept: 0,
+            changes: BTreeMap::new(),
+            fires: Vec::new(),
+            discards: Vec::new(),
+        };
+        for (_, p) in self.timers.due(now) {
+            let base = self.parts.get(&p);
+            let change = plan.changes.entry(p.clone()).or_default();
+            let mut out = KindOut::default();
+            self.kind.on_deadline(base, change, now, &mut out);
+            self.collect(&mut plan, &p, out, now);
+        }
+        plan
+    }
+
+    fn collect(&self, plan: &mut Plan<K>, p: &Option<String>, out: KindOut, now: i64) {
+        let part = partition_part(p);
+        let id = |parts: &[String]| {
+            let mut all = vec![part.as_str()];
+            all.extend(parts.iter().map(String::as_str));
+            fire_id(&self.spec.name, &all)
+        };
+        for f in out.fires {
+            plan.fires.push(FireRecord {
+                fire_id: id(&f.id_parts),
+                rule: self.spec.name.clone(),
+                partition: p.clone(),
+                reason: f.reason,
+                seqs: f.seqs,
+                created_at: now,
+                attempts: 0,
+                retry_at: None,
+                last_error: None,
+            });
+        }
+        for d in out.discards {
+            plan.discards.push(DiscardRecord {
+                fire_id: id(&d.id_parts),
+                partition: p.clone(),
+                seqs: d.seqs,
+                at: now,
+            });
+        }
+    }
+
+    // ---- committing --------------------------------------------------------
+
+    /// The retention pin after `plan`: the next seq to read, the first of
+    /// every partition's state, pending fire and dead letter.
+    fn pin_after(&self, plan: &Plan<K>) -> StateOp {
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
+        for (p, change) in &plan.changes {
+            let base = self.parts.get(p);
+            if let Some(s) = base.and_then(|b| self.kind.first_seq(b)) {
+                removed.push(s);
+            }
+            if let Some(s) = self.kind.first_seq_after(base, change) {
+                added.push(s);
+            }
+        }
+        let new_fires: Vec<u64> = plan
+            .fires
+            .iter()
+            .filter_map(FireRecord::first_seq)
+            .collect();
+        let min = [
+            self.part_firsts.min_after(&removed, &added),
+            self.fires.min_first_after(&[], &new_fires),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(plan.cursor + 1, u64::min);
+        self.pin(min)
+    }
+
+    fn pin(&self, min_seq: u64) -> StateOp {
+        StateOp::Pin {
+            owner: self.ns.clone(),
+            min_seq: Some(min_seq),
+        }
+    }
+
+    /// The pin as things stand, with some pending fires' holds changed.
+    fn pin_now(&self, removed_fire: &[u64], added_dead: &[u64]) -> StateOp {
+        let min = [
+            self.part_firsts.min(),
+            self.fires.min_first_after(removed_fire, &[]),
+            added_dead.iter().copied().min(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.cursor + 1, u64::min);
+        self.pin(min)
+    }
+
+    fn put(&self, key: impl Into<String>, value: Vec<u8>) -> StateOp {
+        StateOp::Put {
+            ns: self.ns.clone(),
+            key: key.into(),
+            value,
+        }
+    }
+
+    fn delete(&self, key: impl Into<String>) -> StateOp {
+        StateOp::Delete {
+            ns: self.ns.clone(),
+            key: key.into(),
+        }
+    }
+
+    fn engine_record(
+        &self,
+        id: String,
+        kind: &str,
+        now: i64,
+        payload: serde_json::Value,
+    ) -> NewEvent {
+        NewEvent {
+            tenant: self.spec.tenant.clone(),
+            id: Some(id),
+            source: ENGINE_SOURCE.into(),
+            kind: kind.into(),
+            time: Some(now),
+            payload: payload.to_string(),
+            hops: 0,
+        }
+    }
+
+    /// Commit `plan` in one transaction, then apply it to memory.
+    pub fn commit(&mut self, log: &EventLog, plan: Plan<K>) -> Result<Step, CoreError> {
+        let mut ops = Vec::new();
+        let mut rows = Vec::new();
+        for (p, change) in &plan.changes {
+            rows.clear();
+            self.kind.write(self.parts.get(p), change, &mut rows);
+            let prefix = key::partition(p);
+            for row in rows.drain(..) {
+                ops.push(match row {
+                    Row::Put(sub, value) => self.put(format!("{prefix}{sub}"), value),
+                    Row::Delete(sub) => self.delete(format!("{prefix}{sub}")),
+                    Row::Clear => StateOp::DeletePrefix {
+                        ns: self.ns.clone(),
+                        prefix: prefix.clone(),
+                    },
+                });
+            }
+        }
+        for f in &plan.fires {
+            ops.push(self.put(
+                key::fire(&f.fire_id),
+                serde_json::to_vec(f).expect("a fire serialises"),
+            ));
+        }
+        // Discards go on the log as engine records, up to 1000 windows each
+        // (so closing a million windows is not a million events).
+        let mut records = Vec::new();
+        for chunk in plan.discards.chunks(1_000) {
+            let windows: Vec<_> = chunk
+                .iter()
+                .map(|d| json!({"fire_id": d.fire_id, "partition": d.partition, "seqs": d.seqs}))
+                .collect();
+            records.push(self.engine_record(
+                format!("{}.discarded", chunk[0].fire_id),
+                "windows.discarded",
+                chunk[0].at,
+                json!({"rule": self.spec.name, "windows": windows}),
+            ));
+        }
+        if plan.cursor != self.cursor {
+            ops.push(self.put(key::CURSOR, plan.cursor.to_string().into_bytes()));
+        }
+        if ops.is_empty() && records.is_empty() {
+            return Ok(Step {
+                read: plan.read,
+                cursor: self.cursor,
+                ..Step::default()
+            });
+        }
+        ops.push(self.pin_after(&plan));
+        log.transact_blocking(records, ops)?;
+        // Committed: now memory follows.
+        for (p, change) in plan.changes {
+            let base = self.parts.remove(&p);
+            if let Some(s) = base.as_ref().and_then(|b| self.kind.first_seq(b)) {
+                self.part_firsts.remove(s);
+            }
+            match self.kind.apply(base, change) {
+                Some(state) => self.install(p, state),
+                None => {
+                    self.timers.cancel(&p);
+                }
+            }
+        }
+        for f in &plan.fires {
+            self.fires.insert(f.clone());
+        }
+        self.cursor = plan.cursor;
+        self.counters.matched += plan.kept as u64;
+        self.counters.fires_created += plan.fires.len() as u64;
+        Ok(Step {
+            read: plan.read,
+            kept: plan.kept,
+            fires: plan.fires,
+            discards: plan.discards,
+            cursor: self.cursor,
+        })
+    }
+
+    // ---- steps -------------------------------------------------------------
+
+    /// Process up to `max` new events of the log at engine time `now`. A
+    /// paused or suspended rule processes nothing (its events wait, pinned).
+    pub fn step(&mut self, log: &EventLog, now: i64, max: usize) -> Result<Step, CoreError> {
+        let idle = Step {
+            cursor: self.cursor,
+            ..Step::default()
+        };
+        if self.held() {
+            return Ok(idle);
+        }
+        // After a failed `select`, go one event at a time to find the one
+        // that fails.
+        let max = if self.isolating > 0 { 1 } else { max };
+        let events = log.query(&EventQuery {
+            after_seq: Some(self.cursor),
+            ..EventQuery::tenant(&self.spec.tenant, max)
+        })?;
+        if events.is_empty() {
+            return Ok(idle);
+        }
+        let verdicts = match self.select(&events) {
+            Ok(v) => {
+                self.isolating = self
+                    .isolating
+                    .saturating_sub(events.len().min(self.isolating));
+                self.poison = None;
+                v
+            }
+            Err(e) => return self.select_failed(log, &events, e, now),
+        };
+        self.step_with(log, &events, &verdicts, &|_| now, Stop::NEVER)
+    }
+
+    /// Feed events already selected (a prefix of them, as `stop` says) and
+    /// commit. The events must be the ones right after the cursor.
+    pub fn step_with(
+        &mut self,
+        log: &EventLog,
+        events: &[Event],
+        verdicts: &[Verdict],
+        now_of: &dyn Fn(usize) -> i64,
+        stop: Stop,
+    ) -> Result<Step, CoreError> {
+        let plan = self.plan(events, verdicts, now_of, stop);
+        self.commit(log, plan)
+    }
+
+    /// Close what is due at `now`: partitions whose deadline has come
+    /// (idle ones too: no event is needed).
+    pub fn expire(&mut self, log: &EventLog, now: i64) -> Result<Step, CoreError> {
+        if self.held() || self.timers.next_deadline().is_none_or(|d| d > now) {
+            return Ok(Step {
+                cursor: self.cursor,
+                ..Step::default()
+            });
+        }
+        let plan = self.plan_deadlines(now);
+        self.commit(log, plan)
+    }
+
+    /// `select` failed on `events`. Several candidates: isolate (one at a
+    /// time from now on). One: count the failure against that event; past
+    /// the policy's attempts, skip it or suspend the rule. A failure that
+    /// is the machine's (the wall-clock deadline while fuel metering is on
+    /// to catch a runaway guest) does not count against the event.
+    fn select_failed(
+        &mut self,
+        log: &EventLog,
+        events: &[Event],
+        error: CallError,
+        now: i64,
+    ) -> Result<Step, CoreError> {
+        let candidates: Vec<&Event> = events.iter().filter(|e| self.is_candidate(e)).collect();
+        if candidates.len() > 1 {
+            self.isolating = events.len();
+            return Err(error.into());
+        }
+        let Some(event) = candidates.first() else {
+            return Err(error.into());
+        };
+        let machine =
+            matches!(error.kind, CallErrorKind::Timeout { .. }) && self.spec.rule.limits().fuel > 0;
+        if machine {
+            return Err(error.into());
+        }
+        let seq = event.seq;
+        let failures = match self.poison {
+            Some((s, n)) if s == seq => n + 1,
+            _ => 1,
+        };
+        self.poison = Some((seq, failures));
+        if failures < self.spec.select.attempts {
+            return Err(error.into());
+        }
+        let mut payload = json!({"rule": self.spec.name, "seq": seq,
+            "attempts": failures, "error": error.to_string()});
+        let (kind, mut ops) = match self.spec.select.on_poison {
+            OnPoison::Skip => {
+                tracing::warn!(rule = %self.spec.name, seq, error = %error, "skipping an event the rule cannot select");
+                (
+                    "event.skipped",
+                    vec![self.put(key::CURSOR, seq.to_string().into_bytes())],
+                )
+            }
+            OnPoison::Suspend => {
+                let why = format!("select failed {failures} times on event {seq}: {error}");
+                tracing::warn!(rule = %self.spec.name, seq, error = %error, "suspending: an event the rule cannot select");
+                payload["suspended"] = json!(true);
+                (
+                    "rule.suspended",
+                    vec![self.put(key::SUSPENDED, why.into_bytes())],
+                )
+            }
+        };
+        let record =
+            self.engine_record(format!("skip:{}:{seq}", self.spec.name), kind, now, payload);
+        let skip = self.spec.select.on_poison == OnPoison::Skip;
+        let cursor = if skip { seq } else { self.cursor };
+        ops.push(self.pin_now(&[], &[]).clone());
+        if skip {
+            // The pin moves with the cursor.
+            let min = [self.part_firsts.min(), self.fires.min_first_after(&[], &[])]
+                .into_iter()
+                .flatten()
+                .fold(cursor + 1, u64::min);
+            *ops.last_mut().expect("just pushed") = self.pin(min);
+        }
+        log.transact_blocking(vec![record], ops)?;
+        self.poison = None;
+        self.isolating = self.isolating.saturating_sub(1);
+        if skip {
+            self.cursor = seq;
+            self.counters.skipped_events += 1;
+        } else {
+            self.suspended = Some(format!(
+                "select failed {failures} times on event {seq}: {error}"
+            ));
+        }
+        Ok(Step {
+            read: 1,
+            cursor: self.cursor,
+            ..Step::default()
+        })
+    }
+
+    // ---- fires -------------------------------------------------------------
+
+    /// Start fire `fire_id`: mark it running and build its job (its events
+    /// read by seq). Fails when it is not pending, already running, or its
+    /// events are gone.
+    pub fn start(&mut self, log: &EventLog, fire_id: &str, now: i64) -> Result<FireJob, CoreError> {
+        let k = key::fire(fire_id);
+        let Some(record) = self.fires.get(fire_id).cloned() else {
+            return Err(bad_state(&k, "no such pending fire"));
+        };
+        let events = log.read_seqs(&self.spec.tenant, &record.seqs)?;
+        if events.len() != record.seqs.len() {
+            return Err(bad_state(
+                &k,
+                format!(
+                    "{} of its {} events are missing from the log",
+                    record.seqs.len() - events.len(),
+                    record.seqs.len()
+                ),
+            ));
+        }
+        self.fires.set_running(fire_id);
+        Ok(FireJob::new(record, events, self.spec.rule.clone(), now))
+    }
+
+    /// Commit what a job's handler run returned: outputs and completion;
+    /// or the failure and its retry time; or the dead letter (and maybe
+    /// the suspension). Each is also an engine record on the log.
+    pub fn finish(
+        &mut self,
+        log: &EventLog,
+        attempt: FireAttempt,
+    ) -> Result<FireOutcome, CoreError> {
+        let partition = attempt.record.partition.clone();
+        let id = attempt.record.fire_id.clone();
+        let result = self.finish_inner(log, attempt);
+        self.fires.set_stopped(&id, &partition);
+        result
+    }
+
+    fn finish_inner(
+        &mut self,
+        log: &EventLog,
+        attempt: FireAttempt,
+    ) -> Result<FireOutcome, CoreError> {
+        let FireAttempt {
+            record,
+            attempt,
+            now,
+            input_hops,
+            result,
+        } = attempt;
+        let fire_id = record.fire_id.clone();
+        let first = record.first_seq();
+        let engine = |kind: &str, suffix: &str, payload: serde_json::Value| {
+            self.engine_record(format!("{fire_id}.{suffix}"), kind, now, payload)
+        };
+        match result {
+            Ok(emits) => {
+                let hops = input_hops.saturating_add(1);
+                let n = emits.len();
+                let mut events = Vec::with_capacity(n + 2);
+                if hops > self.spec.outputs.max_hops && n > 0 {
+                    events.push(engine(
+                        "outputs.dropped",
+                        "dropped",
+                        json!({"rule": record.rule, "fire_id": fire_id, "outputs": n,
+                            "hops": hops, "max_hops": self.spec.outputs.max_hops,
+                            "why": "hop limit: rules feeding each other in a loop?"}),
+                    ));
+                } else {
+                    events.extend(emits.into_iter().enumerate().map(|(i, e)| NewEvent {
+                        tenant: self.spec.tenant.clone(),
+                        id: Some(format!("{fire_id}.{i}")),
+                        source: self.own_source.clone(),
+                        kind: e.kind,
+                        time: Some(now),
+                        payload: e.payload,
+                        hops,
+                    }));
+                }
+                let appended = events.len();
+                events.push(engine(
+                    "fire.completed",
+                    "done",
+                    json!({"rule": record.rule, "fire_id": fire_id,
+                        "partition": record.partition, "attempt": attempt, "outputs": n}),
+                ));
+                let ops = vec![
+                    self.delete(key::fire(&fire_id)),
+                    self.delete(key::BREAKER),
+                    self.pin_now(&first.into_iter().collect::<Vec<_>>(), &[]),
+                ];
+                let report = log.transact_blocking(events, ops)?;
+                self.fires.remove(&fire_id);
+                self.fires.dead_in_a_row = 0;
+                self.counters.fires_ok += 1;
+                let outputs = if appended > 0 && appended == n {
+                    report.seqs[..n].to_vec()
+                } else {
+                    self.counters.outputs_dropped += n as u64;
+                    Vec::new()
+                };
+                Ok(FireOutcome::Completed { outputs })
+            }
+            Err(call) => {
+                let error = call.to_string();
+                let retry = &self.spec.retry;
+                let dead = call.is_fatal() || attempt >= retry.max_attempts;
+                let mut updated = record.clone();
+                updated.attempts = attempt;
+                updated.last_error = Some(error.clone());
+                if dead {
+                    let in_a_row = self.fires.dead_in_a_row + 1;
+                    let suspend = (in_a_row >= retry.suspend_after)
+                        .then(|| format!("{in_a_row} fires in a row dead-lettered; last: {error}"));
+                    let first_v: Vec<u64> = first.into_iter().collect();
+                    let mut ops = vec![
+                        self.delete(key::fire(&fire_id)),
+                        self.put(
+                            key::dead(&fire_id),
+                            serde_json::to_vec(&updated).expect("a fire serialises"),
+                        ),
+                        self.put(key::BREAKER, in_a_row.to_string().into_bytes()),
+                        self.pin_now(&first_v, &first_v),
+                    ];
+                    if let Some(why) = &suspend {
+                        ops.push(self.put(key::SUSPENDED, why.clone().into_bytes()));
+                    }
+                    let record_event = engine(
+                        "fire.dead_lettered",
+                        "dead",
+                        json!({"rule": record.rule, "fire_id": fire_id,
+                            "attempts": attempt, "error": error}),
+                    );
+                    log.transact_blocking(vec![record_event], ops)?;
+                    self.fires.remove(&fire_id);
+                    self.fires.insert_dead(&fire_id, first.unwrap_or(u64::MAX));
+                    self.fires.dead_in_a_row = in_a_row;
+                    self.counters.fires_failed += 1;
+                    self.counters.dead_lettered += 1;
+                    if suspend.is_some() {
+                        self.suspended = suspend;
+                    }
+                    Ok(FireOutcome::DeadLettered { error })
+                } else {
+                    let at = now.saturating_add(backoff_ms(retry, attempt, &fire_id));
+                    updated.retry_at = Some(at);
+                    let ops = vec![self.put(
+                        key::fire(&fire_id),
+                        serde_json::to_vec(&updated).expect("a fire serialises"),
+                    )];
+                    let record_event = engine(
+                        "fire.failed",
+                        &format!("a{attempt}"),
+                        json!({"rule": record.rule, "fire_id": fire_id,
+                            "attempt": attempt, "error": error, "retry_at": at}),
+                    );
+                    log.transact_blocking(vec![record_event], ops)?;
+                    self.fires.insert(updated);
+                    self.counters.fires_failed += 1;
+                    Ok(FireOutcome::Retry { at, error })
+                }
+            }
+        }
+    }
+
+    /// Run fire `fire_id` once, here and now (start, run, finish).
+    pub fn run_fire(
+        &mut self,
+        log: &EventLog,
+        fire_id: &str,
+        now: i64,
+    ) -> Result<FireOutcome, CoreError> {
+        let job = self.start(log, fire_id, now)?;
+        let attempt = job.run();
+        self.finish(log, attempt)
+    }
+
+    /// The fire completed elsewhere (or is abandoned): forget it.
+    pub fn fire_done(&mut self, log: &EventLog, fire_id: &str) -> Result<(), CoreError> {
+        let Some(first) = self.fires.get(fire_id).map(FireRecord::first_seq) else {
+            return Ok(());
+        };
+        let ops = vec![
+            self.delete(key::fire(fire_id)),
+            self.pin_now(&first.into_iter().collect::<Vec<_>>(), &[]),
+        ];
+        log.transact_blocking(Vec::new(), ops)?;
+        self.fires.remove(fire_id);
+        Ok(())
+    }
+
+    // ---- control -------------------------------------------------------------
+
+    /// Lift a suspension; the rule carries on from its cursor.
+    pub fn resume(&mut self, log: &EventLog) -> Result<(), CoreError> {
+        let ops = vec![
+            self.delete(key::SUSPENDED),
+            self.delete(key::BREAKER),
+            self.delete(key::PAUSED),
+        ];
+        log.transact_blocking(Vec::new(), ops)?;
+        self.suspended = None;
+        self.paused = false;
+        self.fires.dead_in_a_row = 0;
+        Ok(())
+    }
+
+    /// Pause: nothing is processed (events wait, pinned; deadlines and
+    /// fires wait) until [`Self::resume`].
+    pub fn pause(&mut self, log: &EventLog) -> Result<(), CoreError> {
+        log.transact_blocking(Vec::new(), vec![self.put(key::PAUSED, Vec::new())])?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// The dead-letter list: fires that ran out of attempts or failed
+    /// fatally, with their last error, oldest first. Reads dead letters
+    /// only.
+    pub fn dead_letters(&self, log: &EventLog) -> Result<Vec<FireRecord>, CoreError> {
+        let mut dead = Vec::new();
+        for (k, value) in log.state_scan_prefix(&self.ns, key::DEAD)? {
+            dead.push(serde_json::from_slice::<FireRecord>(&value).map_err(|e| bad_state(&k, e))?);
+        }
+        dead.sort_by_key(|f| (f.created_at, f.first_seq()));
+        Ok(dead)
+    }
+
+    /// Re-drive a dead-lettered fire: pending again with fresh attempts
+    /// (same fire id, so outputs it may have emitted stay single).
+    pub fn redrive(&mut self, log: &EventLog, fire_id: &str) -> Result<(), CoreError> {
+        let k = key::dead(fire_id);
+        let Some(value) = log.state_get(&self.ns, &k)? else {
+            return Err(bad_state(&k, "no such dead letter"));
+        };
+        let mut record: FireRecord =
+            serde_json::from_slice(&value).map_err(|e| bad_state(&k, e))?;
+        record.attempts = 0;
+        record.retry_at = None;
+        let ops = vec![
+            self.delete(k),
+            self.put(
+                key::fire(fire_id),
+                serde_json::to_vec(&record).expect("a fire serialises"),
+            ),
+        ];
+        log.transact_blocking(Vec::new(), ops)?;
+        self.fires.remove_dead(fire_id);
+        self.fires.insert(record);
+        Ok(())
+    }
+
+    /// Drop a dead letter for good, releasing its events to retention.
+    pub fn discard_dead(&mut self, log: &EventLog, fire_id: &str) -> Result<(), CoreError> {
+        if !self.fires.is_dead(fire_id) {
+            return Err(bad_state(&key::dead(fire_id), "no such dead letter"));
+        }
+        let first = self.fires.remove_dead(fire_id);
+        let pin = self.pin_now(&[], &[]);
+        let result = log.transact_blocking(Vec::new(), vec![self.delete(key::dead(fire_id)), pin]);
+        if let Err(e) = result {
+            // Not committed: it is still a dead letter.
+            self.fires.insert_dead(fire_id, first.unwrap_or(u64::MAX));
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,437 @@
+//! The fire pipeline every trigger kind shares: this is where retries,
+//! dead letters and the circuit breaker live.
+//!
+//! A fire is created in the same transaction as the state change that
+//! caused it (the outbox: `f/<fire id>`). Running it is three moves:
+//!
+//! 1. [`FireBook::start`] (on the core) marks it running and builds a
+//!    [`FireJob`]: the fire's own events, read by seq, and a fresh
+//!    instance of the rule;
+//! 2. [`FireJob::run`] calls the handler — it owns everything it needs, so
+//!    up to the rule's `concurrency` jobs run at once on other threads,
+//!    never two of one partition;
+//! 3. the core commits the [`FireAttempt`] in one transaction: outputs
+//!    appended under ids derived from the fire id (a re-run after a crash
+//!    finds them and emits nothing twice) and the fire removed; or the
+//!    failure recorded with its retry time (exponential backoff, jittered
+//!    deterministically); or the fire moved to the dead-letter list
+//!    (`d/<fire id>`), where it can be re-driven or discarded. Dead
+//!    letters in a row trip the breaker and suspend the rule.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::FireReason;
+use crate::event::Event;
+use crate::manifest::RetryPolicy;
+use crate::runtime::bindings::wit::{self, Emit};
+use crate::runtime::{CallError, LoadedRule};
+
+/// A fire waiting for (or going through) the fire pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FireRecord {
+    /// Deterministic: derived from the rule, the partition and what the
+    /// kind says makes the fire unique.
+    pub fire_id: String,
+    /// The rule's name (without version).
+    pub rule: String,
+    /// The partition; `None` is the global one.
+    pub partition: Option<String>,
+    /// Why the fire happened.
+    pub reason: FireReason,
+    /// The events of the batch, in log order.
+    pub seqs: Vec<u64>,
+    /// Engine time the fire was created (ms).
+    pub created_at: i64,
+    /// Handler attempts made so far.
+    pub attempts: u32,
+    /// Not before this engine time (ms), after a failed attempt.
+    #[serde(default)]
+    pub retry_at: Option<i64>,
+    /// What the last failed attempt said.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl FireRecord {
+    /// The lowest seq the fire needs from the log.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.seqs.first().copied()
+    }
+
+    fn order(&self) -> (i64, u64, String) {
+        (
+            self.created_at,
+            self.first_seq().unwrap_or(u64::MAX),
+            self.fire_id.clone(),
+        )
+    }
+}
+
+/// How running a fire ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FireOutcome {
+    /// The handler succeeded; its outputs are in the log at these seqs
+    /// (the original seqs when a re-run found them already there).
+    Completed {
+        /// Seqs of the outputs.
+        outputs: Vec<u64>,
+    },
+    /// The attempt failed and will be retried at this engine time.
+    Retry {
+        /// When the next attempt is due (ms).
+        at: i64,
+        /// The error.
+        error: String,
+    },
+    /// Out of attempts, or a fatal error: moved to the dead-letter list.
+    DeadLettered {
+        /// The error.
+        error: String,
+    },
+}
+
+/// A multiset of first seqs, so the lowest one still needed (the
+/// retention pin) is found in O(log n).
+#[derive(Debug, Default, Clone)]
+pub struct FirstSeqs(BTreeMap<u64, usize>);
+
+impl FirstSeqs {
+    /// Count one more holder of `seq`.
+    pub fn add(&mut self, seq: u64) {
+        *self.0.entry(seq).or_default() += 1;
+    }
+
+    /// Count one holder of `seq` less.
+    pub fn remove(&mut self, seq: u64) {
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.0.entry(seq) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// The lowest seq held.
+    pub fn min(&self) -> Option<u64> {
+        self.0.keys().next().copied()
+    }
+
+    /// The lowest seq held once `removed` holders are gone and `added`
+    /// ones are there, without changing the set.
+    pub fn min_after(&self, removed: &[u64], added: &[u64]) -> Option<u64> {
+        let mut gone: HashMap<u64, usize> = HashMap::new();
+        for &r in removed {
+            *gone.entry(r).or_default() += 1;
+        }
+        let kept = self
+            .0
+            .iter()
+            .find(|(seq, n)| **n > gone.get(seq).copied().unwrap_or(0))
+            .map(|(seq, _)| *seq);
+        kept.into_iter().chain(added.iter().copied()).min()
+    }
+}
+
+/// A rule's fires: pending (the outbox), running, dead-lettered, and the
+/// breaker. In memory; the core keeps it equal to what is committed.
+#[derive(Debug, Default)]
+pub struct FireBook {
+    pending: HashMap<String, FireRecord>,
+    /// Pending fires in creation order.
+    order: BTreeSet<(i64, u64, String)>,
+    firsts: FirstSeqs,
+    /// Dead letters (fire id → first seq): their events stay pinned so
+    /// that they can be re-driven.
+    dead: HashMap<String, u64>,
+    dead_firsts: FirstSeqs,
+    running: HashSet<String>,
+    busy: HashSet<Option<String>>,
+    /// Fires dead-lettered in a row (reset by a success).
+    pub(crate) dead_in_a_row: u32,
+}
+
+impl FireBook {
+    /// Put a fire in the outbox (committed).
+    pub fn insert(&mut self, f: FireRecord) {
+        if let Some(old) = self.pending.remove(&f.fire_id) {
+            self.order.remove(&old.order());
+            if let Some(s) = old.first_seq() {
+                self.firsts.remove(s);
+            }
+        }
+        self.order.insert(f.order());
+        if let Some(s) = f.first_seq() {
+            self.firsts.add(s);
+        }
+        self.pending.insert(f.fire_id.clone(), f);
+    }
+
+    /// Take a fire out of the outbox (completed or dead-lettered).
+    pub fn remove(&mut self, id: &str) -> Option<FireRecord> {
+        let f = self.pending.remove(id)?;
+        self.order.remove(&f.order());
+        if let Some(s) = f.first_seq() {
+            self.firsts.remove(s);
+        }
+        Some(f)
+    }
+
+    /// Record a dead letter (committed).
+    pub fn insert_dead(&mut self, id: &str, first: u64) {
+        if self.dead.insert(id.to_owned(), first).is_none() {
+            self.dead_firsts.add(first);
+        }
+    }
+
+    /// Forget a dead letter (re-driven or discarded).
+    pub fn remove_dead(&mut self, id: &str) -> Option<u64> {
+        let first = self.dead.remove(id)?;
+        self.dead_firsts.remove(first);
+        Some(first)
+    }
+
+    /// Is `id` on the dead-letter list?
+    pub fn is_dead(&self, id: &str) -> bool {
+        self.dead.contains_key(id)
+    }
+
+    /// A pending fire.
+    pub fn get(&self, id: &str) -> Option<&FireRecord> {
+        self.pending.get(id)
+    }
+
+    /// Pending fires (running ones included).
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// No fire is pending.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Dead letters.
+    pub fn dead_len(&self) -> usize {
+        self.dead.len()
+    }
+
+    /// Fires running now.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Pending fire ids, in creation order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.order.iter().map(|(_, _, id)| id.as_str())
+    }
+
+    /// The lowest seq pending fires and dead letters hold, once `removed`
+    /// (first seqs of pending fires) are gone and `added` are there.
+    pub fn min_first_after(&self, removed: &[u64], added: &[u64]) -> Option<u64> {
+        let pending = self.firsts.min_after(removed, added);
+        [pending, self.dead_firsts.min()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Fires that may start at `now`, oldest first, at most `max`: not
+    /// waiting for a retry, not running, and no other fire of their
+    /// partition running or picked before them.
+    pub fn due(&self, now: i64, max: usize) -> Vec<String> {
+        let mut picked = Vec::new();
+        let mut busy: HashSet<&Option<String>> = self.busy.iter().collect();
+        for (_, _, id) in &self.order {
+            if picked.len() >= max {
+                break;
+            }
+            let f = &self.pending[id];
+            if self.running.contains(id)
+                || f.retry_at.is_some_and(|at| at > now)
+                || busy.contains(&f.partition)
+            {
+                continue;
+            }
+            busy.insert(&f.partition);
+            picked.push(id.clone());
+        }
+        picked
+    }
+
+    /// When the next retry falls due.
+    pub fn next_retry(&self) -> Option<i64> {
+        self.pending
+            .values()
+            .filter(|f| !self.running.contains(&f.fire_id))
+            .filter_map(|f| f.retry_at)
+            .min()
+    }
+
+    /// Mark a fire running; it is not started again until finished.
+    pub fn set_running(&mut self, id: &str) -> Option<&FireRecord> {
+        let f = self.pending.get(id)?;
+        self.running.insert(id.to_owned());
+        self.busy.insert(f.partition.clone());
+        Some(f)
+    }
+
+    /// The fire's run ended (whatever the outcome, committed or not).
+    pub fn set_stopped(&mut self, id: &str, partition: &Option<String>) {
+        if self.running.remove(id) {
+            self.busy.remove(partition);
+        }
+    }
+}
+
+/// One handler run, owning everything it needs: it runs on any thread
+/// while the core carries on.
+#[derive(Debug)]
+pub struct FireJob {
+    /// The fire as it was when the job started.
+    pub record: FireRecord,
+    /// This attempt's number (from 1).
+    pub attempt: u32,
+    /// Engine time the attempt started (the outputs' time, and the base of
+    /// the retry time).
+    pub now: i64,
+    events: Vec<Event>,
+    rule: LoadedRule,
+}
+
+/// What a job's handler run returned.
+#[derive(Debug)]
+pub struct FireAttempt {
+    /// The fire as it was when the job started.
+    pub record: FireRecord,
+    /// The attempt's number.
+    pub attempt: u32,
+    /// When it started (ms).
+    pub now: i64,
+    /// How many hops from a client event its inputs were (its outputs are
+    /// one more).
+    pub input_hops: u32,
+    /// The handler's answer.
+    pub result: Result<Vec<Emit>, CallError>,
+}
+
+impl FireJob {
+    /// A job for `record` with its events (read by seq).
+    pub fn new(record: FireRecord, events: Vec<Event>, rule: LoadedRule, now: i64) -> Self {
+        Self {
+            attempt: record.attempts + 1,
+            record,
+            now,
+            events,
+            rule,
+        }
+    }
+
+    /// Run the handler on a fresh instance.
+    pub fn run(self) -> FireAttempt {
+        let batch = wit::Batch {
+            fire_id: self.record.fire_id.clone(),
+            rule: self.record.rule.clone(),
+            partition: self.record.partition.clone(),
+            reason: wit::Reason::from(&self.record.reason),
+            attempt: self.attempt,
+            events: self.events.iter().map(wit::Event::from).collect(),
+        };
+        let input_hops = self.events.iter().map(|e| e.hops).max().unwrap_or(0);
+        let result = self.rule.instance().handle_batch(&batch);
+        FireAttempt {
+            record: self.record,
+            attempt: self.attempt,
+            now: self.now,
+            input_hops,
+            result,
+        }
+    }
+}
+
+/// Exponential backoff with "equal jitter": half the delay fixed, half
+/// spread by a hash of the fire and attempt — so retries of many fires do
+/// not stampede, and a replay computes the same times.
+pub fn backoff_ms(retry: &RetryPolicy, attempt: u32, fire_id: &str) -> i64 {
+    let base = retry.backoff.as_millis() as f64;
+    let cap = retry.max_backoff.as_millis() as f64;
+    let delay = (base * 2f64.powi(attempt.saturating_sub(1).min(62) as i32)).min(cap);
+    let digest = Sha256::digest(format!("{fire_id}/{attempt}").as_bytes());
+    let unit =
+        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
+    (delay / 2.0 + unit * delay / 2.0) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_deterministically() {
+        let retry = RetryPolicy {
+            backoff: std::time::Duration::from_secs(1),
+            max_backoff: std::time::Duration::from_secs(10),
+            ..RetryPolicy::default()
+        };
+        for attempt in 1..=8 {
+            let full = (1_000i64 << (attempt - 1)).min(10_000);
+            let d = backoff_ms(&retry, attempt, "f_x");
+            assert!(
+                (full / 2..=full).contains(&d),
+                "attempt {attempt}: {d} vs {full}"
+            );
+            assert_eq!(d, backoff_ms(&retry, attempt, "f_x"));
+        }
+        assert_ne!(backoff_ms(&retry, 3, "f_a"), backoff_ms(&retry, 3, "f_b"));
+    }
+
+    fn fire(id: &str, partition: &str, created_at: i64, first: u64) -> FireRecord {
+        FireRecord {
+            fire_id: id.into(),
+            rule: "r".into(),
+            partition: Some(partition.into()),
+            reason: FireReason::CountReached,
+            seqs: vec![first],
+            created_at,
+            attempts: 0,
+            retry_at: None,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn due_fires_keep_partition_order_and_respect_the_limit() {
+        let mut book = FireBook::default();
+        book.insert(fire("a1", "a", 1, 1));
+        book.insert(fire("b1", "b", 2, 2));
+        book.insert(fire("a2", "a", 3, 3));
+        book.insert(fire("c1", "c", 4, 4));
+        assert_eq!(book.due(10, 10), vec!["a1", "b1", "c1"], "a2 waits for a1");
+        assert_eq!(book.due(10, 2), vec!["a1", "b1"]);
+        book.set_running("a1");
+        assert_eq!(book.due(10, 10), vec!["b1", "c1"], "a is busy");
+        book.set_stopped("a1", &Some("a".into()));
+        book.remove("a1");
+        assert_eq!(book.due(10, 10), vec!["b1", "a2", "c1"]);
+        assert_eq!(book.min_first_after(&[], &[]), Some(2));
+        assert_eq!(book.min_first_after(&[2, 3], &[]), Some(4));
+        book.insert_dead("x", 1);
+        assert_eq!(book.min_first_after(&[2], &[]), Some(1));
+    }
+
+    #[test]
+    fn first_seqs_is_a_multiset() {
+        let mut s = FirstSeqs::default();
+        s.add(5);
+        s.add(5);
+        s.add(9);
+        assert_eq!(s.min_after(&[5], &[]), Some(5));
+        assert_eq!(s.min_after(&[5, 5], &[]), Some(9));
+        assert_eq!(s.min_after(&[5, 5, 9], &[7]), Some(7));
+        s.remove(5);
+        s.remove(5);
+        assert_eq!(s.min(), Some(9));
+    }
+}

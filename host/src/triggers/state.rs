@@ -1,0 +1,98 @@
+//! The typed keys of a rule's durable state.
+//!
+//! A rule's state lives in namespace `rule:<tenant>/<name>` of the state
+//! store. Every key is built and parsed here, and each family has a prefix
+//! of its own, so a prefix scan reads one family only: listing dead
+//! letters reads dead letters, loading windows reads partition rows.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `cursor` | last processed seq (decimal) |
+//! | `poison` | `seq failures` of the event `select` keeps failing on |
+//! | `breaker` | fires dead-lettered in a row |
+//! | `suspended` | why the rule is suspended |
+//! | `paused` | present while the rule is paused |
+//! | `f/<fire id>` | a pending fire (JSON [`super::fires::FireRecord`]) |
+//! | `d/<fire id>` | a dead letter (same) |
+//! | `p/-/<sub>` | a row of the global partition's kind state |
+//! | `p/<len>:<partition>/<sub>` | a row of a partition's kind state |
+//!
+//! A partition is written with its byte length, so any string (slashes
+//! included) round-trips and one partition's prefix never covers
+//! another's.
+
+/// The rule's cursor.
+pub const CURSOR: &str = "cursor";
+/// The poison-event tracker.
+pub const POISON: &str = "poison";
+/// The circuit breaker's count.
+pub const BREAKER: &str = "breaker";
+/// Why the rule is suspended.
+pub const SUSPENDED: &str = "suspended";
+/// Present while the rule is paused.
+pub const PAUSED: &str = "paused";
+/// Prefix of pending fires.
+pub const FIRES: &str = "f/";
+/// Prefix of dead letters.
+pub const DEAD: &str = "d/";
+/// Prefix of every partition's rows.
+pub const PARTITIONS: &str = "p/";
+
+/// The state namespace of a rule.
+pub fn namespace(tenant: &str, rule: &str) -> String {
+    format!("rule:{tenant}/{rule}")
+}
+
+/// The key of a pending fire.
+pub fn fire(id: &str) -> String {
+    format!("{FIRES}{id}")
+}
+
+/// The key of a dead letter.
+pub fn dead(id: &str) -> String {
+    format!("{DEAD}{id}")
+}
+
+/// The prefix of one partition's rows.
+pub fn partition(p: &Option<String>) -> String {
+    match p {
+        None => format!("{PARTITIONS}-/"),
+        Some(p) => format!("{PARTITIONS}{}:{p}/", p.len()),
+    }
+}
+
+/// Split a partition row's key into the partition and the kind's own key.
+pub fn parse_partition(key: &str) -> Option<(Option<String>, &str)> {
+    let rest = key.strip_prefix(PARTITIONS)?;
+    if let Some(sub) = rest.strip_prefix("-/") {
+        return Some((None, sub));
+    }
+    let (len, rest) = rest.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    let p = rest.get(..len)?;
+    let sub = rest.get(len..)?.strip_prefix('/')?;
+    Some((Some(p.to_owned()), sub))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_keys_round_trip_and_never_overlap() {
+        for p in [
+            None,
+            Some(String::new()),
+            Some("acme/api".to_owned()),
+            Some("a:b/c".to_owned()),
+            Some("é😀".to_owned()),
+        ] {
+            let key = format!("{}m/00ff", partition(&p));
+            assert_eq!(parse_partition(&key), Some((p.clone(), "m/00ff")));
+        }
+        // "a" is not a prefix-scan hit for "ab".
+        let a = partition(&Some("a".into()));
+        assert!(!partition(&Some("ab".into())).starts_with(&a));
+        assert_eq!(parse_partition("cursor"), None);
+    }
+}
