@@ -277,3 +277,157 @@ fn eval_and_ingest_accept_and_refuse_the_same_events() {
     }
     assert_eq!(accepted, 3);
 }
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+const DIGEST_TOML: &str =
+    "name = \"pr-digest\"\nversion = 1\n\n[trigger.batch]\ncount = 2\nwindow = \"1h\"\n";
+
+#[test]
+fn test_refuses_a_clock_that_goes_backwards_or_overflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write(dir.path(), "rule.toml", DIGEST_TOML);
+    for (events, expected) in [
+        (
+            "{\"advance\": \"2026-06-01T00:00:00Z\"}\n{\"advance\": \"2026-01-01T00:00:00Z\"}\n",
+            "line 2: advance: \"2026-01-01T00:00:00Z\" is before the clock",
+        ),
+        (
+            "{\"advance\": \"500000000000y\"}\n",
+            "line 1: advance: \"500000000000y\" moves the clock past",
+        ),
+    ] {
+        let events = write(dir.path(), "events.ndjson", events);
+        let out = sluice()
+            .args([
+                "test",
+                PR_DIGEST,
+                "--manifest",
+                &manifest,
+                "--events",
+                &events,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}
+
+#[test]
+fn two_rules_with_one_name_are_refused_by_test_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write(dir.path(), "rule.toml", DIGEST_TOML);
+    let events = write(dir.path(), "events.ndjson", "");
+    let also = format!("{manifest}={PR_DIGEST}");
+    let out = sluice()
+        .args([
+            "test",
+            PR_DIGEST,
+            "--manifest",
+            &manifest,
+            "--events",
+            &events,
+        ])
+        .args(["--rule", &also])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("two rules are named \"pr-digest\""),
+        "{stderr}"
+    );
+
+    let db = dir.path().join("run.db");
+    let out = sluice()
+        .args([
+            "run",
+            "--exit-when-idle",
+            "--rule",
+            &also,
+            "--rule",
+            &also,
+            "--db",
+        ])
+        .arg(&db)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("two rules are named \"pr-digest\""),
+        "{stderr}"
+    );
+    assert!(!db.exists(), "nothing was created for a refused run");
+}
+
+#[test]
+fn run_checks_its_manifests_before_creating_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write(
+        dir.path(),
+        "rule.toml",
+        "name = \"pr-digest\"\nversion = 1\n\n[trigger.batch]\ncount = 2\nwindow = \"soon\"\n",
+    );
+    let db = dir.path().join("run.db");
+    let out = sluice()
+        .args([
+            "run",
+            "--exit-when-idle",
+            "--rule",
+            &format!("{manifest}={PR_DIGEST}"),
+            "--db",
+        ])
+        .arg(&db)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("trigger.batch.window"), "{stderr}");
+    assert!(!db.exists(), "a bad manifest leaves no database behind");
+}
+
+#[test]
+fn test_streams_fires_and_outputs_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write(dir.path(), "rule.toml", DIGEST_TOML);
+    let events: String = (0..4)
+        .map(|n| {
+            format!(
+                "{{\"source\":\"github\",\"kind\":\"pull_request.merged\",\"payload\":{{\"repo\":\"a\",\"number\":{n},\"title\":\"hi\"}}}}\n"
+            )
+        })
+        .collect();
+    let events = write(dir.path(), "events.ndjson", &events);
+    let out = sluice()
+        .args([
+            "test",
+            PR_DIGEST,
+            "--manifest",
+            &manifest,
+            "--events",
+            &events,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = lines(&out.stdout);
+    let kinds: Vec<&str> = got.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["fire", "output", "fire", "output"]);
+    assert_eq!(got[0]["events"], serde_json::json!([1, 2]));
+    // The outputs and their engine records take seqs 3 and 4: the second
+    // window holds the events that came after them.
+    assert_eq!(got[2]["events"], serde_json::json!([5, 6]));
+}

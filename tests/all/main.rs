@@ -2,6 +2,7 @@
 
 mod cli;
 mod conformance;
+mod core;
 mod crash;
 mod dispatch;
 mod engine;

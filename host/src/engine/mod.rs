@@ -342,6 +342,13 @@ async fn rule_task(
         while let Ok(r) = requests.try_recv() {
             pending_requests.push(r);
         }
+        // Fires that finished meanwhile are committed this round, even
+        // while the rule is busy catching up.
+        while let Some(done) = running.try_join_next() {
+            if let Ok(a) = done {
+                finished.push(a);
+            }
+        }
         let now = clock.now_millis();
         let (log2, done, reqs) = (
             log.clone(),

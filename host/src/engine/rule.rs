@@ -106,6 +106,8 @@ pub struct RuleStatus {
     pub paused: bool,
     /// The last error the rule's task met (storage or `select`), if any.
     pub last_error: Option<String>,
+    /// The earliest deadline or retry time (ms), while not held.
+    pub next_due: Option<i64>,
     /// Counters since the rule's task started.
     pub counters: Counters,
 }
@@ -228,6 +230,7 @@ impl<K: Kind> Driven for RuleCore<K> {
             suspended: self.suspended().map(str::to_owned),
             paused: self.paused(),
             last_error: None,
+            next_due: self.next_due(),
             counters: self.counters().clone(),
         }
     }

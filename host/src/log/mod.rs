@@ -429,6 +429,12 @@ impl EventLog {
         Ok(self.shared.backend.state_scan(ns, prefix)?)
     }
 
+    /// Event rows read from the store so far, by every reader of this log
+    /// (a cost meter: what a fire reads must not grow with the log).
+    pub fn rows_read(&self) -> u64 {
+        self.shared.backend.rows_read()
+    }
+
     /// `tenant`'s events with exactly these seqs, in seq order (a blocking
     /// read that costs what it returns).
     pub fn read_seqs(&self, tenant: &str, seqs: &[u64]) -> Result<Vec<Event>, LogError> {

@@ -103,6 +103,8 @@ struct Inner {
     path: PathBuf,
     durability: Durability,
     readers: Mutex<Vec<Connection>>,
+    /// Event rows read so far (a cost meter for tests and benchmarks).
+    rows_read: std::sync::atomic::AtomicU64,
 }
 
 fn err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -128,8 +130,15 @@ impl SqliteBackend {
                 path,
                 durability,
                 readers: Mutex::new(vec![conn]),
+                rows_read: std::sync::atomic::AtomicU64::new(0),
             }),
         })
+    }
+
+    fn count_rows(&self, n: usize) {
+        self.inner
+            .rows_read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The database file.
@@ -456,9 +465,18 @@ impl LogBackend for SqliteBackend {
             let rows = stmt
                 .query_map(params_from_iter(args.iter()), row_to_event)
                 .map_err(err("read events"))?;
-            rows.collect::<Result<Vec<_>, _>>()
-                .map_err(err("read events"))
+            let events = rows
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err("read events"))?;
+            self.count_rows(events.len());
+            Ok(events)
         })
+    }
+
+    fn rows_read(&self) -> u64 {
+        self.inner
+            .rows_read
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn last_seq(&self) -> Result<u64, StoreError> {
@@ -516,6 +534,7 @@ impl LogBackend for SqliteBackend {
                     out.push(e);
                 }
             }
+            self.count_rows(out.len());
             Ok(out)
         })
     }

@@ -199,4 +199,9 @@ pub trait LogBackend: Send + Sync + 'static {
     /// that are missing or another tenant's are left out). Costs
     /// O(k log n) for k seqs, whatever lies between them.
     fn read_seqs(&self, tenant: &str, seqs: &[u64]) -> Result<Vec<Event>, StoreError>;
+
+    /// Event rows read so far, when the store counts them (a cost meter).
+    fn rows_read(&self) -> u64 {
+        0
+    }
 }

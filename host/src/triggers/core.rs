@@ -492,6 +492,7 @@ impl<K: Kind> RuleCore<K> {
                 attempts: 0,
                 retry_at: None,
                 last_error: None,
+                redriven: 0,
             });
         }
         for d in out.discards {
@@ -869,8 +870,13 @@ impl<K: Kind> RuleCore<K> {
         } = attempt;
         let fire_id = record.fire_id.clone();
         let first = record.first_seq();
+        // A re-driven fire's records get ids of their own round.
+        let round = match record.redriven {
+            0 => String::new(),
+            n => format!("r{n}."),
+        };
         let engine = |kind: &str, suffix: &str, payload: serde_json::Value| {
-            self.engine_record(format!("{fire_id}.{suffix}"), kind, now, payload)
+            self.engine_record(format!("{fire_id}.{round}{suffix}"), kind, now, payload)
         };
         match result {
             Ok(emits) => {
@@ -1055,6 +1061,7 @@ impl<K: Kind> RuleCore<K> {
             serde_json::from_slice(&value).map_err(|e| bad_state(&k, e))?;
         record.attempts = 0;
         record.retry_at = None;
+        record.redriven += 1;
         let ops = vec![
             self.delete(k),
             self.put(

@@ -53,6 +53,10 @@ pub struct FireRecord {
     /// What the last failed attempt said.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Times the fire was re-driven from the dead-letter list (its engine
+    /// records carry it, so each round of attempts is recorded anew).
+    #[serde(default)]
+    pub redriven: u32,
 }
 
 impl FireRecord {
@@ -398,6 +402,7 @@ mod tests {
             attempts: 0,
             retry_at: None,
             last_error: None,
+            redriven: 0,
         }
     }
 

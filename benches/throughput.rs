@@ -1,0 +1,255 @@
+//! Throughput on the shapes users have (a bench binary; prints figures):
+//!
+//! 1. end-to-end: 1 000 000 `push` events (≈ 160 B payloads, 1 000 repos
+//!    interleaved, 90 % kept) through `sluice run` with a rule that parses
+//!    the payload, keeps `ok`, keys by `repo`, batches 500 per window and
+//!    emits one summary per batch — against `sluice ingest` of the same
+//!    file in the same run (both `--durability normal --batch 1000`);
+//! 2. `sluice test` replaying 1 000 000 timed events (1 ms apart) with the
+//!    same rule, against the same ingest baseline;
+//! 3. fire cost against interleaving: the same rule with 10, 1 000 and
+//!    10 000 partitions interleaved round-robin, windows of 500 events —
+//!    time per fire (read its events, run the handler, commit).
+//!
+//! Run: `cargo bench -p sluice --bench throughput` (SLUICE_BENCH_EVENTS
+//! overrides the 1 000 000).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice::clock::ManualClock;
+use sluice::log::{Durability, EventLog, LogConfig, NewEvent};
+use sluice::manifest::{BatchTrigger, Expire};
+use sluice::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
+use sluice::triggers::batch::Batch;
+use sluice::triggers::core::{RuleCore, RuleSpec};
+use sluice_test_components::component_bytes;
+use sluice_test_components::components::REPO_SUMMARY;
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn payload(i: u64, repos: u64) -> String {
+    json!({"repo": format!("acme/r{}", i % repos), "ok": i % 10 != 0, "n": i,
+        "title": "Refactor the ingestion pipeline to batch writes", "author": "octocat"})
+    .to_string()
+}
+
+fn write_events(path: &Path, n: u64, timed: bool) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let start = 1_767_225_600_000i64;
+    for i in 0..n {
+        let mut line = json!({"source": "github", "kind": "push",
+            "payload": serde_json::from_str::<serde_json::Value>(&payload(i, 1_000)).unwrap()});
+        if timed {
+            line["time"] = json!(start + i as i64);
+        }
+        writeln!(out, "{line}").unwrap();
+    }
+}
+
+fn timed(cmd: &mut Command, input: &Path) -> Duration {
+    let start = Instant::now();
+    let status = cmd
+        .stdin(std::fs::File::open(input).unwrap())
+        .stdout(Stdio::null())
+        .env("SLUICE_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{cmd:?} failed");
+    start.elapsed()
+}
+
+/// Count the events of `kind` in a database, through the library.
+fn count_kind(db: &Path, kind: &str) -> i64 {
+    let log = EventLog::open_sqlite(
+        db,
+        Durability::Normal,
+        LogConfig::default(),
+        Arc::new(ManualClock::new(0)),
+    )
+    .unwrap();
+    let mut n = 0;
+    let mut after = 0;
+    loop {
+        let got = log
+            .query(&sluice::log::EventQuery {
+                kind: Some(kind.into()),
+                after_seq: Some(after),
+                ..sluice::log::EventQuery::tenant("default", 100_000)
+            })
+            .unwrap();
+        let Some(last) = got.last() else { break };
+        after = last.seq;
+        n += got.len() as i64;
+    }
+    log.close();
+    n
+}
+
+const MANIFEST: &str = r#"name = "repo-summary"
+version = 1
+
+[trigger.batch]
+count = 500
+window = "10m"
+"#;
+
+fn end_to_end_and_replay(n: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.ndjson");
+    let timed_events = dir.path().join("timed.ndjson");
+    write_events(&events, n, false);
+    write_events(&timed_events, n, true);
+    let manifest = dir.path().join("rule.toml");
+    std::fs::write(&manifest, MANIFEST).unwrap();
+    let rule = format!("{}={REPO_SUMMARY}", manifest.display());
+    let cache = dir.path().join("cache");
+
+    let ingest = timed(
+        Command::new(SLUICE)
+            .args([
+                "ingest",
+                "--durability",
+                "normal",
+                "--batch",
+                "1000",
+                "--db",
+            ])
+            .arg(dir.path().join("ingest.db")),
+        &events,
+    );
+    let run_db = dir.path().join("run.db");
+    let run = timed(
+        Command::new(SLUICE)
+            .args([
+                "run",
+                "--durability",
+                "normal",
+                "--batch",
+                "1000",
+                "--exit-when-idle",
+            ])
+            .args(["--rule", &rule, "--db"])
+            .arg(&run_db)
+            .env("SLUICE_CACHE_DIR", &cache),
+        &events,
+    );
+    let fires = count_kind(&run_db, "repo.summary");
+    let replay = timed(
+        Command::new(SLUICE)
+            .args(["test", REPO_SUMMARY, "--manifest"])
+            .arg(&manifest)
+            .arg("--events")
+            .arg(&timed_events)
+            .env("SLUICE_CACHE_DIR", &cache),
+        Path::new("/dev/null"),
+    );
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "log-only ingest ({n} events): {:.1} s, {:.0} events/s",
+        ingest.as_secs_f64(),
+        rate(ingest)
+    );
+    println!(
+        "end-to-end sluice run (1 rule, 1000 repos, count 500): {:.1} s, {:.0} events/s, {fires} fires; {:.0}% of log-only ingest",
+        run.as_secs_f64(),
+        rate(run),
+        100.0 * ingest.as_secs_f64() / run.as_secs_f64()
+    );
+    println!(
+        "sluice test replay ({n} timed events): {:.1} s, {:.0} events/s; {:.0}% of log-only ingest",
+        replay.as_secs_f64(),
+        rate(replay),
+        100.0 * ingest.as_secs_f64() / replay.as_secs_f64()
+    );
+}
+
+/// Time per fire with `partitions` interleaved round-robin, windows of 500.
+fn fire_cost(rt: &Runtime, partitions: u64) -> (Duration, u64) {
+    const COUNT: u64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_767_225_600_000);
+    let log = EventLog::open_sqlite(
+        dir.path().join("f.db"),
+        Durability::Normal,
+        LogConfig::default(),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    let total = partitions * COUNT;
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..total {
+        batch.push(NewEvent {
+            tenant: "bench".into(),
+            id: None,
+            source: "github".into(),
+            kind: "push".into(),
+            time: None,
+            payload: json!({"repo": format!("p{}", i % partitions), "ok": true}).to_string(),
+            hops: 0,
+        });
+        if batch.len() == 10_000 {
+            log.append_blocking(std::mem::take(&mut batch)).unwrap();
+        }
+    }
+    log.append_blocking(batch).unwrap();
+    let rule = rt
+        .load(
+            RuleLabel::new("bench", "repo-summary"),
+            &component_bytes(REPO_SUMMARY),
+            Limits::default(),
+        )
+        .unwrap();
+    let trigger = BatchTrigger {
+        count: COUNT as u32,
+        window: Duration::from_secs(3600),
+        expire: Expire::Fire,
+        debounce: false,
+        max_wait: None,
+    };
+    let mut core = RuleCore::open(
+        &log,
+        RuleSpec::with_defaults("bench", "repo-summary", rule),
+        Batch::from(&trigger),
+    )
+    .unwrap();
+    let now = 1_767_225_600_000;
+    while core.step(&log, now, 4_096).unwrap().read > 0 {}
+    let ids: Vec<String> = core.pending_fires().map(str::to_owned).collect();
+    let measured = ids.len().min(200);
+    let start = Instant::now();
+    for id in &ids[..measured] {
+        core.run_fire(&log, id, now).unwrap();
+    }
+    let per = start.elapsed() / measured as u32;
+    log.close();
+    (per, ids.len() as u64)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let n: u64 = std::env::var("SLUICE_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    end_to_end_and_replay(n);
+    let cache = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    println!("fire cost vs interleaving (windows of 500 events):");
+    println!("| partitions | fires | time per fire |");
+    println!("| ---: | ---: | ---: |");
+    for p in [10, 1_000, 10_000] {
+        let (per, fires) = fire_cost(&rt, p);
+        println!("| {p} | {fires} | {per:?} |");
+    }
+}
