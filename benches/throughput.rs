@@ -33,7 +33,7 @@ use sluice_test_components::components::REPO_SUMMARY;
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
 fn payload(i: u64, repos: u64) -> String {
-    json!({"repo": format!("acme/r{}", i % repos), "ok": i % 10 != 0, "n": i,
+    json!({"repo": format!("acme/r{}", i % repos), "ok": !i.is_multiple_of(10), "n": i,
         "title": "Refactor the ingestion pipeline to batch writes", "author": "octocat"})
     .to_string()
 }
