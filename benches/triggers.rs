@@ -222,12 +222,16 @@ fn timer_lateness(rt: &Runtime) {
                     StateOp::Put {
                         ns: ns.clone(),
                         key: format!("{prefix}h"),
-                        value: format!("{} {}", base - 3_600_000, deadline(i)).into_bytes(),
+                        value: format!("{} {} {}", base - 3_600_000, deadline(i), i + 1)
+                            .into_bytes(),
                     },
                     StateOp::Put {
                         ns: ns.clone(),
-                        key: format!("{prefix}m/{:016x}", i + 1),
-                        value: Vec::new(),
+                        key: sluice::triggers::state::members(i + 1),
+                        value: sluice::triggers::state::encode_members(&[(
+                            i + 1,
+                            &Some(format!("p{i:07}")),
+                        )]),
                     },
                 ]
             })

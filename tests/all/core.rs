@@ -88,18 +88,27 @@ fn a_step_writes_appended_members_as_rows() {
         log.append_blocking(vec![merged("a", n)]).unwrap();
         core.step(&log, now, 10).unwrap();
     }
+    let ns = "rule:acme/pr-digest";
     let rows = log
-        .state_scan_prefix(
-            "rule:acme/pr-digest",
-            &sluice::triggers::state::partition(&Some("a".into())),
-        )
+        .state_scan_prefix(ns, &sluice::triggers::state::partition(&Some("a".into())))
         .unwrap();
-    // The header and one row per member: adding an event is one row.
-    assert_eq!(rows.len(), 4, "{rows:?}");
+    // The partition's header, written once, and a member-log row per step
+    // that added members: adding an event does not write the window again.
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let members = || {
+        log.state_scan_prefix(ns, sluice::triggers::state::MEMBERS)
+            .unwrap()
+    };
+    assert_eq!(members().len(), 3);
     // A restart reads the window back from its rows.
     let spec = RuleSpec::with_defaults("acme", "pr-digest", h.load(PR_DIGEST, Limits::default()));
-    let again = RuleCore::open(&log, spec, Batch::from(&trigger(1_000))).unwrap();
+    let mut again = RuleCore::open(&log, spec, Batch::from(&trigger(1_000))).unwrap();
     assert_eq!(again.partition(Some("a")).unwrap().seqs, vec![1, 2, 3]);
+    // Once the window closes, the member log is cleared from the front.
+    h.clock.advance(3_600_000);
+    let closed = again.expire(&log, h.clock.now_millis()).unwrap();
+    assert_eq!(closed.fires[0].seqs, vec![1, 2, 3]);
+    assert!(members().is_empty());
 }
 
 /// Wait until the rule has read the whole log and nothing of it is due at
@@ -263,6 +272,8 @@ async fn rules_feeding_each_other_stop_at_the_hop_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_fall_due_on_time_under_sustained_ingest() {
+    // Several turns' worth of events (a turn reads at most 32 768).
+    const BACKLOG: u64 = 200_000;
     let h = Harness::new();
     let clock: SharedClock = Arc::new(h.clock.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -278,7 +289,7 @@ async fn deadlines_fall_due_on_time_under_sustained_ingest() {
     wait_cursor(&engine, "pr-digest", 1).await;
     // A backlog the rule needs many turns to read, and ingest that goes on.
     engine.pause("acme", "pr-digest").await.unwrap();
-    let backlog: Vec<NewEvent> = (1..=60_000)
+    let backlog: Vec<NewEvent> = (1..=BACKLOG)
         .map(|i| merged(&format!("busy{}", i % 50), i))
         .collect();
     for chunk in backlog.chunks(10_000) {
@@ -306,10 +317,10 @@ async fn deadlines_fall_due_on_time_under_sustained_ingest() {
     .await;
     let s = engine.status("acme", "pr-digest").unwrap();
     assert!(
-        s.cursor < 60_001,
+        s.cursor < BACKLOG + 1,
         "the deadline was served before the backlog was read: {s:?}"
     );
-    assert!(fired.seq > 60_001);
+    assert!(fired.seq > BACKLOG + 1);
     feeder.abort();
     engine.shutdown().await;
 }

@@ -13,8 +13,9 @@ use super::rule::Driven;
 use crate::log::EventLog;
 use crate::triggers::core::{CoreError, Step};
 
-/// Events read per step.
-pub const STEP_EVENTS: usize = 1_024;
+/// Events read per step: one commit per step, so a step's writes (a row
+/// per partition it touched) are shared by many events.
+pub const STEP_EVENTS: usize = 8_192;
 
 /// What one turn did.
 #[derive(Debug, Default)]

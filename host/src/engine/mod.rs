@@ -36,7 +36,7 @@ use crate::triggers::fires::{FireAttempt, FireRecord};
 
 /// Events a rule's task reads per turn before it serves deadlines, fires
 /// and control requests again.
-const TURN_EVENTS: usize = 8 * driver::STEP_EVENTS;
+const TURN_EVENTS: usize = 4 * driver::STEP_EVENTS;
 
 /// A request to a rule's task.
 enum Control {

@@ -866,6 +866,10 @@ impl SqliteWriter {
                         .map_err(err("apply state"))?;
                     continue;
                 }
+                StateOp::DeleteRange { ns, from, to } => (
+                    "DELETE FROM state WHERE ns = ?1 AND key >= ?2 AND key < ?3",
+                    vec![Box::new(ns), Box::new(from), Box::new(to)],
+                ),
                 StateOp::Clear { ns } => ("DELETE FROM state WHERE ns = ?1", vec![Box::new(ns)]),
                 StateOp::Pin {
                     owner,

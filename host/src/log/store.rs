@@ -80,6 +80,15 @@ pub enum StateOp {
         /// Key prefix.
         prefix: String,
     },
+    /// Remove the keys of `ns` in `[from, to)`.
+    DeleteRange {
+        /// Namespace.
+        ns: String,
+        /// First key removed.
+        from: String,
+        /// First key kept.
+        to: String,
+    },
     /// Remove every key of `ns`.
     Clear {
         /// Namespace.

@@ -15,9 +15,11 @@
 //! A window is identified by the seq of its first event: unique, and the
 //! same on every replay, so fire ids derived from it are deterministic.
 //!
-//! Stored as rows under the partition's prefix: `h` → the header
-//! (`opened_at deadline`), `m/<seq as 16 hex digits>` → one row per member.
-//! Buffering an event writes one row; closing a window clears the prefix.
+//! Stored as one row under the partition's prefix, `h` → the header
+//! (`opened_at deadline first_seq`), written when a window opens (and when
+//! a debounce moves its deadline); the members go to the rule's member log
+//! ([`Row::Member`]), so buffering events writes nothing per partition.
+//! Closing a window clears the prefix.
 
 use super::{Discard, FireReason, Kept, Kind, KindOut, NewFire, Row};
 use crate::manifest::{BatchTrigger, Expire};
@@ -128,10 +130,6 @@ fn view<'a>(base: Option<&'a Window>, c: &'a WindowChange) -> Option<View<'a>> {
     })
 }
 
-fn member_key(seq: u64) -> String {
-    format!("m/{seq:016x}")
-}
-
 impl Batch {
     /// Close the current window: it no longer exists after this step.
     fn close(
@@ -230,12 +228,10 @@ impl Kind for Batch {
         if c.reset || c.deadline.is_some() {
             rows.push(Row::Put(
                 "h".into(),
-                format!("{} {}", v.opened_at, v.deadline).into_bytes(),
+                format!("{} {} {}", v.opened_at, v.deadline, v.first()).into_bytes(),
             ));
         }
-        for &seq in v.appended {
-            rows.push(Row::Put(member_key(seq), Vec::new()));
-        }
+        rows.extend(v.appended.iter().map(|&seq| Row::Member(seq)));
     }
 
     fn apply(&self, base: Option<Window>, c: WindowChange) -> Option<Window> {
@@ -256,29 +252,29 @@ impl Kind for Batch {
         Some(w)
     }
 
-    fn load(&self, rows: Vec<(String, Vec<u8>)>) -> Result<Window, String> {
+    fn load(&self, rows: Vec<(String, Vec<u8>)>, members: Vec<u64>) -> Result<Window, String> {
         let mut header = None;
-        let mut seqs = Vec::new();
         for (key, value) in rows {
-            if key == "h" {
-                let text = String::from_utf8_lossy(&value);
-                let (a, b) = text
-                    .split_once(' ')
-                    .ok_or_else(|| format!("window header {text:?}"))?;
-                let parse = |s: &str| {
-                    s.parse::<i64>()
-                        .map_err(|e| format!("window header {text:?}: {e}"))
-                };
-                header = Some((parse(a)?, parse(b)?));
-            } else if let Some(hex) = key.strip_prefix("m/") {
-                seqs.push(u64::from_str_radix(hex, 16).map_err(|e| format!("member {key}: {e}"))?);
-            } else {
+            if key != "h" {
                 return Err(format!("unknown window row {key:?}"));
             }
+            let text = String::from_utf8_lossy(&value).into_owned();
+            let parts: Vec<i64> = text
+                .split(' ')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("window header {text:?}: {e}"))?;
+            let [opened_at, deadline, first] = parts[..] else {
+                return Err(format!("window header {text:?}: expected 3 numbers"));
+            };
+            header = Some((opened_at, deadline, first as u64));
         }
-        let (opened_at, deadline) = header.ok_or("window without a header")?;
-        if seqs.is_empty() {
-            return Err("window without events".into());
+        let (opened_at, deadline, first) = header.ok_or("window without a header")?;
+        let seqs: Vec<u64> = members.into_iter().filter(|&s| s >= first).collect();
+        if seqs.first() != Some(&first) {
+            return Err(format!(
+                "window from seq {first}: its members are missing from the member log"
+            ));
         }
         Ok(Window {
             opened_at,
@@ -392,10 +388,7 @@ mod tests {
         kind.write(None, &c, &mut rows);
         assert_eq!(
             rows,
-            vec![
-                Row::Put("h".into(), b"7 1007".to_vec()),
-                Row::Put(member_key(5), vec![])
-            ]
+            vec![Row::Put("h".into(), b"7 1007 5".to_vec()), Row::Member(5)]
         );
         assert_eq!(kind.apply(None, c).unwrap().seqs, vec![5]);
     }
@@ -463,12 +456,10 @@ mod tests {
         p.event(3, 5);
         p.event(300, 6);
         let w = p.state.clone().unwrap();
-        let rows = vec![
-            ("h".to_owned(), b"5 1005".to_vec()),
-            (member_key(3), vec![]),
-            (member_key(300), vec![]),
-        ];
-        assert_eq!(kind.load(rows).unwrap(), w);
-        assert!(kind.load(vec![(member_key(1), vec![])]).is_err());
+        let rows = || vec![("h".to_owned(), b"5 1005 3".to_vec())];
+        // Members of an earlier, closed window are below the first seq.
+        assert_eq!(kind.load(rows(), vec![1, 2, 3, 300]).unwrap(), w);
+        assert!(kind.load(vec![], vec![3]).is_err(), "no header");
+        assert!(kind.load(rows(), vec![300]).is_err(), "members lost");
     }
 }

@@ -209,6 +209,8 @@ pub struct RuleCore<K: Kind> {
     isolating: usize,
     /// The single event whose `select` failed, and how many times.
     poison: Option<(u64, u32)>,
+    /// Member-log rows below this seq are deleted.
+    members_floor: u64,
     counters: Counters,
 }
 
@@ -231,6 +233,7 @@ impl<K: Kind> RuleCore<K> {
             paused: false,
             isolating: 0,
             poison: None,
+            members_floor: 0,
             counters: Counters::default(),
         };
         let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
@@ -254,6 +257,12 @@ impl<K: Kind> RuleCore<K> {
             core.fires
                 .insert_dead(&f.fire_id, f.first_seq().unwrap_or(u64::MAX));
         }
+        let mut members: HashMap<Option<String>, Vec<u64>> = HashMap::new();
+        for (k, value) in log.state_scan_prefix(&core.ns, key::MEMBERS)? {
+            for (seq, p) in key::decode_members(&value).map_err(|e| bad_state(&k, e))? {
+                members.entry(p).or_default().push(seq);
+            }
+        }
         let mut rows: BTreeMap<Option<String>, Vec<(String, Vec<u8>)>> = BTreeMap::new();
         for (k, value) in log.state_scan_prefix(&core.ns, key::PARTITIONS)? {
             let (p, sub) =
@@ -261,9 +270,10 @@ impl<K: Kind> RuleCore<K> {
             rows.entry(p).or_default().push((sub.to_owned(), value));
         }
         for (p, rows) in rows {
+            let mine = members.remove(&p).unwrap_or_default();
             let state = core
                 .kind
-                .load(rows)
+                .load(rows, mine)
                 .map_err(|e| bad_state(&key::partition(&p), e))?;
             core.install(p, state);
         }
@@ -509,7 +519,8 @@ impl<K: Kind> RuleCore<K> {
 
     /// The retention pin after `plan`: the next seq to read, the first of
     /// every partition's state, pending fire and dead letter.
-    fn pin_after(&self, plan: &Plan<K>) -> StateOp {
+    /// The lowest first seq of the partitions' state after `plan`.
+    fn min_open_after(&self, plan: &Plan<K>) -> Option<u64> {
         let mut removed = Vec::new();
         let mut added = Vec::new();
         for (p, change) in &plan.changes {
@@ -521,18 +532,21 @@ impl<K: Kind> RuleCore<K> {
                 added.push(s);
             }
         }
+        self.part_firsts.min_after(&removed, &added)
+    }
+
+    /// The retention pin after `plan`: the next seq to read, the first of
+    /// every partition's state, pending fire and dead letter.
+    fn pin_after(&self, plan: &Plan<K>, min_open: Option<u64>) -> StateOp {
         let new_fires: Vec<u64> = plan
             .fires
             .iter()
             .filter_map(FireRecord::first_seq)
             .collect();
-        let min = [
-            self.part_firsts.min_after(&removed, &added),
-            self.fires.min_first_after(&[], &new_fires),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(plan.cursor + 1, u64::min);
+        let min = [min_open, self.fires.min_first_after(&[], &new_fires)]
+            .into_iter()
+            .flatten()
+            .fold(plan.cursor + 1, u64::min);
         self.pin(min)
     }
 
@@ -593,6 +607,7 @@ impl<K: Kind> RuleCore<K> {
     pub fn commit(&mut self, log: &EventLog, plan: Plan<K>) -> Result<Step, CoreError> {
         let mut ops = Vec::new();
         let mut rows = Vec::new();
+        let mut members: Vec<(u64, &Option<String>)> = Vec::new();
         for (p, change) in &plan.changes {
             rows.clear();
             self.kind.write(self.parts.get(p), change, &mut rows);
@@ -605,8 +620,29 @@ impl<K: Kind> RuleCore<K> {
                         ns: self.ns.clone(),
                         prefix: prefix.clone(),
                     },
+                    Row::Member(seq) => {
+                        members.push((seq, p));
+                        continue;
+                    }
                 });
             }
+        }
+        // The member log: drop the rows every buffer has moved past, then
+        // write this step's additions as one row.
+        let min_open = self.min_open_after(&plan);
+        let floor = min_open.unwrap_or(plan.cursor + 1);
+        if floor > self.members_floor {
+            ops.push(StateOp::DeleteRange {
+                ns: self.ns.clone(),
+                from: key::MEMBERS.to_owned(),
+                to: key::members(floor),
+            });
+        }
+        members.sort_unstable_by_key(|(seq, _)| *seq);
+        if let Some(&(last, _)) = members.last()
+            && last >= floor
+        {
+            ops.push(self.put(key::members(last), key::encode_members(&members)));
         }
         for f in &plan.fires {
             ops.push(self.put(
@@ -639,8 +675,9 @@ impl<K: Kind> RuleCore<K> {
                 ..Step::default()
             });
         }
-        ops.push(self.pin_after(&plan));
+        ops.push(self.pin_after(&plan, min_open));
         log.transact_blocking(records, ops)?;
+        self.members_floor = self.members_floor.max(floor);
         // Committed: now memory follows.
         for (p, change) in plan.changes {
             let base = self.parts.remove(&p);

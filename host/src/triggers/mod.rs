@@ -175,6 +175,10 @@ pub enum Row {
     Delete(String),
     /// Remove every key of the partition (before the puts that follow).
     Clear,
+    /// Event `seq` joined the partition's buffer: the core writes it to the
+    /// rule's member log (one row per step for all partitions), and hands
+    /// it back to [`Kind::load`] until the buffer's first seq passes it.
+    Member(u64),
 }
 
 /// A trigger kind's state machine, free of I/O. A step works on a
@@ -217,8 +221,10 @@ pub trait Kind: Send + std::fmt::Debug + 'static {
     fn apply(&self, base: Option<Self::State>, change: Self::Change) -> Option<Self::State>;
 
     /// Rebuild a partition's state from its rows (keys relative to the
-    /// partition prefix, in key order).
-    fn load(&self, rows: Vec<(String, Vec<u8>)>) -> Result<Self::State, String>;
+    /// partition prefix, in key order) and the member-log seqs written for
+    /// it that are still kept (in seq order; some may belong to buffers
+    /// that closed, below the state's own first seq).
+    fn load(&self, rows: Vec<(String, Vec<u8>)>, members: Vec<u64>) -> Result<Self::State, String>;
 
     /// The lowest seq the state still needs from the log (retention).
     fn first_seq(&self, state: &Self::State) -> Option<u64>;

@@ -16,10 +16,16 @@
 //! | `d/<fire id>` | a dead letter (same) |
 //! | `p/-/<sub>` | a row of the global partition's kind state |
 //! | `p/<len>:<partition>/<sub>` | a row of a partition's kind state |
+//! | `s/<seq>` | the member log: the events a step added to partitions' buffers, keyed by the step's last seq |
 //!
 //! A partition is written with its byte length, so any string (slashes
 //! included) round-trips and one partition's prefix never covers
 //! another's.
+//!
+//! The member log keeps a step's additions together, in seq order, so a
+//! step writes a few adjacent pages however many partitions it touched;
+//! a row is deleted once every buffer has moved past it (a range delete
+//! at the front of the log).
 
 /// The rule's cursor.
 pub const CURSOR: &str = "cursor";
@@ -37,6 +43,59 @@ pub const FIRES: &str = "f/";
 pub const DEAD: &str = "d/";
 /// Prefix of every partition's rows.
 pub const PARTITIONS: &str = "p/";
+
+/// Prefix of the member log.
+pub const MEMBERS: &str = "s/";
+
+/// The member-log key of a step whose last added seq is `seq` (keys sort
+/// as seqs do).
+pub fn members(seq: u64) -> String {
+    format!("{MEMBERS}{seq:016x}")
+}
+
+/// Encode member-log entries: (seq, partition) each.
+pub fn encode_members(entries: &[(u64, &Option<String>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * 24);
+    for (seq, p) in entries {
+        out.extend_from_slice(&seq.to_le_bytes());
+        match p {
+            None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+            Some(p) => {
+                out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+                out.extend_from_slice(p.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Decode member-log entries.
+pub fn decode_members(mut bytes: &[u8]) -> Result<Vec<(u64, Option<String>)>, String> {
+    let mut out = Vec::new();
+    let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>, String> {
+        if b.len() < n {
+            return Err(format!(
+                "member log entry cut short ({} bytes left)",
+                b.len()
+            ));
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Ok(head.to_vec())
+    };
+    while !bytes.is_empty() {
+        let seq = u64::from_le_bytes(take(&mut bytes, 8)?.try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(take(&mut bytes, 4)?.try_into().expect("4 bytes"));
+        let p = if len == u32::MAX {
+            None
+        } else {
+            let raw = take(&mut bytes, len as usize)?;
+            Some(String::from_utf8(raw).map_err(|e| format!("member log partition: {e}"))?)
+        };
+        out.push((seq, p));
+    }
+    Ok(out)
+}
 
 /// The state namespace of a rule.
 pub fn namespace(tenant: &str, rule: &str) -> String {
@@ -94,5 +153,17 @@ mod tests {
         let a = partition(&Some("a".into()));
         assert!(!partition(&Some("ab".into())).starts_with(&a));
         assert_eq!(parse_partition("cursor"), None);
+    }
+
+    #[test]
+    fn member_log_entries_round_trip_and_sort_by_seq() {
+        let (a, none) = (Some("acme/é".to_owned()), None);
+        let bytes = encode_members(&[(3, &a), (7, &none), (9, &a)]);
+        assert_eq!(
+            decode_members(&bytes).unwrap(),
+            vec![(3, a.clone()), (7, None), (9, a)]
+        );
+        assert!(decode_members(&bytes[..5]).is_err());
+        assert!(members(0xff) < members(0x100));
     }
 }
