@@ -9,7 +9,9 @@
 //!    same rule, against the same ingest baseline;
 //! 3. fire cost against interleaving: the same rule with 10, 1 000 and
 //!    10 000 partitions interleaved round-robin, windows of 500 events —
-//!    time per fire (read its events, run the handler, commit).
+//!    time per fire (read its events, run the handler, commit);
+//! 4. fires per second of a rule whose handler takes a few milliseconds,
+//!    at `concurrency` 1 and 4 (one fire per event, 64 partitions).
 //!
 //! Run: `cargo bench -p sluice --bench throughput` (SLUICE_BENCH_EVENTS
 //! overrides the 1 000 000).
@@ -28,7 +30,7 @@ use sluice::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
 use sluice::triggers::batch::Batch;
 use sluice::triggers::core::{RuleCore, RuleSpec};
 use sluice_test_components::component_bytes;
-use sluice_test_components::components::REPO_SUMMARY;
+use sluice_test_components::components::{REPO_SUMMARY, SLOW_DIGEST};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -206,10 +208,7 @@ fn fire_cost(rt: &Runtime, partitions: u64) -> (Duration, u64) {
         .unwrap();
     let trigger = BatchTrigger {
         count: COUNT as u32,
-        window: Duration::from_secs(3600),
-        expire: Expire::Fire,
-        debounce: false,
-        max_wait: None,
+        ..trigger_500()
     };
     let mut core = RuleCore::open(
         &log,
@@ -228,6 +227,78 @@ fn fire_cost(rt: &Runtime, partitions: u64) -> (Duration, u64) {
     let per = start.elapsed() / measured as u32;
     log.close();
     (per, ids.len() as u64)
+}
+
+/// Fires per second through the engine with `max` fires at once.
+fn fires_per_second(rt: &Runtime, max: u32) -> f64 {
+    const FIRES: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(sluice::clock::SystemClock);
+    let log = EventLog::open_sqlite(
+        dir.path().join("c.db"),
+        Durability::Normal,
+        LogConfig::default(),
+        clock.clone(),
+    )
+    .unwrap();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rule = rt
+        .load(
+            RuleLabel::new("bench", "slow-digest"),
+            &component_bytes(SLOW_DIGEST),
+            Limits::default(),
+        )
+        .unwrap();
+    let mut spec = RuleSpec::with_defaults("bench", "slow-digest", rule);
+    spec.concurrency = max;
+    let engine = sluice::engine::Engine::new(log.clone(), clock);
+    tokio
+        .block_on(engine.deploy(sluice::engine::rule::Deployable::batch(
+            spec,
+            &BatchTrigger {
+                count: 1,
+                ..trigger_500()
+            },
+        )))
+        .unwrap();
+    let events: Vec<NewEvent> = (0..FIRES)
+        .map(|i| NewEvent {
+            tenant: "bench".into(),
+            id: None,
+            source: "shop".into(),
+            kind: "order".into(),
+            time: None,
+            payload: json!({"customer": format!("c{}", i % 64)}).to_string(),
+            hops: 0,
+        })
+        .collect();
+    let start = Instant::now();
+    log.append_blocking(events).unwrap();
+    loop {
+        let s = engine.status("bench", "slow-digest").unwrap();
+        if s.counters.fires_ok >= FIRES {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let rate = FIRES as f64 / start.elapsed().as_secs_f64();
+    tokio.block_on(engine.shutdown());
+    log.close();
+    rate
+}
+
+fn trigger_500() -> BatchTrigger {
+    BatchTrigger {
+        count: 500,
+        window: Duration::from_secs(3600),
+        expire: Expire::Fire,
+        debounce: false,
+        max_wait: None,
+    }
 }
 
 fn main() {
@@ -252,4 +323,10 @@ fn main() {
         let (per, fires) = fire_cost(&rt, p);
         println!("| {p} | {fires} | {per:?} |");
     }
+    let one = fires_per_second(&rt, 1);
+    let four = fires_per_second(&rt, 4);
+    println!(
+        "slow handler, one fire per event: concurrency 1 {one:.0} fires/s, concurrency 4 {four:.0} fires/s ({:.1}x)",
+        four / one
+    );
 }

@@ -127,6 +127,7 @@ pub fn stream_rules(
         failed: false,
         started: false,
         pending: Vec::new(),
+        chunk: 256,
     };
     let limits = EventLimits::default();
     let mut buf = Vec::new();
@@ -220,6 +221,11 @@ struct Run<'a> {
     started: bool,
     /// Events read and not yet appended.
     pending: Vec<NewEvent>,
+    /// Events offered to the next chunk: doubles while chunks are taken
+    /// whole, shrinks to twice what a chunk that stopped early took — so
+    /// `select` is not asked about many events a fire will make it ask
+    /// about again.
+    chunk: usize,
 }
 
 impl Run<'_> {
@@ -285,7 +291,7 @@ impl Run<'_> {
         let bound = self.next_due().unwrap_or(i64::MAX);
         let mut nows = Vec::new();
         let mut now = self.clock.now_millis();
-        for e in events.iter().take(CHUNK) {
+        for e in events.iter().take(self.chunk) {
             now = now.max(e.time.unwrap_or(now));
             if now >= bound {
                 break;
@@ -354,6 +360,11 @@ impl Run<'_> {
             self.report_step(&name, &step)?;
         }
         self.clock.set(nows[take - 1]);
+        self.chunk = if take == nows.len() {
+            (self.chunk * 2).min(CHUNK)
+        } else {
+            (take * 2).clamp(64, CHUNK)
+        };
         Ok(take)
     }
 

@@ -58,10 +58,11 @@ fn rows_read_by_a_fire(partitions: u64) -> (u64, usize) {
     let now = h.clock.now_millis();
     while core.step(&log, now, 1_000).unwrap().read > 0 {}
     let fire = core.pending_fires().next().unwrap().to_owned();
-    let before = log.rows_read();
     let job = core.start(&log, &fire, now).unwrap();
+    let before = log.rows_read();
+    let attempt = job.run();
     let read = log.rows_read() - before;
-    drop(job);
+    assert!(matches!(attempt.result, Ok(Ok(_))), "{:?}", attempt.result);
     (read, core.fires().len())
 }
 

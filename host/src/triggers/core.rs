@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::json;
 
 use super::fires::{
-    FireAttempt, FireBook, FireJob, FireOutcome, FireRecord, FirstSeqs, backoff_ms,
+    FireAttempt, FireBook, FireJob, FireOutcome, FireRecord, FirstSeqs, NotRun, backoff_ms,
 };
 use super::state::{self as key};
 use super::timers::Timers;
@@ -855,27 +855,21 @@ impl<K: Kind> RuleCore<K> {
 
     // ---- fires -------------------------------------------------------------
 
-    /// Start fire `fire_id`: mark it running and build its job (its events
-    /// read by seq). Fails when it is not pending, already running, or its
-    /// events are gone.
+    /// Start fire `fire_id`: mark it running and build its job (which reads
+    /// the fire's events by seq when it runs). Fails when it is not
+    /// pending.
     pub fn start(&mut self, log: &EventLog, fire_id: &str, now: i64) -> Result<FireJob, CoreError> {
-        let k = key::fire(fire_id);
         let Some(record) = self.fires.get(fire_id).cloned() else {
-            return Err(bad_state(&k, "no such pending fire"));
+            return Err(bad_state(&key::fire(fire_id), "no such pending fire"));
         };
-        let events = log.read_seqs(&self.spec.tenant, &record.seqs)?;
-        if events.len() != record.seqs.len() {
-            return Err(bad_state(
-                &k,
-                format!(
-                    "{} of its {} events are missing from the log",
-                    record.seqs.len() - events.len(),
-                    record.seqs.len()
-                ),
-            ));
-        }
         self.fires.set_running(fire_id);
-        Ok(FireJob::new(record, events, self.spec.rule.clone(), now))
+        Ok(FireJob::new(
+            record,
+            &self.spec.tenant,
+            log.clone(),
+            self.spec.rule.clone(),
+            now,
+        ))
     }
 
     /// Commit what a job's handler run returned: outputs and completion;
@@ -907,6 +901,12 @@ impl<K: Kind> RuleCore<K> {
         } = attempt;
         let fire_id = record.fire_id.clone();
         let first = record.first_seq();
+        let result = match result {
+            Ok(r) => r,
+            // The handler did not run: nothing to record; the fire stays
+            // pending and is tried again.
+            Err(NotRun(why)) => return Err(bad_state(&key::fire(&fire_id), why)),
+        };
         // A re-driven fire's records get ids of their own round.
         let round = match record.redriven {
             0 => String::new(),

@@ -4,12 +4,11 @@
 //! A fire is created in the same transaction as the state change that
 //! caused it (the outbox: `f/<fire id>`). Running it is three moves:
 //!
-//! 1. [`FireBook::start`] (on the core) marks it running and builds a
-//!    [`FireJob`]: the fire's own events, read by seq, and a fresh
-//!    instance of the rule;
-//! 2. [`FireJob::run`] calls the handler — it owns everything it needs, so
-//!    up to the rule's `concurrency` jobs run at once on other threads,
-//!    never two of one partition;
+//! 1. the core marks it running and builds a [`FireJob`];
+//! 2. [`FireJob::run`] reads the fire's own events by seq and calls the
+//!    handler on a fresh instance — it owns everything it needs, so it runs
+//!    on another thread while the core carries on, up to the rule's
+//!    `concurrency` jobs at once, never two of one partition;
 //! 3. the core commits the [`FireAttempt`] in one transaction: outputs
 //!    appended under ids derived from the fire id (a re-run after a crash
 //!    finds them and emits nothing twice) and the fire removed; or the
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::FireReason;
-use crate::event::Event;
+use crate::log::EventLog;
 use crate::manifest::RetryPolicy;
 use crate::runtime::bindings::wit::{self, Emit};
 use crate::runtime::{CallError, LoadedRule};
@@ -301,7 +300,8 @@ pub struct FireJob {
     /// Engine time the attempt started (the outputs' time, and the base of
     /// the retry time).
     pub now: i64,
-    events: Vec<Event>,
+    tenant: String,
+    log: EventLog,
     rule: LoadedRule,
 }
 
@@ -317,34 +317,59 @@ pub struct FireAttempt {
     /// How many hops from a client event its inputs were (its outputs are
     /// one more).
     pub input_hops: u32,
-    /// The handler's answer.
-    pub result: Result<Vec<Emit>, CallError>,
+    /// The handler's answer; `Err(Skipped)` when it did not run (the
+    /// host could not read the fire's events: not the rule's failure).
+    pub result: Result<Result<Vec<Emit>, CallError>, NotRun>,
 }
 
+/// Why a job did not call the handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotRun(pub String);
+
 impl FireJob {
-    /// A job for `record` with its events (read by seq).
-    pub fn new(record: FireRecord, events: Vec<Event>, rule: LoadedRule, now: i64) -> Self {
+    /// A job for `record`, whose events it reads from `log`.
+    pub fn new(
+        record: FireRecord,
+        tenant: &str,
+        log: EventLog,
+        rule: LoadedRule,
+        now: i64,
+    ) -> Self {
         Self {
             attempt: record.attempts + 1,
             record,
             now,
-            events,
+            tenant: tenant.to_owned(),
+            log,
             rule,
         }
     }
 
-    /// Run the handler on a fresh instance.
+    /// Read the fire's events (by seq: what is interleaved with them is
+    /// never read) and run the handler on a fresh instance.
     pub fn run(self) -> FireAttempt {
-        let batch = wit::Batch {
-            fire_id: self.record.fire_id.clone(),
-            rule: self.record.rule.clone(),
-            partition: self.record.partition.clone(),
-            reason: wit::Reason::from(&self.record.reason),
-            attempt: self.attempt,
-            events: self.events.iter().map(wit::Event::from).collect(),
+        let events = match self.log.read_seqs(&self.tenant, &self.record.seqs) {
+            Ok(e) if e.len() == self.record.seqs.len() => Ok(e),
+            Ok(e) => Err(NotRun(format!(
+                "{} of its {} events are missing from the log",
+                self.record.seqs.len() - e.len(),
+                self.record.seqs.len()
+            ))),
+            Err(e) => Err(NotRun(e.to_string())),
         };
-        let input_hops = self.events.iter().map(|e| e.hops).max().unwrap_or(0);
-        let result = self.rule.instance().handle_batch(&batch);
+        let mut input_hops = 0;
+        let result = events.map(|events| {
+            input_hops = events.iter().map(|e| e.hops).max().unwrap_or(0);
+            let batch = wit::Batch {
+                fire_id: self.record.fire_id.clone(),
+                rule: self.record.rule.clone(),
+                partition: self.record.partition.clone(),
+                reason: wit::Reason::from(&self.record.reason),
+                attempt: self.attempt,
+                events: events.iter().map(wit::Event::from).collect(),
+            };
+            self.rule.instance().handle_batch(&batch)
+        });
         FireAttempt {
             record: self.record,
             attempt: self.attempt,
