@@ -374,9 +374,8 @@ impl Run<'_> {
         for _ in 0..MAX_ROUNDS {
             let mut progressed = false;
             for i in 0..self.rules.len() {
-                let now = self.clock.now_millis();
                 let before = self.rules[i].cursor();
-                let turn = driver::turn(&mut *self.rules[i], &self.log, now, usize::MAX)?;
+                let turn = driver::turn(&mut *self.rules[i], &self.log, &self.clock, usize::MAX)?;
                 progressed |= turn.stepped.cursor != before || !turn.expired.fires.is_empty();
                 let name = self.rules[i].spec().name.clone();
                 self.report_step(&name, &turn.expired)?;

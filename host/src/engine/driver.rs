@@ -10,6 +10,7 @@
 //! up to the rule's concurrency at once, `sluice test` one after another.
 
 use super::rule::Driven;
+use crate::clock::Clock;
 use crate::log::EventLog;
 use crate::triggers::core::{CoreError, Step};
 
@@ -28,22 +29,25 @@ pub struct Turn {
     pub more: bool,
 }
 
-/// Close what is due at `now`, then step through up to `budget` new
-/// events.
+/// Close what is due now, then step through up to `budget` new events.
+/// Each step reads the committed seq before the clock, so an event is never
+/// processed at an engine time before its ingest.
 pub fn turn(
     core: &mut dyn Driven,
     log: &EventLog,
-    now: i64,
+    clock: &dyn Clock,
     budget: usize,
 ) -> Result<Turn, CoreError> {
     let mut t = Turn {
-        expired: core.expire(log, now)?,
+        expired: core.expire(log, clock.now_millis())?,
         ..Turn::default()
     };
     t.stepped.cursor = core.cursor();
     let mut left = budget;
     loop {
-        let step = core.step(log, now, STEP_EVENTS.min(left))?;
+        let until = log.last_seq();
+        let now = clock.now_millis();
+        let step = core.step(log, now, STEP_EVENTS.min(left), Some(until))?;
         if step.cursor == t.stepped.cursor {
             return Ok(t);
         }

@@ -271,7 +271,7 @@ struct Round {
 fn round(
     mut core: Box<dyn Driven>,
     log: &EventLog,
-    now: i64,
+    clock: &dyn crate::clock::Clock,
     finished: Vec<FireAttempt>,
     requests: Vec<Control>,
     stopping: bool,
@@ -294,10 +294,11 @@ fn round(
         };
     }
     let mut more = false;
-    match driver::turn(&mut *core, log, now, TURN_EVENTS) {
+    match driver::turn(&mut *core, log, clock, TURN_EVENTS) {
         Ok(t) => more = t.more,
         Err(e) => error = Some(e.to_string()),
     }
+    let now = clock.now_millis();
     let slots = (core.spec().concurrency as usize).saturating_sub(core.running());
     let mut jobs = Vec::new();
     for id in core.due_fires(now).into_iter().take(slots) {
@@ -349,14 +350,14 @@ async fn rule_task(
                 finished.push(a);
             }
         }
-        let now = clock.now_millis();
-        let (log2, done, reqs) = (
+        let (log2, clock2, done, reqs) = (
             log.clone(),
+            clock.clone(),
             std::mem::take(&mut finished),
             std::mem::take(&mut pending_requests),
         );
         let r = match tokio::task::spawn_blocking(move || {
-            round(core, &log2, now, done, reqs, stopping)
+            round(core, &log2, &*clock2, done, reqs, stopping)
         })
         .await
         {

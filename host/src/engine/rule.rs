@@ -120,8 +120,15 @@ pub trait Driven: Send + std::fmt::Debug {
     fn cursor(&self) -> u64;
     /// Close what is due at `now`.
     fn expire(&mut self, log: &EventLog, now: i64) -> Result<Step, CoreError>;
-    /// Read, select and process up to `max` new events at `now`.
-    fn step(&mut self, log: &EventLog, now: i64, max: usize) -> Result<Step, CoreError>;
+    /// Read, select and process up to `max` new events at `now`, no
+    /// further than seq `until`.
+    fn step(
+        &mut self,
+        log: &EventLog,
+        now: i64,
+        max: usize,
+        until: Option<u64>,
+    ) -> Result<Step, CoreError>;
     /// The rule's verdicts on events (not yet, or already, in the log).
     fn select(&mut self, events: &[Event]) -> Result<Vec<Verdict>, CallError>;
     /// How many of `events` a step would consume under `stop`.
@@ -177,8 +184,14 @@ impl<K: Kind> Driven for RuleCore<K> {
     fn expire(&mut self, log: &EventLog, now: i64) -> Result<Step, CoreError> {
         RuleCore::expire(self, log, now)
     }
-    fn step(&mut self, log: &EventLog, now: i64, max: usize) -> Result<Step, CoreError> {
-        RuleCore::step(self, log, now, max)
+    fn step(
+        &mut self,
+        log: &EventLog,
+        now: i64,
+        max: usize,
+        until: Option<u64>,
+    ) -> Result<Step, CoreError> {
+        RuleCore::step_until(self, log, now, max, until)
     }
     fn select(&mut self, events: &[Event]) -> Result<Vec<Verdict>, CallError> {
         RuleCore::select(self, events)

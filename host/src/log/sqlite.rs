@@ -272,9 +272,32 @@ impl WriterLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| StoreError::new(&context, e))?;
-        match file.try_lock() {
+        // A lock this process just released can linger for a moment in a
+        // child being spawned (a forked copy of the descriptor, closed at
+        // its exec): retry briefly when the holder is this process; another
+        // process's lock fails at once.
+        let mut tries = 0;
+        let outcome = loop {
+            match file.try_lock() {
+                Err(TryLockError::WouldBlock) if tries < 50 => {
+                    let mut holder = String::new();
+                    let _ = (&file).take(256).read_to_string(&mut holder);
+                    if !describe_holder(&holder).starts_with("another writer in this process") {
+                        break Err(TryLockError::WouldBlock);
+                    }
+                    use std::io::Seek;
+                    let _ = (&file).seek(std::io::SeekFrom::Start(0));
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
+                use std::io::Seek;
+                let _ = (&file).seek(std::io::SeekFrom::Start(0));
                 let mut holder = String::new();
                 let _ = (&file).take(256).read_to_string(&mut holder);
                 return Err(StoreError::new(

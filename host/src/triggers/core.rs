@@ -711,6 +711,19 @@ impl<K: Kind> RuleCore<K> {
     /// Process up to `max` new events of the log at engine time `now`. A
     /// paused or suspended rule processes nothing (its events wait, pinned).
     pub fn step(&mut self, log: &EventLog, now: i64, max: usize) -> Result<Step, CoreError> {
+        self.step_until(log, now, max, None)
+    }
+
+    /// [`Self::step`] reading no further than seq `until`. A driver reads
+    /// the committed seq, then the clock, then steps up to that seq: no
+    /// event is then processed at an engine time before it was ingested.
+    pub fn step_until(
+        &mut self,
+        log: &EventLog,
+        now: i64,
+        max: usize,
+        until: Option<u64>,
+    ) -> Result<Step, CoreError> {
         let idle = Step {
             cursor: self.cursor,
             ..Step::default()
@@ -723,6 +736,7 @@ impl<K: Kind> RuleCore<K> {
         let max = if self.isolating > 0 { 1 } else { max };
         let events = log.query(&EventQuery {
             after_seq: Some(self.cursor),
+            until_seq: until,
             ..EventQuery::tenant(&self.spec.tenant, max)
         })?;
         if events.is_empty() {
