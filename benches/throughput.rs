@@ -225,6 +225,37 @@ fn fire_cost(rt: &Runtime, partitions: u64) -> (Duration, u64) {
         core.run_fire(&log, id, now).unwrap();
     }
     let per = start.elapsed() / measured as u32;
+    if std::env::var("SLUICE_BENCH_ONLY").is_ok() {
+        // Where a fire's time goes: reading its events alone.
+        let ids: Vec<String> = core.pending_fires().map(str::to_owned).take(100).collect();
+        let seqs: Vec<Vec<u64>> = ids
+            .iter()
+            .map(|id| core.fire(id).unwrap().seqs.clone())
+            .collect();
+        let t = Instant::now();
+        for s in &seqs {
+            log.read_seqs("bench", s).unwrap();
+        }
+        println!(
+            "read 500 events by seq: {:?}",
+            t.elapsed() / seqs.len() as u32
+        );
+        let (mut run, mut fin) = (Duration::ZERO, Duration::ZERO);
+        for id in &ids {
+            let t = Instant::now();
+            let job = core.start(&log, id, now).unwrap();
+            let attempt = job.run();
+            run += t.elapsed();
+            let t = Instant::now();
+            core.finish(&log, attempt).unwrap();
+            fin += t.elapsed();
+        }
+        println!(
+            "read + handler: {:?}, commit: {:?}",
+            run / ids.len() as u32,
+            fin / ids.len() as u32
+        );
+    }
     log.close();
     (per, ids.len() as u64)
 }
@@ -309,7 +340,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    end_to_end_and_replay(n);
+    // SLUICE_BENCH_ONLY=fires skips the end-to-end part (for profiling).
+    let only_fires = std::env::var("SLUICE_BENCH_ONLY").is_ok_and(|v| v == "fires");
+    if !only_fires {
+        end_to_end_and_replay(n);
+    }
     let cache = tempfile::tempdir().unwrap();
     let rt = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache.path().to_path_buf()),
@@ -319,9 +354,17 @@ fn main() {
     println!("fire cost vs interleaving (windows of 500 events):");
     println!("| partitions | fires | time per fire |");
     println!("| ---: | ---: | ---: |");
-    for p in [10, 1_000, 10_000] {
+    let sizes: &[u64] = if only_fires {
+        &[1_000]
+    } else {
+        &[10, 1_000, 10_000]
+    };
+    for &p in sizes {
         let (per, fires) = fire_cost(&rt, p);
         println!("| {p} | {fires} | {per:?} |");
+    }
+    if only_fires {
+        return;
     }
     let one = fires_per_second(&rt, 1);
     let four = fires_per_second(&rt, 4);

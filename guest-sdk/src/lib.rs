@@ -468,7 +468,17 @@ impl<R: Rule> b::Guest for Adapter<R> {
             partition: batch.partition.as_deref(),
             reason: Reason::from(&batch.reason),
             attempt: batch.attempt,
-            events: batch.events.iter().map(Event::from_wit).collect(),
+            events: {
+                let pack = &batch.events;
+                let n = pack.seqs.len();
+                assert!(
+                    pack.times.len() == n && pack.ends.len() == 4 * n,
+                    "sluice: malformed event pack ({n} seqs, {} times, {} ends)",
+                    pack.times.len(),
+                    pack.ends.len()
+                );
+                (0..n).map(|i| Event::from_pack(pack, i)).collect()
+            },
         };
         match R::handle_batch(&view) {
             Ok(emits) => Ok(emits

@@ -284,7 +284,7 @@ fn read_events(path: &Path, now: i64) -> anyhow::Result<Vec<Event>> {
 
 /// The handler's reason; a dwell reason's `member_since` is the time of the
 /// partition's last event.
-fn parse_reason(reason: &str, now: i64, events: &[wit::Event]) -> anyhow::Result<Reason> {
+fn parse_reason(reason: &str, now: i64, events: &[Event]) -> anyhow::Result<Reason> {
     Ok(match reason {
         "count-reached" => Reason::CountReached,
         "window-expired" => Reason::WindowExpired,
@@ -369,7 +369,7 @@ fn eval(
     };
     // Partitions in order of first appearance.
     let mut order: Vec<Option<String>> = Vec::new();
-    let mut groups: BTreeMap<Option<String>, Vec<wit::Event>> = BTreeMap::new();
+    let mut groups: BTreeMap<Option<String>, Vec<Event>> = BTreeMap::new();
     for (event, verdict) in events.iter().zip(&verdicts) {
         let line = match verdict {
             Verdict::Skip => json!({"type": "skip", "seq": event.seq, "kind": event.kind}),
@@ -380,7 +380,7 @@ fn eval(
                 groups
                     .entry(p.partition.clone())
                     .or_default()
-                    .push(wit::Event::from(event));
+                    .push(event.clone());
                 json!({"type": "keep", "seq": event.seq, "kind": event.kind,
                        "partition": p.partition, "membership": membership_name(p.membership)})
             }
@@ -396,9 +396,9 @@ fn eval(
             partition: partition.clone(),
             reason: parse_reason(reason, now, &events)?,
             attempt: 1,
-            events,
+            events: crate::runtime::event_pack(&events).map_err(anyhow::Error::msg)?,
         };
-        let seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = batch.events.seqs.clone();
         writeln!(
             out,
             "{}",
@@ -453,41 +453,63 @@ fn ingest(
 /// a valid event — ends the import with an error naming it, once the good
 /// lines before it are committed and acknowledged.
 fn pump_stdin(log: &EventLog, tenant: &str, batch: usize) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    /// Commits in flight at once: the next batch is read and checked while
+    /// earlier ones commit.
+    const IN_FLIGHT: usize = 4;
+    // Acknowledgements are printed by a thread of their own, in order, as
+    // soon as each commit is done (also while stdin has nothing new).
+    let (tx, rx) =
+        std::sync::mpsc::sync_channel::<(Vec<usize>, crate::log::PendingAppend)>(IN_FLIGHT);
+    let printer = std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        for (lines, sent) in rx {
+            let report = sent.wait()?;
+            for ((line, id), outcome) in lines.into_iter().zip(report.ids).zip(report.outcomes) {
+                let (seq, outcome) = match outcome {
+                    AppendOutcome::Accepted(s) => (s, "accepted"),
+                    AppendOutcome::Duplicate(s) => (s, "duplicate"),
+                };
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"line": line, "seq": seq, "outcome": outcome, "id": id})
+                )?;
+            }
+            out.flush()?;
+        }
+        Ok(())
+    });
     let mut pending: Vec<(usize, NewEvent)> = Vec::with_capacity(batch);
-    let flush = |pending: &mut Vec<(usize, NewEvent)>, out: &mut std::io::StdoutLock<'_>| {
+    let send = |pending: &mut Vec<(usize, NewEvent)>| -> anyhow::Result<bool> {
         if pending.is_empty() {
-            return anyhow::Ok(());
+            return Ok(true);
         }
         let (lines, events): (Vec<usize>, Vec<NewEvent>) = pending.drain(..).unzip();
-        let report = log.append_blocking(events)?;
-        for ((line, id), outcome) in lines.into_iter().zip(report.ids).zip(report.outcomes) {
-            let (seq, outcome) = match outcome {
-                AppendOutcome::Accepted(s) => (s, "accepted"),
-                AppendOutcome::Duplicate(s) => (s, "duplicate"),
-            };
-            writeln!(
-                out,
-                "{}",
-                json!({"line": line, "seq": seq, "outcome": outcome, "id": id})
-            )?;
-        }
-        out.flush()?;
-        Ok(())
+        // A closed channel: the printer stopped on an error, reported below.
+        Ok(tx.send((lines, log.append_nowait(events)?)).is_ok())
     };
+    let mut failure = None;
     for item in EventLines::new(std::io::stdin().lock(), tenant) {
         match item {
             Ok(line_and_event) => pending.push(line_and_event),
             Err(e) => {
-                flush(&mut pending, &mut out)?;
-                return Err(e);
+                failure = Some(e);
+                break;
             }
         }
-        if pending.len() >= batch {
-            flush(&mut pending, &mut out)?;
+        if pending.len() >= batch && !send(&mut pending)? {
+            break;
         }
     }
-    flush(&mut pending, &mut out)
+    send(&mut pending)?;
+    drop(tx);
+    printer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the acknowledgement printer panicked"))??;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 struct RunArgs {

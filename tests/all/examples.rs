@@ -22,7 +22,7 @@ fn fire(partition: Option<&str>, reason: Reason, events: &[sluice::event::Event]
         partition: partition.map(str::to_owned),
         reason,
         attempt: 1,
-        events: events.iter().map(wit::Event::from).collect(),
+        events: sluice::runtime::event_pack(events).unwrap(),
     }
 }
 

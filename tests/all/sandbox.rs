@@ -18,7 +18,7 @@ fn batch(kind: &str) -> wit::Batch {
         partition: None,
         reason: Reason::CountReached,
         attempt: 1,
-        events: vec![wit::Event::from(&event(1, kind, json!({})))],
+        events: sluice::runtime::event_pack(&[event(1, kind, json!({}))]).unwrap(),
     }
 }
 
@@ -226,7 +226,9 @@ fn oversized_batch_is_refused_before_the_call() {
     };
     let mut hostile = h.load(HOSTILE, limits).instance();
     let mut b = batch("fine");
-    b.events.push(b.events[0].clone());
+    b.events =
+        sluice::runtime::event_pack(&[event(1, "fine", json!({})), event(2, "fine", json!({}))])
+            .unwrap();
     let err = hostile.handle_batch(&b).unwrap_err();
     assert!(matches!(err.kind, CallErrorKind::Input { .. }), "{err}");
 }

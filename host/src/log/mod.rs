@@ -126,6 +126,17 @@ impl AppendReport {
     }
 }
 
+/// An append sent with [`EventLog::append_nowait`], not yet acknowledged.
+#[derive(Debug)]
+pub struct PendingAppend(oneshot::Receiver<Result<AppendReport, LogError>>);
+
+impl PendingAppend {
+    /// Wait for the commit (outside an async runtime).
+    pub fn wait(self) -> Result<AppendReport, LogError> {
+        reply_soon(self.0)?
+    }
+}
+
 /// Why a log operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -367,6 +378,22 @@ impl EventLog {
         }
         self.request(|reply| Command::Append { events, reply })
             .await
+    }
+
+    /// Send an append to the writer without waiting for its commit, so a
+    /// producer can prepare the next request meanwhile (requests are
+    /// committed in the order they were sent). Blocks only while the
+    /// writer's queue is full.
+    pub fn append_nowait(&self, events: Vec<NewEvent>) -> Result<PendingAppend, LogError> {
+        let (reply, rx) = oneshot::channel();
+        if events.is_empty() {
+            let _ = reply.send(Ok(AppendReport::new(Vec::new(), Vec::new())));
+        } else {
+            self.tx
+                .blocking_send(Command::Append { events, reply })
+                .map_err(|_| LogError::Closed)?;
+        }
+        Ok(PendingAppend(rx))
     }
 
     /// [`Self::append`] for code outside an async runtime.

@@ -831,7 +831,10 @@ impl RuleInstance {
     /// The hot path: filter, partition key and membership of many events,
     /// one verdict per event in order. Large inputs are split into several
     /// calls so that a pack stays well within the guest's memory.
-    pub fn select(&mut self, events: &[Event]) -> Result<Vec<Verdict>, CallError> {
+    pub fn select<E: std::borrow::Borrow<Event>>(
+        &mut self,
+        events: &[E],
+    ) -> Result<Vec<Verdict>, CallError> {
         let mut verdicts = Vec::with_capacity(events.len());
         // A pack should use at most a quarter of the guest's memory cap.
         let byte_budget =
@@ -841,7 +844,7 @@ impl RuleInstance {
             let mut end = start;
             let mut bytes = 0usize;
             while end < events.len() && end - start < SELECT_CHUNK_EVENTS {
-                let e = &events[end];
+                let e: &Event = events[end].borrow();
                 let size = e.id.len() + e.source.len() + e.kind.len() + e.payload.len();
                 if end > start && bytes + size > byte_budget {
                     break;
@@ -855,7 +858,11 @@ impl RuleInstance {
         Ok(verdicts)
     }
 
-    fn select_chunk(&mut self, events: &[Event], out: &mut Vec<Verdict>) -> Result<(), CallError> {
+    fn select_chunk<E: std::borrow::Borrow<Event>>(
+        &mut self,
+        events: &[E],
+        out: &mut Vec<Verdict>,
+    ) -> Result<(), CallError> {
         let mut pack = std::mem::replace(&mut self.pack, empty_pack());
         let packed = pack_events(events, &mut pack);
         let result = match packed {
@@ -935,13 +942,13 @@ impl RuleInstance {
     /// earlier fire) and check what it emits against the rule's limits.
     pub fn handle_batch(&mut self, batch: &wit::Batch) -> Result<Vec<Emit>, CallError> {
         let limits = self.rule.inner.limits.clone();
-        if batch.events.len() > limits.max_batch {
+        if batch.events.seqs.len() > limits.max_batch {
             return Err(self.rule.error(
                 "handle-batch",
                 CallErrorKind::Input {
                     problem: format!(
                         "batch of {} events is above max_batch = {}",
-                        batch.events.len(),
+                        batch.events.seqs.len(),
                         limits.max_batch
                     ),
                 },
@@ -969,12 +976,24 @@ fn empty_pack() -> wit::EventPack {
 
 /// Pack events into `pack` (layout: `event-pack` in the WIT), reusing its
 /// buffers.
-fn pack_events(events: &[Event], pack: &mut wit::EventPack) -> Result<(), String> {
+/// `events` as an event pack (the layout `select` and `handle-batch`
+/// take); fails only past 4 GiB of text.
+pub fn event_pack<E: std::borrow::Borrow<Event>>(events: &[E]) -> Result<wit::EventPack, String> {
+    let mut pack = empty_pack();
+    pack_events(events, &mut pack)?;
+    Ok(pack)
+}
+
+fn pack_events<E: std::borrow::Borrow<Event>>(
+    events: &[E],
+    pack: &mut wit::EventPack,
+) -> Result<(), String> {
     pack.seqs.clear();
     pack.times.clear();
     pack.ends.clear();
     pack.text.clear();
     for e in events {
+        let e: &Event = e.borrow();
         pack.seqs.push(e.seq);
         pack.times.push(e.time);
         for field in [&e.id, &e.source, &e.kind, &e.payload] {

@@ -21,6 +21,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rustc_hash::FxHashMap;
+
 use serde_json::json;
 
 use super::fires::{
@@ -199,7 +201,7 @@ pub struct RuleCore<K: Kind> {
     ns: String,
     own_source: String,
     cursor: u64,
-    parts: HashMap<Option<String>, K::State>,
+    parts: FxHashMap<Option<String>, K::State>,
     part_firsts: FirstSeqs,
     timers: Timers<Option<String>>,
     fires: FireBook,
@@ -225,7 +227,7 @@ impl<K: Kind> RuleCore<K> {
             kind,
             ns,
             cursor: 0,
-            parts: HashMap::new(),
+            parts: FxHashMap::default(),
             part_firsts: FirstSeqs::default(),
             timers: Timers::new(),
             fires: FireBook::default(),
@@ -390,11 +392,7 @@ impl<K: Kind> RuleCore<K> {
         if candidates.is_empty() {
             return Ok(verdicts);
         }
-        let picked: Vec<Event> = if candidates.len() == events.len() {
-            events.to_vec()
-        } else {
-            candidates.iter().map(|&i| events[i].clone()).collect()
-        };
+        let picked: Vec<&Event> = candidates.iter().map(|&i| &events[i]).collect();
         let got = self.instance.select(&picked)?;
         for (i, v) in candidates.into_iter().zip(got) {
             verdicts[i] = v;

@@ -358,17 +358,18 @@ impl FireJob {
             Err(e) => Err(NotRun(e.to_string())),
         };
         let mut input_hops = 0;
-        let result = events.map(|events| {
+        let result = events.and_then(|events| {
             input_hops = events.iter().map(|e| e.hops).max().unwrap_or(0);
+            let pack = crate::runtime::event_pack(&events).map_err(NotRun)?;
             let batch = wit::Batch {
                 fire_id: self.record.fire_id.clone(),
                 rule: self.record.rule.clone(),
                 partition: self.record.partition.clone(),
                 reason: wit::Reason::from(&self.record.reason),
                 attempt: self.attempt,
-                events: events.iter().map(wit::Event::from).collect(),
+                events: pack,
             };
-            self.rule.instance().handle_batch(&batch)
+            Ok(self.rule.instance().handle_batch(&batch))
         });
         FireAttempt {
             record: self.record,

@@ -6,7 +6,9 @@
 //! passed while the engine was down come out of [`Timers::pop_due`] at
 //! once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::hash::Hash;
 
 /// Deadlines (milliseconds on the engine clock) by key; one per key.
@@ -20,7 +22,7 @@ impl<K: Ord + Hash + Clone> Default for Timers<K> {
     fn default() -> Self {
         Self {
             by_time: BTreeSet::new(),
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
         }
     }
 }
