@@ -28,7 +28,7 @@ use crate::clock::{Clock, ManualClock};
 use crate::engine::driver;
 use crate::engine::rule::{Deployable, Driven};
 use crate::event::Event;
-use crate::log::validate::{EventLimits, parse_event};
+use crate::log::validate::{EventLimits, parse_event_value};
 use crate::log::{Durability, EventLog, LogConfig, NewEvent};
 use crate::manifest::Manifest;
 use crate::runtime::{Runtime, RuntimeConfig};
@@ -155,8 +155,8 @@ pub fn stream_rules(
             run.advance_to(target)?;
             continue;
         }
-        let mut event =
-            parse_event(TENANT, line, &limits).map_err(|e| anyhow::anyhow!("line {n}: {e}"))?;
+        let mut event = parse_event_value(TENANT, value, &limits)
+            .map_err(|e| anyhow::anyhow!("line {n}: {e}"))?;
         if event.id.is_none() {
             event.id = Some(format!("line-{n}"));
         }

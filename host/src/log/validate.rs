@@ -69,6 +69,16 @@ pub fn parse_event(
 ) -> Result<NewEvent, ValidationError> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| err("event", format!("not valid JSON: {e}")))?;
+    parse_event_value(tenant, value, limits)
+}
+
+/// [`parse_event`] for an event already parsed as JSON (one validation,
+/// whoever parsed the text).
+pub fn parse_event_value(
+    tenant: &str,
+    value: Value,
+    limits: &EventLimits,
+) -> Result<NewEvent, ValidationError> {
     let Value::Object(map) = value else {
         return Err(err(
             "event",
