@@ -472,3 +472,38 @@ fn an_event_the_rule_cannot_select_is_isolated_skipped_and_recorded() {
             .contains("hostile rule panicked on purpose")
     );
 }
+
+#[test]
+fn a_poison_event_can_suspend_the_rule_instead() {
+    let h = Harness::new();
+    let (log, _dir) = temp_log(&h);
+    let mut spec = RuleSpec::with_defaults("acme", "hostile", h.load(HOSTILE, Default::default()));
+    spec.select = sluice::manifest::SelectPolicy {
+        on_poison: sluice::manifest::OnPoison::Suspend,
+        attempts: 2,
+    };
+    let trigger = BatchTrigger {
+        count: 1,
+        window: Duration::from_secs(60),
+        expire: Expire::Fire,
+        debounce: false,
+        max_wait: None,
+    };
+    let mut d = RuleCore::open(&log, spec, Batch::from(&trigger)).unwrap();
+    log.append_blocking(kind_events(&["fine", "panic", "fine"], "s"))
+        .unwrap();
+    for _ in 0..10 {
+        let _ = d.step(&log, h.clock.now_millis(), 100);
+        if d.suspended().is_some() {
+            break;
+        }
+    }
+    let why = d.suspended().expect("suspended by the poison event");
+    assert!(why.contains("on event 2"), "{why}");
+    assert_eq!(d.cursor(), 1, "the poison event and what follows wait");
+    assert_eq!(engine_kinds(&log), vec!["rule.suspended"]);
+    // The suspension is durable.
+    let spec = RuleSpec::with_defaults("acme", "hostile", h.load(HOSTILE, Default::default()));
+    let again = RuleCore::open(&log, spec, Batch::from(&trigger)).unwrap();
+    assert!(again.suspended().is_some());
+}

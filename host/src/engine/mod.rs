@@ -301,8 +301,17 @@ fn round(
     let now = clock.now_millis();
     let slots = (core.spec().concurrency as usize).saturating_sub(core.running());
     let mut jobs = Vec::new();
-    for id in core.due_fires(now).into_iter().take(slots) {
+    let due = core.due_fires(now);
+    // A lone fire of a rule with nothing else to read runs right here: a
+    // thread hop would only add latency, there is nothing to overlap.
+    let inline = due.len() == 1 && core.running() == 0 && core.cursor() >= log.last_seq();
+    for id in due.into_iter().take(slots) {
         match core.start(log, &id, now) {
+            Ok(job) if inline => {
+                if let Err(e) = core.finish(log, job.run()) {
+                    error = Some(e.to_string());
+                }
+            }
             Ok(job) => jobs.push(job),
             Err(e) => {
                 error = Some(e.to_string());

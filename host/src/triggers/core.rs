@@ -1129,14 +1129,16 @@ impl<K: Kind> RuleCore<K> {
         if !self.fires.is_dead(fire_id) {
             return Err(bad_state(&key::dead(fire_id), "no such dead letter"));
         }
-        let first = self.fires.remove_dead(fire_id);
-        let pin = self.pin_now(&[], &[]);
-        let result = log.transact_blocking(Vec::new(), vec![self.delete(key::dead(fire_id)), pin]);
-        if let Err(e) = result {
-            // Not committed: it is still a dead letter.
-            self.fires.insert_dead(fire_id, first.unwrap_or(u64::MAX));
-            return Err(e.into());
-        }
+        let min = [
+            self.part_firsts.min(),
+            self.fires.min_first_without_dead(&[], &[], Some(fire_id)),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.cursor + 1, u64::min);
+        let ops = vec![self.delete(key::dead(fire_id)), self.pin(min)];
+        log.transact_blocking(Vec::new(), ops)?;
+        self.fires.remove_dead(fire_id);
         Ok(())
     }
 }

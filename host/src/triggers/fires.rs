@@ -234,8 +234,22 @@ impl FireBook {
     /// The lowest seq pending fires and dead letters hold, once `removed`
     /// (first seqs of pending fires) are gone and `added` are there.
     pub fn min_first_after(&self, removed: &[u64], added: &[u64]) -> Option<u64> {
+        self.min_first_without_dead(removed, added, None)
+    }
+
+    /// [`Self::min_first_after`], with dead letter `gone` no longer held.
+    pub fn min_first_without_dead(
+        &self,
+        removed: &[u64],
+        added: &[u64],
+        gone: Option<&str>,
+    ) -> Option<u64> {
         let pending = self.firsts.min_after(removed, added);
-        [pending, self.dead_firsts.min()]
+        let dead_removed: Vec<u64> = gone
+            .and_then(|id| self.dead.get(id).copied())
+            .into_iter()
+            .collect();
+        [pending, self.dead_firsts.min_after(&dead_removed, &[])]
             .into_iter()
             .flatten()
             .min()
