@@ -308,7 +308,7 @@ fn round(
     for id in due.into_iter().take(slots) {
         match core.start(log, &id, now) {
             Ok(job) if inline => {
-                if let Err(e) = core.finish(log, job.run()) {
+                if let Err(e) = core.finish(log, job.run_guarded()) {
                     error = Some(e.to_string());
                 }
             }
@@ -378,7 +378,7 @@ async fn rule_task(
         };
         core = r.core;
         for job in r.jobs {
-            running.spawn_blocking(move || job.run());
+            running.spawn_blocking(move || job.run_guarded());
         }
         {
             let mut s = status.lock().unwrap_or_else(|e| e.into_inner());

@@ -359,6 +359,21 @@ impl FireJob {
         }
     }
 
+    /// [`Self::run`], turning a panic of the host's own code into an
+    /// attempt that did not run (so the fire is not left marked running).
+    pub fn run_guarded(self) -> FireAttempt {
+        let (record, attempt, now) = (self.record.clone(), self.attempt, self.now);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).unwrap_or_else(|_| {
+            FireAttempt {
+                record,
+                attempt,
+                now,
+                input_hops: 0,
+                result: Err(NotRun("the host panicked while running the fire".into())),
+            }
+        })
+    }
+
     /// Read the fire's events (by seq: what is interleaved with them is
     /// never read) and run the handler on a fresh instance.
     pub fn run(self) -> FireAttempt {
