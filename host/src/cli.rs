@@ -620,11 +620,10 @@ fn test(
             .with_context(|| format!("--rule {spec:?}: expected MANIFEST=COMPONENT"))?;
         rules.push(read_rule(Path::new(m), Path::new(c))?);
     }
-    let input = std::io::BufReader::new(
-        std::fs::File::open(events).with_context(|| format!("open {}", events.display()))?,
-    );
+    let input =
+        std::fs::File::open(events).with_context(|| format!("open {}", events.display()))?;
     // Lines go out as they happen, not at the end.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = std::io::LineWriter::new(std::io::stdout().lock());
     let failed =
         crate::offline::stream_rules(rules, input, cache_dir, &mut |line| writeln!(out, "{line}"))
             .with_context(|| format!("{}", events.display()))?;

@@ -19,7 +19,7 @@
 //! rules) goes through [`crate::engine::driver`], as in the engine.
 
 use std::collections::HashSet;
-use std::io::BufRead;
+use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -61,7 +61,7 @@ const MAX_ROUNDS: usize = 10_000;
 pub fn run(
     component: &[u8],
     manifest: Manifest,
-    input: impl BufRead,
+    input: impl Read,
     cache_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Report> {
     run_rules(vec![(component.to_vec(), manifest)], input, cache_dir)
@@ -71,7 +71,7 @@ pub fn run(
 /// the report: each rule's outputs are events the others may consume.
 pub fn run_rules(
     rules: Vec<(Vec<u8>, Manifest)>,
-    input: impl BufRead,
+    input: impl Read,
     cache_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Report> {
     let mut lines = Vec::new();
@@ -89,7 +89,7 @@ pub fn run_rules(
 /// happens. True when a handler failed at least once.
 pub fn stream_rules(
     rules: Vec<(Vec<u8>, Manifest)>,
-    mut input: impl BufRead,
+    input: impl Read,
     cache_dir: Option<std::path::PathBuf>,
     sink: &mut dyn FnMut(Value) -> std::io::Result<()>,
 ) -> anyhow::Result<bool> {
@@ -130,6 +130,11 @@ pub fn stream_rules(
         chunk: 256,
     };
     let limits = EventLimits::default();
+    // Events are taken together while more input is at hand; when the
+    // reader has nothing buffered (a pipe that waits, or a file's next
+    // megabyte), what was read is processed first, so output follows
+    // input as it comes.
+    let mut input = BufReader::with_capacity(1 << 20, input);
     let mut buf = Vec::new();
     let mut n = 0usize;
     loop {
@@ -168,7 +173,7 @@ pub fn stream_rules(
             run.started = true;
         }
         run.pending.push(event);
-        if run.pending.len() >= CHUNK {
+        if run.pending.len() >= CHUNK || input.buffer().is_empty() {
             run.flush()?;
         }
     }

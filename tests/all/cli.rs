@@ -431,3 +431,39 @@ fn test_streams_fires_and_outputs_as_json_lines() {
     // window holds the events that came after them.
     assert_eq!(got[2]["events"], serde_json::json!([5, 6]));
 }
+
+#[test]
+fn test_prints_each_fire_before_its_input_ends() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write(dir.path(), "rule.toml", DIGEST_TOML);
+    let fifo = dir.path().join("events.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut child = sluice()
+        .args(["test", PR_DIGEST, "--manifest", &manifest, "--events"])
+        .arg(&fifo)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The input stays open while the first fire is read back.
+    let mut input = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    for n in 0..2 {
+        writeln!(
+            input,
+            "{{\"source\":\"github\",\"kind\":\"pull_request.merged\",\"payload\":{{\"repo\":\"a\",\"number\":{n}}}}}"
+        )
+        .unwrap();
+    }
+    input.flush().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["type"], "fire", "{first}");
+    drop(input);
+    assert!(child.wait().unwrap().success());
+}
