@@ -61,9 +61,14 @@ pub enum ControlError {
     Core(#[from] CoreError),
 }
 
+/// (tenant, rule name).
+type RuleKey = (String, String);
+
+/// A rule's status, written by its task.
+type SharedStatus = Arc<Mutex<RuleStatus>>;
+
 struct Deployed {
     task: JoinHandle<()>,
-    status: Arc<Mutex<RuleStatus>>,
     control: mpsc::Sender<Control>,
     stop: watch::Sender<bool>,
 }
@@ -72,7 +77,10 @@ struct Deployed {
 pub struct Engine {
     log: EventLog,
     clock: SharedClock,
-    rules: tokio::sync::Mutex<HashMap<(String, String), Deployed>>,
+    rules: tokio::sync::Mutex<HashMap<RuleKey, Deployed>>,
+    /// Status by rule, readable while a deploy holds `rules` (a rule being
+    /// swapped shows its last status until the new version reports).
+    statuses: Mutex<HashMap<RuleKey, SharedStatus>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -95,6 +103,7 @@ impl Engine {
             log,
             clock,
             rules: tokio::sync::Mutex::new(HashMap::new()),
+            statuses: Mutex::new(HashMap::new()),
         }
     }
 
@@ -120,11 +129,14 @@ impl Engine {
             requests,
             stop.subscribe(),
         ));
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), status);
         rules.insert(
             key,
             Deployed {
                 task,
-                status,
                 control,
                 stop,
             },
@@ -136,11 +148,12 @@ impl Engine {
     /// finish and commit first). Its durable state stays. False when no
     /// such rule runs.
     pub async fn undeploy(&self, tenant: &str, name: &str) -> bool {
-        let removed = self
-            .rules
+        let key = (tenant.to_owned(), name.to_owned());
+        let removed = self.rules.lock().await.remove(&key);
+        self.statuses
             .lock()
-            .await
-            .remove(&(tenant.to_owned(), name.to_owned()));
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
         match removed {
             Some(d) => {
                 stop_and_join(d).await;
@@ -152,10 +165,14 @@ impl Engine {
 
     /// The status of a deployed rule.
     pub fn status(&self, tenant: &str, name: &str) -> Option<RuleStatus> {
-        let rules = self.rules.try_lock().ok()?;
-        let deployed = rules.get(&(tenant.to_owned(), name.to_owned()))?;
-        let status = deployed.status.lock().unwrap_or_else(|e| e.into_inner());
-        Some(status.clone())
+        let status = self
+            .statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(tenant.to_owned(), name.to_owned()))?
+            .clone();
+        let status = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(status)
     }
 
     async fn request<T>(
