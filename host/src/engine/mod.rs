@@ -67,6 +67,9 @@ type RuleKey = (String, String);
 /// A rule's status, written by its task.
 type SharedStatus = Arc<Mutex<RuleStatus>>;
 
+/// A rule's running task, if any.
+type Slot = Arc<tokio::sync::Mutex<Option<Deployed>>>;
+
 struct Deployed {
     task: JoinHandle<()>,
     control: mpsc::Sender<Control>,
@@ -77,9 +80,11 @@ struct Deployed {
 pub struct Engine {
     log: EventLog,
     clock: SharedClock,
-    rules: tokio::sync::Mutex<HashMap<RuleKey, Deployed>>,
-    /// Status by rule, readable while a deploy holds `rules` (a rule being
-    /// swapped shows its last status until the new version reports).
+    /// One slot per rule, locked while that rule is deployed, swapped or
+    /// stopped (other rules are not held up), and briefly by requests.
+    rules: Mutex<HashMap<RuleKey, Slot>>,
+    /// Status by rule, readable during a swap (a rule being swapped shows
+    /// its last status until the new version reports).
     statuses: Mutex<HashMap<RuleKey, SharedStatus>>,
 }
 
@@ -102,7 +107,7 @@ impl Engine {
         Self {
             log,
             clock,
-            rules: tokio::sync::Mutex::new(HashMap::new()),
+            rules: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
         }
     }
@@ -112,8 +117,9 @@ impl Engine {
     /// new version carries on from the state the old one committed.
     pub async fn deploy(&self, rule: Deployable) -> Result<(), CoreError> {
         let key = (rule.spec.tenant.clone(), rule.spec.name.clone());
-        let mut rules = self.rules.lock().await;
-        if let Some(old) = rules.remove(&key) {
+        let slot = self.slot(&key, true).expect("created");
+        let mut running = slot.lock().await;
+        if let Some(old) = running.take() {
             stop_and_join(old).await;
         }
         let log = self.log.clone();
@@ -133,14 +139,11 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone(), status);
-        rules.insert(
-            key,
-            Deployed {
-                task,
-                control,
-                stop,
-            },
-        );
+        *running = Some(Deployed {
+            task,
+            control,
+            stop,
+        });
         Ok(())
     }
 
@@ -149,7 +152,10 @@ impl Engine {
     /// such rule runs.
     pub async fn undeploy(&self, tenant: &str, name: &str) -> bool {
         let key = (tenant.to_owned(), name.to_owned());
-        let removed = self.rules.lock().await.remove(&key);
+        let Some(slot) = self.slot(&key, false) else {
+            return false;
+        };
+        let removed = slot.lock().await.take();
         self.statuses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -182,10 +188,13 @@ impl Engine {
         make: impl FnOnce(oneshot::Sender<Result<T, CoreError>>) -> Control,
     ) -> Result<T, ControlError> {
         let label = format!("{tenant}/{name}");
+        let slot = self
+            .slot(&(tenant.to_owned(), name.to_owned()), false)
+            .ok_or_else(|| ControlError::NoSuchRule(label.clone()))?;
         let sender = {
-            let rules = self.rules.lock().await;
-            let d = rules
-                .get(&(tenant.to_owned(), name.to_owned()))
+            let running = slot.lock().await;
+            let d = running
+                .as_ref()
                 .ok_or_else(|| ControlError::NoSuchRule(label.clone()))?;
             d.control.clone()
         };
@@ -242,10 +251,27 @@ impl Engine {
 
     /// Stop every rule and wait for their tasks.
     pub async fn shutdown(self) {
-        let drained: Vec<Deployed> = self.rules.lock().await.drain().map(|(_, d)| d).collect();
-        for d in drained {
-            stop_and_join(d).await;
+        let slots: Vec<Slot> = self
+            .rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            if let Some(d) = slot.lock().await.take() {
+                stop_and_join(d).await;
+            }
         }
+    }
+
+    /// The slot of `key`, created when `create`.
+    fn slot(&self, key: &RuleKey, create: bool) -> Option<Slot> {
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        if create {
+            return Some(rules.entry(key.clone()).or_default().clone());
+        }
+        rules.get(key).cloned()
     }
 }
 
@@ -256,8 +282,11 @@ async fn stop_and_join(d: Deployed) {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        if let Ok(mut rules) = self.rules.try_lock() {
-            for (_, d) in rules.drain() {
+        let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in rules.values() {
+            if let Ok(mut running) = slot.try_lock()
+                && let Some(d) = running.take()
+            {
                 d.task.abort();
             }
         }
