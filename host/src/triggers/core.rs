@@ -837,16 +837,13 @@ impl<K: Kind> RuleCore<K> {
         let record =
             self.engine_record(format!("skip:{}:{seq}", self.spec.name), kind, now, payload);
         let skip = self.spec.select.on_poison == OnPoison::Skip;
+        // The pin moves with the cursor (when the event is skipped).
         let cursor = if skip { seq } else { self.cursor };
-        ops.push(self.pin_now(&[], &[]).clone());
-        if skip {
-            // The pin moves with the cursor.
-            let min = [self.part_firsts.min(), self.fires.min_first_after(&[], &[])]
-                .into_iter()
-                .flatten()
-                .fold(cursor + 1, u64::min);
-            *ops.last_mut().expect("just pushed") = self.pin(min);
-        }
+        let min = [self.part_firsts.min(), self.fires.min_first_after(&[], &[])]
+            .into_iter()
+            .flatten()
+            .fold(cursor + 1, u64::min);
+        ops.push(self.pin(min));
         log.transact_blocking(vec![record], ops)?;
         self.poison = None;
         self.isolating = self.isolating.saturating_sub(1);
