@@ -409,7 +409,12 @@ impl Run<'_> {
             let outcome = r.finish(&self.log, job.run())?;
             let rule = r.spec().name.clone();
             match outcome {
-                FireOutcome::Completed { outputs } => {
+                FireOutcome::Completed { outputs, dropped } => {
+                    if dropped > 0 {
+                        self.emit(json!({"type": "dropped", "rule": rule, "at": now,
+                            "fire_id": fire_id, "outputs": dropped,
+                            "why": "past the rule's output hop limit ([outputs] max_hops)"}))?;
+                    }
                     for event in self.log.read_seqs(TENANT, &outputs)? {
                         let payload: Value =
                             serde_json::from_str(&event.payload).unwrap_or(Value::Null);

@@ -254,7 +254,7 @@ fn a_completed_fire_appends_outputs_under_its_id_exactly_once() {
         .remove(0);
     let mut stale = open(&log, spec(&h, Expire::Fire));
 
-    let FireOutcome::Completed { outputs } = d
+    let FireOutcome::Completed { outputs, .. } = d
         .run_fire(&log, &fire.fire_id, h.clock.now_millis())
         .unwrap()
     else {
@@ -278,7 +278,13 @@ fn a_completed_fire_appends_outputs_under_its_id_exactly_once() {
     let again = stale
         .run_fire(&log, &fire.fire_id, h.clock.now_millis())
         .unwrap();
-    assert_eq!(again, FireOutcome::Completed { outputs: vec![3] });
+    assert_eq!(
+        again,
+        FireOutcome::Completed {
+            outputs: vec![3],
+            dropped: 0
+        }
+    );
     let digests = log
         .query(&EventQuery {
             kind: Some("pr.digest".into()),

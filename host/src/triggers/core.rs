@@ -929,7 +929,8 @@ impl<K: Kind> RuleCore<K> {
                 let hops = input_hops.saturating_add(1);
                 let n = emits.len();
                 let mut events = Vec::with_capacity(n + 2);
-                if hops > self.spec.outputs.max_hops && n > 0 {
+                let over_limit = hops > self.spec.outputs.max_hops && n > 0;
+                if over_limit {
                     events.push(engine(
                         "outputs.dropped",
                         "dropped",
@@ -948,7 +949,6 @@ impl<K: Kind> RuleCore<K> {
                         hops,
                     }));
                 }
-                let appended = events.len();
                 events.push(engine(
                     "fire.completed",
                     "done",
@@ -964,13 +964,13 @@ impl<K: Kind> RuleCore<K> {
                 self.fires.remove(&fire_id);
                 self.fires.dead_in_a_row = 0;
                 self.counters.fires_ok += 1;
-                let outputs = if appended > 0 && appended == n {
-                    report.seqs[..n].to_vec()
-                } else {
+                let (outputs, dropped) = if over_limit {
                     self.counters.outputs_dropped += n as u64;
-                    Vec::new()
+                    (Vec::new(), n)
+                } else {
+                    (report.seqs[..n].to_vec(), 0)
                 };
-                Ok(FireOutcome::Completed { outputs })
+                Ok(FireOutcome::Completed { outputs, dropped })
             }
             Err(call) => {
                 let error = call.to_string();

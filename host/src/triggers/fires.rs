@@ -81,6 +81,9 @@ pub enum FireOutcome {
     Completed {
         /// Seqs of the outputs.
         outputs: Vec<u64>,
+        /// Outputs not appended: past the rule's hop limit (an
+        /// `outputs.dropped` engine record says so).
+        dropped: usize,
     },
     /// The attempt failed and will be retried at this engine time.
     Retry {
