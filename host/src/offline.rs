@@ -401,7 +401,7 @@ impl Run<'_> {
     fn run_due(&mut self, i: usize) -> anyhow::Result<bool> {
         let now = self.clock.now_millis();
         let mut ran = false;
-        while let Some(fire_id) = self.rules[i].due_fires(now).into_iter().next() {
+        while let Some(fire_id) = self.rules[i].due_fires(now, 1).into_iter().next() {
             ran = true;
             let r = &mut self.rules[i];
             let attempt = r.fire(&fire_id).map_or(1, |f| f.attempts + 1);

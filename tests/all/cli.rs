@@ -284,6 +284,21 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
+/// `sluice test` of the PR digest under `manifest` on `events`.
+fn sluice_test(manifest: &str, events: &str) -> Output {
+    sluice()
+        .args([
+            "test",
+            PR_DIGEST,
+            "--manifest",
+            manifest,
+            "--events",
+            events,
+        ])
+        .output()
+        .unwrap()
+}
+
 const DIGEST_TOML: &str =
     "name = \"pr-digest\"\nversion = 1\n\n[trigger.batch]\ncount = 2\nwindow = \"1h\"\n";
 
@@ -302,17 +317,7 @@ fn test_refuses_a_clock_that_goes_backwards_or_overflows() {
         ),
     ] {
         let events = write(dir.path(), "events.ndjson", events);
-        let out = sluice()
-            .args([
-                "test",
-                PR_DIGEST,
-                "--manifest",
-                &manifest,
-                "--events",
-                &events,
-            ])
-            .output()
-            .unwrap();
+        let out = sluice_test(&manifest, &events);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
@@ -407,17 +412,7 @@ fn test_streams_fires_and_outputs_as_json_lines() {
         })
         .collect();
     let events = write(dir.path(), "events.ndjson", &events);
-    let out = sluice()
-        .args([
-            "test",
-            PR_DIGEST,
-            "--manifest",
-            &manifest,
-            "--events",
-            &events,
-        ])
-        .output()
-        .unwrap();
+    let out = sluice_test(&manifest, &events);
     assert!(
         out.status.success(),
         "{}",

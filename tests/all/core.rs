@@ -18,19 +18,7 @@ use sluice_test_components::component_bytes;
 use sluice_test_components::components::{HOSTILE, PR_DIGEST, SLOW_DIGEST};
 
 use crate::engine::{batch_rule, deploy, open_log, wait_cursor};
-use crate::{Harness, temp_log};
-
-fn merged(repo: &str, n: u64) -> NewEvent {
-    NewEvent {
-        tenant: "acme".into(),
-        id: Some(format!("{repo}#{n}")),
-        source: "github".into(),
-        kind: "pull_request.merged".into(),
-        time: None,
-        payload: json!({"repo": repo, "number": n}).to_string(),
-        hops: 0,
-    }
-}
+use crate::{Harness, merged, temp_log};
 
 fn trigger(count: u32) -> BatchTrigger {
     BatchTrigger {

@@ -16,21 +16,9 @@ use sluice::triggers::core::{RuleCore, RuleSpec};
 use sluice::triggers::fires::FireOutcome;
 use sluice_test_components::components::{HOSTILE, PR_DIGEST};
 
-use crate::{Harness, temp_log};
+use crate::{Harness, merged, temp_log};
 
-fn merged(repo: &str, n: u32) -> NewEvent {
-    NewEvent {
-        tenant: "acme".into(),
-        id: Some(format!("{repo}#{n}")),
-        source: "github".into(),
-        kind: "pull_request.merged".into(),
-        time: None,
-        payload: json!({"repo": repo, "number": n}).to_string(),
-        hops: 0,
-    }
-}
-
-fn opened(repo: &str, n: u32) -> NewEvent {
+fn opened(repo: &str, n: u64) -> NewEvent {
     NewEvent {
         kind: "pull_request.opened".into(),
         id: Some(format!("{repo}#{n}-open")),

@@ -82,6 +82,20 @@ pub fn temp_log(h: &Harness) -> (sluice::log::EventLog, tempfile::TempDir) {
     (log, dir)
 }
 
+/// A `pull_request.merged` event of tenant `acme` for `repo`, id
+/// `<repo>#<n>`.
+pub fn merged(repo: &str, n: u64) -> sluice::log::NewEvent {
+    sluice::log::NewEvent {
+        tenant: "acme".into(),
+        id: Some(format!("{repo}#{n}")),
+        source: "github".into(),
+        kind: "pull_request.merged".into(),
+        time: None,
+        payload: serde_json::json!({"repo": repo, "number": n}).to_string(),
+        hops: 0,
+    }
+}
+
 /// An event of `kind` with a JSON `payload`.
 pub fn event(seq: u64, kind: &str, payload: serde_json::Value) -> Event {
     Event {

@@ -347,10 +347,11 @@ fn round(
     let now = clock.now_millis();
     let slots = (core.spec().concurrency as usize).saturating_sub(core.running());
     let mut jobs = Vec::new();
-    let due = core.due_fires(now);
+    let due = core.due_fires(now, slots.saturating_add(1));
     // A lone fire of a rule with nothing else to read runs right here: a
     // thread hop would only add latency, there is nothing to overlap.
-    let inline = due.len() == 1 && core.running() == 0 && core.cursor() >= log.last_seq();
+    let inline =
+        slots > 0 && due.len() == 1 && core.running() == 0 && core.cursor() >= log.last_seq();
     for id in due.into_iter().take(slots) {
         match core.start(log, &id, now) {
             Ok(job) if inline => {
@@ -456,16 +457,17 @@ async fn rule_task(
         }
         let now = clock.now_millis();
         let slots = (core.spec().concurrency as usize).saturating_sub(core.running());
-        if slots > 0 && !core.due_fires(now).is_empty() {
+        if slots > 0 && !core.due_fires(now, 1).is_empty() {
             continue;
         }
         // Something due now that cannot start (its partition's fire is
         // running) waits for a running fire to finish, not for a timer.
-        let due = core.next_due().filter(|t| *t > now);
-        if due.is_none() && core.next_due().is_some() && running.is_empty() {
+        let next = core.next_due();
+        let due = next.filter(|t| *t > now);
+        if due.is_none() && next.is_some() && running.is_empty() {
             continue;
         }
-        let core_idle = core.next_due().is_none();
+        let core_idle = next.is_none();
         // Sleep until a commit, the next due time, a clock move, a finished
         // fire, a request or a stop.
         let timer = async {

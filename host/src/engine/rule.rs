@@ -148,8 +148,9 @@ pub trait Driven: Send + std::fmt::Debug {
         now_of: &dyn Fn(usize) -> i64,
         stop: Stop,
     ) -> Result<Step, CoreError>;
-    /// Fires that may start at `now`, oldest first (none while held).
-    fn due_fires(&self, now: i64) -> Vec<String>;
+    /// Fires that may start at `now`, oldest first, at most `max` (none
+    /// while held).
+    fn due_fires(&self, now: i64, max: usize) -> Vec<String>;
     /// Start a fire: its job.
     fn start(&mut self, log: &EventLog, fire_id: &str, now: i64) -> Result<FireJob, CoreError>;
     /// Commit a job's attempt.
@@ -215,8 +216,8 @@ impl<K: Kind> Driven for RuleCore<K> {
     ) -> Result<Step, CoreError> {
         RuleCore::step_with(self, log, events, verdicts, now_of, stop)
     }
-    fn due_fires(&self, now: i64) -> Vec<String> {
-        RuleCore::due_fires(self, now)
+    fn due_fires(&self, now: i64, max: usize) -> Vec<String> {
+        RuleCore::due_fires_upto(self, now, max)
     }
     fn start(&mut self, log: &EventLog, fire_id: &str, now: i64) -> Result<FireJob, CoreError> {
         RuleCore::start(self, log, fire_id, now)

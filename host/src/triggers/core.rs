@@ -173,6 +173,21 @@ pub struct Plan<K: Kind> {
     discards: Vec<DiscardRecord>,
 }
 
+impl<K: Kind> Plan<K> {
+    /// Nothing done yet, from `cursor`.
+    fn empty(cursor: u64) -> Self {
+        Self {
+            consumed: 0,
+            cursor,
+            read: 0,
+            kept: 0,
+            changes: BTreeMap::new(),
+            fires: Vec::new(),
+            discards: Vec::new(),
+        }
+    }
+}
+
 /// Counters of a rule since its core was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -238,18 +253,20 @@ impl<K: Kind> RuleCore<K> {
             members_floor: 0,
             counters: Counters::default(),
         };
-        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
-        for (k, value) in log.state_scan_prefix(&core.ns, "")? {
-            match k.as_str() {
-                key::CURSOR => core.cursor = text(&value).parse().map_err(|e| bad_state(&k, e))?,
-                key::BREAKER => {
-                    core.fires.dead_in_a_row = text(&value).parse().map_err(|e| bad_state(&k, e))?
-                }
-                key::SUSPENDED => core.suspended = Some(text(&value)),
-                key::PAUSED => core.paused = true,
-                _ => {}
-            }
+        // The rule's own keys one by one; each family below by its prefix.
+        let text = |k: &str| -> Result<Option<String>, CoreError> {
+            Ok(log
+                .state_get(&core.ns, k)?
+                .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        };
+        if let Some(v) = text(key::CURSOR)? {
+            core.cursor = v.parse().map_err(|e| bad_state(key::CURSOR, e))?;
         }
+        if let Some(v) = text(key::BREAKER)? {
+            core.fires.dead_in_a_row = v.parse().map_err(|e| bad_state(key::BREAKER, e))?;
+        }
+        core.suspended = text(key::SUSPENDED)?;
+        core.paused = text(key::PAUSED)?.is_some();
         for (k, value) in log.state_scan_prefix(&core.ns, key::FIRES)? {
             let f: FireRecord = serde_json::from_slice(&value).map_err(|e| bad_state(&k, e))?;
             core.fires.insert(f);
@@ -359,13 +376,18 @@ impl<K: Kind> RuleCore<K> {
         self.paused || self.suspended.is_some()
     }
 
-    /// Fires that may start at `now` (at most `max`), oldest first; none
-    /// while the rule is paused or suspended.
+    /// Fires that may start at `now`, oldest first; none while the rule is
+    /// paused or suspended.
     pub fn due_fires(&self, now: i64) -> Vec<String> {
+        self.due_fires_upto(now, usize::MAX)
+    }
+
+    /// [`Self::due_fires`], at most `max` of them (the scan stops there).
+    pub fn due_fires_upto(&self, now: i64, max: usize) -> Vec<String> {
         if self.held() {
             return Vec::new();
         }
-        self.fires.due(now, usize::MAX)
+        self.fires.due(now, max)
     }
 
     /// The earliest time something falls due: a deadline or a retry.
@@ -415,15 +437,7 @@ impl<K: Kind> RuleCore<K> {
         now_of: &dyn Fn(usize) -> i64,
         stop: Stop,
     ) -> Plan<K> {
-        let mut plan = Plan {
-            consumed: 0,
-            cursor: self.cursor,
-            read: 0,
-            kept: 0,
-            changes: BTreeMap::new(),
-            fires: Vec::new(),
-            discards: Vec::new(),
-        };
+        let mut plan = Plan::empty(self.cursor);
         // Deadlines this plan set, to stop before an event they precede.
         let mut new_deadline = i64::MAX;
         for (i, (event, verdict)) in events.iter().zip(verdicts).enumerate() {
@@ -463,15 +477,7 @@ impl<K: Kind> RuleCore<K> {
 
     /// The effects of the deadlines due at `now`.
     fn plan_deadlines(&self, now: i64) -> Plan<K> {
-        let mut plan = Plan {
-            consumed: 0,
-            cursor: self.cursor,
-            read: 0,
-            kept: 0,
-            changes: BTreeMap::new(),
-            fires: Vec::new(),
-            discards: Vec::new(),
-        };
+        let mut plan = Plan::empty(self.cursor);
         for (_, p) in self.timers.due(now) {
             let base = self.parts.get(&p);
             let change = plan.changes.entry(p.clone()).or_default();
@@ -515,8 +521,20 @@ impl<K: Kind> RuleCore<K> {
 
     // ---- committing --------------------------------------------------------
 
-    /// The retention pin after `plan`: the next seq to read, the first of
-    /// every partition's state, pending fire and dead letter.
+    /// The retention pin: the lowest seq the rule still needs — the next
+    /// one to read after `cursor`, the first held by a partition's state
+    /// (`parts`) or by a pending fire or dead letter (`fires`).
+    fn pin(&self, cursor: u64, parts: Option<u64>, fires: Option<u64>) -> StateOp {
+        let min = [parts, fires]
+            .into_iter()
+            .flatten()
+            .fold(cursor + 1, u64::min);
+        StateOp::Pin {
+            owner: self.ns.clone(),
+            min_seq: Some(min),
+        }
+    }
+
     /// The lowest first seq of the partitions' state after `plan`.
     fn min_open_after(&self, plan: &Plan<K>) -> Option<u64> {
         let mut removed = Vec::new();
@@ -533,39 +551,22 @@ impl<K: Kind> RuleCore<K> {
         self.part_firsts.min_after(&removed, &added)
     }
 
-    /// The retention pin after `plan`: the next seq to read, the first of
-    /// every partition's state, pending fire and dead letter.
+    /// The pin after `plan`, whose partitions hold `min_open` at the least.
     fn pin_after(&self, plan: &Plan<K>, min_open: Option<u64>) -> StateOp {
         let new_fires: Vec<u64> = plan
             .fires
             .iter()
             .filter_map(FireRecord::first_seq)
             .collect();
-        let min = [min_open, self.fires.min_first_after(&[], &new_fires)]
-            .into_iter()
-            .flatten()
-            .fold(plan.cursor + 1, u64::min);
-        self.pin(min)
+        let fires = self.fires.min_first_after(&[], &new_fires);
+        self.pin(plan.cursor, min_open, fires)
     }
 
-    fn pin(&self, min_seq: u64) -> StateOp {
-        StateOp::Pin {
-            owner: self.ns.clone(),
-            min_seq: Some(min_seq),
-        }
-    }
-
-    /// The pin as things stand, with some pending fires' holds changed.
-    fn pin_now(&self, removed_fire: &[u64], added_dead: &[u64]) -> StateOp {
-        let min = [
-            self.part_firsts.min(),
-            self.fires.min_first_after(removed_fire, &[]),
-            added_dead.iter().copied().min(),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(self.cursor + 1, u64::min);
-        self.pin(min)
+    /// The pin as things stand, with pending fires holding `removed` no
+    /// longer and `added` now (a fire moving to the dead-letter list).
+    fn pin_now(&self, removed: &[u64], added: &[u64]) -> StateOp {
+        let fires = self.fires.min_first_after(removed, added);
+        self.pin(self.cursor, self.part_firsts.min(), fires)
     }
 
     fn put(&self, key: impl Into<String>, value: Vec<u8>) -> StateOp {
@@ -839,11 +840,8 @@ impl<K: Kind> RuleCore<K> {
         let skip = self.spec.select.on_poison == OnPoison::Skip;
         // The pin moves with the cursor (when the event is skipped).
         let cursor = if skip { seq } else { self.cursor };
-        let min = [self.part_firsts.min(), self.fires.min_first_after(&[], &[])]
-            .into_iter()
-            .flatten()
-            .fold(cursor + 1, u64::min);
-        ops.push(self.pin(min));
+        let fires = self.fires.min_first_after(&[], &[]);
+        ops.push(self.pin(cursor, self.part_firsts.min(), fires));
         log.transact_blocking(vec![record], ops)?;
         self.poison = None;
         self.isolating = self.isolating.saturating_sub(1);
@@ -1126,14 +1124,9 @@ impl<K: Kind> RuleCore<K> {
         if !self.fires.is_dead(fire_id) {
             return Err(bad_state(&key::dead(fire_id), "no such dead letter"));
         }
-        let min = [
-            self.part_firsts.min(),
-            self.fires.min_first_without_dead(&[], &[], Some(fire_id)),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(self.cursor + 1, u64::min);
-        let ops = vec![self.delete(key::dead(fire_id)), self.pin(min)];
+        let fires = self.fires.min_first_without_dead(&[], &[], Some(fire_id));
+        let pin = self.pin(self.cursor, self.part_firsts.min(), fires);
+        let ops = vec![self.delete(key::dead(fire_id)), pin];
         log.transact_blocking(Vec::new(), ops)?;
         self.fires.remove_dead(fire_id);
         Ok(())

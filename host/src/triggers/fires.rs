@@ -148,6 +148,8 @@ pub struct FireBook {
     pending: HashMap<String, FireRecord>,
     /// Pending fires in creation order.
     order: BTreeSet<(i64, u64, String)>,
+    /// Pending fires waiting for a retry, by retry time.
+    retries: BTreeSet<(i64, String)>,
     firsts: FirstSeqs,
     /// Dead letters (fire id → first seq): their events stay pinned so
     /// that they can be re-driven.
@@ -162,13 +164,11 @@ pub struct FireBook {
 impl FireBook {
     /// Put a fire in the outbox (committed).
     pub fn insert(&mut self, f: FireRecord) {
-        if let Some(old) = self.pending.remove(&f.fire_id) {
-            self.order.remove(&old.order());
-            if let Some(s) = old.first_seq() {
-                self.firsts.remove(s);
-            }
-        }
+        self.remove(&f.fire_id);
         self.order.insert(f.order());
+        if let Some(at) = f.retry_at {
+            self.retries.insert((at, f.fire_id.clone()));
+        }
         if let Some(s) = f.first_seq() {
             self.firsts.add(s);
         }
@@ -179,6 +179,9 @@ impl FireBook {
     pub fn remove(&mut self, id: &str) -> Option<FireRecord> {
         let f = self.pending.remove(id)?;
         self.order.remove(&f.order());
+        if let Some(at) = f.retry_at {
+            self.retries.remove(&(at, f.fire_id.clone()));
+        }
         if let Some(s) = f.first_seq() {
             self.firsts.remove(s);
         }
@@ -283,11 +286,10 @@ impl FireBook {
 
     /// When the next retry falls due.
     pub fn next_retry(&self) -> Option<i64> {
-        self.pending
-            .values()
-            .filter(|f| !self.running.contains(&f.fire_id))
-            .filter_map(|f| f.retry_at)
-            .min()
+        self.retries
+            .iter()
+            .find(|(_, id)| !self.running.contains(id))
+            .map(|(at, _)| *at)
     }
 
     /// Mark a fire running; it is not started again until finished.

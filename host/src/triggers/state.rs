@@ -8,7 +8,6 @@
 //! | key | value |
 //! | --- | --- |
 //! | `cursor` | last processed seq (decimal) |
-//! | `poison` | `seq failures` of the event `select` keeps failing on |
 //! | `breaker` | fires dead-lettered in a row |
 //! | `suspended` | why the rule is suspended |
 //! | `paused` | present while the rule is paused |
@@ -29,8 +28,6 @@
 
 /// The rule's cursor.
 pub const CURSOR: &str = "cursor";
-/// The poison-event tracker.
-pub const POISON: &str = "poison";
 /// The circuit breaker's count.
 pub const BREAKER: &str = "breaker";
 /// Why the rule is suspended.
