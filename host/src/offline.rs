@@ -127,6 +127,7 @@ pub fn stream_rules(
         failed: false,
         started: false,
         pending: Vec::new(),
+        client_ids: HashSet::new(),
         chunk: 256,
     };
     let limits = EventLimits::default();
@@ -162,7 +163,8 @@ pub fn stream_rules(
         }
         let mut event = parse_event_value(TENANT, value, &limits)
             .map_err(|e| anyhow::anyhow!("line {n}: {e}"))?;
-        if event.id.is_none() {
+        let given = event.id.is_some();
+        if !given {
             event.id = Some(format!("line-{n}"));
         }
         if !run.started {
@@ -172,7 +174,7 @@ pub fn stream_rules(
             }
             run.started = true;
         }
-        run.pending.push(event);
+        run.pending.push((event, given));
         if run.pending.len() >= CHUNK || input.buffer().is_empty() {
             run.flush()?;
         }
@@ -225,7 +227,11 @@ struct Run<'a> {
     failed: bool,
     started: bool,
     /// Events read and not yet appended.
-    pending: Vec<NewEvent>,
+    pending: Vec<(NewEvent, bool)>,
+    /// Ids clients gave to events appended so far: an event repeating one
+    /// may be a duplicate, which takes no seq, so it is never part of a
+    /// chunk (whose seqs are worked out before the append).
+    client_ids: HashSet<String>,
     /// Events offered to the next chunk: doubles while chunks are taken
     /// whole, shrinks to twice what a chunk that stopped early took — so
     /// `select` is not asked about many events a fire will make it ask
@@ -263,7 +269,7 @@ impl Run<'_> {
         let mut pending = std::mem::take(&mut self.pending);
         let mut start = 0;
         while start < pending.len() {
-            if let Some(t) = pending[start].time
+            if let Some(t) = pending[start].0.time
                 && t > self.clock.now_millis()
             {
                 self.advance_to(t)?;
@@ -277,7 +283,11 @@ impl Run<'_> {
             };
             let taken = if taken == 0 {
                 // One at a time: what the engine would do.
-                self.log.append_blocking(vec![pending[start].clone()])?;
+                let (event, given) = &pending[start];
+                self.log.append_blocking(vec![event.clone()])?;
+                if *given {
+                    self.client_ids.insert(event.id.clone().unwrap_or_default());
+                }
                 1
             } else {
                 taken
@@ -292,13 +302,16 @@ impl Run<'_> {
 
     /// Take a chunk of `events` through select and the core in one go;
     /// how many were taken (0: take one the ordinary way).
-    fn chunk(&mut self, events: &[NewEvent]) -> anyhow::Result<usize> {
+    fn chunk(&mut self, events: &[(NewEvent, bool)]) -> anyhow::Result<usize> {
         let bound = self.next_due().unwrap_or(i64::MAX);
         let mut nows = Vec::new();
         let mut now = self.clock.now_millis();
-        for e in events.iter().take(self.chunk) {
+        let mut ids = HashSet::new();
+        for (e, given) in events.iter().take(self.chunk) {
             now = now.max(e.time.unwrap_or(now));
-            if now >= bound {
+            let id = e.id.as_deref().unwrap_or_default();
+            let repeat = *given && (self.client_ids.contains(id) || !ids.insert(id));
+            if now >= bound || repeat {
                 break;
             }
             nows.push(now);
@@ -310,7 +323,7 @@ impl Run<'_> {
         let provisional: Vec<Event> = events[..nows.len()]
             .iter()
             .enumerate()
-            .map(|(i, e)| Event {
+            .map(|(i, (e, _))| Event {
                 seq: first_seq + i as u64,
                 id: e.id.clone().unwrap_or_default(),
                 tenant: e.tenant.clone(),
@@ -342,11 +355,18 @@ impl Run<'_> {
         if take == 0 {
             return Ok(0);
         }
-        let report = self.log.append_blocking(events[..take].to_vec())?;
+        let report = self
+            .log
+            .append_blocking(events[..take].iter().map(|(e, _)| e.clone()).collect())?;
+        for (e, given) in &events[..take] {
+            if *given {
+                self.client_ids.insert(e.id.clone().unwrap_or_default());
+            }
+        }
         let expected: Vec<u64> = (first_seq..first_seq + take as u64).collect();
-        if report.seqs != expected || report.duplicates > 0 {
-            // Duplicates or a foreign write: let the ordinary path read
-            // what the log holds.
+        if report.seqs != expected {
+            // Not the seqs worked out (an id that only looked new, say):
+            // let the ordinary path read what the log holds.
             return Ok(take);
         }
         let stop = Stop {
