@@ -17,7 +17,7 @@ use sluice::runtime::{Limits, LoadedRule, PoolingConfig, RuleLabel, Runtime, Run
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::{JSON_KEY, KIND_FILTER};
 
-/// Events per batched call, as the dispatcher would send them.
+/// Events per batched call, as the rule core sends them.
 const BATCH: usize = 256;
 
 fn events() -> Vec<Event> {

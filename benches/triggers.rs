@@ -209,7 +209,7 @@ fn timer_lateness(rt: &Runtime) {
     let log = open_log(&dir, "timers.db", Arc::new(SystemClock));
     let spec = batch_parts(rt, "timers", JSON_KEY, 100, Expire::Discard);
     // 1M open windows, expiring uniformly over 30 s from 20 s from now
-    // (written as state, as the dispatcher would have left them).
+    // (written as state, as the rule core would have left them).
     let base = SystemClock.now_millis() + 20_000;
     let deadline = |i: u64| base + (i as i64 * SPREAD_MS) / WINDOWS as i64;
     let ns = "rule:bench/timers".to_string();

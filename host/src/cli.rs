@@ -46,7 +46,7 @@ enum Command {
         #[arg(long, env = "SLUICE_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
     },
-    /// Run a rule offline on a virtual clock with the real log, dispatcher
+    /// Run a rule offline on a virtual clock with the real log, rule core
     /// and fire pipeline: events (or {"advance": "10m" | "<time>"} lines)
     /// in, one JSON line per fire, output, discard and error out. Exits 1
     /// when a handler failed.

@@ -5,8 +5,8 @@
 //! `sluice:rule` world (see `wit/rule.wit`) decide which events matter, how
 //! they group and what happens when a group is ready.
 //!
-//! Data flows one way: ingest → log → dispatcher → trigger state → fire →
-//! handler → outputs back into the log.
+//! Data flows one way: ingest → log → rule core (`select`, the kind's
+//! state machine) → fire outbox → handler → outputs back into the log.
 //!
 //! # Layout
 //!
@@ -20,12 +20,14 @@
 //!     core of its kind.
 //! - [`event`]: the event record shared by every part of the engine.
 //! - [`log`]: the durable event log — group-committed ingest with dedupe,
-//!   queries, the live feed and retention.
+//!   queries (by seq too), the live feed, retention, one writing process
+//!   per database.
 //!   - [`log::validate`]: checks incoming events; errors name the field.
 //!   - [`log::store`]: the storage traits a backend implements.
 //!   - [`log::sqlite`]: the embedded SQLite backend (WAL, one file).
-//! - [`manifest`]: `rule.toml` — name, version, trigger, limits, retry —
-//!   parsed strictly, with errors that name the line and field.
+//! - [`manifest`]: `rule.toml` — name, version, trigger, limits, retry,
+//!   concurrency, output hops, poison policy — parsed strictly, with errors
+//!   that name the line and field path.
 //! - [`runtime`]: loads, validates, caches and runs rule components in a
 //!   sandbox with per-call limits; the only place that touches wasmtime.
 //!   - [`runtime::bindings`]: the one `bindgen!` site; the WIT types.
@@ -41,8 +43,8 @@
 //!   - [`triggers::batch`]: aggregation windows — where a batch fires.
 //!   - [`triggers::state`]: typed keys of a rule's durable state.
 //!   - [`triggers::timers`]: which deadline is due next.
-//! - [`offline`]: `sluice test` — a rule against recorded events on a
-//!   virtual clock, reported as JSON lines.
+//! - [`offline`]: `sluice test` — rules against recorded events on a
+//!   virtual clock through the engine's driver, streamed as JSON lines.
 //! - [`cli`]: the `sluice` command line (the binary is a thin shell).
 
 #![deny(missing_docs)]

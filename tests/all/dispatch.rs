@@ -1,4 +1,4 @@
-//! A batch rule's dispatcher over the real log and a real component:
+//! A batch rule's core over the real log and a real component:
 //! windows, fires and the cursor move together and survive a restart.
 
 use std::sync::Arc;
