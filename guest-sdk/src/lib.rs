@@ -10,7 +10,12 @@
 //!
 //! #[derive(Deserialize)]
 //! #[serde(crate = "sluice_sdk::serde")]
-//! struct Merged<'a> { repo: &'a str }
+//! struct Merged<'a> {
+//!     // Cow borrows when the string has no escapes and copies when it has;
+//!     // a plain `&'a str` would fail on `"acme/\u00e9t\u00e9"`.
+//!     #[serde(borrow)]
+//!     repo: Cow<'a, str>,
+//! }
 //!
 //! struct PrDigest;
 //!
@@ -19,7 +24,7 @@
 //!         event.kind() == "pull_request.merged"
 //!     }
 //!     fn partition_key(event: &Event<'_>) -> Option<String> {
-//!         event.json::<Merged>().ok().map(|m| m.repo.to_owned())
+//!         event.json::<Merged>().ok().map(|m| m.repo.into_owned())
 //!     }
 //!     fn handle_batch(batch: &Batch<'_>) -> Result<Vec<Emit>, RuleError> {
 //!         Ok(vec![Emit::json("digest", &json!({ "merged": batch.events().len() }))?])
@@ -40,8 +45,60 @@ use std::marker::PhantomData;
 
 pub use serde;
 pub use serde_json;
-/// The error [`Event::json`] returns when a payload does not parse.
-pub use serde_json::Error as JsonError;
+
+/// The error [`Event::json`] returns when a payload does not parse into the
+/// requested type.
+///
+/// Its message is serde_json's, plus what to do when the cause is a common
+/// pattern that cannot work on every payload: a borrowed `&str` field meeting
+/// a string with JSON escapes (`\"`, `\n`, `\u00e9`), which can only be
+/// decoded into a string of its own.
+#[derive(Debug)]
+pub struct JsonError(serde_json::Error);
+
+impl JsonError {
+    /// The underlying serde_json error (line, column, category).
+    pub fn serde(&self) -> &serde_json::Error {
+        &self.0
+    }
+
+    /// True when a borrowed `&str` met a string with escapes.
+    pub fn is_borrowed_escape(&self) -> bool {
+        // serde_json reports it only through the message text: a decoded
+        // string offered where a borrowed one was expected. (A number
+        // there is a plain type error and gets no hint.)
+        let message = self.0.to_string();
+        message.starts_with("invalid type: string ")
+            && message.contains(", expected a borrowed string")
+    }
+}
+
+impl From<serde_json::Error> for JsonError {
+    fn from(e: serde_json::Error) -> Self {
+        Self(e)
+    }
+}
+
+impl std::fmt::Display for JsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        if self.is_borrowed_escape() {
+            write!(
+                f,
+                " (a `&str` field borrows from the payload and cannot hold a string \
+                 with JSON escapes such as \\\" \\n \\u00e9; declare the field as \
+                 `Cow<'a, str>` with `#[serde(borrow)]`, or as `String`)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for JsonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
 #[doc(hidden)]
 pub mod __private {
@@ -71,6 +128,7 @@ pub mod prelude {
     pub use crate::{
         Batch, Emit, Event, Membership, Placement, Reason, Rule, RuleError, export_rule, log,
     };
+    pub use std::borrow::Cow;
 }
 
 /// One event, borrowed from the engine's call.
@@ -156,10 +214,15 @@ impl<'a> Event<'a> {
         text("payload", self.payload)
     }
 
-    /// The payload parsed into `T`. `T` may borrow from the payload
-    /// (`&'a str` fields), which avoids copying strings.
+    /// The payload parsed into `T`.
+    ///
+    /// `T` may borrow from the payload to avoid copying, but only through
+    /// `Cow<'a, str>` fields marked `#[serde(borrow)]`: they borrow when
+    /// the string has no escapes and copy when it has. A plain `&'a str`
+    /// field fails on a string with escapes (`"say \"hi\""`, `"caf\u00e9"`),
+    /// and the error says so.
     pub fn json<T: serde::Deserialize<'a>>(&self) -> Result<T, JsonError> {
-        serde_json::from_slice(self.payload)
+        serde_json::from_slice(self.payload).map_err(JsonError)
     }
 }
 
@@ -223,6 +286,21 @@ pub enum Reason {
     },
     /// The rule was undeployed with `drain = fire`.
     Drained,
+}
+
+impl Reason {
+    /// The reason's case name in the WIT: `count-reached`,
+    /// `window-expired`, `dwell`, `schedule` or `drained` — the same word
+    /// in every language a rule is written in.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Reason::CountReached => "count-reached",
+            Reason::WindowExpired => "window-expired",
+            Reason::Dwell { .. } => "dwell",
+            Reason::Schedule { .. } => "schedule",
+            Reason::Drained => "drained",
+        }
+    }
 }
 
 impl From<&wit::Reason> for Reason {
@@ -354,6 +432,13 @@ impl RuleError {
 impl From<JsonError> for RuleError {
     fn from(e: JsonError) -> Self {
         Self::Fatal(format!("bad JSON: {e}"))
+    }
+}
+
+/// So that `?` works on serde_json's own functions too, with the same hint.
+impl From<serde_json::Error> for RuleError {
+    fn from(e: serde_json::Error) -> Self {
+        JsonError(e).into()
     }
 }
 
@@ -588,6 +673,101 @@ mod tests {
             ("i2", "s", "k", "{}")
         );
         assert_eq!((second.seq(), second.time()), (6, 43));
+    }
+
+    fn payload_event(payload: &[u8]) -> Event<'_> {
+        Event {
+            seq: 1,
+            time: 0,
+            id: b"e1",
+            source: b"s",
+            kind: b"k",
+            payload,
+        }
+    }
+
+    #[test]
+    fn borrowed_str_meeting_an_escape_says_what_to_do() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Borrowed<'a> {
+            #[allow(dead_code)]
+            title: &'a str,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        struct Owned<'a> {
+            #[serde(borrow)]
+            title: std::borrow::Cow<'a, str>,
+            author: String,
+        }
+        let escaped = payload_event(
+            br#"{"title":"say \"hi\" to caf\u00e9 \ud83d\ude80","author":"Zo\u00eb"}"#,
+        );
+        let err = escaped.json::<Borrowed<'_>>().unwrap_err();
+        assert!(err.is_borrowed_escape(), "{err}");
+        let message = err.to_string();
+        assert!(message.starts_with("invalid type: string"), "{message}");
+        assert!(
+            message.contains("`Cow<'a, str>` with `#[serde(borrow)]`"),
+            "{message}"
+        );
+        let fatal = RuleError::from(err);
+        assert!(
+            matches!(&fatal, RuleError::Fatal(m) if m.starts_with("bad JSON: ") && m.contains("String")),
+            "{fatal}"
+        );
+
+        let owned: Owned<'_> = escaped.json().unwrap();
+        assert_eq!(owned.title, "say \"hi\" to caf\u{e9} \u{1f680}");
+        assert_eq!(owned.author, "Zo\u{eb}");
+        // Without escapes, Cow borrows from the payload.
+        let plain = payload_event(br#"{"title":"plain","author":"ana"}"#);
+        let owned: Owned<'_> = plain.json().unwrap();
+        assert!(matches!(owned.title, std::borrow::Cow::Borrowed("plain")));
+
+        // Other errors carry no hint.
+        let err = plain.json::<Borrowed<'_>>().map(|_| ()).and_then(|_| {
+            payload_event(b"{\"title\":1}")
+                .json::<Borrowed<'_>>()
+                .map(|_| ())
+        });
+        let err = err.unwrap_err();
+        assert!(
+            !err.is_borrowed_escape() && !err.to_string().contains("Cow"),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn reason_names_are_the_wit_case_names() {
+        let names: Vec<_> = [
+            Reason::CountReached,
+            Reason::WindowExpired,
+            Reason::Dwell {
+                label: "l".into(),
+                ordinal: 0,
+                member_since: 0,
+                epoch: 1,
+            },
+            Reason::Schedule {
+                tick: 0,
+                catch_up: false,
+            },
+            Reason::Drained,
+        ]
+        .iter()
+        .map(Reason::name)
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "count-reached",
+                "window-expired",
+                "dwell",
+                "schedule",
+                "drained"
+            ]
+        );
     }
 
     #[test]
