@@ -4,15 +4,28 @@
 use sluice_sdk::prelude::*;
 
 /// The part of a `pull_request.merged` payload this rule reads.
+///
+/// Strings are `Cow<str>`: borrowed from the payload when they have no
+/// JSON escapes, copied when they do (`"Fix \"quoted\" names"`,
+/// `"caf\u00e9"`). A plain `&'a str` would fail on those payloads.
 #[derive(Deserialize)]
 #[serde(crate = "sluice_sdk::serde")]
 struct Merged<'a> {
-    repo: &'a str,
-    number: u64,
     #[serde(default)]
-    author: Option<&'a str>,
-    #[serde(default)]
-    title: Option<&'a str>,
+    number: Option<u64>,
+    #[serde(borrow, default)]
+    author: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    title: Option<Cow<'a, str>>,
+}
+
+/// The partition key's source, parsed on its own so that a payload that
+/// has a `repo` but no usable `number` still lands in its repository.
+#[derive(Deserialize)]
+#[serde(crate = "sluice_sdk::serde")]
+struct Repo<'a> {
+    #[serde(borrow)]
+    repo: Cow<'a, str>,
 }
 
 struct PrDigest;
@@ -25,15 +38,21 @@ impl Rule for PrDigest {
     fn partition_key(event: &Event<'_>) -> Option<String> {
         // A payload without `repo` goes to the global partition rather than
         // being dropped: the digest then says "unknown repository".
-        event.json::<Merged<'_>>().ok().map(|m| m.repo.to_owned())
+        event.json::<Repo<'_>>().ok().map(|r| r.repo.into_owned())
     }
 
     fn handle_batch(batch: &Batch<'_>) -> Result<Vec<Emit>, RuleError> {
         let mut prs = Vec::new();
-        let mut authors: Vec<&str> = Vec::new();
+        let mut authors: Vec<Cow<'_, str>> = Vec::new();
         for event in batch.events() {
             let m: Merged<'_> = event.json()?;
-            prs.push(json!({ "number": m.number, "title": m.title }));
+            let Some(number) = m.number else {
+                return Err(RuleError::fatal(format!(
+                    "event {}: no pull request number",
+                    event.id()
+                )));
+            };
+            prs.push(json!({ "number": number, "title": m.title }));
             if let Some(a) = m.author
                 && !authors.contains(&a)
             {

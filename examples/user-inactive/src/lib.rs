@@ -7,7 +7,9 @@ use sluice_sdk::prelude::*;
 #[derive(Deserialize)]
 #[serde(crate = "sluice_sdk::serde")]
 struct User<'a> {
-    user_id: &'a str,
+    // Cow, not &str: a user id may carry JSON escapes.
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
 }
 
 struct UserInactive;
@@ -18,7 +20,10 @@ impl Rule for UserInactive {
     }
 
     fn partition_key(event: &Event<'_>) -> Option<String> {
-        event.json::<User<'_>>().ok().map(|u| u.user_id.to_owned())
+        event
+            .json::<User<'_>>()
+            .ok()
+            .map(|u| u.user_id.into_owned())
     }
 
     fn membership(event: &Event<'_>) -> Membership {
@@ -40,7 +45,12 @@ impl Rule for UserInactive {
                 member_since,
                 ..
             } => (label.as_str(), *member_since),
-            other => return Err(RuleError::fatal(format!("unexpected reason {other:?}"))),
+            other => {
+                return Err(RuleError::fatal(format!(
+                    "unexpected reason {}",
+                    other.name()
+                )));
+            }
         };
         Ok(vec![Emit::json(
             "user.inactive",
