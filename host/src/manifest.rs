@@ -938,29 +938,31 @@ fn check_dwell(d: RawDwell) -> Result<DwellTrigger, Refused> {
     })
 }
 
-fn check_schedule(s: RawSchedule) -> Result<ScheduleTrigger, Refused> {
+/// Parse a cron expression of 5 fields (minute first) or 6–7 (seconds
+/// first, optional year); the error says what is wrong.
+pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
     // The cron crate wants a seconds field; five-field expressions get one.
-    let fields = s.cron.split_whitespace().count();
+    let fields = text.split_whitespace().count();
     let expr = match fields {
-        5 => format!("0 {}", s.cron),
-        6 | 7 => s.cron.clone(),
+        5 => format!("0 {text}"),
+        6 | 7 => text.to_owned(),
         _ => {
-            return Err(invalid(format!(
-                "trigger.schedule.cron: {:?} has {fields} field{}; expected 5 (min hour day month weekday) or 6 (with seconds first)",
-                s.cron,
+            return Err(format!(
+                "{text:?} has {fields} field{}; expected 5 (min hour day month weekday) or 6 (with seconds first)",
                 if fields == 1 { "" } else { "s" }
-            )));
+            ));
         }
     };
     expr.parse::<cron::Schedule>().map_err(|e| {
         // The parser's message ends with the reason, after a caret line.
-        let text = e.to_string();
-        let reason = text.lines().last().unwrap_or_default().trim().to_owned();
-        invalid(format!(
-            "trigger.schedule.cron: {:?} is not a cron expression: {reason}",
-            s.cron
-        ))
-    })?;
+        let text_err = e.to_string();
+        let reason = text_err.lines().last().unwrap_or_default().trim().to_owned();
+        format!("{text:?} is not a cron expression: {reason}")
+    })
+}
+
+fn check_schedule(s: RawSchedule) -> Result<ScheduleTrigger, Refused> {
+    parse_cron(&s.cron).map_err(|e| invalid(format!("trigger.schedule.cron: {e}")))?;
     s.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
         invalid(format!(
             "trigger.schedule.timezone: {:?} is not an IANA time zone (e.g. \"UTC\", \"Europe/Berlin\")",

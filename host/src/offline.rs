@@ -4,11 +4,21 @@
 //! for golden files.
 //!
 //! Input lines are events (`{"id"?, "source", "kind", "time"?,
-//! "payload"}`) or directives: `{"advance": "10m"}` (a duration) or
-//! `{"advance": "2026-01-01T01:00:00Z"}` (a time; never backwards). An
-//! event whose `time` is later than the clock moves the clock there first.
-//! Moving the clock runs everything that falls due on the way, in time
-//! order: deadlines and retries. An event without an id gets `line-<n>`.
+//! "payload"}`) or directives:
+//!
+//! - `{"advance": "10m"}` (a duration) or `{"advance":
+//!   "2026-01-01T01:00:00Z"}` (a time; never backwards). An event whose
+//!   `time` is later than the clock moves the clock there first. Moving the
+//!   clock runs everything that falls due on the way, in time order:
+//!   deadlines, ticks and retries;
+//! - `{"pause": "<rule>"}` and `{"resume": "<rule>"}`: as the engine's
+//!   control channel does;
+//! - `{"down": "2h"}`: the engine stops, the clock moves on with nothing
+//!   running, and every rule starts again from its durable state — what
+//!   fell due meanwhile runs at start-up, by each rule's policy.
+//!
+//! An event without an id gets `line-<n>`. The clock starts at the first
+//! event's time (or 2026-01-01T00:00:00Z), and so do schedules.
 //!
 //! Replay is fast without changing what it reports: consecutive events
 //! are taken together up to the next due deadline and up to the first
@@ -34,6 +44,7 @@ use crate::manifest::Manifest;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::triggers::core::{Step, Stop};
 use crate::triggers::fires::FireOutcome;
+use crate::triggers::{FireReason, Note};
 
 /// The clock's start when no event gives a time: 2026-01-01T00:00:00Z.
 pub const DEFAULT_START: i64 = 1_767_225_600_000;
@@ -116,12 +127,16 @@ pub fn stream_rules(
         Arc::new(clock.clone()),
     )?;
     let mut cores = Vec::new();
+    let mut deployables = Vec::new();
     for (component, manifest) in rules {
-        cores.push(Deployable::load(&runtime, TENANT, &component, &manifest)?.open(&log)?);
+        let d = Deployable::load(&runtime, TENANT, &component, &manifest)?;
+        deployables.push(d.clone());
+        cores.push(d.open(&log)?);
     }
     let mut run = Run {
         log,
         clock,
+        deployables,
         rules: cores,
         sink,
         failed: false,
@@ -157,8 +172,18 @@ pub fn stream_rules(
             let now = run.clock.now_millis();
             let target =
                 advance_target(to, now).map_err(|e| anyhow::anyhow!("line {n}: advance: {e}"))?;
-            run.started = true;
+            run.start()?;
             run.advance_to(target)?;
+            continue;
+        }
+        if let Some(directive) = ["pause", "resume", "down"]
+            .into_iter()
+            .find(|d| value.get(*d).is_some())
+        {
+            run.flush()?;
+            run.start()?;
+            run.directive(directive, &value[directive])
+                .map_err(|e| anyhow::anyhow!("line {n}: {directive}: {e}"))?;
             continue;
         }
         let mut event = parse_event_value(TENANT, value, &limits)
@@ -172,7 +197,7 @@ pub fn stream_rules(
             if let Some(t) = event.time {
                 run.clock.set(t.max(i64::MIN + 1));
             }
-            run.started = true;
+            run.start()?;
         }
         run.pending.push((event, given));
         if run.pending.len() >= CHUNK || input.buffer().is_empty() {
@@ -222,6 +247,8 @@ fn advance_target(v: &Value, now: i64) -> Result<i64, String> {
 struct Run<'a> {
     log: EventLog,
     clock: ManualClock,
+    /// The rules as loaded, to start them again (`down`).
+    deployables: Vec<Deployable>,
     rules: Vec<Box<dyn Driven>>,
     sink: &'a mut dyn FnMut(Value) -> std::io::Result<()>,
     failed: bool,
@@ -245,16 +272,105 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The clock has its start: let every rule take a first turn (a
+    /// schedule starts counting ticks here).
+    fn start(&mut self) -> anyhow::Result<()> {
+        if !self.started {
+            self.started = true;
+            self.settle()?;
+        }
+        Ok(())
+    }
+
+    fn directive(&mut self, what: &str, arg: &Value) -> anyhow::Result<()> {
+        if what == "down" {
+            let Some(text) = arg.as_str() else {
+                anyhow::bail!("{arg} is not a duration (\"2h\")");
+            };
+            let now = self.clock.now_millis();
+            let target = advance_target(arg, now).map_err(|e| anyhow::anyhow!(e))?;
+            if humantime::parse_duration(text).is_err() {
+                anyhow::bail!("{text:?} is not a duration (\"2h\")");
+            }
+            // Stop every rule (in `sluice test` no handler is mid-run), let
+            // the time pass, start them again from what is committed.
+            self.rules.clear();
+            self.clock.set(target);
+            for d in &self.deployables {
+                self.rules.push(d.clone().open(&self.log)?);
+            }
+            return self.settle();
+        }
+        let Some(name) = arg.as_str() else {
+            anyhow::bail!("{arg} is not a rule name");
+        };
+        let Some(i) = self.rules.iter().position(|r| r.spec().name == name) else {
+            let names: Vec<&str> = self.rules.iter().map(|r| r.spec().name.as_str()).collect();
+            anyhow::bail!("no rule named {name:?} (rules: {})", names.join(", "));
+        };
+        if what == "pause" {
+            self.rules[i].pause(&self.log)?;
+        } else {
+            self.rules[i].resume(&self.log)?;
+        }
+        self.emit(json!({"type": what, "rule": name, "at": self.clock.now_millis()}))?;
+        self.settle()
+    }
+
     fn report_step(&mut self, rule: &str, step: &Step) -> anyhow::Result<()> {
+        if let Some(m) = &step.missed {
+            let mut line = json!({"type": "missed", "rule": rule, "at": m.at,
+                "ticks": m.ticks, "first": m.first, "last": m.last});
+            if m.more {
+                line["at_least"] = json!(true);
+            }
+            self.emit(line)?;
+        }
+        for c in &step.cancelled {
+            self.emit(json!({"type": "cancelled", "rule": rule, "at": c.at,
+                "fire_id": c.fire_id, "partition": c.partition, "by": c.by}))?;
+        }
         for f in &step.fires {
-            self.emit(json!({"type": "fire", "rule": rule, "at": f.created_at,
+            let mut line = json!({"type": "fire", "rule": rule, "at": f.created_at,
                 "fire_id": f.fire_id, "partition": f.partition, "reason": f.reason.name(),
-                "events": f.seqs}))?;
+                "events": f.seqs});
+            match &f.reason {
+                FireReason::Dwell {
+                    label,
+                    ordinal,
+                    member_since,
+                    epoch,
+                } => {
+                    line["label"] = json!(label);
+                    line["ordinal"] = json!(ordinal);
+                    line["member_since"] = json!(member_since);
+                    line["epoch"] = json!(epoch);
+                }
+                FireReason::Schedule { tick, catch_up } => {
+                    line["tick"] = json!(tick);
+                    line["catch_up"] = json!(catch_up);
+                }
+                _ => {}
+            }
+            self.emit(line)?;
         }
         for d in &step.discards {
             self.emit(json!({"type": "discard", "rule": rule, "at": d.at,
                 "fire_id": d.fire_id, "partition": d.partition, "reason": "discarded",
                 "events": d.seqs}))?;
+        }
+        for n in &step.notes {
+            let line = match &n.note {
+                Note::Left {
+                    epoch,
+                    member_since,
+                } => json!({"type": "leave", "rule": rule, "at": n.at,
+                    "partition": n.partition, "epoch": epoch, "member_since": member_since,
+                    "why": "max_dwell"}),
+                Note::TickSkipped { tick, overlap } => json!({"type": "skipped", "rule": rule,
+                    "at": n.at, "partition": n.partition, "tick": tick, "overlap": overlap}),
+            };
+            self.emit(line)?;
         }
         Ok(())
     }
@@ -401,7 +517,9 @@ impl Run<'_> {
             for i in 0..self.rules.len() {
                 let before = self.rules[i].cursor();
                 let turn = driver::turn(&mut *self.rules[i], &self.log, &self.clock, usize::MAX)?;
-                progressed |= turn.stepped.cursor != before || !turn.expired.fires.is_empty();
+                progressed |= turn.stepped.cursor != before
+                    || !turn.expired.fires.is_empty()
+                    || !turn.expired.notes.is_empty();
                 let name = self.rules[i].spec().name.clone();
                 self.report_step(&name, &turn.expired)?;
                 self.report_step(&name, &turn.stepped)?;
@@ -457,6 +575,9 @@ impl Run<'_> {
                     self.emit(json!({"type": "dead_letter", "rule": rule, "at": now,
                         "fire_id": fire_id, "attempt": attempt, "error": error}))?;
                 }
+                // Fires run one after another here: none is cancelled
+                // while it runs.
+                FireOutcome::Cancelled => {}
             }
         }
         Ok(ran)

@@ -8,17 +8,23 @@ use crate::manifest::{Manifest, Trigger};
 use crate::runtime::{CallError, LoadError, RuleLabel, Runtime, Verdict};
 use crate::triggers::Kind;
 use crate::triggers::batch::Batch;
+use crate::triggers::dwell::Dwell;
+use crate::triggers::schedule::Schedule;
 use crate::triggers::core::{CoreError, Counters, RuleCore, RuleSpec, Step, Stop};
 use crate::triggers::fires::{FireAttempt, FireJob, FireOutcome, FireRecord};
 
 /// Why a rule could not be set up to run.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// The manifest names a trigger the engine does not run yet.
-    #[error(
-        "{0}: trigger: dwell and schedule triggers are not available yet; only batch rules run so far"
-    )]
-    NotYet(String),
+    /// The manifest's trigger cannot be set up (it passed the manifest's
+    /// checks, so this names an inconsistency).
+    #[error("{name}: {problem}")]
+    Trigger {
+        /// The rule's name.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The component did not load.
     #[error("{name}: {error}")]
     Load {
@@ -34,6 +40,8 @@ pub enum SetupError {
 #[derive(Debug, Clone)]
 enum KindSpec {
     Batch(Batch),
+    Dwell(Dwell),
+    Schedule(Schedule),
 }
 
 /// A rule ready to run: its spec (component, policies) and its kind.
@@ -54,8 +62,12 @@ impl Deployable {
     ) -> Result<Self, SetupError> {
         let kind = match &manifest.trigger {
             Trigger::Batch(t) => KindSpec::Batch(Batch::from(t)),
-            Trigger::Dwell(_) | Trigger::Schedule(_) => {
-                return Err(SetupError::NotYet(manifest.name.clone()));
+            Trigger::Dwell(t) => KindSpec::Dwell(Dwell::from(t)),
+            Trigger::Schedule(t) => {
+                KindSpec::Schedule(Schedule::new(t).map_err(|problem| SetupError::Trigger {
+                    name: manifest.name.clone(),
+                    problem,
+                })?)
             }
         };
         let label = RuleLabel::new(tenant, &format!("{}@{}", manifest.name, manifest.version));
@@ -83,6 +95,8 @@ impl Deployable {
     pub fn open(self, log: &EventLog) -> Result<Box<dyn Driven>, CoreError> {
         Ok(match self.kind {
             KindSpec::Batch(b) => Box::new(RuleCore::open(log, self.spec, b)?),
+            KindSpec::Dwell(d) => Box::new(RuleCore::open(log, self.spec, d)?),
+            KindSpec::Schedule(s) => Box::new(RuleCore::open(log, self.spec, s)?),
         })
     }
 }

@@ -143,11 +143,7 @@ impl Batch {
         let (first, seqs) = (v.first(), v.seqs());
         let id_parts = vec![first.to_string()];
         match why {
-            Some(reason) => out.fires.push(NewFire {
-                id_parts,
-                reason,
-                seqs,
-            }),
+            Some(reason) => out.fires.push(NewFire::new(id_parts, reason, seqs)),
             None => out.discards.push(Discard { id_parts, seqs }),
         }
         *c = WindowChange {

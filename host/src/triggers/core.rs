@@ -30,7 +30,7 @@ use super::fires::{
 };
 use super::state::{self as key};
 use super::timers::Timers;
-use super::{ENGINE_SOURCE, Kept, Kind, KindOut, Row, fire_id, partition_part};
+use super::{ENGINE_SOURCE, InFlight, Kept, Kind, KindOut, Note, Row, fire_id, partition_part};
 use crate::event::Event;
 use crate::log::{EventLog, EventQuery, LogError, NewEvent, StateOp};
 use crate::manifest::{Manifest, OnPoison, OutputPolicy, RetryPolicy, SelectPolicy};
@@ -123,6 +123,79 @@ pub struct DiscardRecord {
     pub at: i64,
 }
 
+/// A kind's [`Note`] with where and when it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoteRecord {
+    /// The partition.
+    pub partition: Option<String>,
+    /// What happened.
+    pub note: Note,
+    /// Engine time (ms).
+    pub at: i64,
+}
+
+/// Schedule ticks missed while the rule was not running and not run
+/// (catch-up policy): recorded as `ticks.missed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missed {
+    /// How many (a lower bound when `more`).
+    pub ticks: u64,
+    /// The first one (ms).
+    pub first: i64,
+    /// The last one (ms).
+    pub last: i64,
+    /// More were missed than counted.
+    pub more: bool,
+    /// Engine time (ms).
+    pub at: i64,
+}
+
+/// A fire cancelled by a newer one of its partition (`overlap =
+/// "cancel-previous"`), which took its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled {
+    /// The cancelled fire.
+    pub fire_id: String,
+    /// Its first seq (it no longer holds it).
+    first_seq: Option<u64>,
+    /// The fire that replaces it.
+    pub by: String,
+    /// Its partition.
+    pub partition: Option<String>,
+    /// Engine time (ms).
+    pub at: i64,
+}
+
+/// A schedule's durable position and tallies (key `tick`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickPosition {
+    /// The latest tick handled (run, skipped or missed), ms.
+    pub last: i64,
+    /// Ticks skipped for a partition by the overlap policy, ever.
+    pub skipped: u64,
+    /// Ticks missed while not running and not caught up, ever.
+    pub missed: u64,
+}
+
+impl TickPosition {
+    fn encode(&self) -> Vec<u8> {
+        format!("{} {} {}", self.last, self.skipped, self.missed).into_bytes()
+    }
+
+    fn decode(text: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = text.split(' ').collect();
+        let [last, skipped, missed] = parts[..] else {
+            return Err(format!("{text:?}: expected 3 numbers"));
+        };
+        let num = |v: &str| v.parse::<i64>().map_err(|e| format!("{text:?}: {e}"));
+        Ok(Self {
+            last: num(last)?,
+            skipped: num(skipped)? as u64,
+            missed: num(missed)? as u64,
+        })
+    }
+}
+
 /// What one step did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Step {
@@ -134,6 +207,12 @@ pub struct Step {
     pub fires: Vec<FireRecord>,
     /// Windows dropped.
     pub discards: Vec<DiscardRecord>,
+    /// Other things the kind reported (forced leaves, skipped ticks).
+    pub notes: Vec<NoteRecord>,
+    /// Ticks missed while the rule was not running.
+    pub missed: Option<Missed>,
+    /// Fires cancelled by newer ones.
+    pub cancelled: Vec<Cancelled>,
     /// The cursor after the step.
     pub cursor: u64,
 }
@@ -171,6 +250,11 @@ pub struct Plan<K: Kind> {
     changes: BTreeMap<Option<String>, K::Change>,
     fires: Vec<FireRecord>,
     discards: Vec<DiscardRecord>,
+    notes: Vec<NoteRecord>,
+    cancelled: Vec<Cancelled>,
+    missed: Option<Missed>,
+    /// The schedule's new position.
+    tick: Option<TickPosition>,
 }
 
 impl<K: Kind> Plan<K> {
@@ -184,6 +268,10 @@ impl<K: Kind> Plan<K> {
             changes: BTreeMap::new(),
             fires: Vec::new(),
             discards: Vec::new(),
+            notes: Vec::new(),
+            cancelled: Vec::new(),
+            missed: None,
+            tick: None,
         }
     }
 }
@@ -205,6 +293,15 @@ pub struct Counters {
     pub skipped_events: u64,
     /// Outputs dropped at the hop limit.
     pub outputs_dropped: u64,
+    /// Memberships ended by `max_dwell`.
+    pub forced_leaves: u64,
+    /// Fires cancelled by a newer tick (`cancel-previous`).
+    pub fires_cancelled: u64,
+    /// Schedule ticks skipped by the overlap policy, ever (durable).
+    pub ticks_skipped: u64,
+    /// Schedule ticks missed while not running and not caught up, ever
+    /// (durable).
+    pub ticks_missed: u64,
 }
 
 /// A rule's durable trigger state and the machinery around it.
@@ -229,6 +326,13 @@ pub struct RuleCore<K: Kind> {
     /// Member-log rows below this seq are deleted.
     members_floor: u64,
     counters: Counters,
+    /// The schedule's position (kinds with ticks).
+    tick: Option<TickPosition>,
+    /// When the next tick falls due.
+    next_tick: Option<i64>,
+    /// Engine time of the first turn since the core opened or resumed:
+    /// ticks before it were missed while the rule was not running.
+    up_since: Option<i64>,
 }
 
 impl<K: Kind> RuleCore<K> {
@@ -252,7 +356,11 @@ impl<K: Kind> RuleCore<K> {
             poison: None,
             members_floor: 0,
             counters: Counters::default(),
+            tick: None,
+            next_tick: None,
+            up_since: None,
         };
+        core.fires.set_ordered(core.kind.ordered());
         // The rule's own keys one by one; each family below by its prefix.
         let text = |k: &str| -> Result<Option<String>, CoreError> {
             Ok(log
@@ -267,6 +375,10 @@ impl<K: Kind> RuleCore<K> {
         }
         core.suspended = text(key::SUSPENDED)?;
         core.paused = text(key::PAUSED)?.is_some();
+        if let Some(v) = text(key::TICK)? {
+            let pos = TickPosition::decode(&v).map_err(|e| bad_state(key::TICK, e))?;
+            core.set_tick(pos);
+        }
         for (k, value) in log.state_scan_prefix(&core.ns, key::FIRES)? {
             let f: FireRecord = serde_json::from_slice(&value).map_err(|e| bad_state(&k, e))?;
             core.fires.insert(f);
@@ -297,6 +409,13 @@ impl<K: Kind> RuleCore<K> {
             core.install(p, state);
         }
         Ok(core)
+    }
+
+    fn set_tick(&mut self, pos: TickPosition) {
+        self.tick = Some(pos);
+        self.next_tick = self.kind.next_tick(pos.last);
+        self.counters.ticks_skipped = pos.skipped;
+        self.counters.ticks_missed = pos.missed;
     }
 
     fn install(&mut self, p: Option<String>, state: K::State) {
@@ -337,9 +456,17 @@ impl<K: Kind> RuleCore<K> {
         self.parts.len()
     }
 
-    /// The earliest partition deadline.
+    /// The earliest deadline: a partition's, or the next tick.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.timers.next_deadline()
+        [self.timers.next_deadline(), self.next_tick]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The schedule's position (kinds with ticks, once started).
+    pub fn tick_position(&self) -> Option<TickPosition> {
+        self.tick
     }
 
     /// The fire book (pending, running, dead letters).
@@ -475,7 +602,8 @@ impl<K: Kind> RuleCore<K> {
         plan
     }
 
-    /// The effects of the deadlines due at `now`.
+    /// The effects of the deadlines due at `now`: partitions' deadlines,
+    /// then the schedule's ticks.
     fn plan_deadlines(&self, now: i64) -> Plan<K> {
         let mut plan = Plan::empty(self.cursor);
         for (_, p) in self.timers.due(now) {
@@ -485,7 +613,73 @@ impl<K: Kind> RuleCore<K> {
             self.kind.on_deadline(base, change, now, &mut out);
             self.collect(&mut plan, &p, out, now);
         }
+        if self.kind.ticks() {
+            self.plan_ticks(&mut plan, now);
+        }
         plan
+    }
+
+    /// Ticks due at `now`, each offered to every partition with state and
+    /// to the global one, in partition order.
+    fn plan_ticks(&self, plan: &mut Plan<K>, now: i64) {
+        let Some(pos) = self.tick else {
+            // First turn: the schedule starts here.
+            plan.tick = Some(TickPosition {
+                last: now,
+                ..TickPosition::default()
+            });
+            return;
+        };
+        if self.next_tick.is_none_or(|t| t > now) {
+            return;
+        }
+        let up_since = self.up_since.unwrap_or(now);
+        let due = self.kind.due_ticks(pos.last, now, up_since);
+        let mut new_pos = TickPosition {
+            last: due.position.max(pos.last),
+            missed: pos.missed + due.missed,
+            ..pos
+        };
+        if let (Some(first), Some(last)) = (due.first_missed, due.last_missed) {
+            plan.missed = Some(Missed {
+                ticks: due.missed,
+                first,
+                last,
+                more: due.missed_more,
+                at: now,
+            });
+        }
+        if !due.run.is_empty() {
+            let mut partitions: Vec<&Option<String>> = self.parts.keys().collect();
+            if !self.parts.contains_key(&None) {
+                partitions.push(&None);
+            }
+            partitions.sort_unstable();
+            let keyed = self.parts.len() - usize::from(self.parts.contains_key(&None));
+            for tick in due.run {
+                for &p in &partitions {
+                    let base = self.parts.get(p);
+                    let in_flight = InFlight {
+                        fires: self.fires.in_flight(p),
+                        running: self.fires.running_in(p),
+                        keyed_partitions: keyed,
+                    };
+                    let change = plan.changes.entry(p.clone()).or_default();
+                    let mut out = KindOut::default();
+                    self.kind.on_tick(base, change, tick, in_flight, &mut out);
+                    if out.fires.is_empty() && out.notes.is_empty() {
+                        continue;
+                    }
+                    new_pos.skipped += out
+                        .notes
+                        .iter()
+                        .filter(|n| matches!(n, Note::TickSkipped { .. }))
+                        .count() as u64;
+                    self.collect(plan, p, out, now);
+                }
+            }
+        }
+        plan.tick = Some(new_pos);
     }
 
     fn collect(&self, plan: &mut Plan<K>, p: &Option<String>, out: KindOut, now: i64) {
@@ -496,12 +690,17 @@ impl<K: Kind> RuleCore<K> {
             fire_id(&self.spec.name, &all)
         };
         for f in out.fires {
+            let fire_id = id(&f.id_parts);
+            let mut seqs = f.seqs;
+            if f.supersede {
+                self.supersede(plan, p, &fire_id, &mut seqs, now);
+            }
             plan.fires.push(FireRecord {
-                fire_id: id(&f.id_parts),
+                fire_id,
                 rule: self.spec.name.clone(),
                 partition: p.clone(),
                 reason: f.reason,
-                seqs: f.seqs,
+                seqs,
                 created_at: now,
                 attempts: 0,
                 retry_at: None,
@@ -509,6 +708,11 @@ impl<K: Kind> RuleCore<K> {
                 redriven: 0,
             });
         }
+        plan.notes.extend(out.notes.into_iter().map(|note| NoteRecord {
+            partition: p.clone(),
+            note,
+            at: now,
+        }));
         for d in out.discards {
             plan.discards.push(DiscardRecord {
                 fire_id: id(&d.id_parts),
@@ -516,6 +720,55 @@ impl<K: Kind> RuleCore<K> {
                 seqs: d.seqs,
                 at: now,
             });
+        }
+    }
+
+    /// Cancel the partition's fires in the pipeline (committed ones and
+    /// ones this plan made) in favour of `by`, which takes their events.
+    fn supersede(
+        &self,
+        plan: &mut Plan<K>,
+        p: &Option<String>,
+        by: &str,
+        seqs: &mut Vec<u64>,
+        now: i64,
+    ) {
+        let mut taken = Vec::new();
+        for id in self.fires.ids_in(p) {
+            if plan.cancelled.iter().any(|c| c.fire_id == id) {
+                continue;
+            }
+            let f = self.fires.get(&id).expect("indexed fires are pending");
+            taken.extend_from_slice(&f.seqs);
+            plan.cancelled.push(Cancelled {
+                first_seq: f.first_seq(),
+                fire_id: id,
+                by: by.to_owned(),
+                partition: p.clone(),
+                at: now,
+            });
+        }
+        let mut i = 0;
+        while i < plan.fires.len() {
+            if plan.fires[i].partition == *p {
+                let f = plan.fires.remove(i);
+                taken.extend_from_slice(&f.seqs);
+                plan.cancelled.push(Cancelled {
+                    fire_id: f.fire_id,
+                    first_seq: None,
+                    by: by.to_owned(),
+                    partition: p.clone(),
+                    at: now,
+                });
+            } else {
+                i += 1;
+            }
+        }
+        if !taken.is_empty() {
+            taken.append(seqs);
+            taken.sort_unstable();
+            taken.dedup();
+            *seqs = taken;
         }
     }
 
@@ -558,7 +811,8 @@ impl<K: Kind> RuleCore<K> {
             .iter()
             .filter_map(FireRecord::first_seq)
             .collect();
-        let fires = self.fires.min_first_after(&[], &new_fires);
+        let gone: Vec<u64> = plan.cancelled.iter().filter_map(|c| c.first_seq).collect();
+        let fires = self.fires.min_first_after(&gone, &new_fires);
         self.pin(plan.cursor, min_open, fires)
     }
 
@@ -664,6 +918,17 @@ impl<K: Kind> RuleCore<K> {
                 json!({"rule": self.spec.name, "windows": windows}),
             ));
         }
+        self.note_records(&plan, &mut records);
+        for c in &plan.cancelled {
+            if c.first_seq.is_some() || self.fires.get(&c.fire_id).is_some() {
+                ops.push(self.delete(key::fire(&c.fire_id)));
+            }
+        }
+        if let Some(pos) = &plan.tick
+            && self.tick.as_ref() != Some(pos)
+        {
+            ops.push(self.put(key::TICK, pos.encode()));
+        }
         if plan.cursor != self.cursor {
             ops.push(self.put(key::CURSOR, plan.cursor.to_string().into_bytes()));
         }
@@ -690,19 +955,99 @@ impl<K: Kind> RuleCore<K> {
                 }
             }
         }
+        for c in &plan.cancelled {
+            self.fires.cancel(&c.fire_id);
+        }
         for f in &plan.fires {
             self.fires.insert(f.clone());
+        }
+        if let Some(pos) = plan.tick {
+            self.set_tick(pos);
         }
         self.cursor = plan.cursor;
         self.counters.matched += plan.kept as u64;
         self.counters.fires_created += plan.fires.len() as u64;
+        self.counters.fires_cancelled += plan.cancelled.len() as u64;
+        self.counters.forced_leaves += plan
+            .notes
+            .iter()
+            .filter(|n| matches!(n.note, Note::Left { .. }))
+            .count() as u64;
         Ok(Step {
             read: plan.read,
             kept: plan.kept,
             fires: plan.fires,
             discards: plan.discards,
+            notes: plan.notes,
+            missed: plan.missed,
+            cancelled: plan.cancelled,
             cursor: self.cursor,
         })
+    }
+
+    /// Engine records for what the plan noted: forced leaves and skipped
+    /// ticks (up to 1000 per record, as discards), missed ticks, cancelled
+    /// fires.
+    fn note_records(&self, plan: &Plan<K>, records: &mut Vec<NewEvent>) {
+        let mut by_kind: BTreeMap<&'static str, Vec<&NoteRecord>> = BTreeMap::new();
+        for n in &plan.notes {
+            by_kind.entry(n.note.record_kind()).or_default().push(n);
+        }
+        for (kind, notes) in by_kind {
+            for chunk in notes.chunks(1_000) {
+                let items: Vec<_> = chunk
+                    .iter()
+                    .map(|n| {
+                        let mut item = match &n.note {
+                            Note::Left {
+                                epoch,
+                                member_since,
+                            } => json!({"epoch": epoch, "member_since": member_since,
+                                "why": "max_dwell"}),
+                            Note::TickSkipped { tick, overlap } => {
+                                json!({"tick": tick, "overlap": overlap})
+                            }
+                        };
+                        item["partition"] = json!(n.partition);
+                        item
+                    })
+                    .collect();
+                let first = chunk[0];
+                let what = match &first.note {
+                    Note::Left {
+                        epoch,
+                        member_since,
+                    } => format!("left:{epoch}:{member_since}"),
+                    Note::TickSkipped { tick, .. } => format!("skipped:{tick}"),
+                };
+                let id = fire_id(&self.spec.name, &[&partition_part(&first.partition), &what]);
+                records.push(self.engine_record(
+                    format!("{id}.{kind}"),
+                    kind,
+                    first.at,
+                    json!({"rule": self.spec.name, "items": items}),
+                ));
+            }
+        }
+        if let Some(m) = &plan.missed {
+            let id = fire_id(&self.spec.name, &["missed", &m.first.to_string()]);
+            records.push(self.engine_record(
+                format!("{id}.missed"),
+                "ticks.missed",
+                m.at,
+                json!({"rule": self.spec.name, "missed": m.ticks, "at_least": m.more,
+                    "first": m.first, "last": m.last}),
+            ));
+        }
+        for c in &plan.cancelled {
+            records.push(self.engine_record(
+                format!("{}.cancelled", c.fire_id),
+                "fire.cancelled",
+                c.at,
+                json!({"rule": self.spec.name, "fire_id": c.fire_id, "by": c.by,
+                    "partition": c.partition}),
+            ));
+        }
     }
 
     // ---- steps -------------------------------------------------------------
@@ -771,7 +1116,15 @@ impl<K: Kind> RuleCore<K> {
     /// Close what is due at `now`: partitions whose deadline has come
     /// (idle ones too: no event is needed).
     pub fn expire(&mut self, log: &EventLog, now: i64) -> Result<Step, CoreError> {
-        if self.held() || self.timers.next_deadline().is_none_or(|d| d > now) {
+        if self.held() {
+            return Ok(Step {
+                cursor: self.cursor,
+                ..Step::default()
+            });
+        }
+        self.up_since.get_or_insert(now);
+        let starting = self.kind.ticks() && self.tick.is_none();
+        if !starting && self.next_deadline().is_none_or(|d| d > now) {
             return Ok(Step {
                 cursor: self.cursor,
                 ..Step::default()
@@ -889,6 +1242,11 @@ impl<K: Kind> RuleCore<K> {
     ) -> Result<FireOutcome, CoreError> {
         let partition = attempt.record.partition.clone();
         let id = attempt.record.fire_id.clone();
+        if self.fires.get(&id).is_none() {
+            // Cancelled while it ran: its result is not committed.
+            self.fires.set_stopped(&id, &partition);
+            return Ok(FireOutcome::Cancelled);
+        }
         let result = self.finish_inner(log, attempt);
         self.fires.set_stopped(&id, &partition);
         result
@@ -1071,6 +1429,8 @@ impl<K: Kind> RuleCore<K> {
         self.suspended = None;
         self.paused = false;
         self.fires.dead_in_a_row = 0;
+        // Ticks that fell due while held were missed (catch-up policy).
+        self.up_since = None;
         Ok(())
     }
 

@@ -97,6 +97,9 @@ pub enum FireOutcome {
         /// The error.
         error: String,
     },
+    /// The fire was cancelled while it ran (a newer tick took its events):
+    /// the attempt's result was not committed.
+    Cancelled,
 }
 
 /// A multiset of first seqs, so the lowest one still needed (the
@@ -156,7 +159,14 @@ pub struct FireBook {
     dead: HashMap<String, u64>,
     dead_firsts: FirstSeqs,
     running: HashSet<String>,
-    busy: HashSet<Option<String>>,
+    /// Running fires per partition (cancelled ones no longer count).
+    busy: HashMap<Option<String>, usize>,
+    /// Pending fires per partition.
+    by_part: HashMap<Option<String>, HashSet<String>>,
+    /// Fires of one partition may run side by side.
+    unordered: bool,
+    /// Running fires that were cancelled (their partition is free).
+    abandoned: HashSet<String>,
     /// Fires dead-lettered in a row (reset by a success).
     pub(crate) dead_in_a_row: u32,
 }
@@ -172,7 +182,56 @@ impl FireBook {
         if let Some(s) = f.first_seq() {
             self.firsts.add(s);
         }
+        self.by_part
+            .entry(f.partition.clone())
+            .or_default()
+            .insert(f.fire_id.clone());
         self.pending.insert(f.fire_id.clone(), f);
+    }
+
+    /// Let fires of one partition run side by side (or not).
+    pub fn set_ordered(&mut self, ordered: bool) {
+        self.unordered = !ordered;
+    }
+
+    /// Fires of `partition` pending (running ones included).
+    pub fn in_flight(&self, partition: &Option<String>) -> usize {
+        self.by_part.get(partition).map_or(0, HashSet::len)
+    }
+
+    /// Fires of `partition` running now.
+    pub fn running_in(&self, partition: &Option<String>) -> usize {
+        self.busy.get(partition).copied().unwrap_or(0)
+    }
+
+    /// Pending fires of `partition`, in creation order.
+    pub fn ids_in(&self, partition: &Option<String>) -> Vec<String> {
+        let Some(ids) = self.by_part.get(partition) else {
+            return Vec::new();
+        };
+        let mut fires: Vec<&FireRecord> = ids.iter().map(|id| &self.pending[id]).collect();
+        fires.sort_by_key(|f| f.order());
+        fires.into_iter().map(|f| f.fire_id.clone()).collect()
+    }
+
+    /// Take a cancelled fire out of the outbox (committed). If it runs, its
+    /// partition is free at once; its job's result is then not committed.
+    pub fn cancel(&mut self, id: &str) {
+        if let Some(f) = self.remove(id)
+            && self.running.contains(id)
+        {
+            self.release(&f.partition);
+            self.abandoned.insert(id.to_owned());
+        }
+    }
+
+    fn release(&mut self, partition: &Option<String>) {
+        if let Some(n) = self.busy.get_mut(partition) {
+            *n -= 1;
+            if *n == 0 {
+                self.busy.remove(partition);
+            }
+        }
     }
 
     /// Take a fire out of the outbox (completed or dead-lettered).
@@ -184,6 +243,12 @@ impl FireBook {
         }
         if let Some(s) = f.first_seq() {
             self.firsts.remove(s);
+        }
+        if let Some(ids) = self.by_part.get_mut(&f.partition) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_part.remove(&f.partition);
+            }
         }
         Some(f)
     }
@@ -266,7 +331,7 @@ impl FireBook {
     /// partition running or picked before them.
     pub fn due(&self, now: i64, max: usize) -> Vec<String> {
         let mut picked = Vec::new();
-        let mut busy: HashSet<&Option<String>> = self.busy.iter().collect();
+        let mut busy: HashSet<&Option<String>> = self.busy.keys().collect();
         for (_, _, id) in &self.order {
             if picked.len() >= max {
                 break;
@@ -274,7 +339,7 @@ impl FireBook {
             let f = &self.pending[id];
             if self.running.contains(id)
                 || f.retry_at.is_some_and(|at| at > now)
-                || busy.contains(&f.partition)
+                || (!self.unordered && busy.contains(&f.partition))
             {
                 continue;
             }
@@ -296,14 +361,15 @@ impl FireBook {
     pub fn set_running(&mut self, id: &str) -> Option<&FireRecord> {
         let f = self.pending.get(id)?;
         self.running.insert(id.to_owned());
-        self.busy.insert(f.partition.clone());
+        *self.busy.entry(f.partition.clone()).or_default() += 1;
         Some(f)
     }
 
     /// The fire's run ended (whatever the outcome, committed or not).
     pub fn set_stopped(&mut self, id: &str, partition: &Option<String>) {
-        if self.running.remove(id) {
-            self.busy.remove(partition);
+        // A cancelled fire released its partition when it was cancelled.
+        if self.running.remove(id) && !self.abandoned.remove(id) {
+            self.release(partition);
         }
     }
 }

@@ -9,17 +9,26 @@
 //!   runs, outputs under the fire id, retries with backoff, dead letters,
 //!   re-drive, the circuit breaker.
 //! - [`batch`]: the batch kind — where a window decides to fire.
+//! - [`dwell`]: the dwell kind — memberships, their reactions and
+//!   `max_dwell`.
+//! - [`schedule`]: the schedule kind — cron ticks (DST, catch-up, overlap)
+//!   handing each partition the events kept since the previous tick.
 //! - [`state`]: the typed keys of a rule's durable state.
 //! - [`timers`]: the deadline index.
 //!
 //! A kind is a [`Kind`]: given a partition's committed state and what the
 //! current step already changed, it says what a kept event or a due
 //! deadline does — changes, fires, engine records — and how its state is
-//! written (only what changed) and read back.
+//! written (only what changed) and read back. A kind with rule-wide
+//! ticks (schedule) also says when they fall due ([`Kind::next_tick`],
+//! [`Kind::due_ticks`]); the core keeps the schedule's position and calls
+//! [`Kind::on_tick`] for every partition at each tick.
 
 pub mod batch;
 pub mod core;
+pub mod dwell;
 pub mod fires;
+pub mod schedule;
 pub mod state;
 pub mod timers;
 
@@ -142,6 +151,93 @@ pub struct NewFire {
     pub reason: FireReason,
     /// Its events, in log order.
     pub seqs: Vec<u64>,
+    /// Cancel the partition's fires still in the pipeline and hand their
+    /// events to this one (`overlap = "cancel-previous"`).
+    pub supersede: bool,
+}
+
+impl NewFire {
+    /// A fire that leaves earlier fires alone.
+    pub fn new(id_parts: Vec<String>, reason: FireReason, seqs: Vec<u64>) -> Self {
+        Self {
+            id_parts,
+            reason,
+            seqs,
+            supersede: false,
+        }
+    }
+}
+
+/// Something a kind did that is neither a fire nor a discard, reported on
+/// the log as an engine record (and by `sluice test`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// `max_dwell` ended a membership.
+    Left {
+        /// The membership's epoch.
+        epoch: u64,
+        /// When it was last anchored (ms).
+        member_since: i64,
+    },
+    /// A tick did not fire for the partition: its previous tick's fire was
+    /// still in the pipeline (`overlap`). Its events wait for the next
+    /// tick.
+    TickSkipped {
+        /// The tick (ms).
+        tick: i64,
+        /// The overlap policy that skipped it.
+        overlap: &'static str,
+    },
+}
+
+impl Note {
+    /// The engine record's kind.
+    pub fn record_kind(&self) -> &'static str {
+        match self {
+            Note::Left { .. } => "membership.expired",
+            Note::TickSkipped { .. } => "tick.skipped",
+        }
+    }
+}
+
+/// A schedule tick as the core hands it to every partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    /// The tick's time (ms).
+    pub at: i64,
+    /// It was missed while the rule was not running (engine down, rule
+    /// paused) and runs by the catch-up policy.
+    pub catch_up: bool,
+}
+
+/// What is known about a partition's fires when a tick comes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// Fires of the partition in the pipeline (running or waiting).
+    pub fires: usize,
+    /// Of those, fires running now.
+    pub running: usize,
+    /// Partitions with a key that the rule has state for (does the rule
+    /// partition?).
+    pub keyed_partitions: usize,
+}
+
+/// The ticks due when a schedule's position moves from `last` to `now`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DueTicks {
+    /// Ticks to run, in time order.
+    pub run: Vec<Tick>,
+    /// Ticks missed and not run (catch-up policy).
+    pub missed: u64,
+    /// The first missed tick.
+    pub first_missed: Option<i64>,
+    /// The last missed tick.
+    pub last_missed: Option<i64>,
+    /// More ticks were missed than were counted (`missed` is a lower
+    /// bound).
+    pub missed_more: bool,
+    /// The schedule's new position: the latest tick at or before `now`.
+    pub position: i64,
 }
 
 /// Events a kind drops without firing (a batch window with `expire =
@@ -162,6 +258,8 @@ pub struct KindOut {
     pub fires: Vec<NewFire>,
     /// Events dropped.
     pub discards: Vec<Discard>,
+    /// Other things worth a record.
+    pub notes: Vec<Note>,
 }
 
 /// A write to a partition's durable state, relative to the partition's key
@@ -231,6 +329,46 @@ pub trait Kind: Send + std::fmt::Debug + 'static {
 
     /// The lowest seq the state still needs after the change.
     fn first_seq_after(&self, base: Option<&Self::State>, change: &Self::Change) -> Option<u64>;
+
+    /// Rule-wide ticks: the first tick after `after` (ms). `None`: the kind
+    /// has no ticks (the default), or there is no tick left.
+    fn next_tick(&self, _after: i64) -> Option<i64> {
+        None
+    }
+
+    /// Whether the kind ticks at all (`next_tick` may still run out).
+    fn ticks(&self) -> bool {
+        false
+    }
+
+    /// The ticks after `last` up to `now`; those before `up_since` were
+    /// missed while the rule was not running and follow the catch-up
+    /// policy.
+    fn due_ticks(&self, last: i64, now: i64, _up_since: i64) -> DueTicks {
+        DueTicks {
+            position: last.max(now),
+            ..DueTicks::default()
+        }
+    }
+
+    /// A tick comes for a partition (`base` is `None` for a partition
+    /// without state: the global one is offered every tick).
+    fn on_tick(
+        &self,
+        _base: Option<&Self::State>,
+        _change: &mut Self::Change,
+        _tick: Tick,
+        _in_flight: InFlight,
+        _out: &mut KindOut,
+    ) {
+    }
+
+    /// Fires of one partition run one at a time, in order (the default).
+    /// `false` lets them overlap (`overlap = "allow-all"`), up to the
+    /// rule's concurrency.
+    fn ordered(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -11,10 +11,11 @@
 //! | `breaker` | fires dead-lettered in a row |
 //! | `suspended` | why the rule is suspended |
 //! | `paused` | present while the rule is paused |
+//! | `tick` | a schedule's position: last tick handled, ticks skipped, ticks missed |
 //! | `f/<fire id>` | a pending fire (JSON [`super::fires::FireRecord`]) |
 //! | `d/<fire id>` | a dead letter (same) |
 //! | `p/-/<sub>` | a row of the global partition's kind state |
-//! | `p/<len>:<partition>/<sub>` | a row of a partition's kind state |
+//! | `p/<len>:<partition>/<sub>` | a row of a partition's kind state: batch `h` (window header), dwell `m` (membership) or `o` (epoch after a leave), schedule `k` (where the buffer starts in the member log) |
 //! | `s/<seq>` | the member log: the events a step added to partitions' buffers, keyed by the step's last seq |
 //!
 //! A partition is written with its byte length, so any string (slashes
@@ -34,6 +35,8 @@ pub const BREAKER: &str = "breaker";
 pub const SUSPENDED: &str = "suspended";
 /// Present while the rule is paused.
 pub const PAUSED: &str = "paused";
+/// A schedule's position and tallies: `<last tick> <skipped> <missed>`.
+pub const TICK: &str = "tick";
 /// Prefix of pending fires.
 pub const FIRES: &str = "f/";
 /// Prefix of dead letters.
