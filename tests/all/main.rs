@@ -7,6 +7,7 @@ mod crash;
 mod dispatch;
 mod engine;
 mod examples;
+mod languages;
 mod load;
 mod log;
 mod manifest;
