@@ -956,7 +956,12 @@ pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
     expr.parse::<cron::Schedule>().map_err(|e| {
         // The parser's message ends with the reason, after a caret line.
         let text_err = e.to_string();
-        let reason = text_err.lines().last().unwrap_or_default().trim().to_owned();
+        let reason = text_err
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         format!("{text:?} is not a cron expression: {reason}")
     })
 }

@@ -126,18 +126,15 @@ pub fn stream_rules(
         LogConfig::default(),
         Arc::new(clock.clone()),
     )?;
-    let mut cores = Vec::new();
     let mut deployables = Vec::new();
     for (component, manifest) in rules {
-        let d = Deployable::load(&runtime, TENANT, &component, &manifest)?;
-        deployables.push(d.clone());
-        cores.push(d.open(&log)?);
+        deployables.push(Deployable::load(&runtime, TENANT, &component, &manifest)?);
     }
     let mut run = Run {
         log,
         clock,
         deployables,
-        rules: cores,
+        rules: Vec::new(),
         sink,
         failed: false,
         started: false,
@@ -272,14 +269,22 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The clock has its start: let every rule take a first turn (a
-    /// schedule starts counting ticks here).
+    /// The clock has its start: the rules start running (a schedule
+    /// starts counting ticks here).
     fn start(&mut self) -> anyhow::Result<()> {
         if !self.started {
             self.started = true;
-            self.settle()?;
+            self.open_rules()?;
         }
         Ok(())
+    }
+
+    fn open_rules(&mut self) -> anyhow::Result<()> {
+        let now = self.clock.now_millis();
+        for d in &self.deployables {
+            self.rules.push(d.clone().open(&self.log, now)?);
+        }
+        self.settle()
     }
 
     fn directive(&mut self, what: &str, arg: &Value) -> anyhow::Result<()> {
@@ -296,10 +301,7 @@ impl Run<'_> {
             // the time pass, start them again from what is committed.
             self.rules.clear();
             self.clock.set(target);
-            for d in &self.deployables {
-                self.rules.push(d.clone().open(&self.log)?);
-            }
-            return self.settle();
+            return self.open_rules();
         }
         let Some(name) = arg.as_str() else {
             anyhow::bail!("{arg} is not a rule name");

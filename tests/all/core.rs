@@ -9,13 +9,14 @@ use proptest::prelude::*;
 use serde_json::json;
 use sluice::clock::{Clock, SharedClock};
 use sluice::engine::Engine;
+use sluice::engine::rule::Deployable;
 use sluice::log::{EventLog, EventQuery, NewEvent};
 use sluice::manifest::{BatchTrigger, Expire, Manifest, RetryPolicy};
 use sluice::runtime::Limits;
 use sluice::triggers::batch::Batch;
 use sluice::triggers::core::{RuleCore, RuleSpec};
 use sluice_test_components::component_bytes;
-use sluice_test_components::components::{HOSTILE, PR_DIGEST, SLOW_DIGEST};
+use sluice_test_components::components::{ECHO, HOSTILE, PR_DIGEST, SLOW_DIGEST};
 
 use crate::engine::{batch_rule, deploy, open_log, wait_cursor};
 use crate::{Harness, merged, temp_log};
@@ -365,50 +366,54 @@ async fn redeploys_mid_step_never_run_two_dispatchers() {
     engine.shutdown().await;
 }
 
-/// One input of the agreement property: an event of repo `r<p>` at a
-/// time, or a move of the clock.
+/// One input of the agreement property: an event for partition `k<key>`
+/// of one of four kinds (enter, refresh, leave, other), or a move of the
+/// clock.
 #[derive(Debug, Clone)]
 enum Op {
-    Event(u8),
+    Event(u8, u8),
     Advance(u32),
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(
         prop_oneof![
-            3 => (0u8..3).prop_map(Op::Event),
+            3 => (0u8..3, 0u8..4).prop_map(|(k, m)| Op::Event(k, m)),
             1 => (1u32..120_000).prop_map(Op::Advance),
         ],
         1..25,
     )
 }
 
-const MANIFEST: &str =
-    "name = \"pr-digest\"\nversion = 1\n\n[trigger.batch]\ncount = 3\nwindow = \"1m\"\n";
+const KINDS: [&str; 4] = ["x.enter", "x.ping", "x.leave", "x.other"];
+
+/// The rule of each kind the property runs (the `echo` component).
+const BATCH: &str = "name = \"echo\"\nversion = 1\n\n[trigger.batch]\ncount = 3\nwindow = \"1m\"\n";
+const DWELL: &str = "name = \"echo\"\nversion = 1\n\n[trigger.dwell]\nmax_dwell = \"3m\"\n\
+    [[trigger.dwell.reactions]]\nlabel = \"a\"\nafter = \"1m\"\n\
+    [[trigger.dwell.reactions]]\nlabel = \"e\"\nevery = \"45s\"\n";
+const SCHEDULE: &str = "name = \"echo\"\nversion = 1\n\n[trigger.schedule]\n\
+    cron = \"*/20 * * * * *\"\ntimezone = \"UTC\"\n";
+
+fn op_event(i: usize, key: u8, kind: u8) -> serde_json::Value {
+    json!({"id": format!("e{i}"), "source": "dev", "kind": KINDS[kind as usize],
+        "payload": {"key": format!("k{key}"), "number": i}})
+}
 
 /// What `sluice test` says: (fire id, output seq, time) per output.
-fn offline_outputs(ops: &[Op]) -> Vec<(String, u64, i64)> {
+fn offline_outputs(manifest: &str, ops: &[Op]) -> Vec<(String, u64, i64)> {
     let mut input = String::new();
     for (i, op) in ops.iter().enumerate() {
         match op {
-            Op::Event(p) => input.push_str(&format!(
-                "{}\n",
-                json!({"id": format!("e{i}"), "source": "github", "kind": "pull_request.merged",
-                    "payload": {"repo": format!("r{p}"), "number": i}})
-            )),
+            Op::Event(k, m) => input.push_str(&format!("{}\n", op_event(i, *k, *m))),
             Op::Advance(ms) => {
                 input.push_str(&format!("{}\n", json!({"advance": format!("{ms}ms")})))
             }
         }
     }
-    let manifest = Manifest::parse(MANIFEST).unwrap();
-    let report = sluice::offline::run(
-        &component_bytes(PR_DIGEST),
-        manifest,
-        input.as_bytes(),
-        None,
-    )
-    .unwrap();
+    let manifest = Manifest::parse(manifest).unwrap();
+    let report =
+        sluice::offline::run(&component_bytes(ECHO), manifest, input.as_bytes(), None).unwrap();
     report
         .lines
         .iter()
@@ -424,44 +429,51 @@ fn offline_outputs(ops: &[Op]) -> Vec<(String, u64, i64)> {
 }
 
 /// What the engine does with the same inputs on a manual clock.
-async fn engine_outputs(ops: &[Op]) -> Vec<(String, u64, i64)> {
+async fn engine_outputs(manifest: &str, ops: &[Op]) -> Vec<(String, u64, i64)> {
     let h = Harness::new();
     h.clock.set(sluice::offline::DEFAULT_START);
     let clock: SharedClock = Arc::new(h.clock.clone());
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir, clock.clone());
     let engine = Engine::new(log.clone(), clock);
-    let mut rule = batch_rule(&h, "pr-digest", PR_DIGEST, 3, 60, Limits::default());
-    rule.spec.tenant = "acme".into();
+    let manifest = Manifest::parse(manifest).unwrap();
+    let rule = Deployable::load(&h.runtime, "acme", &component_bytes(ECHO), &manifest).unwrap();
     deploy(&engine, rule, RetryPolicy::default()).await;
     for (i, op) in ops.iter().enumerate() {
         match op {
-            Op::Event(p) => {
-                let mut e = merged(&format!("r{p}"), i as u64);
-                e.id = Some(format!("e{i}"));
-                e.payload = json!({"repo": format!("r{p}"), "number": i}).to_string();
+            Op::Event(k, m) => {
+                let v = op_event(i, *k, *m);
+                let e = NewEvent {
+                    tenant: "acme".into(),
+                    id: Some(format!("e{i}")),
+                    source: "dev".into(),
+                    kind: v["kind"].as_str().unwrap().into(),
+                    time: None,
+                    payload: v["payload"].to_string(),
+                    hops: 0,
+                };
                 log.append(vec![e]).await.unwrap();
-                wait_idle(&engine, &log, "pr-digest", h.clock.now_millis()).await;
+                wait_idle(&engine, &log, "echo", h.clock.now_millis()).await;
             }
             Op::Advance(ms) => {
                 let target = h.clock.now_millis() + *ms as i64;
                 // Move through each deadline on the way, as `sluice test` does.
                 loop {
                     let now = h.clock.now_millis();
-                    wait_idle(&engine, &log, "pr-digest", now).await;
-                    match engine.status("acme", "pr-digest").unwrap().next_due {
+                    wait_idle(&engine, &log, "echo", now).await;
+                    match engine.status("acme", "echo").unwrap().next_due {
                         Some(t) if t <= target => h.clock.set(t),
                         _ => break,
                     };
                 }
                 h.clock.set(target);
-                wait_idle(&engine, &log, "pr-digest", target).await;
+                wait_idle(&engine, &log, "echo", target).await;
             }
         }
     }
     engine.shutdown().await;
     log.query(&EventQuery {
-        source: Some("rule:pr-digest".into()),
+        source: Some("rule:echo".into()),
         ..EventQuery::tenant("acme", 10_000)
     })
     .unwrap()
@@ -470,19 +482,40 @@ async fn engine_outputs(ops: &[Op]) -> Vec<(String, u64, i64)> {
     .collect()
 }
 
+fn agree(manifest: &str, ops: &[Op]) -> Result<(), TestCaseError> {
+    let offline = offline_outputs(manifest, ops);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let online = tokio.block_on(engine_outputs(manifest, ops));
+    let ids: std::collections::HashSet<&String> = offline.iter().map(|o| &o.0).collect();
+    prop_assert_eq!(ids.len(), offline.len(), "a fire id repeats");
+    prop_assert_eq!(offline, online);
+    Ok(())
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
 
     /// The engine and `sluice test` make the same fires, with the same ids,
     /// seqs and times, for any interleaving of events and clock moves; no
-    /// fire id repeats.
+    /// fire id repeats. Batch windows:
     #[test]
-    fn the_engine_and_sluice_test_agree(ops in ops()) {
-        let offline = offline_outputs(&ops);
-        let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let online = tokio.block_on(engine_outputs(&ops));
-        let ids: std::collections::HashSet<&String> = offline.iter().map(|o| &o.0).collect();
-        prop_assert_eq!(ids.len(), offline.len(), "a fire id repeats");
-        prop_assert_eq!(offline, online);
+    fn the_engine_and_sluice_test_agree_on_batches(ops in ops()) {
+        agree(BATCH, &ops)?;
+    }
+
+    /// Dwell memberships (after, every, max_dwell; enter, refresh, leave).
+    #[test]
+    fn the_engine_and_sluice_test_agree_on_dwell(ops in ops()) {
+        agree(DWELL, &ops)?;
+    }
+
+    /// Schedule ticks every 20 s, per partition.
+    #[test]
+    fn the_engine_and_sluice_test_agree_on_schedules(ops in ops()) {
+        agree(SCHEDULE, &ops)?;
     }
 }

@@ -123,7 +123,8 @@ impl Engine {
             stop_and_join(old).await;
         }
         let log = self.log.clone();
-        let core = joined(tokio::task::spawn_blocking(move || rule.open(&log)).await)??;
+        let now = self.clock.now_millis();
+        let core = joined(tokio::task::spawn_blocking(move || rule.open(&log, now)).await)??;
         let status = Arc::new(Mutex::new(core.status()));
         let (control, requests) = mpsc::channel(16);
         let stop = watch::channel(false).0;

@@ -8,10 +8,10 @@ use crate::manifest::{Manifest, Trigger};
 use crate::runtime::{CallError, LoadError, RuleLabel, Runtime, Verdict};
 use crate::triggers::Kind;
 use crate::triggers::batch::Batch;
-use crate::triggers::dwell::Dwell;
-use crate::triggers::schedule::Schedule;
 use crate::triggers::core::{CoreError, Counters, RuleCore, RuleSpec, Step, Stop};
+use crate::triggers::dwell::Dwell;
 use crate::triggers::fires::{FireAttempt, FireJob, FireOutcome, FireRecord};
+use crate::triggers::schedule::Schedule;
 
 /// Why a rule could not be set up to run.
 #[derive(Debug, thiserror::Error)]
@@ -91,13 +91,22 @@ impl Deployable {
         }
     }
 
-    /// Open the rule's durable state on `log`.
-    pub fn open(self, log: &EventLog) -> Result<Box<dyn Driven>, CoreError> {
-        Ok(match self.kind {
-            KindSpec::Batch(b) => Box::new(RuleCore::open(log, self.spec, b)?),
-            KindSpec::Dwell(d) => Box::new(RuleCore::open(log, self.spec, d)?),
-            KindSpec::Schedule(s) => Box::new(RuleCore::open(log, self.spec, s)?),
-        })
+    /// Open the rule's durable state on `log`; it starts running at engine
+    /// time `now` (see [`RuleCore::begin`]).
+    pub fn open(self, log: &EventLog, now: i64) -> Result<Box<dyn Driven>, CoreError> {
+        fn begun<K: Kind>(
+            mut core: RuleCore<K>,
+            log: &EventLog,
+            now: i64,
+        ) -> Result<Box<dyn Driven>, CoreError> {
+            core.begin(log, now)?;
+            Ok(Box::new(core))
+        }
+        match self.kind {
+            KindSpec::Batch(b) => begun(RuleCore::open(log, self.spec, b)?, log, now),
+            KindSpec::Dwell(d) => begun(RuleCore::open(log, self.spec, d)?, log, now),
+            KindSpec::Schedule(s) => begun(RuleCore::open(log, self.spec, s)?, log, now),
+        }
     }
 }
 

@@ -411,6 +411,23 @@ impl<K: Kind> RuleCore<K> {
         Ok(core)
     }
 
+    /// The rule starts running at `now` (deploy, start-up): ticks that fell
+    /// due before it were missed (catch-up policy), and a schedule without
+    /// a position starts counting ticks here (committed at once, so a
+    /// restart does not move it).
+    pub fn begin(&mut self, log: &EventLog, now: i64) -> Result<(), CoreError> {
+        self.up_since = Some(now);
+        if self.kind.ticks() && self.tick.is_none() {
+            let pos = TickPosition {
+                last: now,
+                ..TickPosition::default()
+            };
+            log.transact_blocking(Vec::new(), vec![self.put(key::TICK, pos.encode())])?;
+            self.set_tick(pos);
+        }
+        Ok(())
+    }
+
     fn set_tick(&mut self, pos: TickPosition) {
         self.tick = Some(pos);
         self.next_tick = self.kind.next_tick(pos.last);
@@ -708,11 +725,12 @@ impl<K: Kind> RuleCore<K> {
                 redriven: 0,
             });
         }
-        plan.notes.extend(out.notes.into_iter().map(|note| NoteRecord {
-            partition: p.clone(),
-            note,
-            at: now,
-        }));
+        plan.notes
+            .extend(out.notes.into_iter().map(|note| NoteRecord {
+                partition: p.clone(),
+                note,
+                at: now,
+            }));
         for d in out.discards {
             plan.discards.push(DiscardRecord {
                 fire_id: id(&d.id_parts),

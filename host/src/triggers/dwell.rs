@@ -487,7 +487,11 @@ mod tests {
         let mut p = Part::new(dwell(&[("stayed", after(100))], None));
         p.event(1, Membership::Enter, 0);
         p.event(2, Membership::Enter, 50);
-        assert_eq!(p.deadline(), Some(100), "enter while a member changes nothing");
+        assert_eq!(
+            p.deadline(),
+            Some(100),
+            "enter while a member changes nothing"
+        );
         p.event(3, Membership::Ignore, 60);
         p.event(4, Membership::Leave, 70);
         assert_eq!(p.deadline(), None);
@@ -544,7 +548,10 @@ mod tests {
             .collect();
         assert_eq!(
             labels,
-            vec![("early".to_owned(), vec![7, 9]), ("late".to_owned(), vec![7, 9])]
+            vec![
+                ("early".to_owned(), vec![7, 9]),
+                ("late".to_owned(), vec![7, 9])
+            ]
         );
         assert_ne!(out.fires[0].id_parts, out.fires[1].id_parts);
     }

@@ -310,7 +310,9 @@ impl Kind for Schedule {
                 }
             }
         }
-        let caught_up = missed_kept.into_iter().map(|at| Tick { at, catch_up: true });
+        let caught_up = missed_kept
+            .into_iter()
+            .map(|at| Tick { at, catch_up: true });
         due.run = caught_up.chain(due.run).collect();
         due
     }
