@@ -118,10 +118,10 @@ bool rule_handle_batch(const sluice_batch *b, sluice_emits *out, sluice_error *e
     if (prs.failed || !sluice_emit(out, "pr.digest", &digest)) {
         sluice_fail(err, SLUICE_RETRYABLE, "out of memory");
     } else {
-        sluice_log(SLUICE_RULE_HOST_LEVEL_INFO, "digest for %.*s: %zu merges (%s)",
-                   b->has_partition ? (int)b->partition.len : 18,
-                   b->has_partition ? b->partition.ptr : "unknown repository", b->len,
-                   why(b->reason));
+        static const char unknown[] = "unknown repository";
+        sluice_text repo = b->has_partition ? b->partition : (sluice_text){unknown, sizeof unknown - 1};
+        sluice_log(SLUICE_RULE_HOST_LEVEL_INFO, "digest for %.*s: %zu merges (%s)", (int)repo.len,
+                   repo.ptr, b->len, why(b->reason));
         ok = true;
     }
     json_buf_free(&digest);
