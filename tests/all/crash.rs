@@ -360,3 +360,184 @@ fn batch_rules_survive_repeated_sigkill() {
         .unwrap();
     assert_eq!(orders.len(), 10_000, "every order stored exactly once");
 }
+
+/// A `sluice run` of the `echo` rule under `manifest` on `db`, fed `input`
+/// on stdin, stopped after `run_for`: with SIGKILL (`kill`), or SIGINT (a
+/// clean shutdown).
+fn run_echo(
+    db: &std::path::Path,
+    manifest: &std::path::Path,
+    input: &str,
+    run_for: std::time::Duration,
+    kill: bool,
+) {
+    use sluice_test_components::components::ECHO;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--tenant", "t", "--durability", "normal", "--db"])
+        .arg(db)
+        .arg("--rule")
+        .arg(format!("{}={ECHO}", manifest.display()))
+        .env("SLUICE_LOG", "error")
+        // Compiled once, loaded from the cache at every start-up after.
+        .env("SLUICE_CACHE_DIR", db.parent().unwrap().join("cache"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(run_for);
+    if kill {
+        let _ = child.kill(); // SIGKILL
+    } else {
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    }
+    drop(stdin);
+    child.wait().unwrap();
+}
+
+/// The `echo` outputs in `db`: (output id, payload), in log order; no id
+/// twice.
+fn echoes(db: &std::path::Path) -> Vec<(String, serde_json::Value)> {
+    let backend = SqliteBackend::open(db, Durability::Normal).unwrap();
+    let outputs = backend
+        .read(&EventQuery {
+            source: Some("rule:echo".into()),
+            ..EventQuery::tenant("t", usize::MAX >> 1)
+        })
+        .unwrap();
+    let ids: HashSet<&str> = outputs.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), outputs.len(), "an output appears twice");
+    outputs
+        .into_iter()
+        .map(|e| (e.id, serde_json::from_str(&e.payload).unwrap()))
+        .collect()
+}
+
+#[test]
+fn dwell_memberships_survive_sigkill_and_fire_once_after_downtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("rule.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"echo\"\nversion = 1\n\n[trigger.dwell]\n[[trigger.dwell.reactions]]\nlabel = \"silent\"\nafter = \"2s\"\n",
+    )
+    .unwrap();
+    let devices = 200;
+    let input: String = (0..devices)
+        .map(|d| {
+            format!(
+                "{{\"id\":\"hb-{d}\",\"source\":\"dev\",\"kind\":\"heartbeat.ping\",\"payload\":{{\"key\":\"d{d:03}\"}}}}\n"
+            )
+        })
+        .collect();
+    let short = std::time::Duration::from_millis(700);
+    // Each database: memberships start, the engine is killed before any
+    // is due, and stays down past their deadline.
+    let (clean, crashed) = (dir.path().join("clean.db"), dir.path().join("crash.db"));
+    run_echo(&clean, &manifest, &input, short, true);
+    run_echo(&crashed, &manifest, &input, short, true);
+    assert!(echoes(&clean).is_empty(), "nothing was due before the kill");
+    std::thread::sleep(std::time::Duration::from_millis(2_000));
+    // Clean: one start-up that fires what fell due while down.
+    run_echo(
+        &clean,
+        &manifest,
+        "",
+        std::time::Duration::from_secs(3),
+        false,
+    );
+    // Crashed again and again while firing them at start-up.
+    for ms in [5, 40, 120, 300] {
+        run_echo(
+            &crashed,
+            &manifest,
+            "",
+            std::time::Duration::from_millis(ms),
+            true,
+        );
+    }
+    run_echo(
+        &crashed,
+        &manifest,
+        "",
+        std::time::Duration::from_secs(3),
+        false,
+    );
+    let (a, b) = (echoes(&clean), echoes(&crashed));
+    assert_eq!(a.len(), devices, "every silent device reported once");
+    let partitions: HashSet<&str> = a
+        .iter()
+        .map(|(_, p)| p["partition"].as_str().unwrap())
+        .collect();
+    assert_eq!(partitions.len(), devices);
+    let ids = |v: &[(String, serde_json::Value)]| -> Vec<String> {
+        let mut ids: Vec<String> = v.iter().map(|(id, _)| id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(&a),
+        ids(&b),
+        "the crashed run fired exactly what the clean one did"
+    );
+    // A later start fires nothing again.
+    run_echo(
+        &crashed,
+        &manifest,
+        "",
+        std::time::Duration::from_millis(800),
+        false,
+    );
+    assert_eq!(echoes(&crashed).len(), devices);
+}
+
+#[test]
+fn schedules_survive_sigkill_and_catch_up_without_a_tick_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("rule.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"echo\"\nversion = 1\n\n[trigger.schedule]\ncron = \"* * * * * *\"\ntimezone = \"UTC\"\ncatch_up = \"all\"\ncatch_up_window = \"1h\"\n",
+    )
+    .unwrap();
+    let db = dir.path().join("sched.db");
+    let second = std::time::Duration::from_secs(1);
+    // Up, killed, down, up and killed mid-tick a few times, down, and up
+    // to a clean stop.
+    run_echo(&db, &manifest, "", 2 * second, true);
+    std::thread::sleep(2 * second);
+    for ms in [1_300, 900, 1_100] {
+        run_echo(
+            &db,
+            &manifest,
+            "",
+            std::time::Duration::from_millis(ms),
+            true,
+        );
+    }
+    std::thread::sleep(2 * second);
+    run_echo(&db, &manifest, "", 3 * second, false);
+    let mut ticks: Vec<(i64, bool)> = echoes(&db)
+        .iter()
+        .map(|(_, p)| {
+            (
+                p["tick"].as_i64().unwrap(),
+                p["catch_up"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    ticks.sort();
+    assert!(ticks.len() >= 8, "{ticks:?}");
+    // Every second from the first tick to the last, each exactly once.
+    for w in ticks.windows(2) {
+        assert_eq!(w[1].0 - w[0].0, 1_000, "a tick missing or twice: {ticks:?}");
+    }
+    assert!(
+        ticks.iter().any(|t| t.1),
+        "ticks missed while down ran as catch-up: {ticks:?}"
+    );
+}

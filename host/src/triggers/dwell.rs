@@ -16,8 +16,10 @@
 //!   before that still fire, and the leave is recorded
 //!   (`membership.expired`).
 //!
-//! A fire's id is derived from (partition, epoch, anchor, label, ordinal):
-//! unique across refreshes and restarts, the same on every replay. Its
+//! A fire's id is derived from (partition, epoch, anchoring event's seq,
+//! label, ordinal): unique across refreshes and restarts, and the same on
+//! every replay and in every run over the same log, whatever the clock
+//! did. Its
 //! batch holds the event that started the membership and the one that
 //! last anchored it (one event when they are the same): at most two.
 //!
@@ -170,7 +172,7 @@ impl Dwell {
         NewFire::new(
             vec![
                 s.epoch.to_string(),
-                s.since.to_string(),
+                s.last.to_string(),
                 label.clone(),
                 ordinal.to_string(),
             ],

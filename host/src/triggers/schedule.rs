@@ -19,7 +19,9 @@
 //! fall due while it runs always run, late if need be.
 //!
 //! When the previous tick's fire of a partition is still in the pipeline
-//! (running, or waiting to run or to retry), `overlap` decides: `skip`
+//! (running, or waiting to run or to retry) as a tick comes, `overlap`
+//! decides (ticks that come together — caught up after downtime, or late —
+//! all run, one after another): `skip`
 //! skips the tick, `buffer-one` queues it unless one already waits,
 //! `buffer-all` queues every tick, `cancel-previous` cancels the fires in
 //! the pipeline and hands their events to the new tick, `allow-all` lets
@@ -129,14 +131,6 @@ impl Schedule {
         }
         None
     }
-
-    fn in_flight_now(in_flight: InFlight, c: &Buffered) -> (usize, usize) {
-        // Fires this step made for the partition wait in the pipeline too.
-        (
-            in_flight.fires + c.fired,
-            in_flight.fires - in_flight.running + c.fired,
-        )
-    }
 }
 
 /// A known partition: the events kept since its previous tick.
@@ -157,8 +151,6 @@ pub struct Buffered {
     appended: Vec<u64>,
     /// The new `from`, when it changes.
     from: Option<u64>,
-    /// Fires this step created for the partition.
-    fired: usize,
 }
 
 fn seqs(base: Option<&Buffer>, c: &Buffered) -> Vec<u64> {
@@ -333,7 +325,9 @@ impl Kind for Schedule {
         if batch.is_empty() && self.skip_empty {
             return;
         }
-        let (fires, waiting) = Self::in_flight_now(in_flight, c);
+        // Only fires already in the pipeline count: ticks due together
+        // (caught up after downtime, or late) run one after another.
+        let (fires, waiting) = (in_flight.fires, in_flight.fires - in_flight.running);
         let skip = match self.overlap {
             Overlap::Skip => fires > 0,
             Overlap::BufferOne => waiting > 0,
@@ -354,7 +348,6 @@ impl Kind for Schedule {
         }
         c.taken = true;
         c.appended.clear();
-        c.fired += 1;
         out.fires.push(NewFire {
             id_parts: vec![tick.at.to_string()],
             reason: FireReason::Schedule {
