@@ -3,6 +3,8 @@
 //! `../wit/rule-python.wit` for why). `wac plug` composes the two into one
 //! component; the values pass through unchanged.
 
+/// Generated code, as the SDK keeps its own (`guest-sdk`).
+#[allow(clippy::all)]
 mod bindings {
     wit_bindgen::generate!({
         world: "sluice:rule-python/adapter@0.1.0",
@@ -11,7 +13,9 @@ mod bindings {
     });
 }
 
-use bindings::sluice::rule::types::{Batch, Emit, Event, EventPack, Membership, RuleError, Selection};
+use bindings::sluice::rule::types::{
+    Batch, Emit, Event, EventPack, Membership, RuleError, Selection,
+};
 use bindings::sluice::rule_python::guest;
 
 struct Adapter;
