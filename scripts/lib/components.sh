@@ -28,6 +28,8 @@ content_key() {
     {
         for f in "$@"; do
             if [[ -f "$f" ]]; then
+                # The same file gives the same key however it was named.
+                f=$(realpath "$f")
                 printf 'file %s ' "${f#"$SLUICE_ROOT"/}"
                 sha256sum < "$f"
             else
