@@ -29,3 +29,19 @@ echo "== pr-digest under its trigger (sluice test: real log, windows, fires; vir
 echo "-- events: examples/pr-digest/scenario.ndjson (ends with {\"advance\": \"2h\"})"
 "$sluice" test "$wasm/pr_digest.wasm" --manifest examples/pr-digest/rule.toml \
     --events examples/pr-digest/scenario.ndjson
+
+echo
+echo "== user-inactive under its dwell trigger (sluice test) =="
+echo "-- events: examples/user-inactive/scenario.ndjson: u-42 and u-7 sign up;"
+echo "   u-42 is active on Jan 3, u-7 is deleted on Jan 5 (leave); the clock"
+echo "   moves to Jan 11, u-42 comes back on Jan 12, the clock moves to Jan 20"
+"$sluice" test "$wasm/user_inactive.wasm" --manifest examples/user-inactive/rule.toml \
+    --events examples/user-inactive/scenario.ndjson
+
+echo
+echo "== hourly-summary under its schedule (sluice test) =="
+echo "-- events: examples/hourly-summary/scenario.ndjson: orders from 10:05 to"
+echo "   11:10 (Berlin), the clock moves to 13:30, then the engine is down 2h"
+echo "   ({\"down\": \"2h\"}; catch_up = \"latest\": 14:00 is missed, 15:00 runs)"
+"$sluice" test "$wasm/hourly_summary.wasm" --manifest examples/hourly-summary/rule.toml \
+    --events examples/hourly-summary/scenario.ndjson

@@ -47,9 +47,10 @@ enum Command {
         cache_dir: Option<PathBuf>,
     },
     /// Run a rule offline on a virtual clock with the real log, rule core
-    /// and fire pipeline: events (or {"advance": "10m" | "<time>"} lines)
-    /// in, one JSON line per fire, output, discard and error out. Exits 1
-    /// when a handler failed.
+    /// and fire pipeline: events, or directives ({"advance": "10m" |
+    /// "<time>"}, {"pause": "<rule>"}, {"resume": "<rule>"}, {"down":
+    /// "2h"}), in; one JSON line per fire, output, discard, error, leave,
+    /// skipped or missed tick out. Exits 1 when a handler failed.
     Test {
         /// The rule component (.wasm).
         rule: PathBuf,

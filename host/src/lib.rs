@@ -41,6 +41,10 @@
 //!   - [`triggers::fires`]: the fire pipeline — outbox, retries, dead
 //!     letters, breaker.
 //!   - [`triggers::batch`]: aggregation windows — where a batch fires.
+//!   - [`triggers::dwell`]: memberships and their reactions (`after`,
+//!     `every`, `max_dwell`).
+//!   - [`triggers::schedule`]: cron ticks (time zones, DST, catch-up,
+//!     overlap) handing each partition its events since the last tick.
 //!   - [`triggers::state`]: typed keys of a rule's durable state.
 //!   - [`triggers::timers`]: which deadline is due next.
 //! - [`offline`]: `sluice test` — rules against recorded events on a

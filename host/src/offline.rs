@@ -393,7 +393,12 @@ impl Run<'_> {
                 self.advance_to(t)?;
             }
             let last = self.log.last_seq();
-            let caught_up = self.rules.iter().all(|r| r.cursor() == last);
+            // A paused rule takes nothing until resumed, when its turn
+            // catches it up.
+            let caught_up = self
+                .rules
+                .iter()
+                .all(|r| r.held() || r.cursor() == last);
             let taken = if caught_up {
                 self.chunk(&pending[start..])?
             } else {
@@ -461,6 +466,10 @@ impl Run<'_> {
         let mut verdicts = Vec::with_capacity(self.rules.len());
         let mut take = nows.len();
         for r in &mut self.rules {
+            if r.held() {
+                verdicts.push(Vec::new());
+                continue;
+            }
             match r.select(&provisional) {
                 Ok(v) => {
                     take = take.min(r.plan_len(&provisional, &v, &now_of, stop));
@@ -492,6 +501,9 @@ impl Run<'_> {
             ..stop
         };
         for (i, v) in verdicts.iter().enumerate() {
+            if self.rules[i].held() {
+                continue;
+            }
             let step = self.rules[i].step_with(
                 &self.log,
                 &provisional[..take],

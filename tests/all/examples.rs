@@ -173,3 +173,86 @@ fn hourly_summary_totals_orders() {
     let out: Value = serde_json::from_str(&emits[0].payload).unwrap();
     assert_eq!(out["events"], 0);
 }
+
+/// `sluice test` on an example's `scenario.ndjson` under its `rule.toml`.
+fn scenario(name: &str, component: &str) -> Vec<Value> {
+    let dir = format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let manifest =
+        sluice::manifest::Manifest::parse(&std::fs::read_to_string(format!("{dir}/rule.toml")).unwrap())
+            .unwrap();
+    let events = std::fs::File::open(format!("{dir}/scenario.ndjson")).unwrap();
+    let bytes = sluice_test_components::component_bytes(component);
+    sluice::offline::run(&bytes, manifest, events, None)
+        .unwrap()
+        .lines
+}
+
+fn at(line: &Value, field: &str) -> String {
+    chrono::DateTime::from_timestamp_millis(line[field].as_i64().unwrap())
+        .unwrap()
+        .to_rfc3339()
+}
+
+#[test]
+fn user_inactive_scenario_reports_each_silence_of_a_member() {
+    let lines = scenario("user-inactive", USER_INACTIVE);
+    let fires: Vec<(String, String, String)> = lines
+        .iter()
+        .filter(|l| l["type"] == "fire")
+        .map(|l| {
+            (
+                l["partition"].as_str().unwrap().to_owned(),
+                at(l, "at"),
+                at(l, "member_since"),
+            )
+        })
+        .collect();
+    // u-7 left (deleted) before its 7 days: no fire. u-42: 7 days after
+    // its last activity, twice.
+    assert_eq!(
+        fires,
+        [
+            (
+                "u-42".to_owned(),
+                "2026-01-10T08:30:00+00:00".to_owned(),
+                "2026-01-03T08:30:00+00:00".to_owned()
+            ),
+            (
+                "u-42".to_owned(),
+                "2026-01-19T18:00:00+00:00".to_owned(),
+                "2026-01-12T18:00:00+00:00".to_owned()
+            ),
+        ]
+    );
+    let outputs = lines.iter().filter(|l| l["type"] == "output").count();
+    assert_eq!(outputs, 2);
+}
+
+#[test]
+fn hourly_summary_scenario_ticks_and_catches_up_the_latest_missed_tick() {
+    let lines = scenario("hourly-summary", HOURLY_SUMMARY);
+    let ticks: Vec<(String, bool, usize)> = lines
+        .iter()
+        .filter(|l| l["type"] == "fire")
+        .map(|l| {
+            (
+                at(l, "tick"),
+                l["catch_up"].as_bool().unwrap(),
+                l["events"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ticks,
+        [
+            ("2026-01-01T10:00:00+00:00".to_owned(), false, 3),
+            ("2026-01-01T11:00:00+00:00".to_owned(), false, 1),
+            ("2026-01-01T12:00:00+00:00".to_owned(), false, 0),
+            ("2026-01-01T14:00:00+00:00".to_owned(), true, 0),
+        ],
+        "11:00, 12:00 and 13:00 Berlin; 15:00 (14:00 UTC) caught up after the downtime"
+    );
+    let missed: Vec<&Value> = lines.iter().filter(|l| l["type"] == "missed").collect();
+    assert_eq!(missed.len(), 1);
+    assert_eq!(missed[0]["ticks"], 1, "14:00 Berlin was missed and counted");
+}

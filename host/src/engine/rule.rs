@@ -139,6 +139,8 @@ pub struct RuleStatus {
 pub trait Driven: Send + std::fmt::Debug {
     /// The rule's spec.
     fn spec(&self) -> &RuleSpec;
+    /// Paused or suspended: it processes nothing until resumed.
+    fn held(&self) -> bool;
     /// Last seq processed.
     fn cursor(&self) -> u64;
     /// Close what is due at `now`.
@@ -201,6 +203,9 @@ pub trait Driven: Send + std::fmt::Debug {
 impl<K: Kind> Driven for RuleCore<K> {
     fn spec(&self) -> &RuleSpec {
         RuleCore::spec(self)
+    }
+    fn held(&self) -> bool {
+        self.paused() || self.suspended().is_some()
     }
     fn cursor(&self) -> u64 {
         RuleCore::cursor(self)

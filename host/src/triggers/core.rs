@@ -712,7 +712,9 @@ impl<K: Kind> RuleCore<K> {
             if f.supersede {
                 self.supersede(plan, p, &fire_id, &mut seqs, now);
             }
+            let order = self.fires.next_order() + plan.fires.len() as u64;
             plan.fires.push(FireRecord {
+                order,
                 fire_id,
                 rule: self.spec.name.clone(),
                 partition: p.clone(),
@@ -1118,7 +1120,8 @@ impl<K: Kind> RuleCore<K> {
     }
 
     /// Feed events already selected (a prefix of them, as `stop` says) and
-    /// commit. The events must be the ones right after the cursor.
+    /// commit. The events must be the ones right after the cursor. A paused
+    /// or suspended rule takes none.
     pub fn step_with(
         &mut self,
         log: &EventLog,
@@ -1127,6 +1130,12 @@ impl<K: Kind> RuleCore<K> {
         now_of: &dyn Fn(usize) -> i64,
         stop: Stop,
     ) -> Result<Step, CoreError> {
+        if self.held() {
+            return Ok(Step {
+                cursor: self.cursor,
+                ..Step::default()
+            });
+        }
         let plan = self.plan(events, verdicts, now_of, stop);
         self.commit(log, plan)
     }

@@ -56,6 +56,10 @@ pub struct FireRecord {
     /// records carry it, so each round of attempts is recorded anew).
     #[serde(default)]
     pub redriven: u32,
+    /// Creation order among the rule's fires: fires made by one step (two
+    /// reactions, caught-up ticks) run in the order the kind made them.
+    #[serde(default)]
+    pub order: u64,
 }
 
 impl FireRecord {
@@ -64,12 +68,8 @@ impl FireRecord {
         self.seqs.first().copied()
     }
 
-    fn order(&self) -> (i64, u64, String) {
-        (
-            self.created_at,
-            self.first_seq().unwrap_or(u64::MAX),
-            self.fire_id.clone(),
-        )
+    fn order(&self) -> (u64, i64, String) {
+        (self.order, self.created_at, self.fire_id.clone())
     }
 }
 
@@ -150,7 +150,9 @@ impl FirstSeqs {
 pub struct FireBook {
     pending: HashMap<String, FireRecord>,
     /// Pending fires in creation order.
-    order: BTreeSet<(i64, u64, String)>,
+    order: BTreeSet<(u64, i64, String)>,
+    /// The highest creation order of a fire seen.
+    last_order: u64,
     /// Pending fires waiting for a retry, by retry time.
     retries: BTreeSet<(i64, String)>,
     firsts: FirstSeqs,
@@ -175,6 +177,7 @@ impl FireBook {
     /// Put a fire in the outbox (committed).
     pub fn insert(&mut self, f: FireRecord) {
         self.remove(&f.fire_id);
+        self.last_order = self.last_order.max(f.order);
         self.order.insert(f.order());
         if let Some(at) = f.retry_at {
             self.retries.insert((at, f.fire_id.clone()));
@@ -187,6 +190,11 @@ impl FireBook {
             .or_default()
             .insert(f.fire_id.clone());
         self.pending.insert(f.fire_id.clone(), f);
+    }
+
+    /// The creation order the next new fire takes.
+    pub fn next_order(&self) -> u64 {
+        self.last_order + 1
     }
 
     /// Let fires of one partition run side by side (or not).
@@ -327,8 +335,9 @@ impl FireBook {
     }
 
     /// Fires that may start at `now`, oldest first, at most `max`: not
-    /// waiting for a retry, not running, and no other fire of their
-    /// partition running or picked before them.
+    /// waiting for a retry, not running, and no earlier fire of their
+    /// partition still in the pipeline (running, picked, or waiting for
+    /// its retry) — a partition's fires run in creation order.
     pub fn due(&self, now: i64, max: usize) -> Vec<String> {
         let mut picked = Vec::new();
         let mut busy: HashSet<&Option<String>> = self.busy.keys().collect();
@@ -337,14 +346,11 @@ impl FireBook {
                 break;
             }
             let f = &self.pending[id];
-            if self.running.contains(id)
-                || f.retry_at.is_some_and(|at| at > now)
-                || (!self.unordered && busy.contains(&f.partition))
-            {
-                continue;
+            let ready = !self.running.contains(id) && f.retry_at.is_none_or(|at| at <= now);
+            if ready && (self.unordered || !busy.contains(&f.partition)) {
+                picked.push(id.clone());
             }
             busy.insert(&f.partition);
-            picked.push(id.clone());
         }
         picked
     }
@@ -529,6 +535,7 @@ mod tests {
             retry_at: None,
             last_error: None,
             redriven: 0,
+            order: created_at as u64,
         }
     }
 

@@ -326,11 +326,13 @@ impl Kind for Schedule {
             return;
         }
         // Only fires already in the pipeline count: ticks due together
-        // (caught up after downtime, or late) run one after another.
-        let (fires, waiting) = (in_flight.fires, in_flight.fires - in_flight.running);
+        // (caught up after downtime, or late) run one after another. The
+        // first fire in the pipeline is the current one (running, or
+        // waiting for its retry); any after it wait behind it.
+        let fires = in_flight.fires;
         let skip = match self.overlap {
             Overlap::Skip => fires > 0,
-            Overlap::BufferOne => waiting > 0,
+            Overlap::BufferOne => fires > 1,
             Overlap::BufferAll | Overlap::CancelPrevious | Overlap::AllowAll => false,
         };
         if skip {

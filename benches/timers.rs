@@ -1,0 +1,320 @@
+//! Durable-timer benchmarks for dwell and schedule rules (a bench binary;
+//! each part prints its figures):
+//!
+//! 1. 1 000 000 open dwell memberships with an `after` reaction, made by
+//!    the rule core from 1 000 000 events: bytes per membership on disk and
+//!    in memory, start-up time to reload them, and timer lateness (fire
+//!    created and committed, after its deadline) when they fall due over
+//!    30 s;
+//! 2. 1 000 schedule rules ticking every second, in the engine on the real
+//!    clock: tick lateness (handler start after the tick) and CPU used,
+//!    against the same 1 000 rules whose cron does not fire, in the same
+//!    run;
+//! 3. one schedule rule with 10 000 partitions ticking every 10 s (10 000
+//!    fires a tick): lateness of the tick's fires, CPU used.
+//!
+//! Run: `cargo bench -p sluice --bench timers` (`SLUICE_BENCH_SECS`, default
+//! 60, sets how long parts 2 and 3 run).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice::clock::{Clock, SharedClock, SystemClock};
+use sluice::engine::Engine;
+use sluice::engine::rule::Deployable;
+use sluice::log::{Durability, EventLog, EventQuery, LogConfig, NewEvent};
+use sluice::manifest::{DwellTrigger, Manifest, Reaction, ReactionTime};
+use sluice::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
+use sluice::triggers::core::{RuleCore, RuleSpec, Stop};
+use sluice::triggers::dwell::Dwell;
+use sluice_test_components::component_bytes;
+use sluice_test_components::components::ECHO;
+
+fn open_log(dir: &tempfile::TempDir, name: &str) -> EventLog {
+    EventLog::open_sqlite(
+        dir.path().join(name),
+        Durability::Normal,
+        LogConfig::default(),
+        Arc::new(SystemClock),
+    )
+    .unwrap()
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// CPU time this process used so far (user + system).
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the
+    // 12th, stime the 13th; both in clock ticks of 10 ms.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    Duration::from_millis((fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0)) * 10)
+}
+
+fn db_bytes(dir: &tempfile::TempDir, name: &str) -> u64 {
+    ["", "-wal"]
+        .iter()
+        .filter_map(|s| std::fs::metadata(dir.path().join(format!("{name}{s}"))).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn dwell(after: Duration) -> Dwell {
+    Dwell::from(&DwellTrigger {
+        reactions: vec![Reaction {
+            label: "silent".into(),
+            when: ReactionTime::After(after),
+        }],
+        max_dwell: None,
+    })
+}
+
+fn memberships(rt: &Runtime) {
+    const N: u64 = 1_000_000;
+    const SPREAD_MS: i64 = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, "dwell.db");
+    let spec = || {
+        let rule = rt
+            .load(
+                RuleLabel::new("bench", "absence"),
+                &component_bytes(ECHO),
+                Limits::default(),
+            )
+            .unwrap();
+        RuleSpec::with_defaults("bench", "absence", rule)
+    };
+    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
+        let events = chunk
+            .iter()
+            .map(|i| NewEvent {
+                tenant: "bench".into(),
+                id: Some(format!("hb{i:07}")),
+                source: "dev".into(),
+                kind: "heartbeat.ping".into(),
+                time: None,
+                payload: json!({"key": format!("device-{i:07}")}).to_string(),
+                hops: 0,
+            })
+            .collect();
+        log.append_blocking(events).unwrap();
+    }
+    log.close();
+    let events_only = db_bytes(&dir, "dwell.db");
+    let log = open_log(&dir, "dwell.db");
+    // The core takes every event: a membership per device, anchored over
+    // 30 s of engine time from t0.
+    let t0 = SystemClock.now_millis();
+    let anchor = |seq: u64| t0 + ((seq - 1) as i64 * SPREAD_MS) / N as i64;
+    let mut core = RuleCore::open(&log, spec(), dwell(Duration::from_secs(3600))).unwrap();
+    let started = Instant::now();
+    loop {
+        let events = log
+            .query(&EventQuery {
+                after_seq: Some(core.cursor()),
+                ..EventQuery::tenant("bench", 8_192)
+            })
+            .unwrap();
+        if events.is_empty() {
+            break;
+        }
+        let verdicts = core.select(&events).unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        core.step_with(&log, &events, &verdicts, &|i| anchor(seqs[i]), Stop::NEVER)
+            .unwrap();
+    }
+    let stepped = started.elapsed();
+    assert_eq!(core.partitions() as u64, N);
+    drop(core);
+    log.close();
+    let with_state = db_bytes(&dir, "dwell.db");
+    let log = open_log(&dir, "dwell.db");
+    // Start-up: reload every membership. The reaction's `after` is chosen
+    // now so that the deadlines fall 5 s from now, over 30 s.
+    let before = rss_bytes();
+    let reload = Instant::now();
+    let after = Duration::from_millis((SystemClock.now_millis() + 5_000 - t0) as u64);
+    let mut core = RuleCore::open(&log, spec(), dwell(after)).unwrap();
+    let reloaded = reload.elapsed();
+    let per_member = rss_bytes().saturating_sub(before) as f64 / N as f64;
+    let mut late = Vec::with_capacity(N as usize);
+    let mut fires = 0u64;
+    while let Some(next) = core.next_deadline() {
+        let wait = next - SystemClock.now_millis();
+        if wait > 0 {
+            std::thread::sleep(Duration::from_millis(wait as u64));
+        }
+        let step = core.expire(&log, SystemClock.now_millis()).unwrap();
+        let done = SystemClock.now_millis();
+        for f in &step.fires {
+            let due = anchor(f.seqs[0]) + after.as_millis() as i64;
+            late.push((done - due).max(0));
+        }
+        fires += step.fires.len() as u64;
+    }
+    assert_eq!(fires, N, "every membership fired once");
+    late.sort_unstable();
+    println!(
+        "dwell: {N} memberships made by the core from {N} events in {stepped:.1?}; on disk {:.0} bytes per membership (state rows + index), in memory {per_member:.0} bytes; start-up reload {reloaded:.2?}; timer lateness falling due over {} s (fire created and committed): p50 {} ms, p99 {} ms, max {} ms",
+        (with_state.saturating_sub(events_only)) as f64 / N as f64,
+        SPREAD_MS / 1000,
+        percentile(&late, 0.5),
+        percentile(&late, 0.99),
+        late.last().unwrap()
+    );
+}
+
+fn schedule_manifest(name: &str, cron: &str, extra: &str) -> Manifest {
+    Manifest::parse(&format!(
+        "name = \"{name}\"\nversion = 1\n\n[trigger.schedule]\ncron = \"{cron}\"\ntimezone = \"UTC\"\n{extra}"
+    ))
+    .unwrap()
+}
+
+/// Deploy `manifests`, run for `secs`, stop: (handler-start lateness of
+/// every tick's fire in ms, sorted; CPU used).
+fn run_schedules(
+    tokio: &tokio::runtime::Runtime,
+    rt: &Runtime,
+    manifests: &[Manifest],
+    seed: Vec<NewEvent>,
+    secs: u64,
+) -> (Vec<i64>, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, "sched.db");
+    let clock: SharedClock = Arc::new(SystemClock);
+    let engine = Engine::new(log.clone(), clock);
+    let bytes = component_bytes(ECHO);
+    for m in manifests {
+        let d = Deployable::load(rt, "bench", &bytes, m).unwrap();
+        tokio.block_on(engine.deploy(d)).unwrap();
+    }
+    if !seed.is_empty() {
+        log.append_blocking(seed).unwrap();
+    }
+    let cpu0 = cpu();
+    std::thread::sleep(Duration::from_secs(secs));
+    let used = cpu() - cpu0;
+    tokio.block_on(engine.shutdown());
+    let mut late: Vec<i64> = log
+        .query(&EventQuery {
+            kind: Some("echo".into()),
+            ..EventQuery::tenant("bench", usize::MAX >> 1)
+        })
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let p: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+            e.time - p["tick"].as_i64().unwrap()
+        })
+        .collect();
+    late.sort_unstable();
+    log.close();
+    (late, used)
+}
+
+fn many_rules(tokio: &tokio::runtime::Runtime, rt: &Runtime, secs: u64) {
+    const RULES: usize = 1_000;
+    let ticking: Vec<Manifest> = (0..RULES)
+        .map(|i| schedule_manifest(&format!("tick-{i:04}"), "* * * * * *", ""))
+        .collect();
+    // The same rules, with a cron that does not fire while measured.
+    let idle: Vec<Manifest> = (0..RULES)
+        .map(|i| schedule_manifest(&format!("idle-{i:04}"), "0 0 0 1 1 * 2099", ""))
+        .collect();
+    let (_, idle_cpu) = run_schedules(tokio, rt, &idle, Vec::new(), secs);
+    let (late, busy_cpu) = run_schedules(tokio, rt, &ticking, Vec::new(), secs);
+    println!(
+        "schedule: {RULES} rules ticking every second for {secs} s: {} ticks ran ({:.0}/s); lateness (handler start after the tick) p50 {} ms, p99 {} ms, max {} ms; CPU {:.1?} ({:.0} % of a core) against {:.1?} for the same rules idle",
+        late.len(),
+        late.len() as f64 / secs as f64,
+        percentile(&late, 0.5),
+        percentile(&late, 0.99),
+        late.last().copied().unwrap_or(0),
+        busy_cpu,
+        busy_cpu.as_secs_f64() * 100.0 / secs as f64,
+        idle_cpu
+    );
+}
+
+fn many_partitions(tokio: &tokio::runtime::Runtime, rt: &Runtime, secs: u64) {
+    const PARTITIONS: usize = 10_000;
+    let seed: Vec<NewEvent> = (0..PARTITIONS)
+        .map(|i| NewEvent {
+            tenant: "bench".into(),
+            id: Some(format!("s{i:05}")),
+            source: "shop".into(),
+            kind: "order.paid".into(),
+            time: None,
+            payload: json!({"key": format!("customer-{i:05}")}).to_string(),
+            hops: 0,
+        })
+        .collect();
+    let m = schedule_manifest("digest", "*/10 * * * * *", "\n[concurrency]\nmax = 2\n");
+    let idle = schedule_manifest("digest", "0 0 0 1 1 * 2099", "");
+    let (_, idle_cpu) = run_schedules(tokio, rt, &[idle], seed.clone(), secs);
+    let (late, busy_cpu) = run_schedules(tokio, rt, &[m], seed, secs);
+    println!(
+        "schedule: 1 rule, {PARTITIONS} partitions, a tick every 10 s for {secs} s: {} fires ran ({:.0}/s); lateness (handler start after the tick, queueing included) p50 {} ms, p99 {} ms, max {} ms; CPU {:.1?} ({:.0} % of a core) against {:.1?} idle",
+        late.len(),
+        late.len() as f64 / secs as f64,
+        percentile(&late, 0.5),
+        percentile(&late, 0.99),
+        late.last().copied().unwrap_or(0),
+        busy_cpu,
+        busy_cpu.as_secs_f64() * 100.0 / secs as f64,
+        idle_cpu
+    );
+}
+
+fn main() {
+    // `cargo test --benches` runs bench binaries with no `--bench`: skip.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let secs: u64 = std::env::var("SLUICE_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    if only.is_empty() || only == "dwell" {
+        memberships(&rt);
+    }
+    if only.is_empty() || only == "rules" {
+        many_rules(&tokio, &rt, secs);
+    }
+    if only.is_empty() || only == "partitions" {
+        many_partitions(&tokio, &rt, secs);
+    }
+}
