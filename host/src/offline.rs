@@ -395,10 +395,7 @@ impl Run<'_> {
             let last = self.log.last_seq();
             // A paused rule takes nothing until resumed, when its turn
             // catches it up.
-            let caught_up = self
-                .rules
-                .iter()
-                .all(|r| r.held() || r.cursor() == last);
+            let caught_up = self.rules.iter().all(|r| r.held() || r.cursor() == last);
             let taken = if caught_up {
                 self.chunk(&pending[start..])?
             } else {

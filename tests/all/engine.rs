@@ -285,6 +285,13 @@ async fn hostile_handlers_are_stopped_retried_and_dead_lettered() {
     log.append(vec![merged(1), merged(2)]).await.unwrap();
     // The healthy rule's digest comes while the hostile fires fail.
     wait_for(&log, 0, |e| e.kind == "pr.digest").await;
+    // The hostile fires share a partition, so they run in order: each
+    // waits for the one before to use its two attempts (the retry falls
+    // due when the clock reaches it).
+    for failures in 1..=3 {
+        collect(&log, "fire.failed", failures).await;
+        h.clock.advance(10_000);
+    }
     let failed = collect(&log, "fire.failed", 3).await;
     let errors: Vec<&str> = failed.iter().map(|e| e.payload.as_str()).collect();
     assert!(
@@ -301,9 +308,6 @@ async fn hostile_handlers_are_stopped_retried_and_dead_lettered() {
         errors.iter().any(|p| p.contains("memory limit")),
         "{errors:?}"
     );
-    // Their retries fall due when the clock reaches them; then they are
-    // out of attempts.
-    h.clock.advance(10_000);
     let dead = collect(&log, "fire.dead_lettered", 3).await;
     assert!(dead.iter().all(|e| e.payload.contains("\"attempts\":2")));
     // The engine records its work before it reports the status.

@@ -177,9 +177,10 @@ fn hourly_summary_totals_orders() {
 /// `sluice test` on an example's `scenario.ndjson` under its `rule.toml`.
 fn scenario(name: &str, component: &str) -> Vec<Value> {
     let dir = format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"));
-    let manifest =
-        sluice::manifest::Manifest::parse(&std::fs::read_to_string(format!("{dir}/rule.toml")).unwrap())
-            .unwrap();
+    let manifest = sluice::manifest::Manifest::parse(
+        &std::fs::read_to_string(format!("{dir}/rule.toml")).unwrap(),
+    )
+    .unwrap();
     let events = std::fs::File::open(format!("{dir}/scenario.ndjson")).unwrap();
     let bytes = sluice_test_components::component_bytes(component);
     sluice::offline::run(&bytes, manifest, events, None)
