@@ -560,3 +560,241 @@ fn javascript_with_wasi_http_is_refused_naming_the_import() {
         "the component was meant to import wasi:http"
     );
 }
+
+/// 100 merges of one repository, ~200-byte payloads, every fourth title
+/// with escapes: the shape the kit's digest handles.
+fn digest_events(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let title = if i % 4 == 0 {
+                format!(r#"Fix \"quoted\" names in caf\u00e9 \ud83d\ude80 #{i}"#)
+            } else {
+                format!("Refactor the ingestion pipeline to batch writes #{i}")
+            };
+            ev(
+                i as u64 + 1,
+                "pull_request.merged",
+                &format!(
+                    r#"{{"repo":"acme/service-{:02}","number":{},"author":"dev-{}","title":"{title}","labels":["backend","perf"],"additions":120,"deletions":45}}"#,
+                    i % 10,
+                    1000 + i,
+                    i % 7
+                ),
+            )
+        })
+        .collect()
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+/// Builds the PR digest of `language` from scratch (no component cache)
+/// and returns how long the build took, as the build reports it.
+fn timed_build(language: &str) -> Duration {
+    let scratch = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let output = if language == "rust" {
+        // A cold build of the example and its dependencies (SDK, serde,
+        // wit-bindgen) into an empty target directory.
+        Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+            .args(["-p", "pr-digest", "--manifest-path"])
+            .arg(root().join("examples/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(scratch.path())
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .unwrap()
+    } else {
+        Command::new("bash")
+            .arg(root().join(format!("examples/{language}/build.sh")))
+            .arg(scratch.path())
+            .env("SLUICE_NO_CACHE", "1")
+            .env("CARGO_TARGET_DIR", target_dir())
+            .output()
+            .unwrap()
+    };
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{language} build failed:\n{stderr}"
+    );
+    if language == "rust" {
+        return elapsed;
+    }
+    // "<language> pr-digest: built in 12.3s (...)": the rule's own build,
+    // without the tool checks around it.
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("{language} pr-digest: built in ")))
+        .unwrap_or_else(|| panic!("no build time for {language} in:\n{stderr}"));
+    let secs: f64 = line
+        .split("built in ")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable build line {line:?}"));
+    Duration::from_secs_f64(secs)
+}
+
+/// The figures of the README's "Rules in other languages": per language,
+/// build time, component size, cold compile, cached load, per-event
+/// `select` and the digest handler on a 100-event batch, each a median of
+/// interleaved rounds (languages alternate within a round), with ratios
+/// against the Rust component of the same run. The outputs are checked
+/// equal across languages while measuring.
+///
+/// Run: `cargo test --release -p sluice --test all measure_languages -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement: run it in release, by hand"]
+fn measure_languages() {
+    const ROUNDS: usize = 7;
+    let clock = ManualClock::new(1_767_225_600_000);
+    let events = digest_events(100);
+    let warm = tempfile::tempdir().unwrap();
+    let warm_rt = runtime(&clock, Some(warm.path().to_path_buf()));
+
+    #[derive(Default)]
+    struct Figures {
+        build: Duration,
+        size: u64,
+        cold: Vec<Duration>,
+        cached: Vec<Duration>,
+        select: Vec<Duration>,
+        handler: Vec<Duration>,
+        handler_empty: Vec<Duration>,
+        imports: usize,
+    }
+    let mut figures: BTreeMap<&str, Figures> = BTreeMap::new();
+    for language in LANGUAGES {
+        let path = built().path(language, "pr-digest");
+        let bytes = std::fs::read(path).unwrap();
+        let f = figures.entry(language).or_default();
+        f.size = bytes.len() as u64;
+        f.imports = imports(&bytes).unwrap().len();
+        f.build = timed_build(language);
+        eprintln!("{language}: built in {}", fmt_duration(f.build));
+        // Fill the warm cache.
+        load(&warm_rt, language, "pr-digest");
+    }
+
+    let mut reference: Option<Vec<Value>> = None;
+    for round in 0..ROUNDS {
+        for language in LANGUAGES {
+            let bytes = std::fs::read(built().path(language, "pr-digest")).unwrap();
+            let label = || RuleLabel::new("bench", language);
+            let f = figures.get_mut(language).unwrap();
+            // Cold compile: an engine with an empty cache (three rounds).
+            if round < 3 {
+                let empty = tempfile::tempdir().unwrap();
+                let rt = runtime(&clock, Some(empty.path().to_path_buf()));
+                let t = Instant::now();
+                rt.load(label(), &bytes, Limits::default()).unwrap();
+                f.cold.push(t.elapsed());
+            }
+            // Cached load: a new engine over the warm cache.
+            let rt = runtime(&clock, Some(warm.path().to_path_buf()));
+            let t = Instant::now();
+            let loaded = rt.load(label(), &bytes, Limits::default()).unwrap();
+            f.cached.push(t.elapsed());
+
+            // select over 100 events on a live instance (warmed by one call).
+            let mut instance = loaded.instance();
+            instance.select(&events).unwrap();
+            let t = Instant::now();
+            for _ in 0..10 {
+                std::hint::black_box(instance.select(&events).unwrap());
+            }
+            f.select.push(t.elapsed() / (10 * events.len() as u32));
+
+            // The digest of a 100-event batch: each call on a fresh instance,
+            // as the engine runs a fire.
+            let b = batch(Some("acme/service-00"), Reason::CountReached, &events);
+            let t = Instant::now();
+            let emits = instance.handle_batch(&b).unwrap();
+            f.handler.push(t.elapsed());
+            let t = Instant::now();
+            instance
+                .handle_batch(&batch(None, Reason::Drained, &[]))
+                .unwrap();
+            f.handler_empty.push(t.elapsed());
+
+            let out: Vec<Value> = emits
+                .iter()
+                .map(|e| serde_json::from_str(&e.payload).unwrap())
+                .collect();
+            match &reference {
+                None => reference = Some(out),
+                Some(r) => assert_eq!(&out, r, "{language} digests differently"),
+            }
+        }
+    }
+
+    let rust = &figures["rust"];
+    let times = |r: f64| {
+        if r >= 10.0 {
+            format!("{r:.0}×")
+        } else if r >= 0.1 {
+            format!("{r:.1}×")
+        } else {
+            format!("{r:.2}×")
+        }
+    };
+    let ratio = |a: Duration, b: Duration| times(a.as_secs_f64() / b.as_secs_f64());
+    println!(
+        "\n| language | build | component | imports | cold compile | cached load | `select` per event | digest, 100 events | handler, empty batch |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let (rs, rc, rl, rh, re) = (
+        median(rust.select.clone()),
+        median(rust.cold.clone()),
+        median(rust.cached.clone()),
+        median(rust.handler.clone()),
+        median(rust.handler_empty.clone()),
+    );
+    for language in LANGUAGES {
+        let f = &figures[language];
+        let (s, c, l, h, e) = (
+            median(f.select.clone()),
+            median(f.cold.clone()),
+            median(f.cached.clone()),
+            median(f.handler.clone()),
+            median(f.handler_empty.clone()),
+        );
+        println!(
+            "| {language} | {} ({}) | {:.0} KB ({}) | {} | {} ({}) | {} ({}) | {} ({}) | {} ({}) | {} ({}) |",
+            fmt_duration(f.build),
+            ratio(f.build, rust.build),
+            f.size as f64 / 1000.0,
+            times(f.size as f64 / rust.size as f64),
+            f.imports,
+            fmt_duration(c),
+            ratio(c, rc),
+            fmt_duration(l),
+            ratio(l, rl),
+            fmt_duration(s),
+            ratio(s, rs),
+            fmt_duration(h),
+            ratio(h, rh),
+            fmt_duration(e),
+            ratio(e, re),
+        );
+    }
+}
