@@ -919,7 +919,7 @@ impl<K: Kind> RuleCore<K> {
         }
         for f in &plan.fires {
             ops.push(self.put(
-                key::fire(&f.fire_id),
+                key::fire_key(f.order, &f.fire_id),
                 serde_json::to_vec(f).expect("a fire serialises"),
             ));
         }
@@ -940,8 +940,8 @@ impl<K: Kind> RuleCore<K> {
         }
         self.note_records(&plan, &mut records);
         for c in &plan.cancelled {
-            if c.first_seq.is_some() || self.fires.get(&c.fire_id).is_some() {
-                ops.push(self.delete(key::fire(&c.fire_id)));
+            if let Some(f) = self.fires.get(&c.fire_id) {
+                ops.push(self.delete(key::fire_key(f.order, &c.fire_id)));
             }
         }
         if let Some(pos) = &plan.tick
@@ -1339,7 +1339,7 @@ impl<K: Kind> RuleCore<K> {
                         "partition": record.partition, "attempt": attempt, "outputs": n}),
                 ));
                 let ops = vec![
-                    self.delete(key::fire(&fire_id)),
+                    self.delete(key::fire_key(record.order, &fire_id)),
                     self.delete(key::BREAKER),
                     self.pin_now(&first.into_iter().collect::<Vec<_>>(), &[]),
                 ];
@@ -1368,7 +1368,7 @@ impl<K: Kind> RuleCore<K> {
                         .then(|| format!("{in_a_row} fires in a row dead-lettered; last: {error}"));
                     let first_v: Vec<u64> = first.into_iter().collect();
                     let mut ops = vec![
-                        self.delete(key::fire(&fire_id)),
+                        self.delete(key::fire_key(record.order, &fire_id)),
                         self.put(
                             key::dead(&fire_id),
                             serde_json::to_vec(&updated).expect("a fire serialises"),
@@ -1399,7 +1399,7 @@ impl<K: Kind> RuleCore<K> {
                     let at = now.saturating_add(backoff_ms(retry, attempt, &fire_id));
                     updated.retry_at = Some(at);
                     let ops = vec![self.put(
-                        key::fire(&fire_id),
+                        key::fire_key(updated.order, &fire_id),
                         serde_json::to_vec(&updated).expect("a fire serialises"),
                     )];
                     let record_event = engine(
@@ -1431,11 +1431,11 @@ impl<K: Kind> RuleCore<K> {
 
     /// The fire completed elsewhere (or is abandoned): forget it.
     pub fn fire_done(&mut self, log: &EventLog, fire_id: &str) -> Result<(), CoreError> {
-        let Some(first) = self.fires.get(fire_id).map(FireRecord::first_seq) else {
+        let Some((first, order)) = self.fires.get(fire_id).map(|f| (f.first_seq(), f.order)) else {
             return Ok(());
         };
         let ops = vec![
-            self.delete(key::fire(fire_id)),
+            self.delete(key::fire_key(order, fire_id)),
             self.pin_now(&first.into_iter().collect::<Vec<_>>(), &[]),
         ];
         log.transact_blocking(Vec::new(), ops)?;
@@ -1496,7 +1496,7 @@ impl<K: Kind> RuleCore<K> {
         let ops = vec![
             self.delete(k),
             self.put(
-                key::fire(fire_id),
+                key::fire_key(record.order, fire_id),
                 serde_json::to_vec(&record).expect("a fire serialises"),
             ),
         ];

@@ -19,6 +19,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -148,7 +150,7 @@ impl FirstSeqs {
 /// breaker. In memory; the core keeps it equal to what is committed.
 #[derive(Debug, Default)]
 pub struct FireBook {
-    pending: HashMap<String, FireRecord>,
+    pending: FxHashMap<String, FireRecord>,
     /// Pending fires in creation order.
     order: BTreeSet<(u64, i64, String)>,
     /// The highest creation order of a fire seen.
@@ -158,17 +160,17 @@ pub struct FireBook {
     firsts: FirstSeqs,
     /// Dead letters (fire id → first seq): their events stay pinned so
     /// that they can be re-driven.
-    dead: HashMap<String, u64>,
+    dead: FxHashMap<String, u64>,
     dead_firsts: FirstSeqs,
-    running: HashSet<String>,
+    running: FxHashSet<String>,
     /// Running fires per partition (cancelled ones no longer count).
-    busy: HashMap<Option<String>, usize>,
+    busy: FxHashMap<Option<String>, usize>,
     /// Pending fires per partition.
-    by_part: HashMap<Option<String>, HashSet<String>>,
+    by_part: FxHashMap<Option<String>, FxHashSet<String>>,
     /// Fires of one partition may run side by side.
     unordered: bool,
     /// Running fires that were cancelled (their partition is free).
-    abandoned: HashSet<String>,
+    abandoned: FxHashSet<String>,
     /// Fires dead-lettered in a row (reset by a success).
     pub(crate) dead_in_a_row: u32,
 }
@@ -204,7 +206,7 @@ impl FireBook {
 
     /// Fires of `partition` pending (running ones included).
     pub fn in_flight(&self, partition: &Option<String>) -> usize {
-        self.by_part.get(partition).map_or(0, HashSet::len)
+        self.by_part.get(partition).map_or(0, |ids| ids.len())
     }
 
     /// Fires of `partition` running now.

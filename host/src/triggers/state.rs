@@ -12,7 +12,7 @@
 //! | `suspended` | why the rule is suspended |
 //! | `paused` | present while the rule is paused |
 //! | `tick` | a schedule's position: last tick handled, ticks skipped, ticks missed |
-//! | `f/<fire id>` | a pending fire (JSON [`super::fires::FireRecord`]) |
+//! | `f/<order>.<fire id>` | a pending fire (JSON [`super::fires::FireRecord`]), by creation order (16 hex digits) |
 //! | `d/<fire id>` | a dead letter (same) |
 //! | `p/-/<sub>` | a row of the global partition's kind state |
 //! | `p/<len>:<partition>/<sub>` | a row of a partition's kind state: batch `h` (window header), dwell `m` (membership) or `o` (epoch after a leave), schedule `k` (where the buffer starts in the member log) |
@@ -102,9 +102,20 @@ pub fn namespace(tenant: &str, rule: &str) -> String {
     format!("rule:{tenant}/{rule}")
 }
 
-/// The key of a pending fire.
+/// The key of a pending fire (for messages: see [`fire_key`]).
 pub fn fire(id: &str) -> String {
     format!("{FIRES}{id}")
+}
+
+/// The key a pending fire is stored under: by creation order, so new
+/// fires append at the end of the family instead of landing at random
+/// places of a large table (fires made before creation orders existed,
+/// order 0, keep their id alone).
+pub fn fire_key(order: u64, id: &str) -> String {
+    match order {
+        0 => fire(id),
+        n => format!("{FIRES}{n:016x}.{id}"),
+    }
 }
 
 /// The key of a dead letter.
