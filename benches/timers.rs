@@ -6,8 +6,9 @@
 //!    in memory, start-up time to reload them, and timer lateness (fire
 //!    created and committed, after its deadline) when they fall due over
 //!    30 s;
-//! 2. 1 000 schedule rules ticking every second, in the engine on the real
-//!    clock: tick lateness (handler start after the tick) and CPU used,
+//! 2. 1 000 schedule rules ticking every second, each of its own tenant (a
+//!    multi-tenant server's shape), in the engine on the real clock: tick
+//!    lateness (handler start after the tick) and CPU used,
 //!    against the same 1 000 rules whose cron does not fire, in the same
 //!    run;
 //! 3. one schedule rule with 10 000 partitions ticking every 10 s (10 000
@@ -199,29 +200,46 @@ fn run_schedules(
     manifests: &[Manifest],
     seed: Vec<NewEvent>,
     secs: u64,
+    per_tenant: bool,
 ) -> (Vec<i64>, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir, "sched.db");
     let clock: SharedClock = Arc::new(SystemClock);
     let engine = Engine::new(log.clone(), clock);
     let bytes = component_bytes(ECHO);
-    for m in manifests {
-        let d = Deployable::load(rt, "bench", &bytes, m).unwrap();
+    let rss0 = rss_bytes();
+    let tenant = |i: usize| match per_tenant {
+        true => format!("t{i:04}"),
+        false => "bench".to_owned(),
+    };
+    for (i, m) in manifests.iter().enumerate() {
+        let d = Deployable::load(rt, &tenant(i), &bytes, m).unwrap();
         tokio.block_on(engine.deploy(d)).unwrap();
     }
+    let rss_deployed = rss_bytes();
     if !seed.is_empty() {
         log.append_blocking(seed).unwrap();
     }
     let cpu0 = cpu();
     std::thread::sleep(Duration::from_secs(secs));
     let used = cpu() - cpu0;
+    eprintln!(
+        "  {} rules: memory {:.1} MB after deploying, {:.1} MB after {secs} s",
+        manifests.len(),
+        rss_deployed.saturating_sub(rss0) as f64 / 1e6,
+        rss_bytes().saturating_sub(rss0) as f64 / 1e6
+    );
     tokio.block_on(engine.shutdown());
-    let mut late: Vec<i64> = log
-        .query(&EventQuery {
-            kind: Some("echo".into()),
-            ..EventQuery::tenant("bench", usize::MAX >> 1)
+    let outputs: Vec<_> = (0..manifests.len())
+        .flat_map(|i| {
+            log.query(&EventQuery {
+                kind: Some("echo".into()),
+                ..EventQuery::tenant(&tenant(i), usize::MAX >> 1)
+            })
+            .unwrap()
         })
-        .unwrap()
+        .collect();
+    let mut late: Vec<i64> = outputs
         .iter()
         .map(|e| {
             let p: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
@@ -234,18 +252,21 @@ fn run_schedules(
 }
 
 fn many_rules(tokio: &tokio::runtime::Runtime, rt: &Runtime, secs: u64) {
-    const RULES: usize = 1_000;
-    let ticking: Vec<Manifest> = (0..RULES)
+    let rules: usize = std::env::var("SLUICE_BENCH_RULES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000);
+    let ticking: Vec<Manifest> = (0..rules)
         .map(|i| schedule_manifest(&format!("tick-{i:04}"), "* * * * * *", ""))
         .collect();
     // The same rules, with a cron that does not fire while measured.
-    let idle: Vec<Manifest> = (0..RULES)
+    let idle: Vec<Manifest> = (0..rules)
         .map(|i| schedule_manifest(&format!("idle-{i:04}"), "0 0 0 1 1 * 2099", ""))
         .collect();
-    let (_, idle_cpu) = run_schedules(tokio, rt, &idle, Vec::new(), secs);
-    let (late, busy_cpu) = run_schedules(tokio, rt, &ticking, Vec::new(), secs);
+    let (_, idle_cpu) = run_schedules(tokio, rt, &idle, Vec::new(), secs, true);
+    let (late, busy_cpu) = run_schedules(tokio, rt, &ticking, Vec::new(), secs, true);
     println!(
-        "schedule: {RULES} rules ticking every second for {secs} s: {} ticks ran ({:.0}/s); lateness (handler start after the tick) p50 {} ms, p99 {} ms, max {} ms; CPU {:.1?} ({:.0} % of a core) against {:.1?} for the same rules idle",
+        "schedule: {rules} rules ticking every second for {secs} s: {} ticks ran ({:.0}/s); lateness (handler start after the tick) p50 {} ms, p99 {} ms, max {} ms; CPU {:.1?} ({:.0} % of a core) against {:.1?} for the same rules idle",
         late.len(),
         late.len() as f64 / secs as f64,
         percentile(&late, 0.5),
@@ -272,8 +293,8 @@ fn many_partitions(tokio: &tokio::runtime::Runtime, rt: &Runtime, secs: u64) {
         .collect();
     let m = schedule_manifest("digest", "*/10 * * * * *", "\n[concurrency]\nmax = 2\n");
     let idle = schedule_manifest("digest", "0 0 0 1 1 * 2099", "");
-    let (_, idle_cpu) = run_schedules(tokio, rt, &[idle], seed.clone(), secs);
-    let (late, busy_cpu) = run_schedules(tokio, rt, &[m], seed, secs);
+    let (_, idle_cpu) = run_schedules(tokio, rt, &[idle], seed.clone(), secs, false);
+    let (late, busy_cpu) = run_schedules(tokio, rt, &[m], seed, secs, false);
     println!(
         "schedule: 1 rule, {PARTITIONS} partitions, a tick every 10 s for {secs} s: {} fires ran ({:.0}/s); lateness (handler start after the tick, queueing included) p50 {} ms, p99 {} ms, max {} ms; CPU {:.1?} ({:.0} % of a core) against {:.1?} idle",
         late.len(),

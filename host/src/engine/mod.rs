@@ -3,7 +3,9 @@
 //! Each rule has a task of its own, which alone touches the rule's core.
 //! The task runs [`driver::turn`] (due deadlines, then new events in
 //! bounded slices), starts the fires that are due — up to the rule's
-//! concurrency at once, never two of one partition — on the blocking pool,
+//! concurrency at once, never two of one partition — on the blocking pool
+//! (rounds and handler runs of all rules share a bound of 4 per core, so
+//! a thousand rules due at once take turns on a few threads),
 //! commits their outcomes as they finish, and serves its control channel
 //! (pause, resume, re-drive, discard dead letters, stop). Then it sleeps
 //! until the next commit, the next deadline or retry time, a finished
@@ -25,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use self::rule::{Deployable, Driven, RuleStatus};
@@ -86,6 +88,16 @@ pub struct Engine {
     /// Status by rule, readable during a swap (a rule being swapped shows
     /// its last status until the new version reports).
     statuses: Mutex<HashMap<RuleKey, SharedStatus>>,
+    /// Rounds and handler runs in progress at once, across all rules: a
+    /// thousand rules falling due together queue for a few threads (in
+    /// turn) instead of a thread, a database connection and a sandbox
+    /// each.
+    work: Arc<Semaphore>,
+}
+
+/// How many rounds and handler runs go on at once, across all rules.
+fn work_permits() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from) * 4
 }
 
 impl std::fmt::Debug for Engine {
@@ -109,6 +121,7 @@ impl Engine {
             clock,
             rules: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
+            work: Arc::new(Semaphore::new(work_permits().max(8))),
         }
     }
 
@@ -135,6 +148,7 @@ impl Engine {
             status.clone(),
             requests,
             stop.subscribe(),
+            self.work.clone(),
         ));
         self.statuses
             .lock()
@@ -382,6 +396,7 @@ async fn rule_task(
     status: Arc<Mutex<RuleStatus>>,
     mut requests: mpsc::Receiver<Control>,
     mut stop: watch::Receiver<bool>,
+    work: Arc<Semaphore>,
 ) {
     let mut committed = log.committed();
     let mut moves = clock.moves();
@@ -413,8 +428,11 @@ async fn rule_task(
             std::mem::take(&mut finished),
             std::mem::take(&mut pending_requests),
         );
+        let permit = work.clone().acquire_owned().await.expect("never closed");
         let r = match tokio::task::spawn_blocking(move || {
-            round(core, &log2, &*clock2, done, reqs, stopping)
+            let r = round(core, &log2, &*clock2, done, reqs, stopping);
+            drop(permit);
+            r
         })
         .await
         {
@@ -426,7 +444,17 @@ async fn rule_task(
         };
         core = r.core;
         for job in r.jobs {
-            running.spawn_blocking(move || job.run_guarded());
+            let work = work.clone();
+            running.spawn(async move {
+                let permit = work.acquire_owned().await.expect("never closed");
+                let attempt = tokio::task::spawn_blocking(move || {
+                    let a = job.run_guarded();
+                    drop(permit);
+                    a
+                })
+                .await;
+                attempt.expect("a guarded job does not panic")
+            });
         }
         {
             let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
@@ -469,28 +497,45 @@ async fn rule_task(
             continue;
         }
         let core_idle = next.is_none();
-        // Sleep until a commit, the next due time, a clock move, a finished
-        // fire, a request or a stop.
-        let timer = async {
-            match (&mut moves, due) {
-                (Some(m), _) if due.is_some() || core_idle => {
-                    let _ = m.changed().await;
+        loop {
+            // Sleep until a commit, the next due time, a clock move, a
+            // finished fire, a request or a stop.
+            let timer = async {
+                match (&mut moves, due) {
+                    (Some(m), _) if due.is_some() || core_idle => {
+                        let _ = m.changed().await;
+                    }
+                    (None, Some(t)) => {
+                        let wait = (t - clock.now_millis()).max(0) as u64;
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                    _ => std::future::pending::<()>().await,
                 }
-                (None, Some(t)) => {
-                    let wait = (t - clock.now_millis()).max(0) as u64;
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
+            };
+            tokio::select! {
+                _ = committed.changed() => {}
+                _ = timer => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok(a) = done { finished.push(a) }
                 }
-                _ => std::future::pending::<()>().await,
+                Some(r) = requests.recv() => pending_requests.push(r),
+                _ = stop.changed() => {}
             }
-        };
-        tokio::select! {
-            _ = committed.changed() => {}
-            _ = timer => {}
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                if let Ok(a) = done { finished.push(a) }
+            // A commit that brought nothing past this rule's cursor (its
+            // own records, say) and nothing due: sleep again, without a
+            // round — a thousand idle rules cost nothing per commit.
+            let nothing_new = finished.is_empty()
+                && pending_requests.is_empty()
+                && !*stop.borrow()
+                && log.last_seq() <= core.seen()
+                && core.next_due().is_none_or(|t| t > clock.now_millis());
+            if !nothing_new {
+                break;
             }
-            Some(r) = requests.recv() => pending_requests.push(r),
-            _ = stop.changed() => {}
+            committed.borrow_and_update();
+            if let Some(m) = moves.as_mut() {
+                m.borrow_and_update();
+            }
         }
     }
 }

@@ -143,6 +143,8 @@ pub trait Driven: Send + std::fmt::Debug {
     fn held(&self) -> bool;
     /// Last seq processed.
     fn cursor(&self) -> u64;
+    /// The seq up to which the log holds nothing more for the rule.
+    fn seen(&self) -> u64;
     /// Close what is due at `now`.
     fn expire(&mut self, log: &EventLog, now: i64) -> Result<Step, CoreError>;
     /// Read, select and process up to `max` new events at `now`, no
@@ -209,6 +211,9 @@ impl<K: Kind> Driven for RuleCore<K> {
     }
     fn cursor(&self) -> u64 {
         RuleCore::cursor(self)
+    }
+    fn seen(&self) -> u64 {
+        RuleCore::seen(self)
     }
     fn expire(&mut self, log: &EventLog, now: i64) -> Result<Step, CoreError> {
         RuleCore::expire(self, log, now)

@@ -208,7 +208,7 @@ impl SqliteBackend {
         };
         let result = f(&conn);
         let mut pool = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < 8 {
+        if pool.len() < 32 {
             pool.push(conn);
         }
         result

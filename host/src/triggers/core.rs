@@ -333,6 +333,9 @@ pub struct RuleCore<K: Kind> {
     /// Engine time of the first turn since the core opened or resumed:
     /// ticks before it were missed while the rule was not running.
     up_since: Option<i64>,
+    /// The log has nothing for this rule's tenant up to here (other
+    /// tenants' seqs): in memory only, so idle rules need not look again.
+    seen: u64,
 }
 
 impl<K: Kind> RuleCore<K> {
@@ -359,6 +362,7 @@ impl<K: Kind> RuleCore<K> {
             tick: None,
             next_tick: None,
             up_since: None,
+            seen: 0,
         };
         core.fires.set_ordered(core.kind.ordered());
         // The rule's own keys one by one; each family below by its prefix.
@@ -461,6 +465,12 @@ impl<K: Kind> RuleCore<K> {
     /// The last seq processed.
     pub fn cursor(&self) -> u64 {
         self.cursor
+    }
+
+    /// The seq up to which the log holds nothing more for this rule: the
+    /// cursor, or further when the seqs after it are other tenants'.
+    pub fn seen(&self) -> u64 {
+        self.cursor.max(self.seen)
     }
 
     /// The committed state of `partition`.
@@ -1092,7 +1102,7 @@ impl<K: Kind> RuleCore<K> {
             cursor: self.cursor,
             ..Step::default()
         };
-        if self.held() {
+        if self.held() || until.is_some_and(|u| u <= self.seen()) {
             return Ok(idle);
         }
         // After a failed `select`, go one event at a time to find the one
@@ -1104,6 +1114,9 @@ impl<K: Kind> RuleCore<K> {
             ..EventQuery::tenant(&self.spec.tenant, max)
         })?;
         if events.is_empty() {
+            if let Some(u) = until {
+                self.seen = self.seen.max(u);
+            }
             return Ok(idle);
         }
         let verdicts = match self.select(&events) {
