@@ -462,3 +462,60 @@ fn test_prints_each_fire_before_its_input_ends() {
     drop(input);
     assert!(child.wait().unwrap().success());
 }
+
+/// The trust boundary (DESIGN §1): no client event may claim the engine's
+/// source, a rule's source, or an id of the engine's id space — so none can
+/// be mistaken for an engine record or a rule's output, or take an
+/// output's id before its fire completes (the real output would then be
+/// dropped as a duplicate while the fire counts as done).
+#[test]
+fn reserved_sources_and_engine_ids_are_refused_on_every_ingest_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let forged = [
+        (
+            r#"{"source":"sluice","kind":"fire.completed","payload":{}}"#,
+            "source: \"sluice\" is reserved",
+        ),
+        (
+            r#"{"source":"rule:pr-digest","kind":"pr.digest","payload":{}}"#,
+            "source: \"rule:pr-digest\" is reserved",
+        ),
+        (
+            r#"{"id":"sluice:f_00000000000000000000000000000000.0","source":"github","kind":"pull_request.merged","payload":{"repo":"a","number":1}}"#,
+            "id: ids starting with \"sluice:\" are reserved",
+        ),
+    ];
+    let honest = r#"{"source":"github","kind":"pull_request.merged","payload":{"repo":"a","number":0,"title":"t"}}"#;
+    for (i, (line, why)) in forged.iter().enumerate() {
+        let input = format!("{honest}\n{line}\n");
+        // `sluice ingest`: the honest line is stored, the forged one refused.
+        let db = dir.path().join(format!("ingest-{i}.db"));
+        let out = ingest(&db, input.as_bytes());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{line}");
+        assert!(
+            stderr.contains("line 2") && stderr.contains(why),
+            "{stderr}"
+        );
+        let stored = stored(&db);
+        assert_eq!(stored.len(), 1, "only the honest event is stored");
+        // `sluice test`: the run stops at the forged line, naming it.
+        let manifest = write(dir.path(), "rule.toml", DIGEST_TOML);
+        let events = write(dir.path(), &format!("events-{i}.ndjson"), &input);
+        let out = sluice_test(&manifest, &events);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("line 2") && stderr.contains(why),
+            "{stderr}"
+        );
+        // `sluice eval` checks events as ingest does.
+        let out = sluice()
+            .args(["eval", PR_DIGEST, "--events", &events])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+    }
+}

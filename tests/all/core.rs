@@ -478,7 +478,10 @@ async fn engine_outputs(manifest: &str, ops: &[Op]) -> Vec<(String, u64, i64)> {
     })
     .unwrap()
     .into_iter()
-    .map(|e| (e.id.trim_end_matches(".0").to_owned(), e.seq, e.time))
+    .map(|e| {
+        let id = e.id.strip_prefix("sluice:").unwrap().trim_end_matches(".0");
+        (id.to_owned(), e.seq, e.time)
+    })
     .collect()
 }
 

@@ -259,7 +259,7 @@ fn a_completed_fire_appends_outputs_under_its_id_exactly_once() {
         (out.source.as_str(), out.kind.as_str()),
         ("rule:pr-digest", "pr.digest")
     );
-    assert_eq!(out.id, format!("{}.0", fire.fire_id));
+    assert_eq!(out.id, format!("sluice:{}.0", fire.fire_id));
     assert_eq!(d.pending_fires().count(), 0);
 
     // The re-run finds its outputs already there: nothing is emitted twice.

@@ -9,6 +9,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use super::NewEvent;
+use crate::triggers::{ENGINE_ID_PREFIX, ENGINE_SOURCE};
 
 /// Size limits on incoming events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +149,24 @@ fn from_map(
         None => return Err(err("source", "missing")),
         Some(v) => name("source", v, limits)?,
     };
+    if source == ENGINE_SOURCE || source.starts_with("rule:") {
+        return Err(err(
+            "source",
+            format!(
+                "{source:?} is reserved: `{ENGINE_SOURCE}` is the engine's records and `rule:<name>` a rule's outputs"
+            ),
+        ));
+    }
+    if let Some(id) = &id
+        && id.starts_with(ENGINE_ID_PREFIX)
+    {
+        return Err(err(
+            "id",
+            format!(
+                "ids starting with {ENGINE_ID_PREFIX:?} are reserved for the engine's outputs and records"
+            ),
+        ));
+    }
     let kind = match map.remove("kind") {
         None => return Err(err("kind", "missing")),
         Some(v) => name("kind", v, limits)?,
@@ -325,6 +344,18 @@ mod tests {
             (
                 r#"{"source":"s","kind":"k","payload":{},"id":""}"#,
                 "id: must not be empty",
+            ),
+            (
+                r#"{"source":"sluice","kind":"fire.completed","payload":{}}"#,
+                "source: \"sluice\" is reserved",
+            ),
+            (
+                r#"{"source":"rule:pr-digest","kind":"pr.digest","payload":{}}"#,
+                "source: \"rule:pr-digest\" is reserved",
+            ),
+            (
+                r#"{"source":"s","kind":"k","payload":{},"id":"sluice:f_0123.0"}"#,
+                "id: ids starting with \"sluice:\" are reserved",
             ),
             (
                 r#"{"source":"s","kind":"k\n","payload":{}}"#,

@@ -877,7 +877,7 @@ impl<K: Kind> RuleCore<K> {
     ) -> NewEvent {
         NewEvent {
             tenant: self.spec.tenant.clone(),
-            id: Some(id),
+            id: Some(super::engine_id(id)),
             source: ENGINE_SOURCE.into(),
             kind: kind.into(),
             time: Some(now),
@@ -1337,7 +1337,7 @@ impl<K: Kind> RuleCore<K> {
                 } else {
                     events.extend(emits.into_iter().enumerate().map(|(i, e)| NewEvent {
                         tenant: self.spec.tenant.clone(),
-                        id: Some(format!("{fire_id}.{i}")),
+                        id: Some(super::engine_id(format_args!("{fire_id}.{i}"))),
                         source: self.own_source.clone(),
                         kind: e.kind,
                         time: Some(now),

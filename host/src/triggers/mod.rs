@@ -38,7 +38,19 @@ use sha2::{Digest, Sha256};
 use crate::runtime::bindings::wit::{self, Membership};
 
 /// Source of the engine's own records in the log; rules never see them.
+/// Reserved: a client event may not claim it, nor `rule:<name>`.
 pub const ENGINE_SOURCE: &str = "sluice";
+
+/// Every id the engine writes — rules' outputs and engine records — starts
+/// with this, and no client event may: a client can neither take an
+/// output's id before the fire completes (so that the real output would
+/// be dropped as a duplicate) nor forge a record.
+pub const ENGINE_ID_PREFIX: &str = "sluice:";
+
+/// `id` in the engine's id space.
+pub fn engine_id(id: impl std::fmt::Display) -> String {
+    format!("{ENGINE_ID_PREFIX}{id}")
+}
 
 /// A deterministic fire id: the same inputs give the same id on every run,
 /// retry and replay, whatever the rule's version. Parts are
