@@ -1022,6 +1022,13 @@ fn pack_events<E: std::borrow::Borrow<Event>>(
 
 /// Check a handler's output against the limits; the message names the
 /// offending emit.
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
+}
+
 fn check_emits(emits: &[Emit], limits: &Limits) -> Result<(), String> {
     if emits.len() > limits.max_emits {
         return Err(format!(
@@ -1039,10 +1046,24 @@ fn check_emits(emits: &[Emit], limits: &Limits) -> Result<(), String> {
                 limits.max_emit_bytes
             ));
         }
-        if emit.kind.is_empty() || emit.kind.len() > MAX_EMIT_KIND {
+        // An output is held to what an ingested event is held to.
+        if emit.kind.trim().is_empty() || emit.kind.len() > MAX_EMIT_KIND {
             return Err(format!(
-                "emit {i}: kind must be 1 to {MAX_EMIT_KIND} bytes, got {}",
-                emit.kind.len()
+                "emit {i}: kind must be 1 to {MAX_EMIT_KIND} bytes and not blank, got {:?}",
+                truncate(&emit.kind, 40)
+            ));
+        }
+        if emit.kind.chars().any(char::is_control) {
+            return Err(format!(
+                "emit {i}: kind {:?} contains control characters",
+                truncate(&emit.kind, 40)
+            ));
+        }
+        let max_payload = crate::log::validate::EventLimits::default().max_payload_bytes;
+        if emit.payload.len() > max_payload {
+            return Err(format!(
+                "emit {i}: payload of {} bytes is over the event limit of {max_payload} bytes",
+                emit.payload.len()
             ));
         }
         match serde_json::from_str::<serde_json::Value>(&emit.payload) {
@@ -1082,6 +1103,41 @@ mod tests {
             payload: payload.into(),
             hops: 0,
         }
+    }
+
+    #[test]
+    fn outputs_are_held_to_what_ingest_requires() {
+        let emit = |kind: &str, payload: String| Emit {
+            kind: kind.into(),
+            payload,
+        };
+        let limits = Limits {
+            max_emit_bytes: 1 << 30,
+            ..Limits::default()
+        };
+        let check = |e: Emit| check_emits(&[e], &limits);
+        assert!(check(emit("digest", "{}".into())).is_ok());
+        assert!(
+            check(emit("  ", "{}".into()))
+                .unwrap_err()
+                .contains("not blank")
+        );
+        assert!(
+            check(emit("a\nb", "{}".into()))
+                .unwrap_err()
+                .contains("control characters")
+        );
+        let big = format!("{{\"x\":\"{}\"}}", "a".repeat(300 << 10));
+        assert!(
+            check(emit("k", big))
+                .unwrap_err()
+                .contains("over the event limit")
+        );
+        assert!(
+            check(emit("k", "[1]".into()))
+                .unwrap_err()
+                .contains("not a JSON object")
+        );
     }
 
     #[test]
