@@ -321,3 +321,51 @@ async fn hostile_handlers_are_stopped_retried_and_dead_lettered() {
     assert_eq!(status.pending_fires, 0);
     engine.shutdown().await;
 }
+
+/// DESIGN §6: a redeploy that changes the trigger kind is refused before
+/// anything changes — the running version carries on with its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_of_another_trigger_kind_is_refused_and_the_rule_runs_on() {
+    use sluice::manifest::Manifest;
+    use sluice_test_components::component_bytes;
+    use sluice_test_components::components::ECHO;
+    let h = Harness::new();
+    let clock: SharedClock = Arc::new(h.clock.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, clock.clone());
+    let engine = Engine::new(log.clone(), clock);
+    let load = |toml: &str| {
+        let m = Manifest::parse(toml).unwrap();
+        Deployable::load(&h.runtime, "acme", &component_bytes(ECHO), &m).unwrap()
+    };
+    let dwell = load(
+        "name = \"echo\"\nversion = 1\n[trigger.dwell]\n[[trigger.dwell.reactions]]\nlabel = \"quiet\"\nafter = \"1m\"\n",
+    );
+    engine.deploy(dwell).await.unwrap();
+    let ping = NewEvent {
+        tenant: "acme".into(),
+        id: Some("p1".into()),
+        source: "dev".into(),
+        kind: "x.ping".into(),
+        time: None,
+        payload: json!({"key": "d1"}).to_string(),
+        hops: 0,
+    };
+    let seq = log.append(vec![ping]).await.unwrap().seqs[0];
+    wait_cursor(&engine, "echo", seq).await;
+    let batch = load("name = \"echo\"\nversion = 2\n[trigger.batch]\ncount = 2\nwindow = \"1h\"\n");
+    let err = engine.deploy(batch).await.unwrap_err().to_string();
+    assert!(
+        err.contains("dwell rule's") && err.contains("batch rule"),
+        "{err}"
+    );
+    // The dwell version still runs: its membership falls due.
+    h.clock.advance(60_000);
+    let out = wait_for(&log, 0, |e| e.source == "rule:echo").await;
+    assert!(
+        out.payload.contains("\"label\":\"quiet\""),
+        "{}",
+        out.payload
+    );
+    engine.shutdown().await;
+}

@@ -73,6 +73,8 @@ type SharedStatus = Arc<Mutex<RuleStatus>>;
 type Slot = Arc<tokio::sync::Mutex<Option<Deployed>>>;
 
 struct Deployed {
+    /// What runs, to start it again if a new version cannot open.
+    rule: Deployable,
     task: JoinHandle<()>,
     control: mpsc::Sender<Control>,
     stop: watch::Sender<bool>,
@@ -128,16 +130,48 @@ impl Engine {
     /// Start running a rule, resuming its durable state. A rule of the same
     /// tenant and name already running is stopped and joined first; the
     /// new version carries on from the state the old one committed.
+    ///
+    /// A version whose trigger kind differs from the kind of the rule's
+    /// stored state is refused before anything changes; one that cannot
+    /// open its state once the old version stopped puts the old version
+    /// back and returns the error.
     pub async fn deploy(&self, rule: Deployable) -> Result<(), CoreError> {
         let key = (rule.spec.tenant.clone(), rule.spec.name.clone());
         let slot = self.slot(&key, true).expect("created");
         let mut running = slot.lock().await;
-        if let Some(old) = running.take() {
-            stop_and_join(old).await;
-        }
+        let (log, check) = (self.log.clone(), rule.clone());
+        joined(tokio::task::spawn_blocking(move || check.check_state(&log)).await)??;
+        let previous = match running.take() {
+            Some(old) => {
+                let rule = old.rule.clone();
+                stop_and_join(old).await;
+                Some(rule)
+            }
+            None => None,
+        };
+        let opened = self.open(rule.clone()).await;
+        let (rule, core) = match (opened, previous) {
+            (Ok(core), _) => (rule, core),
+            (Err(e), Some(previous)) => {
+                tracing::warn!(rule = %key.1, error = %e, "the new version cannot open its state; the previous one runs on");
+                let core = self.open(previous.clone()).await?;
+                *running = Some(self.start(&key, previous, core));
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        };
+        *running = Some(self.start(&key, rule, core));
+        Ok(())
+    }
+
+    async fn open(&self, rule: Deployable) -> Result<Box<dyn Driven>, CoreError> {
         let log = self.log.clone();
         let now = self.clock.now_millis();
-        let core = joined(tokio::task::spawn_blocking(move || rule.open(&log, now)).await)??;
+        joined(tokio::task::spawn_blocking(move || rule.open(&log, now)).await)?
+    }
+
+    /// Start `core`'s task.
+    fn start(&self, key: &RuleKey, rule: Deployable, core: Box<dyn Driven>) -> Deployed {
         let status = Arc::new(Mutex::new(core.status()));
         let (control, requests) = mpsc::channel(16);
         let stop = watch::channel(false).0;
@@ -154,12 +188,12 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone(), status);
-        *running = Some(Deployed {
+        Deployed {
+            rule,
             task,
             control,
             stop,
-        });
-        Ok(())
+        }
     }
 
     /// Stop a rule and wait until its task has ended (running handlers

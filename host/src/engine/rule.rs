@@ -91,6 +91,32 @@ impl Deployable {
         }
     }
 
+    /// The trigger kind's name (`batch`, `dwell`, `schedule`).
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            KindSpec::Batch(_) => Batch::NAME,
+            KindSpec::Dwell(_) => Dwell::NAME,
+            KindSpec::Schedule(_) => Schedule::NAME,
+        }
+    }
+
+    /// Refuse, before anything changes, a version whose trigger kind is not
+    /// the kind of the rule's stored state.
+    pub fn check_state(&self, log: &EventLog) -> Result<(), CoreError> {
+        let ns = crate::triggers::state::namespace(&self.spec.tenant, &self.spec.name);
+        let stored = log.state_get(&ns, crate::triggers::state::KIND)?;
+        match stored.map(|v| String::from_utf8_lossy(&v).into_owned()) {
+            Some(kind) if kind != self.kind_name() => Err(CoreError::State {
+                key: crate::triggers::state::KIND.to_owned(),
+                problem: format!(
+                    "the rule's state is a {kind} rule's and this version is a {} rule: changing a rule's trigger kind needs its state reset",
+                    self.kind_name()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Open the rule's durable state on `log`; it starts running at engine
     /// time `now` (see [`RuleCore::begin`]).
     pub fn open(self, log: &EventLog, now: i64) -> Result<Box<dyn Driven>, CoreError> {

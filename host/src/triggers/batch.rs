@@ -154,6 +154,7 @@ impl Batch {
 }
 
 impl Kind for Batch {
+    const NAME: &'static str = "batch";
     type State = Window;
     type Change = WindowChange;
 

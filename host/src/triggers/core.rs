@@ -371,6 +371,17 @@ impl<K: Kind> RuleCore<K> {
                 .state_get(&core.ns, k)?
                 .map(|v| String::from_utf8_lossy(&v).into_owned()))
         };
+        if let Some(stored) = text(key::KIND)?
+            && stored != K::NAME
+        {
+            return Err(bad_state(
+                key::KIND,
+                format!(
+                    "the rule's state is a {stored} rule's and this version is a {} rule: changing a rule's trigger kind needs its state reset",
+                    K::NAME
+                ),
+            ));
+        }
         if let Some(v) = text(key::CURSOR)? {
             core.cursor = v.parse().map_err(|e| bad_state(key::CURSOR, e))?;
         }
@@ -421,6 +432,9 @@ impl<K: Kind> RuleCore<K> {
     /// restart does not move it).
     pub fn begin(&mut self, log: &EventLog, now: i64) -> Result<(), CoreError> {
         self.up_since = Some(now);
+        if log.state_get(&self.ns, key::KIND)?.is_none() {
+            log.transact_blocking(Vec::new(), vec![self.put(key::KIND, K::NAME.into())])?;
+        }
         if self.kind.ticks() && self.tick.is_none() {
             let pos = TickPosition {
                 last: now,

@@ -188,6 +188,7 @@ impl Dwell {
 }
 
 impl Kind for Dwell {
+    const NAME: &'static str = "dwell";
     type State = Member;
     type Change = MemberChange;
 

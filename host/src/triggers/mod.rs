@@ -298,6 +298,11 @@ pub enum Row {
 pub trait Kind: Send + std::fmt::Debug + 'static {
     /// A partition's committed state, in memory.
     type State: Send + std::fmt::Debug;
+
+    /// The kind's name as a manifest spells it (`batch`, `dwell`,
+    /// `schedule`): stored with the rule's state, so a version of another
+    /// kind is refused instead of misreading it.
+    const NAME: &'static str;
     /// What the current step changed in one partition.
     type Change: Default + Send + std::fmt::Debug;
 

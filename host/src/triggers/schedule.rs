@@ -163,6 +163,7 @@ fn seqs(base: Option<&Buffer>, c: &Buffered) -> Vec<u64> {
 }
 
 impl Kind for Schedule {
+    const NAME: &'static str = "schedule";
     type State = Buffer;
     type Change = Buffered;
 

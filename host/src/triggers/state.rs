@@ -8,6 +8,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `cursor` | last processed seq (decimal) |
+//! | `kind` | the trigger kind the state is of |
 //! | `breaker` | fires dead-lettered in a row |
 //! | `suspended` | why the rule is suspended |
 //! | `paused` | present while the rule is paused |
@@ -29,6 +30,8 @@
 
 /// The rule's cursor.
 pub const CURSOR: &str = "cursor";
+/// The trigger kind the state belongs to (`batch`, `dwell`, `schedule`).
+pub const KIND: &str = "kind";
 /// The circuit breaker's count.
 pub const BREAKER: &str = "breaker";
 /// Why the rule is suspended.
