@@ -369,3 +369,68 @@ async fn a_redeploy_of_another_trigger_kind_is_refused_and_the_rule_runs_on() {
     );
     engine.shutdown().await;
 }
+
+/// DESIGN §6: undeploy with `drain = fire` fires the open windows (reason
+/// drained) before the rule goes; with `drain = discard` drops them, on the
+/// feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeploy_drains_open_windows_by_firing_or_discarding_them() {
+    use sluice::engine::Drain;
+    use sluice::manifest::Manifest;
+    use sluice_test_components::component_bytes;
+    use sluice_test_components::components::ECHO;
+    let h = Harness::new();
+    let clock: SharedClock = Arc::new(h.clock.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, clock.clone());
+    let engine = Engine::new(log.clone(), clock);
+    let event = |i: usize, key: &str| NewEvent {
+        tenant: "acme".into(),
+        id: Some(format!("e{i}")),
+        source: "dev".into(),
+        kind: "x.other".into(),
+        time: None,
+        payload: json!({"key": key}).to_string(),
+        hops: 0,
+    };
+    let mut last = 0;
+    for (drain, name) in [(Drain::Fire, "echo"), (Drain::Discard, "echo")] {
+        let m = Manifest::parse(
+            "name = \"echo\"\nversion = 1\n[trigger.batch]\ncount = 10\nwindow = \"1h\"\n",
+        )
+        .unwrap();
+        let rule = Deployable::load(&h.runtime, "acme", &component_bytes(ECHO), &m).unwrap();
+        engine.deploy(rule).await.unwrap();
+        let keys = ["a", "a", "a", "b", "b"];
+        let events = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| event(last as usize + i, k))
+            .collect();
+        last = *log.append(events).await.unwrap().seqs.last().unwrap();
+        wait_cursor(&engine, name, last).await;
+        assert!(engine.undeploy_drain("acme", name, drain).await.unwrap());
+        assert!(engine.status("acme", name).is_none());
+        let outputs = log
+            .query(&sluice::log::EventQuery {
+                source: Some("rule:echo".into()),
+                ..sluice::log::EventQuery::tenant("acme", 100)
+            })
+            .unwrap();
+        match drain {
+            Drain::Fire => {
+                let mut got: Vec<String> = outputs.iter().map(|e| e.payload.clone()).collect();
+                got.sort();
+                assert_eq!(got.len(), 2, "one drained fire per open window");
+                assert!(got.iter().all(|p| p.contains("\"reason\":\"drained\"")));
+                assert!(got[0].contains("\"partition\":\"a\"") && got[0].contains("e2"));
+            }
+            Drain::Discard => {
+                assert_eq!(outputs.len(), 2, "no new output");
+                let discarded = collect(&log, "windows.discarded", 1).await;
+                assert!(discarded[0].payload.contains("\"partition\":\"b\""));
+            }
+        }
+    }
+    engine.shutdown().await;
+}

@@ -66,6 +66,15 @@ pub enum ControlError {
 /// (tenant, rule name).
 type RuleKey = (String, String);
 
+/// What an undeploy does with open windows and buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// They fire (reason drained), and pending fires run.
+    Fire,
+    /// They are dropped, reported as `windows.discarded`.
+    Discard,
+}
+
 /// A rule's status, written by its task.
 type SharedStatus = Arc<Mutex<RuleStatus>>;
 
@@ -216,6 +225,54 @@ impl Engine {
             }
             None => false,
         }
+    }
+
+    /// Undeploy a rule, draining its open windows and buffers: with
+    /// [`Drain::Fire`] each fires (reason drained) and every fire still
+    /// pending runs now — retried at once up to the rule's attempts, then
+    /// dead-lettered — so nothing waits for a rule that is gone; with
+    /// [`Drain::Discard`] they are dropped and reported
+    /// (`windows.discarded`). Memberships are not windows: a dwell rule's
+    /// stay as they are. False when no such rule runs.
+    pub async fn undeploy_drain(
+        &self,
+        tenant: &str,
+        name: &str,
+        drain: Drain,
+    ) -> Result<bool, CoreError> {
+        let key = (tenant.to_owned(), name.to_owned());
+        let Some(slot) = self.slot(&key, false) else {
+            return Ok(false);
+        };
+        let mut running = slot.lock().await;
+        let Some(deployed) = running.take() else {
+            return Ok(false);
+        };
+        let rule = deployed.rule.clone();
+        stop_and_join(deployed).await;
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        let mut core = self.open(rule).await?;
+        let (log, clock) = (self.log.clone(), self.clock.clone());
+        joined(
+            tokio::task::spawn_blocking(move || -> Result<(), CoreError> {
+                let now = clock.now_millis();
+                core.drain(&log, now, drain == Drain::Fire)?;
+                if drain == Drain::Fire {
+                    for id in core.pending() {
+                        while core.fire(&id).is_some() {
+                            let job = core.start(&log, &id, clock.now_millis())?;
+                            core.finish(&log, job.run_guarded())?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await,
+        )??;
+        Ok(true)
     }
 
     /// The status of a deployed rule.

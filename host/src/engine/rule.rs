@@ -173,6 +173,10 @@ pub trait Driven: Send + std::fmt::Debug {
     fn seen(&self) -> u64;
     /// Close what is due at `now`.
     fn expire(&mut self, log: &EventLog, now: i64) -> Result<Step, CoreError>;
+    /// Fire (or drop) every open buffer: the rule is being undeployed.
+    fn drain(&mut self, log: &EventLog, now: i64, fire: bool) -> Result<Step, CoreError>;
+    /// Pending fire ids, oldest first.
+    fn pending(&self) -> Vec<String>;
     /// Read, select and process up to `max` new events at `now`, no
     /// further than seq `until`.
     fn step(
@@ -243,6 +247,12 @@ impl<K: Kind> Driven for RuleCore<K> {
     }
     fn expire(&mut self, log: &EventLog, now: i64) -> Result<Step, CoreError> {
         RuleCore::expire(self, log, now)
+    }
+    fn drain(&mut self, log: &EventLog, now: i64, fire: bool) -> Result<Step, CoreError> {
+        RuleCore::drain(self, log, now, fire)
+    }
+    fn pending(&self) -> Vec<String> {
+        self.pending_fires().map(str::to_owned).collect()
     }
     fn step(
         &mut self,

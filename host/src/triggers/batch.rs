@@ -213,6 +213,11 @@ impl Kind for Batch {
         self.close(base, c, why, out);
     }
 
+    fn drain(&self, base: Option<&Window>, c: &mut WindowChange, fire: bool, out: &mut KindOut) {
+        let why = fire.then_some(FireReason::Drained);
+        self.close(base, c, why, out);
+    }
+
     fn deadline(&self, base: Option<&Window>, c: &WindowChange) -> Option<i64> {
         view(base, c).map(|v| v.deadline)
     }

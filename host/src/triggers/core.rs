@@ -1167,6 +1167,23 @@ impl<K: Kind> RuleCore<K> {
         self.commit(log, plan)
     }
 
+    /// The rule is being undeployed with `drain`: every partition's open
+    /// buffer fires (reason drained) when `fire`, or is dropped and
+    /// reported (`windows.discarded`). Committed as one step.
+    pub fn drain(&mut self, log: &EventLog, now: i64, fire: bool) -> Result<Step, CoreError> {
+        let mut plan = Plan::empty(self.cursor);
+        let mut partitions: Vec<Option<String>> = self.parts.keys().cloned().collect();
+        partitions.sort_unstable();
+        for p in partitions {
+            let base = self.parts.get(&p);
+            let change = plan.changes.entry(p.clone()).or_default();
+            let mut out = KindOut::default();
+            self.kind.drain(base, change, fire, &mut out);
+            self.collect(&mut plan, &p, out, now);
+        }
+        self.commit(log, plan)
+    }
+
     /// Close what is due at `now`: partitions whose deadline has come
     /// (idle ones too: no event is needed).
     pub fn expire(&mut self, log: &EventLog, now: i64) -> Result<Step, CoreError> {

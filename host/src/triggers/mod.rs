@@ -380,6 +380,18 @@ pub trait Kind: Send + std::fmt::Debug + 'static {
     ) {
     }
 
+    /// The rule is undeployed with `drain`: the partition's open buffer
+    /// fires (reason drained) when `fire`, or is dropped (a discard). The
+    /// default does nothing: a dwell membership is not a window.
+    fn drain(
+        &self,
+        _base: Option<&Self::State>,
+        _change: &mut Self::Change,
+        _fire: bool,
+        _out: &mut KindOut,
+    ) {
+    }
+
     /// Fires of one partition run one at a time, in order (the default).
     /// `false` lets them overlap (`overlap = "allow-all"`), up to the
     /// rule's concurrency.

@@ -362,6 +362,24 @@ impl Kind for Schedule {
         });
     }
 
+    fn drain(&self, base: Option<&Buffer>, c: &mut Buffered, fire: bool, out: &mut KindOut) {
+        let batch = seqs(base, c);
+        let Some(&last) = batch.last() else { return };
+        c.from = Some(last + 1);
+        c.taken = true;
+        c.appended.clear();
+        let id_parts = vec!["drained".to_owned(), batch[0].to_string()];
+        if fire {
+            out.fires
+                .push(NewFire::new(id_parts, FireReason::Drained, batch));
+        } else {
+            out.discards.push(super::Discard {
+                id_parts,
+                seqs: batch,
+            });
+        }
+    }
+
     fn ordered(&self) -> bool {
         self.overlap != Overlap::AllowAll
     }
