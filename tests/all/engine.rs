@@ -367,6 +367,25 @@ async fn a_redeploy_of_another_trigger_kind_is_refused_and_the_rule_runs_on() {
         "{}",
         out.payload
     );
+    // A swap to a new version of the same kind is on the feed.
+    let v3 = load(
+        "name = \"echo\"\nversion = 3\n[trigger.dwell]\n[[trigger.dwell.reactions]]\nlabel = \"quiet\"\nafter = \"2m\"\n",
+    );
+    engine.deploy(v3).await.unwrap();
+    let swap = collect(&log, "rule.swapped", 1).await;
+    let p: serde_json::Value = serde_json::from_str(&swap[0].payload).unwrap();
+    assert_eq!(
+        (p["version"].as_u64(), p["previous"]["version"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(p["kind"], "dwell");
+    assert!(engine.undeploy("acme", "echo").await);
+    let gone = collect(&log, "rule.undeployed", 1).await;
+    assert!(
+        gone[0].payload.contains("\"version\":3"),
+        "{}",
+        gone[0].payload
+    );
     engine.shutdown().await;
 }
 

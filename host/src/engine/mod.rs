@@ -159,6 +159,7 @@ impl Engine {
             None => None,
         };
         let opened = self.open(rule.clone()).await;
+        let before = previous.as_ref().map(Deployable::describe);
         let (rule, core) = match (opened, previous) {
             (Ok(core), _) => (rule, core),
             (Err(e), Some(previous)) => {
@@ -169,8 +170,38 @@ impl Engine {
             }
             (Err(e), None) => return Err(e),
         };
+        let mut record = rule.describe();
         *running = Some(self.start(&key, rule, core));
+        // A swap is on the feed (a first deploy, or a start-up, is not:
+        // the log then holds exactly what `sluice test` makes of it).
+        if let Some(before) = before {
+            record["previous"] = before;
+            self.record(&key, "rule.swapped", record).await;
+        }
         Ok(())
+    }
+
+    /// An engine record of the rule's lifecycle on the feed (best effort:
+    /// the change itself is done; a failure to record it is logged).
+    async fn record(&self, key: &RuleKey, kind: &str, payload: serde_json::Value) {
+        let now = self.clock.now_millis();
+        let id = crate::triggers::engine_id(format_args!(
+            "{kind}:{}:{now}:{}",
+            key.1,
+            crate::triggers::fire_id(&key.1, &[&payload.to_string()])
+        ));
+        let event = crate::log::NewEvent {
+            tenant: key.0.clone(),
+            id: Some(id),
+            source: crate::triggers::ENGINE_SOURCE.into(),
+            kind: kind.into(),
+            time: Some(now),
+            payload: payload.to_string(),
+            hops: 0,
+        };
+        if let Err(e) = self.log.append(vec![event]).await {
+            tracing::warn!(rule = %key.1, error = %e, "could not record {kind}");
+        }
     }
 
     async fn open(&self, rule: Deployable) -> Result<Box<dyn Driven>, CoreError> {
@@ -220,7 +251,9 @@ impl Engine {
             .remove(&key);
         match removed {
             Some(d) => {
+                let record = d.rule.describe();
                 stop_and_join(d).await;
+                self.record(&key, "rule.undeployed", record).await;
                 true
             }
             None => false,
@@ -254,6 +287,11 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
+        let mut record = rule.describe();
+        record["drain"] = serde_json::json!(match drain {
+            Drain::Fire => "fire",
+            Drain::Discard => "discard",
+        });
         let mut core = self.open(rule).await?;
         let (log, clock) = (self.log.clone(), self.clock.clone());
         joined(
@@ -272,6 +310,7 @@ impl Engine {
             })
             .await,
         )??;
+        self.record(&key, "rule.undeployed", record).await;
         Ok(true)
     }
 

@@ -49,6 +49,8 @@ enum KindSpec {
 pub struct Deployable {
     /// Component and policies.
     pub spec: RuleSpec,
+    /// The manifest's version (0 when built without a manifest).
+    pub version: u32,
     kind: KindSpec,
 }
 
@@ -79,6 +81,7 @@ impl Deployable {
             })?;
         Ok(Self {
             spec: RuleSpec::new(tenant, manifest, rule),
+            version: manifest.version,
             kind,
         })
     }
@@ -87,8 +90,16 @@ impl Deployable {
     pub fn batch(spec: RuleSpec, trigger: &crate::manifest::BatchTrigger) -> Self {
         Self {
             spec,
+            version: 0,
             kind: KindSpec::Batch(Batch::from(trigger)),
         }
+    }
+
+    /// What the feed says of this version: rule, version, kind, component
+    /// digest.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"rule": self.spec.name, "version": self.version,
+            "kind": self.kind_name(), "digest": self.spec.rule.digest()})
     }
 
     /// The trigger kind's name (`batch`, `dwell`, `schedule`).
