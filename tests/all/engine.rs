@@ -379,10 +379,31 @@ async fn a_redeploy_of_another_trigger_kind_is_refused_and_the_rule_runs_on() {
         (Some(3), Some(1))
     );
     assert_eq!(p["kind"], "dwell");
+    // Changing the kind takes a reset: the state starts empty, from the
+    // log's end; the new kind works on what comes next.
+    let batch = load("name = \"echo\"\nversion = 4\n[trigger.batch]\ncount = 1\nwindow = \"1h\"\n");
+    engine.deploy_reset(batch).await.unwrap();
+    collect(&log, "rule.reset", 1).await;
+    let next = NewEvent {
+        tenant: "acme".into(),
+        id: Some("p2".into()),
+        source: "dev".into(),
+        kind: "x.ping".into(),
+        time: None,
+        payload: json!({"key": "d2"}).to_string(),
+        hops: 0,
+    };
+    log.append(vec![next]).await.unwrap();
+    let out = wait_for(&log, 0, |e| {
+        e.source == "rule:echo" && e.payload.contains("count-reached")
+    })
+    .await;
+    assert!(out.payload.contains("\"p2\""), "{}", out.payload);
+    assert_eq!(engine.status("acme", "echo").unwrap().partitions, 0);
     assert!(engine.undeploy("acme", "echo").await);
     let gone = collect(&log, "rule.undeployed", 1).await;
     assert!(
-        gone[0].payload.contains("\"version\":3"),
+        gone[0].payload.contains("\"version\":4"),
         "{}",
         gone[0].payload
     );

@@ -32,7 +32,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use self::rule::{Deployable, Driven, RuleStatus};
 use crate::clock::SharedClock;
-use crate::log::EventLog;
+use crate::log::{EventLog, StateOp};
 use crate::triggers::core::CoreError;
 use crate::triggers::fires::{FireAttempt, FireRecord};
 
@@ -145,11 +145,25 @@ impl Engine {
     /// open its state once the old version stopped puts the old version
     /// back and returns the error.
     pub async fn deploy(&self, rule: Deployable) -> Result<(), CoreError> {
+        self.deploy_inner(rule, false).await
+    }
+
+    /// [`Self::deploy`], starting from empty state: the rule's windows,
+    /// memberships, schedule position, pending fires and dead letters are
+    /// dropped first (recorded as `rule.reset`), and its cursor starts
+    /// again from the log's end. The way to change a rule's trigger kind.
+    pub async fn deploy_reset(&self, rule: Deployable) -> Result<(), CoreError> {
+        self.deploy_inner(rule, true).await
+    }
+
+    async fn deploy_inner(&self, rule: Deployable, reset: bool) -> Result<(), CoreError> {
         let key = (rule.spec.tenant.clone(), rule.spec.name.clone());
         let slot = self.slot(&key, true).expect("created");
         let mut running = slot.lock().await;
-        let (log, check) = (self.log.clone(), rule.clone());
-        joined(tokio::task::spawn_blocking(move || check.check_state(&log)).await)??;
+        if !reset {
+            let (log, check) = (self.log.clone(), rule.clone());
+            joined(tokio::task::spawn_blocking(move || check.check_state(&log)).await)??;
+        }
         let previous = match running.take() {
             Some(old) => {
                 let rule = old.rule.clone();
@@ -157,6 +171,14 @@ impl Engine {
                 Some(rule)
             }
             None => None,
+        };
+        let previous = match reset {
+            // Nothing of the old state is left to go back to.
+            true => {
+                self.reset(&key, &rule).await?;
+                None
+            }
+            false => previous,
         };
         let opened = self.open(rule.clone()).await;
         let before = previous.as_ref().map(Deployable::describe);
@@ -202,6 +224,40 @@ impl Engine {
         if let Err(e) = self.log.append(vec![event]).await {
             tracing::warn!(rule = %key.1, error = %e, "could not record {kind}");
         }
+    }
+
+    /// Drop a (stopped) rule's state and pin; its cursor starts at the log's
+    /// end. One transaction, with a `rule.reset` record.
+    async fn reset(&self, key: &RuleKey, rule: &Deployable) -> Result<(), CoreError> {
+        let ns = crate::triggers::state::namespace(&key.0, &key.1);
+        let last = self.log.last_seq();
+        let now = self.clock.now_millis();
+        let record = crate::log::NewEvent {
+            tenant: key.0.clone(),
+            id: Some(crate::triggers::engine_id(format_args!(
+                "reset:{}:{now}:{last}",
+                key.1
+            ))),
+            source: crate::triggers::ENGINE_SOURCE.into(),
+            kind: "rule.reset".into(),
+            time: Some(now),
+            payload: rule.describe().to_string(),
+            hops: 0,
+        };
+        let ops = vec![
+            StateOp::Clear { ns: ns.clone() },
+            StateOp::Put {
+                ns: ns.clone(),
+                key: crate::triggers::state::CURSOR.into(),
+                value: last.to_string().into_bytes(),
+            },
+            StateOp::Pin {
+                owner: ns,
+                min_seq: None,
+            },
+        ];
+        self.log.transact(vec![record], ops).await?;
+        Ok(())
     }
 
     async fn open(&self, rule: Deployable) -> Result<Box<dyn Driven>, CoreError> {
