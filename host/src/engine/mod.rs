@@ -709,7 +709,13 @@ async fn rule_task(
             }
             // A commit that brought nothing past this rule's cursor (its
             // own records, say) and nothing due: sleep again, without a
-            // round — a thousand idle rules cost nothing per commit.
+            // round — a thousand idle rules cost nothing per commit. What
+            // was seen is marked before it is looked at, so a commit or a
+            // clock move that comes after the look still wakes the task.
+            committed.borrow_and_update();
+            if let Some(m) = moves.as_mut() {
+                m.borrow_and_update();
+            }
             let nothing_new = finished.is_empty()
                 && pending_requests.is_empty()
                 && !*stop.borrow()
@@ -717,10 +723,6 @@ async fn rule_task(
                 && core.next_due().is_none_or(|t| t > clock.now_millis());
             if !nothing_new {
                 break;
-            }
-            committed.borrow_and_update();
-            if let Some(m) = moves.as_mut() {
-                m.borrow_and_update();
             }
         }
     }
