@@ -4,6 +4,10 @@
 //!
 //! Run: `cargo bench -p sluice --bench log`
 
+#[path = "common.rs"]
+mod common;
+use common::percentile;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,10 +169,6 @@ fn concurrent_single_events() -> f64 {
         }
     });
     (clients * per_client) as f64 / start.elapsed().as_secs_f64()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Latency from the start of an append to delivery at each of 100 live

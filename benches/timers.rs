@@ -17,6 +17,10 @@
 //! Run: `cargo bench -p sluice --bench timers` (`SLUICE_BENCH_SECS`, default
 //! 60, sets how long parts 2 and 3 run).
 
+#[path = "common.rs"]
+mod common;
+use common::{percentile, rss_bytes};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,23 +44,6 @@ fn open_log(dir: &tempfile::TempDir, name: &str) -> EventLog {
         Arc::new(SystemClock),
     )
     .unwrap()
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 /// CPU time this process used so far (user + system).
@@ -265,16 +252,12 @@ fn many_rules(tokio: &tokio::runtime::Runtime, rt: &Runtime, secs: u64) {
         .collect();
     let (_, idle_cpu) = run_schedules(tokio, rt, &idle, Vec::new(), secs, true);
     let (late, busy_cpu) = run_schedules(tokio, rt, &ticking, Vec::new(), secs, true);
-    println!(
-        "schedule: {rules} rules ticking every second for {secs} s: {} ticks ran ({:.0}/s); lateness (handler start after the tick) p50 {} ms, p99 {} ms, max {} ms; CPU {:.1?} ({:.0} % of a core) against {:.1?} for the same rules idle",
-        late.len(),
-        late.len() as f64 / secs as f64,
-        percentile(&late, 0.5),
-        percentile(&late, 0.99),
-        late.last().copied().unwrap_or(0),
-        busy_cpu,
-        busy_cpu.as_secs_f64() * 100.0 / secs as f64,
-        idle_cpu
+    report(
+        &format!("{rules} rules ticking every second for {secs} s"),
+        "ticks",
+        &late,
+        secs,
+        (busy_cpu, idle_cpu),
     );
 }
 
@@ -295,16 +278,33 @@ fn many_partitions(tokio: &tokio::runtime::Runtime, rt: &Runtime, secs: u64) {
     let idle = schedule_manifest("digest", "0 0 0 1 1 * 2099", "");
     let (_, idle_cpu) = run_schedules(tokio, rt, &[idle], seed.clone(), secs, false);
     let (late, busy_cpu) = run_schedules(tokio, rt, &[m], seed, secs, false);
+    report(
+        &format!("1 rule, {PARTITIONS} partitions, a tick every 10 s for {secs} s"),
+        "fires",
+        &late,
+        secs,
+        (busy_cpu, idle_cpu),
+    );
+}
+
+/// One line of schedule figures: what ran, lateness (handler start after
+/// the tick, queueing included), CPU against the same rules idle.
+fn report(shape: &str, what: &str, late: &[i64], secs: u64, (busy, idle): (Duration, Duration)) {
+    let q = |p: f64| {
+        if late.is_empty() {
+            0
+        } else {
+            percentile(late, p)
+        }
+    };
     println!(
-        "schedule: 1 rule, {PARTITIONS} partitions, a tick every 10 s for {secs} s: {} fires ran ({:.0}/s); lateness (handler start after the tick, queueing included) p50 {} ms, p99 {} ms, max {} ms; CPU {:.1?} ({:.0} % of a core) against {:.1?} idle",
+        "schedule: {shape}: {} {what} ran ({:.0}/s); lateness (handler start after the tick) p50 {} ms, p99 {} ms, max {} ms; CPU {busy:.1?} ({:.0} % of a core) against {idle:.1?} for the same rules idle",
         late.len(),
         late.len() as f64 / secs as f64,
-        percentile(&late, 0.5),
-        percentile(&late, 0.99),
+        q(0.5),
+        q(0.99),
         late.last().copied().unwrap_or(0),
-        busy_cpu,
-        busy_cpu.as_secs_f64() * 100.0 / secs as f64,
-        idle_cpu
+        busy.as_secs_f64() * 100.0 / secs as f64,
     );
 }
 

@@ -10,6 +10,10 @@
 //!
 //! Run: `cargo bench -p sluice --bench triggers`
 
+#[path = "common.rs"]
+mod common;
+use common::{percentile, rss_bytes};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,20 +92,6 @@ fn batch_rule(rt: &Runtime, name: &str, component: &str, count: u32, expire: Exp
             max_wait: None,
         },
     )
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 fn end_to_end(tokio: &tokio::runtime::Runtime, rt: &Runtime) {

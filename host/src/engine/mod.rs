@@ -207,20 +207,12 @@ impl Engine {
     /// the change itself is done; a failure to record it is logged).
     async fn record(&self, key: &RuleKey, kind: &str, payload: serde_json::Value) {
         let now = self.clock.now_millis();
-        let id = crate::triggers::engine_id(format_args!(
+        let id = format!(
             "{kind}:{}:{now}:{}",
             key.1,
             crate::triggers::fire_id(&key.1, &[&payload.to_string()])
-        ));
-        let event = crate::log::NewEvent {
-            tenant: key.0.clone(),
-            id: Some(id),
-            source: crate::triggers::ENGINE_SOURCE.into(),
-            kind: kind.into(),
-            time: Some(now),
-            payload: payload.to_string(),
-            hops: 0,
-        };
+        );
+        let event = crate::triggers::engine_record(&key.0, id, kind, now, &payload);
         if let Err(e) = self.log.append(vec![event]).await {
             tracing::warn!(rule = %key.1, error = %e, "could not record {kind}");
         }
@@ -232,18 +224,13 @@ impl Engine {
         let ns = crate::triggers::state::namespace(&key.0, &key.1);
         let last = self.log.last_seq();
         let now = self.clock.now_millis();
-        let record = crate::log::NewEvent {
-            tenant: key.0.clone(),
-            id: Some(crate::triggers::engine_id(format_args!(
-                "reset:{}:{now}:{last}",
-                key.1
-            ))),
-            source: crate::triggers::ENGINE_SOURCE.into(),
-            kind: "rule.reset".into(),
-            time: Some(now),
-            payload: rule.describe().to_string(),
-            hops: 0,
-        };
+        let record = crate::triggers::engine_record(
+            &key.0,
+            format_args!("reset:{}:{now}:{last}", key.1),
+            "rule.reset",
+            now,
+            &rule.describe(),
+        );
         let ops = vec![
             StateOp::Clear { ns: ns.clone() },
             StateOp::Put {

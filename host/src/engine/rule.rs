@@ -115,17 +115,7 @@ impl Deployable {
     /// the kind of the rule's stored state.
     pub fn check_state(&self, log: &EventLog) -> Result<(), CoreError> {
         let ns = crate::triggers::state::namespace(&self.spec.tenant, &self.spec.name);
-        let stored = log.state_get(&ns, crate::triggers::state::KIND)?;
-        match stored.map(|v| String::from_utf8_lossy(&v).into_owned()) {
-            Some(kind) if kind != self.kind_name() => Err(CoreError::State {
-                key: crate::triggers::state::KIND.to_owned(),
-                problem: format!(
-                    "the rule's state is a {kind} rule's and this version is a {} rule: changing a rule's trigger kind needs its state reset",
-                    self.kind_name()
-                ),
-            }),
-            _ => Ok(()),
-        }
+        crate::triggers::core::check_kind(log, &ns, self.kind_name())
     }
 
     /// Open the rule's durable state on `log`; it starts running at engine
@@ -248,7 +238,7 @@ impl<K: Kind> Driven for RuleCore<K> {
         RuleCore::spec(self)
     }
     fn held(&self) -> bool {
-        self.paused() || self.suspended().is_some()
+        RuleCore::held(self)
     }
     fn cursor(&self) -> u64 {
         RuleCore::cursor(self)

@@ -56,6 +56,21 @@ pub enum CoreError {
     },
 }
 
+/// Refuse state stored for another trigger kind than `kind` (read before
+/// anything changes: a redeploy of another kind is refused at once).
+pub fn check_kind(log: &EventLog, ns: &str, kind: &str) -> Result<(), CoreError> {
+    let stored = log.state_get(ns, key::KIND)?;
+    match stored.map(|v| String::from_utf8_lossy(&v).into_owned()) {
+        Some(stored) if stored != kind => Err(bad_state(
+            key::KIND,
+            format!(
+                "the rule's state is a {stored} rule's and this version is a {kind} rule: changing a rule's trigger kind needs its state reset"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn bad_state(key: &str, problem: impl ToString) -> CoreError {
     CoreError::State {
         key: key.to_owned(),
@@ -371,17 +386,7 @@ impl<K: Kind> RuleCore<K> {
                 .state_get(&core.ns, k)?
                 .map(|v| String::from_utf8_lossy(&v).into_owned()))
         };
-        if let Some(stored) = text(key::KIND)?
-            && stored != K::NAME
-        {
-            return Err(bad_state(
-                key::KIND,
-                format!(
-                    "the rule's state is a {stored} rule's and this version is a {} rule: changing a rule's trigger kind needs its state reset",
-                    K::NAME
-                ),
-            ));
-        }
+        check_kind(log, &core.ns, K::NAME)?;
         if let Some(v) = text(key::CURSOR)? {
             core.cursor = v.parse().map_err(|e| bad_state(key::CURSOR, e))?;
         }
@@ -540,7 +545,8 @@ impl<K: Kind> RuleCore<K> {
         &self.counters
     }
 
-    fn held(&self) -> bool {
+    /// Paused or suspended: the rule processes nothing until resumed.
+    pub fn held(&self) -> bool {
         self.paused || self.suspended.is_some()
     }
 
@@ -705,10 +711,18 @@ impl<K: Kind> RuleCore<K> {
                         running: self.fires.running_in(p),
                         keyed_partitions: keyed,
                     };
-                    let change = plan.changes.entry(p.clone()).or_default();
+                    // Only partitions a tick does something to join the
+                    // plan: an idle one is not written, nor re-installed.
+                    let had = plan.changes.contains_key(p);
+                    let mut change = plan.changes.remove(p).unwrap_or_default();
                     let mut out = KindOut::default();
-                    self.kind.on_tick(base, change, tick, in_flight, &mut out);
-                    if out.fires.is_empty() && out.notes.is_empty() {
+                    self.kind
+                        .on_tick(base, &mut change, tick, in_flight, &mut out);
+                    let quiet = out.fires.is_empty() && out.notes.is_empty();
+                    if had || !quiet {
+                        plan.changes.insert(p.clone(), change);
+                    }
+                    if quiet {
                         continue;
                     }
                     new_pos.skipped += out
@@ -889,15 +903,7 @@ impl<K: Kind> RuleCore<K> {
         now: i64,
         payload: serde_json::Value,
     ) -> NewEvent {
-        NewEvent {
-            tenant: self.spec.tenant.clone(),
-            id: Some(super::engine_id(id)),
-            source: ENGINE_SOURCE.into(),
-            kind: kind.into(),
-            time: Some(now),
-            payload: payload.to_string(),
-            hops: 0,
-        }
+        super::engine_record(&self.spec.tenant, id, kind, now, &payload)
     }
 
     /// Commit `plan` in one transaction, then apply it to memory.

@@ -52,6 +52,26 @@ pub fn engine_id(id: impl std::fmt::Display) -> String {
     format!("{ENGINE_ID_PREFIX}{id}")
 }
 
+/// An engine record for `tenant`'s log: source `sluice`, id `id` in the
+/// engine's id space.
+pub fn engine_record(
+    tenant: &str,
+    id: impl std::fmt::Display,
+    kind: &str,
+    now: i64,
+    payload: &serde_json::Value,
+) -> crate::log::NewEvent {
+    crate::log::NewEvent {
+        tenant: tenant.to_owned(),
+        id: Some(engine_id(id)),
+        source: ENGINE_SOURCE.into(),
+        kind: kind.into(),
+        time: Some(now),
+        payload: payload.to_string(),
+        hops: 0,
+    }
+}
+
 /// A deterministic fire id: the same inputs give the same id on every run,
 /// retry and replay, whatever the rule's version. Parts are
 /// length-prefixed, so no two different part lists collide by
@@ -369,7 +389,8 @@ pub trait Kind: Send + std::fmt::Debug + 'static {
     }
 
     /// A tick comes for a partition (`base` is `None` for a partition
-    /// without state: the global one is offered every tick).
+    /// without state: the global one is offered every tick). A tick that
+    /// makes no fire and no note must leave `change` as it was.
     fn on_tick(
         &self,
         _base: Option<&Self::State>,
