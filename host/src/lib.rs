@@ -10,6 +10,12 @@
 //!
 //! # Layout
 //!
+//! - [`api`]: `sluice serve` — the HTTP API over one engine for many
+//!   tenants: tokens and quotas, deploys and hot swaps, ingest, the SSE
+//!   feed, fires, metrics, a generated OpenAPI document.
+//!   - [`api::tenants`]: tenants, hashed tokens, quotas, authentication.
+//!   - [`api::rules`], [`api::events`], [`api::fires`], [`api::feed`],
+//!     [`api::metrics`], [`api::openapi`], [`api::error`].
 //! - [`clock`]: the engine clock — real in production, manual in tests.
 //! - [`engine`]: runs deployed rules — a task per rule, with a control
 //!   channel (pause, resume, re-drive, stop-and-join), woken by commits,
@@ -18,6 +24,8 @@
 //!     shared by the engine and `sluice test`.
 //!   - [`engine::rule`]: a manifest and component made into a runnable
 //!     core of its kind.
+//!   - [`engine::registry`]: which rules a server runs (manifest and
+//!     component per tenant and name), kept beside their state.
 //! - [`event`]: the event record shared by every part of the engine.
 //! - [`log`]: the durable event log — group-committed ingest with dedupe,
 //!   queries (by seq too), the live feed, retention, one writing process
@@ -53,6 +61,7 @@
 
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod engine;

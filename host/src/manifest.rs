@@ -163,6 +163,17 @@ pub enum Trigger {
     Schedule(ScheduleTrigger),
 }
 
+impl Trigger {
+    /// The trigger kind's name: `batch`, `dwell` or `schedule`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Batch(_) => "batch",
+            Trigger::Dwell(_) => "dwell",
+            Trigger::Schedule(_) => "schedule",
+        }
+    }
+}
+
 /// `[trigger.batch]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BatchTrigger {

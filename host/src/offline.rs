@@ -371,6 +371,11 @@ impl Run<'_> {
                     "why": "max_dwell"}),
                 Note::TickSkipped { tick, overlap } => json!({"type": "skipped", "rule": rule,
                     "at": n.at, "partition": n.partition, "tick": tick, "overlap": overlap}),
+                Note::OverQuota {
+                    seq,
+                    max_partitions,
+                } => json!({"type": "quota", "rule": rule, "at": n.at,
+                    "partition": n.partition, "seq": seq, "max_partitions": max_partitions}),
             };
             self.emit(line)?;
         }

@@ -19,8 +19,10 @@
 //!
 //! - [`driver`]: the order of a rule's work, shared with `sluice test`.
 //! - [`rule`]: a manifest and component made into a core of its kind.
+//! - [`registry`]: which rules a server runs, kept beside their state.
 
 pub mod driver;
+pub mod registry;
 pub mod rule;
 
 use std::collections::HashMap;
@@ -47,6 +49,7 @@ enum Control {
     Redrive(String, oneshot::Sender<Result<(), CoreError>>),
     DiscardDead(String, oneshot::Sender<Result<(), CoreError>>),
     DeadLetters(oneshot::Sender<Result<Vec<FireRecord>, CoreError>>),
+    Pending(oneshot::Sender<Result<Vec<FireRecord>, CoreError>>),
 }
 
 /// Why a control request failed.
@@ -437,8 +440,25 @@ impl Engine {
         self.request(tenant, name, Control::DeadLetters).await
     }
 
+    /// The rule's fires waiting to run, to be retried or running, oldest
+    /// first.
+    pub async fn pending_fires(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Vec<FireRecord>, ControlError> {
+        self.request(tenant, name, Control::Pending).await
+    }
+
+    /// The component a deployed rule runs (its fuel meter included).
+    pub async fn loaded(&self, tenant: &str, name: &str) -> Option<Deployable> {
+        let slot = self.slot(&(tenant.to_owned(), name.to_owned()), false)?;
+        let running = slot.lock().await;
+        running.as_ref().map(|d| d.rule.clone())
+    }
+
     /// Stop every rule and wait for their tasks.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         let slots: Vec<Slot> = self
             .rules
             .lock()
@@ -489,6 +509,13 @@ fn serve(core: &mut dyn Driven, log: &EventLog, request: Control) {
         Control::Redrive(id, r) => drop(r.send(core.redrive(log, &id))),
         Control::DiscardDead(id, r) => drop(r.send(core.discard_dead(log, &id))),
         Control::DeadLetters(r) => drop(r.send(core.dead_letters(log))),
+        Control::Pending(r) => drop(
+            r.send(Ok(core
+                .pending()
+                .iter()
+                .filter_map(|id| core.fire(id).cloned())
+                .collect())),
+        ),
     }
 }
 
@@ -498,6 +525,25 @@ struct Round {
     jobs: Vec<crate::triggers::fires::FireJob>,
     more: bool,
     error: Option<String>,
+    /// The last handler failure committed this round.
+    failure: Option<rule::Failure>,
+}
+
+/// Run a fire's handler, timing it for `/metrics`.
+fn run_timed(job: crate::triggers::fires::FireJob, labels: &[(String, String); 2]) -> FireAttempt {
+    let started = std::time::Instant::now();
+    let attempt = job.run_guarded();
+    metrics::histogram!("sluice_handler_seconds", labels).record(started.elapsed().as_secs_f64());
+    attempt
+}
+
+/// The metric labels of a rule.
+fn rule_labels(core: &dyn Driven) -> [(String, String); 2] {
+    let spec = core.spec();
+    [
+        ("tenant".to_owned(), spec.tenant.clone()),
+        ("rule".to_owned(), spec.name.clone()),
+    ]
 }
 
 /// One round on the blocking pool: commit finished fires, serve control
@@ -511,9 +557,13 @@ fn round(
     stopping: bool,
 ) -> Round {
     let mut error = None;
+    let mut failure = None;
+    let labels = rule_labels(&*core);
     for attempt in finished {
-        if let Err(e) = core.finish(log, attempt) {
-            error = Some(e.to_string());
+        let failed = rule::Failure::of(&attempt);
+        match core.finish(log, attempt) {
+            Ok(_) => failure = failed.or(failure),
+            Err(e) => error = Some(e.to_string()),
         }
     }
     for r in requests {
@@ -525,7 +575,16 @@ fn round(
             jobs: Vec::new(),
             more: false,
             error,
+            failure,
         };
+    }
+    // How late the earliest deadline is served (it is served now).
+    if let Some(due) = core.next_due() {
+        let late = clock.now_millis() - due;
+        if late >= 0 {
+            metrics::histogram!("sluice_timer_lateness_seconds", &labels)
+                .record(late as f64 / 1000.0);
+        }
     }
     let mut more = false;
     match driver::turn(&mut *core, log, clock, TURN_EVENTS) {
@@ -543,8 +602,11 @@ fn round(
     for id in due.into_iter().take(slots) {
         match core.start(log, &id, now) {
             Ok(job) if inline => {
-                if let Err(e) = core.finish(log, job.run_guarded()) {
-                    error = Some(e.to_string());
+                let attempt = run_timed(job, &labels);
+                let failed = rule::Failure::of(&attempt);
+                match core.finish(log, attempt) {
+                    Ok(_) => failure = failed.or(failure),
+                    Err(e) => error = Some(e.to_string()),
                 }
             }
             Ok(job) => jobs.push(job),
@@ -559,6 +621,7 @@ fn round(
         jobs,
         more,
         error,
+        failure,
     }
 }
 
@@ -618,10 +681,11 @@ async fn rule_task(
         core = r.core;
         for job in r.jobs {
             let work = work.clone();
+            let labels = rule_labels(&*core);
             running.spawn(async move {
                 let permit = work.acquire_owned().await.expect("never closed");
                 let attempt = tokio::task::spawn_blocking(move || {
-                    let a = job.run_guarded();
+                    let a = run_timed(job, &labels);
                     drop(permit);
                     a
                 })
@@ -632,8 +696,10 @@ async fn rule_task(
         {
             let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
             let last_error = r.error.clone().or_else(|| s.last_error.take());
+            let last_failure = r.failure.clone().or_else(|| s.last_failure.take());
             *s = core.status();
             s.last_error = last_error;
+            s.last_failure = last_failure;
         }
         if let Some(e) = &r.error {
             // Nothing of the failed piece was committed; try again shortly.

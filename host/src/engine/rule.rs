@@ -95,6 +95,13 @@ impl Deployable {
         }
     }
 
+    /// Hold the rule to at most `max` partitions with open state (a
+    /// tenant's quota): an event for one more is skipped and recorded.
+    pub fn with_max_partitions(mut self, max: usize) -> Self {
+        self.spec.max_partitions = Some(max);
+        self
+    }
+
     /// What the feed says of this version: rule, version, kind, component
     /// digest.
     pub fn describe(&self) -> serde_json::Value {
@@ -156,10 +163,46 @@ pub struct RuleStatus {
     pub paused: bool,
     /// The last error the rule's task met (storage or `select`), if any.
     pub last_error: Option<String>,
+    /// The last failed handler attempt, with the guest's backtrace.
+    pub last_failure: Option<Failure>,
     /// The earliest deadline or retry time (ms), while not held.
     pub next_due: Option<i64>,
     /// Counters since the rule's task started.
     pub counters: Counters,
+}
+
+/// A failed handler attempt, as a rule's status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Failure {
+    /// The fire.
+    pub fire_id: String,
+    /// The attempt's number (1-based).
+    pub attempt: u32,
+    /// When the attempt started (engine time, ms).
+    pub at: i64,
+    /// What went wrong.
+    pub message: String,
+    /// The guest backtrace, when the call trapped.
+    pub backtrace: Option<String>,
+    /// The last lines the guest wrote to stderr during the call.
+    pub stderr: Vec<String>,
+}
+
+impl Failure {
+    /// The failure of `attempt`, if its handler failed.
+    pub fn of(attempt: &FireAttempt) -> Option<Self> {
+        let Ok(Err(e)) = &attempt.result else {
+            return None;
+        };
+        Some(Self {
+            fire_id: attempt.record.fire_id.clone(),
+            attempt: attempt.attempt,
+            at: attempt.now,
+            message: e.to_string(),
+            backtrace: e.backtrace.clone(),
+            stderr: e.stderr.clone(),
+        })
+    }
 }
 
 /// A rule's core as the driver sees it, whatever its kind.
@@ -314,6 +357,7 @@ impl<K: Kind> Driven for RuleCore<K> {
             suspended: self.suspended().map(str::to_owned),
             paused: self.paused(),
             last_error: None,
+            last_failure: None,
             next_due: self.next_due(),
             counters: self.counters().clone(),
         }

@@ -530,6 +530,7 @@ impl Runtime {
                 limits,
                 pre,
                 cache,
+                fuel_used: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -585,6 +586,8 @@ struct LoadedInner {
     limits: Limits,
     pre: RulePre<StoreState>,
     cache: CacheOutcome,
+    /// Fuel the rule's calls have used, all instances together.
+    fuel_used: std::sync::atomic::AtomicU64,
 }
 
 /// A compiled, validated, pre-instantiated rule. Cheap to clone; share it
@@ -623,6 +626,21 @@ impl LoadedRule {
     /// How the compile cache served this load.
     pub fn cache_outcome(&self) -> &CacheOutcome {
         &self.inner.cache
+    }
+
+    /// Fuel used by every call into this rule so far (0 when fuel is not
+    /// metered).
+    pub fn fuel_used(&self) -> u64 {
+        self.inner.fuel_used.load(Ordering::Relaxed)
+    }
+
+    /// Count the fuel the call just made on `store` used.
+    fn spent(&self, store: &Store<StoreState>) {
+        if self.inner.runtime.inner.config.fuel {
+            let left = store.get_fuel().unwrap_or(0);
+            let used = self.inner.limits.fuel.saturating_sub(left);
+            self.inner.fuel_used.fetch_add(used, Ordering::Relaxed);
+        }
     }
 
     /// A handle that runs calls; it instantiates lazily, on first use.
@@ -673,6 +691,7 @@ impl LoadedRule {
         store.data().output.begin_call();
         let result = self.inner.pre.instantiate(&mut store);
         store.data().output.end_call();
+        self.spent(&store);
         match result {
             Ok(bindings) => Ok(Live { store, bindings }),
             Err(e) => Err(self.classify(&store, "instantiate", e)),
@@ -805,6 +824,7 @@ impl RuleInstance {
         live.store.data().output.begin_call();
         let result = f(&live.bindings, &mut live.store);
         live.store.data().output.end_call();
+        self.rule.spent(&live.store);
         match result {
             Ok(value) => {
                 if keep_instance {

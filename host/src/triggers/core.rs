@@ -95,6 +95,9 @@ pub struct RuleSpec {
     pub outputs: OutputPolicy,
     /// Fires running at once.
     pub concurrency: u32,
+    /// Partitions with open state at most (the tenant's quota): an event
+    /// for one more is skipped and recorded.
+    pub max_partitions: Option<usize>,
 }
 
 impl RuleSpec {
@@ -108,6 +111,7 @@ impl RuleSpec {
             select: SelectPolicy::default(),
             outputs: OutputPolicy::default(),
             concurrency: 1,
+            max_partitions: None,
         }
     }
 
@@ -121,6 +125,7 @@ impl RuleSpec {
             select: manifest.select,
             outputs: manifest.outputs,
             concurrency: manifest.concurrency.max.max(1),
+            max_partitions: None,
         }
     }
 }
@@ -270,6 +275,8 @@ pub struct Plan<K: Kind> {
     missed: Option<Missed>,
     /// The schedule's new position.
     tick: Option<TickPosition>,
+    /// Partitions without state that events of this plan went to.
+    new_parts: usize,
 }
 
 impl<K: Kind> Plan<K> {
@@ -287,12 +294,13 @@ impl<K: Kind> Plan<K> {
             cancelled: Vec::new(),
             missed: None,
             tick: None,
+            new_parts: 0,
         }
     }
 }
 
 /// Counters of a rule since its core was opened.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     /// Events the rule kept.
     pub matched: u64,
@@ -627,8 +635,24 @@ impl<K: Kind> RuleCore<K> {
             let Verdict::Keep(place) = verdict else {
                 continue;
             };
-            plan.kept += 1;
             let base = self.parts.get(&place.partition);
+            let fresh = base.is_none() && !plan.changes.contains_key(&place.partition);
+            if fresh
+                && let Some(max) = self.spec.max_partitions
+                && self.parts.len() + plan.new_parts >= max
+            {
+                plan.notes.push(NoteRecord {
+                    partition: place.partition.clone(),
+                    note: Note::OverQuota {
+                        seq: event.seq,
+                        max_partitions: max,
+                    },
+                    at: now,
+                });
+                continue;
+            }
+            plan.new_parts += usize::from(fresh);
+            plan.kept += 1;
             let change = plan.changes.entry(place.partition.clone()).or_default();
             let mut out = KindOut::default();
             let kept = Kept {
@@ -1057,6 +1081,11 @@ impl<K: Kind> RuleCore<K> {
                             Note::TickSkipped { tick, overlap } => {
                                 json!({"tick": tick, "overlap": overlap})
                             }
+                            Note::OverQuota {
+                                seq,
+                                max_partitions,
+                            } => json!({"seq": seq, "why": "partition quota",
+                                "max_partitions": max_partitions}),
                         };
                         item["partition"] = json!(n.partition);
                         item
@@ -1069,6 +1098,7 @@ impl<K: Kind> RuleCore<K> {
                         member_since,
                     } => format!("left:{epoch}:{member_since}"),
                     Note::TickSkipped { tick, .. } => format!("skipped:{tick}"),
+                    Note::OverQuota { seq, .. } => format!("quota:{seq}"),
                 };
                 let id = fire_id(&self.spec.name, &[&partition_part(&first.partition), &what]);
                 records.push(self.engine_record(

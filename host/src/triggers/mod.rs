@@ -220,6 +220,14 @@ pub enum Note {
         /// The overlap policy that skipped it.
         overlap: &'static str,
     },
+    /// The rule kept an event for a partition it had no state for, and
+    /// it already had its quota of partitions: the event was not added.
+    OverQuota {
+        /// The event.
+        seq: u64,
+        /// The quota (partitions with open state).
+        max_partitions: usize,
+    },
 }
 
 impl Note {
@@ -228,6 +236,7 @@ impl Note {
         match self {
             Note::Left { .. } => "membership.expired",
             Note::TickSkipped { .. } => "tick.skipped",
+            Note::OverQuota { .. } => "event.skipped",
         }
     }
 }

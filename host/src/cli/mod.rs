@@ -1,4 +1,8 @@
 //! The `sluice` command line. `main.rs` only calls [`main`].
+//!
+//! - [`client`]: the commands that talk to a running `sluice serve`.
+
+pub mod client;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -28,6 +32,101 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server: the HTTP API over one engine, for many tenants.
+    /// Prints `listening on http://ADDR` once it accepts requests (and,
+    /// on a first start without SLUICE_ADMIN_TOKEN, the generated admin
+    /// token, once).
+    Serve {
+        /// The database file.
+        #[arg(long, default_value = "sluice.db")]
+        db: PathBuf,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: String,
+        /// Where compiled components are cached (default: <db>.cache).
+        #[arg(long, env = "SLUICE_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// full (survives power loss) or normal (survives a process crash).
+        #[arg(long, default_value = "full")]
+        durability: Durability,
+        /// Log lines as human text or as JSON.
+        #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+        log_format: String,
+        /// The feed's heartbeat interval.
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        heartbeat: std::time::Duration,
+        /// How long a shutdown waits for running handlers.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        shutdown_grace: std::time::Duration,
+        /// The largest request body but deploys, in bytes.
+        #[arg(long, default_value_t = 16 << 20)]
+        max_body: usize,
+        /// Run on a manual clock starting at this time (RFC 3339 or ms),
+        /// moved with POST /v1/clock: for tests.
+        #[arg(long)]
+        manual_clock: Option<String>,
+    },
+    /// Deploy a rule to a server, or swap in a new version: DIR (with
+    /// rule.toml and the component) or a .wasm with --manifest.
+    Deploy {
+        /// The rule's directory, or its component (.wasm).
+        path: PathBuf,
+        /// The manifest (default: rule.toml beside the component).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Drop the rule's state (needed to change its trigger kind).
+        #[arg(long)]
+        reset: bool,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Send one event, or NDJSON events from a file or stdin.
+    Emit {
+        #[command(flatten)]
+        args: client::EmitArgs,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Follow the tenant's feed: events, fires, outputs, errors.
+    Tail {
+        #[command(flatten)]
+        args: client::TailArgs,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// List, show, pause, resume or remove the tenant's rules.
+    Rules {
+        #[command(subcommand)]
+        cmd: Option<client::RulesCmd>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// List pending fires and dead letters; re-drive or discard one.
+    Fires {
+        #[command(subcommand)]
+        cmd: Option<client::FiresCmd>,
+        /// Only dead letters.
+        #[arg(long)]
+        dead: bool,
+        /// Only this rule's.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Manage tenants and their tokens (admin token).
+    Tenants {
+        #[command(subcommand)]
+        cmd: client::TenantsCmd,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
     /// Run a rule's functions on events, without triggers or a server:
     /// select every event (filter, partition key, membership), then call the
     /// handler once per partition with the kept events. Prints JSON lines.
@@ -117,9 +216,61 @@ enum Command {
 
 /// Run the command line; the process exit code is the result.
 pub fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    let json_logs =
+        matches!(&cli.command, Command::Serve { log_format, .. } if log_format == "json");
+    init_tracing(json_logs);
     let result = match cli.command {
+        Command::Serve {
+            db,
+            listen,
+            cache_dir,
+            durability,
+            log_format: _,
+            heartbeat,
+            shutdown_grace,
+            max_body,
+            manual_clock,
+        } => serve(crate::api::ServerConfig {
+            db,
+            listen,
+            cache_dir,
+            durability,
+            heartbeat,
+            shutdown_grace,
+            max_body_bytes: max_body,
+            manual_clock: match manual_clock {
+                Some(t) => match crate::api::events::parse_time("--manual-clock", &t) {
+                    Ok(ms) => Some(ms),
+                    Err(e) => {
+                        eprintln!("error: {}", e.message);
+                        return ExitCode::from(2);
+                    }
+                },
+                None => None,
+            },
+            ..crate::api::ServerConfig::default()
+        }),
+        Command::Deploy {
+            path,
+            manifest,
+            reset,
+            conn,
+        } => client::deploy(&conn, &path, manifest.as_deref(), reset).map(|()| ExitCode::SUCCESS),
+        Command::Emit { args, conn } => client::emit(&conn, &args).map(|()| ExitCode::SUCCESS),
+        Command::Tail { args, conn } => client::tail(&conn, &args).map(|()| ExitCode::SUCCESS),
+        Command::Rules { cmd, json, conn } => {
+            client::rules(&conn, cmd.as_ref(), json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Fires {
+            cmd,
+            dead,
+            rule,
+            json,
+            conn,
+        } => client::fires(&conn, cmd.as_ref(), dead, rule.as_deref(), json)
+            .map(|()| ExitCode::SUCCESS),
+        Command::Tenants { cmd, conn } => client::tenants(&conn, &cmd).map(|()| ExitCode::SUCCESS),
         Command::Eval {
             rule,
             events,
@@ -168,13 +319,29 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn serve(config: crate::api::ServerConfig) -> anyhow::Result<ExitCode> {
+    let tokio = tokio::runtime::Runtime::new()?;
+    tokio.block_on(crate::api::serve(config, |addr, admin| {
+        if let Some(token) = admin {
+            println!("admin token (shown once; stored hashed): {token}");
+        }
+        println!("listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+    }))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// NDJSON events read from `input`, numbered by line and checked exactly

@@ -1,0 +1,290 @@
+//! Fires: the tenant's pending fires and dead letters, completed and
+//! failed attempts (from the engine's records), re-drive and discard.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::App;
+use super::error::{ApiError, ErrorBody};
+use super::tenants::TenantAuth;
+use crate::log::EventQuery;
+use crate::triggers::ENGINE_SOURCE;
+use crate::triggers::fires::FireRecord;
+
+/// A fire as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FireView {
+    /// The fire's deterministic id.
+    pub fire_id: String,
+    /// The rule.
+    pub rule: String,
+    /// `pending` (waiting, retrying or running), `dead` (in the
+    /// dead-letter list), `completed` or `failed` (an attempt that
+    /// failed, from the feed's records).
+    pub status: String,
+    /// The partition (absent: the global one).
+    pub partition: Option<String>,
+    /// Why it fired (`count-reached`, `window-expired`, `drained`,
+    /// `schedule`, `dwell:<label>`), when known.
+    #[schema(value_type = Option<Object>)]
+    pub reason: Option<serde_json::Value>,
+    /// The seqs of its events, when known.
+    pub seqs: Option<Vec<u64>>,
+    /// Handler attempts made.
+    pub attempts: Option<u32>,
+    /// When the next attempt is due (ms), if it waits for a retry.
+    pub retry_at: Option<i64>,
+    /// What the last failed attempt said.
+    pub error: Option<String>,
+    /// When it was created (pending, dead) or recorded (completed,
+    /// failed), in ms since the epoch.
+    pub at: i64,
+    /// The seq of the engine record (completed, failed).
+    pub record_seq: Option<u64>,
+}
+
+fn from_record(r: FireRecord, status: &str) -> FireView {
+    FireView {
+        fire_id: r.fire_id,
+        rule: r.rule,
+        status: status.into(),
+        partition: r.partition,
+        reason: serde_json::to_value(&r.reason).ok(),
+        seqs: Some(r.seqs),
+        attempts: Some(r.attempts),
+        retry_at: r.retry_at,
+        error: r.last_error,
+        at: r.created_at,
+        record_seq: None,
+    }
+}
+
+/// A read of the tenant's fires.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FiresQuery {
+    /// Only this rule's.
+    pub rule: Option<String>,
+    /// `pending`, `dead`, `completed`, `failed`; default: pending and
+    /// dead.
+    pub status: Option<String>,
+    /// At most this many completed or failed ones (default 100, at most
+    /// 10 000), newest last.
+    pub limit: Option<usize>,
+}
+
+async fn open_fires(app: &App, tenant: &str, rule: &str, dead: bool) -> Vec<FireRecord> {
+    let got = if dead {
+        app.engine.dead_letters(tenant, rule).await
+    } else {
+        app.engine.pending_fires(tenant, rule).await
+    };
+    got.unwrap_or_default()
+}
+
+/// The tenant's fires.
+#[utoipa::path(get, path = "/v1/fires", tag = "fires", params(FiresQuery),
+    responses((status = 200, body = Vec<FireView>), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("tenant" = [])))]
+pub async fn list(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+    query: Result<Query<FiresQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<FireView>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let statuses: &[&str] = match q.status.as_deref() {
+        None => &["pending", "dead"],
+        Some("pending") => &["pending"],
+        Some("dead") => &["dead"],
+        Some("completed") => &["completed"],
+        Some("failed") => &["failed"],
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("status: {other:?} must be pending, dead, completed or failed"),
+            ));
+        }
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit: {limit} must be 1 to 10000"),
+        ));
+    }
+    let rules: Vec<String> = match &q.rule {
+        Some(r) => {
+            if app.registry.get(&tenant, r)?.is_none() {
+                return Err(ApiError::not_found(format_args!("rule {r:?}")));
+            }
+            vec![r.clone()]
+        }
+        None => app
+            .registry
+            .list_tenant(&tenant)?
+            .into_iter()
+            .map(|d| d.name)
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for status in statuses {
+        match *status {
+            "pending" | "dead" => {
+                for r in &rules {
+                    for f in open_fires(&app, &tenant, r, *status == "dead").await {
+                        out.push(from_record(f, status));
+                    }
+                }
+            }
+            _ => out.extend(recorded(&app, &tenant, q.rule.as_deref(), status, limit).await?),
+        }
+    }
+    Ok(Json(out))
+}
+
+/// Completed or failed attempts, from the engine's records: the newest
+/// `limit`, oldest first.
+async fn recorded(
+    app: &App,
+    tenant: &str,
+    rule: Option<&str>,
+    status: &str,
+    limit: usize,
+) -> Result<Vec<FireView>, ApiError> {
+    let kind = if status == "completed" {
+        "fire.completed"
+    } else {
+        "fire.failed"
+    };
+    let log = app.log.clone();
+    let mut out = Vec::new();
+    // Newest first, a page at a time, back from the log's end.
+    let mut until = log.last_seq();
+    while out.len() < limit && until > 0 {
+        let query = EventQuery {
+            source: Some(ENGINE_SOURCE.into()),
+            kind: Some(kind.into()),
+            after_seq: Some(until.saturating_sub(50_000)),
+            until_seq: Some(until),
+            ..EventQuery::tenant(tenant, usize::MAX)
+        };
+        let log2 = log.clone();
+        let page = tokio::task::spawn_blocking(move || log2.query(&query))
+            .await
+            .map_err(ApiError::internal)??;
+        for e in page.iter().rev() {
+            let p: serde_json::Value = serde_json::from_str(&e.payload).unwrap_or_default();
+            let r = p["rule"].as_str().unwrap_or_default();
+            if rule.is_some_and(|want| want != r) {
+                continue;
+            }
+            out.push(FireView {
+                fire_id: p["fire_id"].as_str().unwrap_or_default().into(),
+                rule: r.into(),
+                status: status.into(),
+                partition: p["partition"].as_str().map(str::to_owned),
+                reason: None,
+                seqs: None,
+                attempts: p["attempt"].as_u64().map(|a| a as u32),
+                retry_at: p["retry_at"].as_i64(),
+                error: p["error"].as_str().map(str::to_owned),
+                at: e.time,
+                record_seq: Some(e.seq),
+            });
+            if out.len() == limit {
+                break;
+            }
+        }
+        until = until.saturating_sub(50_000);
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Find one of the tenant's open fires: (rule, record, dead).
+async fn find(app: &App, tenant: &str, id: &str) -> Result<(String, FireRecord, bool), ApiError> {
+    for d in app.registry.list_tenant(tenant)? {
+        for dead in [true, false] {
+            if let Some(f) = open_fires(app, tenant, &d.name, dead)
+                .await
+                .into_iter()
+                .find(|f| f.fire_id == id)
+            {
+                return Ok((d.name, f, dead));
+            }
+        }
+    }
+    Err(ApiError::not_found(format_args!(
+        "pending fire or dead letter {id:?}"
+    )))
+}
+
+/// One pending fire or dead letter.
+#[utoipa::path(get, path = "/v1/fires/{id}", tag = "fires",
+    params(("id" = String, Path)),
+    responses((status = 200, body = FireView), (status = 404, body = ErrorBody)),
+    security(("tenant" = [])))]
+pub async fn show(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<FireView>, ApiError> {
+    let (_, f, dead) = find(&app, &tenant, &id).await?;
+    Ok(Json(from_record(f, if dead { "dead" } else { "pending" })))
+}
+
+fn not_dead(id: &str) -> ApiError {
+    ApiError::conflict(
+        "not_dead_lettered",
+        format!("fire {id:?} is pending, not in the dead-letter list"),
+    )
+}
+
+/// Re-drive a dead letter: it runs again with a fresh round of attempts.
+#[utoipa::path(post, path = "/v1/fires/{id}/redrive", tag = "fires",
+    params(("id" = String, Path)),
+    responses((status = 200, body = FireView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("tenant" = [])))]
+pub async fn redrive(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<FireView>, ApiError> {
+    let (rule, f, dead) = find(&app, &tenant, &id).await?;
+    if !dead {
+        return Err(not_dead(&id));
+    }
+    app.engine
+        .redrive(&tenant, &rule, &id)
+        .await
+        .map_err(|e| ApiError::internal(format_args!("rule {rule:?}: {e}")))?;
+    Ok(Json(from_record(f, "pending")))
+}
+
+/// Discard a dead letter (recorded on the feed).
+#[utoipa::path(delete, path = "/v1/fires/{id}", tag = "fires",
+    params(("id" = String, Path)),
+    responses((status = 200, body = FireView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("tenant" = [])))]
+pub async fn discard(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<FireView>, ApiError> {
+    let (rule, f, dead) = find(&app, &tenant, &id).await?;
+    if !dead {
+        return Err(not_dead(&id));
+    }
+    app.engine
+        .discard_dead(&tenant, &rule, &id)
+        .await
+        .map_err(|e| ApiError::internal(format_args!("rule {rule:?}: {e}")))?;
+    Ok(Json(from_record(f, "discarded")))
+}

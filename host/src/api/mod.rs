@@ -1,0 +1,456 @@
+//! `sluice serve`: the HTTP API over one engine, for many tenants.
+//!
+//! The server owns the log (one writing process per database), the
+//! runtime (with its on-disk compile cache), the engine, the deploy
+//! registry (rules come back at start-up with their state) and the
+//! tenants. Every route but `/healthz`, `/metrics` and
+//! `/v1/openapi.json` needs a bearer token: the admin token for
+//! `/v1/tenants*` (and the manual clock), a tenant's token for the rest.
+//! A tenant sees only its own events, rules, fires and feed: another
+//! tenant's object answers 404 like a missing one.
+//!
+//! Errors are `{"error": {"code", "message"}}`, whatever layer answers
+//! (handlers, extractors, body limits, routing).
+//!
+//! - [`error`]: the error shape.
+//! - [`tenants`]: tenants, tokens, quotas, authentication, admin routes.
+//! - [`events`]: ingest and reads of the log.
+//! - [`rules`]: deploy and hot swap, show, undeploy, pause, resume.
+//! - [`fires`]: pending fires, dead letters, re-drive, discard.
+//! - [`feed`]: the live feed over SSE.
+//! - [`metrics`]: Prometheus text.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers.
+
+// The OpenAPI annotations name parameter types in a way the lint
+// mistakes for needless paths.
+#![allow(unused_qualifications)]
+
+pub mod error;
+pub mod events;
+pub mod feed;
+pub mod fires;
+pub mod metrics;
+pub mod openapi;
+pub mod rules;
+pub mod tenants;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Method, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use self::error::ApiError;
+use self::tenants::{AdminAuth, Tenants};
+use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
+use crate::engine::Engine;
+use crate::engine::registry::Registry;
+use crate::engine::rule::Deployable;
+use crate::log::{Durability, EventLimits, EventLog, LogConfig};
+use crate::runtime::{Runtime, RuntimeConfig};
+
+/// How a server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The database file.
+    pub db: PathBuf,
+    /// The address to listen on (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// Where compiled components are cached (default: `<db>.cache`).
+    pub cache_dir: Option<PathBuf>,
+    /// Commit durability.
+    pub durability: Durability,
+    /// The feed's heartbeat interval.
+    pub heartbeat: Duration,
+    /// The largest request body, but for deploys.
+    pub max_body_bytes: usize,
+    /// The largest deploy (manifest and component).
+    pub max_component_bytes: usize,
+    /// How long a shutdown waits for running handlers; fires still running
+    /// then stay pending and run after the next start.
+    pub shutdown_grace: Duration,
+    /// Run on a manual clock starting here (ms), moved by `POST /v1/clock`:
+    /// for tests.
+    pub manual_clock: Option<i64>,
+    /// Limits of ingested events.
+    pub event_limits: EventLimits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            db: PathBuf::from("sluice.db"),
+            listen: "127.0.0.1:7878".into(),
+            cache_dir: None,
+            durability: Durability::Full,
+            heartbeat: Duration::from_secs(15),
+            max_body_bytes: 16 << 20,
+            max_component_bytes: 64 << 20,
+            shutdown_grace: Duration::from_secs(10),
+            manual_clock: None,
+            event_limits: EventLimits::default(),
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct App {
+    /// The server's settings.
+    pub config: ServerConfig,
+    /// The log.
+    pub log: EventLog,
+    /// The engine running every tenant's rules.
+    pub engine: Engine,
+    /// Loads components.
+    pub runtime: Runtime,
+    /// Which rules run.
+    pub registry: Registry,
+    /// Tenants and tokens.
+    pub tenants: Tenants,
+    /// The engine clock.
+    pub clock: SharedClock,
+    /// The clock, when it is manual.
+    pub manual: Option<Arc<ManualClock>>,
+    /// The Prometheus recorder's handle.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// One deploy or undeploy at a time (compiles run before it is taken).
+    pub lifecycle: tokio::sync::Mutex<()>,
+    /// True once the server is shutting down (ends feeds).
+    pub shutdown: watch::Receiver<bool>,
+    /// Rules that could not start (at start-up), with why.
+    broken: Mutex<HashMap<(String, String), String>>,
+}
+
+impl App {
+    /// Engine time (ms).
+    pub fn now(&self) -> i64 {
+        self.clock.now_millis()
+    }
+
+    fn broken_get(&self, tenant: &str, name: &str) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(tenant.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    fn broken_remove(&self, tenant: &str, name: &str) {
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(tenant.to_owned(), name.to_owned()));
+    }
+}
+
+/// Parse a JSON request body; errors name the field.
+pub fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("body: {e}")))
+}
+
+/// Answer every error in the one JSON shape, also those made below the
+/// handlers (routing, body limits, extractor rejections) in plain text.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, error::code_of(status), message).into_response();
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+async fn fallback(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format_args!("route {method} {}", uri.path()))
+}
+
+/// The engine clock.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ClockView {
+    /// Engine time (ms since the epoch).
+    pub now: i64,
+    /// Whether the clock is manual (moved by `POST /v1/clock`).
+    pub manual: bool,
+}
+
+/// A move of the manual clock.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClockMove {
+    /// Move forward by this much (`10m`, `1h 30m`).
+    pub advance: Option<String>,
+    /// Move to this time (RFC 3339 or ms), not backwards.
+    pub to: Option<String>,
+}
+
+/// The engine clock.
+#[utoipa::path(get, path = "/v1/clock", tag = "admin",
+    responses((status = 200, body = ClockView)), security(("admin" = [])))]
+async fn clock_get(_: AdminAuth, State(app): State<Arc<App>>) -> axum::Json<ClockView> {
+    axum::Json(ClockView {
+        now: app.now(),
+        manual: app.manual.is_some(),
+    })
+}
+
+/// Move the manual clock (a server started with `--manual-clock`).
+#[utoipa::path(post, path = "/v1/clock", tag = "admin", request_body = ClockMove,
+    responses((status = 200, body = ClockView), (status = 409, body = error::ErrorBody)),
+    security(("admin" = [])))]
+async fn clock_move(
+    _: AdminAuth,
+    State(app): State<Arc<App>>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<ClockView>, ApiError> {
+    let m: ClockMove = body_json(&body)?;
+    let clock = app.manual.as_ref().ok_or_else(|| {
+        ApiError::conflict(
+            "real_clock",
+            "this server runs on the real clock (start it with --manual-clock to move it)",
+        )
+    })?;
+    let now = clock.now_millis();
+    let to = match (&m.advance, &m.to) {
+        (Some(d), None) => {
+            let d = humantime::parse_duration(d).map_err(|e| {
+                ApiError::bad_request("invalid_body", format!("advance: {d:?}: {e}"))
+            })?;
+            now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        }
+        (None, Some(t)) => events::parse_time("to", t)?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "body: give exactly one of advance and to",
+            ));
+        }
+    };
+    if to < now {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("to: {to} is before the clock's {now}: the clock does not go back"),
+        ));
+    }
+    clock.set(to);
+    Ok(axum::Json(ClockView {
+        now: to,
+        manual: true,
+    }))
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(openapi::document())
+}
+
+/// The routes over `app`.
+pub fn router(app: Arc<App>) -> Router {
+    let deploy = put(rules::deploy).layer(DefaultBodyLimit::max(app.config.max_component_bytes));
+    let max_body = app.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(events::healthz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/tenants", post(tenants::create).get(tenants::list))
+        .route("/v1/tenants/{tenant}", get(tenants::show))
+        .route("/v1/tenants/{tenant}/quotas", put(tenants::set_quotas))
+        .route(
+            "/v1/tenants/{tenant}/tokens",
+            post(tenants::create_token).get(tenants::list_tokens),
+        )
+        .route(
+            "/v1/tenants/{tenant}/tokens/{id}",
+            axum::routing::delete(tenants::revoke_token),
+        )
+        .route("/v1/events", post(events::ingest).get(events::list))
+        .route("/v1/events/{seq}", get(events::show))
+        .route("/v1/rules", get(rules::list))
+        .route(
+            "/v1/rules/{name}",
+            deploy.get(rules::show).delete(rules::undeploy),
+        )
+        .route("/v1/rules/{name}/pause", post(rules::pause))
+        .route("/v1/rules/{name}/resume", post(rules::resume))
+        .route("/v1/fires", get(fires::list))
+        .route("/v1/fires/{id}", get(fires::show).delete(fires::discard))
+        .route("/v1/fires/{id}/redrive", post(fires::redrive))
+        .route("/v1/feed", get(feed::feed))
+        .route("/v1/clock", get(clock_get).post(clock_move))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(json_errors))
+        .with_state(app)
+}
+
+/// Start the rules the registry holds; one that cannot start is logged
+/// and shown as failed, and the others start.
+async fn restore(app: &App) -> anyhow::Result<usize> {
+    let mut started = 0;
+    for d in app.registry.list()? {
+        let result: anyhow::Result<()> = async {
+            let bytes = app
+                .registry
+                .component(&d.digest)?
+                .with_context(|| format!("component {} is missing", d.digest))?;
+            let manifest = crate::manifest::Manifest::parse(&d.manifest)
+                .map_err(|e| anyhow::anyhow!("manifest: {e}"))?;
+            let quotas = app
+                .tenants
+                .get(&d.tenant)
+                .map(|t| t.quotas)
+                .unwrap_or_default();
+            let (runtime, tenant) = (app.runtime.clone(), d.tenant.clone());
+            let rule = tokio::task::spawn_blocking(move || {
+                Deployable::load(&runtime, &tenant, &bytes, &manifest)
+            })
+            .await??
+            .with_max_partitions(quotas.max_partitions_per_rule);
+            app.engine.deploy(rule).await?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => started += 1,
+            Err(e) => {
+                tracing::error!(tenant = %d.tenant, rule = %d.name, error = %format!("{e:#}"), "rule could not start");
+                app.broken
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((d.tenant.clone(), d.name.clone()), format!("{e:#}"));
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// SIGINT or SIGTERM.
+async fn signalled() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Run the server until SIGINT or SIGTERM. `ready` is called with the
+/// bound address (and the admin token, when one was generated) once the
+/// server accepts requests.
+pub async fn serve(
+    config: ServerConfig,
+    ready: impl FnOnce(SocketAddr, Option<&str>),
+) -> anyhow::Result<()> {
+    let (clock, manual): (SharedClock, _) = match config.manual_clock {
+        Some(start) => {
+            let m = Arc::new(ManualClock::new(start));
+            (m.clone(), Some(m))
+        }
+        None => (Arc::new(SystemClock), None),
+    };
+    let log = EventLog::open_sqlite(
+        &config.db,
+        config.durability,
+        LogConfig::default(),
+        clock.clone(),
+    )
+    .with_context(|| format!("open {}", config.db.display()))?;
+    let cache_dir = config.cache_dir.clone().unwrap_or_else(|| {
+        let mut p = config.db.as_os_str().to_owned();
+        p.push(".cache");
+        PathBuf::from(p)
+    });
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache_dir),
+        clock: clock.clone(),
+        ..RuntimeConfig::default()
+    })?;
+    let tenants = Tenants::load(log.clone())?;
+    let mut generated = None;
+    match std::env::var("SLUICE_ADMIN_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => tenants.set_admin(token.trim()).await?,
+        _ if !tenants.has_admin() => {
+            let token = Tenants::generate_admin();
+            tenants.set_admin(&token).await?;
+            generated = Some(token);
+        }
+        _ => {}
+    }
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop, shutdown) = watch::channel(false);
+    let app = Arc::new(App {
+        engine: Engine::new(log.clone(), clock.clone()),
+        registry: Registry::new(log.clone()),
+        metrics: metrics::install(),
+        config,
+        log,
+        runtime,
+        tenants,
+        clock,
+        manual,
+        lifecycle: tokio::sync::Mutex::new(()),
+        shutdown,
+        broken: Mutex::new(HashMap::new()),
+    });
+    let started = restore(&app).await?;
+    tracing::info!(%addr, rules = started, "sluice serving");
+    ready(addr, generated.as_deref());
+    let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
+        signalled().await;
+        tracing::info!("shutting down: no new requests; running handlers get a grace period");
+        stop.send_replace(true);
+    });
+    server.await.context("serve")?;
+    let grace = app.config.shutdown_grace;
+    if tokio::time::timeout(grace, app.engine.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "handlers still running after the grace period: their fires stay pending and run after the next start"
+        );
+    }
+    app.log.clone().close();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! Rules: deploy (and hot swap), list, show, undeploy, pause and resume.
+//!
+//! A deploy checks everything before anything changes — the multipart
+//! form, the manifest, the name, the version, the tenant's quota, the
+//! component's world and imports (by compiling it, through the on-disk
+//! cache) — then swaps under the rule's lock (the engine stops and joins
+//! the old task; state and cursor carry over), then records the
+//! deployment so that a restart brings it back.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::App;
+use super::error::{ApiError, ErrorBody};
+use super::tenants::{TenantAuth, check_name};
+use crate::engine::Drain;
+use crate::engine::registry::Deployment;
+use crate::engine::rule::{Deployable, Failure, RuleStatus};
+use crate::manifest::Manifest;
+use crate::triggers::core::CoreError;
+
+/// What a deploy did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deployed {
+    /// The rule's name.
+    pub rule: String,
+    /// The version now running.
+    pub version: u32,
+    /// Its trigger kind.
+    pub kind: String,
+    /// SHA-256 of the component.
+    pub digest: String,
+    /// `created` (a new rule), `swapped` (a new version took over the
+    /// rule's state), `reset` (a new version started from empty state) or
+    /// `unchanged` (the same manifest and component were running).
+    pub outcome: String,
+    /// `hit` when the compiled component came from the cache, `compiled`
+    /// otherwise.
+    pub compile: String,
+    /// Time spent loading (compiling or reading the cache), in ms.
+    pub load_ms: u64,
+    /// Time the swap took (old task stopped and joined, new one started),
+    /// in ms.
+    pub swap_ms: u64,
+}
+
+/// Deploy options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeployQuery {
+    /// Drop the rule's state (windows, memberships, schedule position,
+    /// pending fires, dead letters) and start from the log's end: needed to
+    /// change a rule's trigger kind.
+    #[serde(default)]
+    pub reset: bool,
+}
+
+/// A rule as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleView {
+    /// The rule's name.
+    pub name: String,
+    /// The running version.
+    pub version: u32,
+    /// `batch`, `dwell` or `schedule`.
+    pub kind: String,
+    /// SHA-256 of the component.
+    pub digest: String,
+    /// When this version was deployed (ms since the epoch).
+    pub deployed_at: i64,
+    /// `active`, `paused`, `suspended` or `failed` (could not start; see
+    /// `last_error`).
+    pub status: String,
+    /// Why the rule is suspended.
+    pub suspended_reason: Option<String>,
+    /// The manifest, as parsed (trigger, limits, retry, …).
+    #[schema(value_type = Object)]
+    pub manifest: serde_json::Value,
+    /// Last seq processed.
+    pub cursor: u64,
+    /// Fires waiting, retrying or running.
+    pub pending_fires: usize,
+    /// Fires running now.
+    pub running_fires: usize,
+    /// Dead letters.
+    pub dead_letters: usize,
+    /// Partitions with open state.
+    pub partitions: usize,
+    /// Counters since the rule's task started (tick tallies: ever).
+    #[schema(value_type = Object)]
+    pub counters: serde_json::Value,
+    /// Fuel used by the running version's calls.
+    pub fuel_used: u64,
+    /// The last error of the rule's task (storage, `select`, start-up).
+    pub last_error: Option<String>,
+    /// The last failed handler attempt, with the guest backtrace.
+    #[schema(value_type = Option<Object>)]
+    pub last_failure: Option<Failure>,
+}
+
+fn multipart_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_form", format!("multipart body: {e}"))
+}
+
+/// Deploy a rule or swap in a new version. The body is a multipart form
+/// with a `manifest` field (`rule.toml`) and a `component` field (the
+/// Wasm component). A bad upload changes nothing; the running version
+/// carries on.
+#[utoipa::path(put, path = "/v1/rules/{name}", tag = "rules",
+    params(("name" = String, Path), DeployQuery),
+    request_body(content_type = "multipart/form-data", content = Object,
+        description = "fields manifest (rule.toml) and component (.wasm)"),
+    responses((status = 200, body = Deployed), (status = 201, body = Deployed),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("tenant" = [])))]
+pub async fn deploy(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    query: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
+    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(StatusCode, Json<Deployed>), ApiError> {
+    check_name("name", &name)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let mut form = form.map_err(|e| ApiError::bad_request("invalid_form", e.body_text()))?;
+    let (mut manifest_text, mut component) = (None, None);
+    while let Some(field) = form.next_field().await.map_err(multipart_error)? {
+        let field_name = field.name().unwrap_or_default().to_owned();
+        match field_name.as_str() {
+            "manifest" => {
+                let bytes = field.bytes().await.map_err(multipart_error)?;
+                manifest_text = Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                    ApiError::bad_request("invalid_manifest", "manifest: not UTF-8 text")
+                })?);
+            }
+            "component" => component = Some(field.bytes().await.map_err(multipart_error)?),
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_form",
+                    format!("{other:?}: unknown form field; expected manifest and component"),
+                ));
+            }
+        }
+    }
+    let manifest_text = manifest_text.ok_or_else(|| {
+        ApiError::bad_request("invalid_form", "manifest: the form field is missing")
+    })?;
+    let component = component.ok_or_else(|| {
+        ApiError::bad_request("invalid_form", "component: the form field is missing")
+    })?;
+    let manifest = Manifest::parse(&manifest_text)
+        .map_err(|e| ApiError::bad_request("invalid_manifest", format!("manifest: {e}")))?;
+    if manifest.name != name {
+        return Err(ApiError::bad_request(
+            "invalid_manifest",
+            format!(
+                "manifest: name = {:?} but the URL deploys {name:?}",
+                manifest.name
+            ),
+        ));
+    }
+    let quotas = app
+        .tenants
+        .get(&tenant)
+        .map(|t| t.quotas)
+        .unwrap_or_default();
+    quotas
+        .check(&manifest)
+        .map_err(|m| ApiError::unprocessable("quota_exceeded", format!("manifest: {m}")))?;
+    let digest = crate::runtime::cache::digest(&component);
+    let previous = app.registry.get(&tenant, &name)?;
+    if let Some(old) = &previous
+        && !query.reset
+    {
+        if old.digest == digest && old.manifest == manifest_text {
+            return Ok((
+                StatusCode::OK,
+                Json(Deployed {
+                    rule: name,
+                    version: old.version,
+                    kind: manifest.trigger.kind().into(),
+                    digest,
+                    outcome: "unchanged".into(),
+                    compile: "hit".into(),
+                    load_ms: 0,
+                    swap_ms: 0,
+                }),
+            ));
+        }
+        if manifest.version <= old.version {
+            return Err(ApiError::conflict(
+                "version_not_raised",
+                format!(
+                    "manifest: version = {} but version {} runs: a new version must raise it",
+                    manifest.version, old.version
+                ),
+            ));
+        }
+    }
+    if previous.is_none() {
+        let count = app.registry.list_tenant(&tenant)?.len();
+        if count >= quotas.max_rules {
+            return Err(ApiError::unprocessable(
+                "quota_exceeded",
+                format!(
+                    "tenant {tenant:?} has {count} rules, its quota (max_rules = {})",
+                    quotas.max_rules
+                ),
+            ));
+        }
+    }
+    // Compile (or read the cache) off the async threads.
+    let started = std::time::Instant::now();
+    let (runtime, t, m, bytes) = (
+        app.runtime.clone(),
+        tenant.clone(),
+        manifest.clone(),
+        component.clone(),
+    );
+    let rule = tokio::task::spawn_blocking(move || Deployable::load(&runtime, &t, &bytes, &m))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::unprocessable("invalid_component", format!("component: {e}")))?;
+    let load_ms = started.elapsed().as_millis() as u64;
+    let compile = match rule.spec.rule.cache_outcome() {
+        crate::runtime::cache::CacheOutcome::Hit => "hit",
+        _ => "compiled",
+    };
+    let rule = rule.with_max_partitions(quotas.max_partitions_per_rule);
+    let kind = rule.kind_name().to_owned();
+    // One lifecycle change of a tenant at a time: the quota count and the
+    // registry stay true.
+    let _lifecycle = app.lifecycle.lock().await;
+    if previous.is_none() && app.registry.get(&tenant, &name)?.is_some() {
+        return Err(ApiError::conflict(
+            "deploy_raced",
+            format!("rule {name:?} was deployed by another request meanwhile; try again"),
+        ));
+    }
+    let swap_started = std::time::Instant::now();
+    let result = if query.reset {
+        app.engine.deploy_reset(rule).await
+    } else {
+        app.engine.deploy(rule).await
+    };
+    match result {
+        Ok(()) => {}
+        Err(CoreError::State { key, problem }) if key == "kind" => {
+            return Err(ApiError::conflict(
+                "kind_changed",
+                format!("manifest: trigger: {problem} (deploy with ?reset=true to drop it)"),
+            ));
+        }
+        Err(e) => return Err(ApiError::internal(format_args!("rule {name:?}: {e}"))),
+    }
+    let swap_ms = swap_started.elapsed().as_millis() as u64;
+    app.broken_remove(&tenant, &name);
+    let deployment = Deployment {
+        tenant: tenant.clone(),
+        name: name.clone(),
+        version: manifest.version,
+        manifest: manifest_text,
+        digest: digest.clone(),
+        deployed_at: app.now(),
+    };
+    app.registry.put(&deployment, &component).await?;
+    let outcome = match (&previous, query.reset) {
+        (None, false) => "created",
+        (_, true) => "reset",
+        (Some(_), false) => "swapped",
+    };
+    tracing::info!(%tenant, rule = %name, version = manifest.version, outcome, compile, load_ms, swap_ms, "deployed");
+    let status = if previous.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(Deployed {
+            rule: name,
+            version: manifest.version,
+            kind,
+            digest,
+            outcome: outcome.into(),
+            compile: compile.into(),
+            load_ms,
+            swap_ms,
+        }),
+    ))
+}
+
+/// How a rule is shown.
+pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
+    let manifest = Manifest::parse(&d.manifest).ok();
+    let status: Option<RuleStatus> = app.engine.status(&d.tenant, &d.name);
+    let fuel_used = match app.engine.loaded(&d.tenant, &d.name).await {
+        Some(rule) => rule.spec.rule.fuel_used(),
+        None => 0,
+    };
+    let broken = app.broken_get(&d.tenant, &d.name);
+    let s = status.clone().unwrap_or_default();
+    let state = match (&status, &broken) {
+        (None, _) | (_, Some(_)) => "failed",
+        (Some(s), _) if s.suspended.is_some() => "suspended",
+        (Some(s), _) if s.paused => "paused",
+        _ => "active",
+    };
+    RuleView {
+        name: d.name.clone(),
+        version: d.version,
+        kind: manifest
+            .as_ref()
+            .map_or("unknown", |m| m.trigger.kind())
+            .into(),
+        digest: d.digest.clone(),
+        deployed_at: d.deployed_at,
+        status: state.into(),
+        suspended_reason: s.suspended.clone(),
+        manifest: manifest.map_or(serde_json::Value::Null, |m| {
+            serde_json::to_value(m).unwrap_or_default()
+        }),
+        cursor: s.cursor,
+        pending_fires: s.pending_fires,
+        running_fires: s.running_fires,
+        dead_letters: s.dead_letters,
+        partitions: s.partitions,
+        counters: serde_json::to_value(&s.counters).unwrap_or_default(),
+        fuel_used,
+        last_error: broken.or(s.last_error),
+        last_failure: s.last_failure,
+    }
+}
+
+fn no_rule(name: &str) -> ApiError {
+    ApiError::not_found(format_args!("rule {name:?}"))
+}
+
+/// The tenant's rules, by name.
+#[utoipa::path(get, path = "/v1/rules", tag = "rules",
+    responses((status = 200, body = Vec<RuleView>)), security(("tenant" = [])))]
+pub async fn list(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+) -> Result<Json<Vec<RuleView>>, ApiError> {
+    let mut out = Vec::new();
+    for d in app.registry.list_tenant(&tenant)? {
+        out.push(view(&app, &d).await);
+    }
+    Ok(Json(out))
+}
+
+/// One rule: version, trigger, status, counters, last error.
+#[utoipa::path(get, path = "/v1/rules/{name}", tag = "rules",
+    params(("name" = String, Path)),
+    responses((status = 200, body = RuleView), (status = 404, body = ErrorBody)),
+    security(("tenant" = [])))]
+pub async fn show(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<RuleView>, ApiError> {
+    let d = app
+        .registry
+        .get(&tenant, &name)?
+        .ok_or_else(|| no_rule(&name))?;
+    Ok(Json(view(&app, &d).await))
+}
+
+/// Undeploy options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UndeployQuery {
+    /// `fire` (default): open windows and buffers fire now (reason
+    /// drained) and pending fires run; `discard`: they are dropped and
+    /// reported (`windows.discarded`).
+    pub drain: Option<String>,
+}
+
+/// What an undeploy did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Undeployed {
+    /// The rule.
+    pub rule: String,
+    /// `fire` or `discard`.
+    pub drain: String,
+}
+
+/// Undeploy a rule, draining its open windows as asked.
+#[utoipa::path(delete, path = "/v1/rules/{name}", tag = "rules",
+    params(("name" = String, Path), UndeployQuery),
+    responses((status = 200, body = Undeployed), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("tenant" = [])))]
+pub async fn undeploy(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    query: Result<Query<UndeployQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Undeployed>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let drain = match query.drain.as_deref().unwrap_or("fire") {
+        "fire" => Drain::Fire,
+        "discard" => Drain::Discard,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("drain: {other:?} must be fire or discard"),
+            ));
+        }
+    };
+    let _lifecycle = app.lifecycle.lock().await;
+    if app.registry.get(&tenant, &name)?.is_none() {
+        return Err(no_rule(&name));
+    }
+    app.engine
+        .undeploy_drain(&tenant, &name, drain)
+        .await
+        .map_err(|e| ApiError::internal(format_args!("rule {name:?}: {e}")))?;
+    app.registry.remove(&tenant, &name).await?;
+    app.broken_remove(&tenant, &name);
+    tracing::info!(%tenant, rule = %name, ?drain, "undeployed");
+    Ok(Json(Undeployed {
+        rule: name,
+        drain: match drain {
+            Drain::Fire => "fire",
+            Drain::Discard => "discard",
+        }
+        .into(),
+    }))
+}
+
+async fn control(
+    app: &App,
+    tenant: &str,
+    name: &str,
+    pause: bool,
+) -> Result<Json<RuleView>, ApiError> {
+    let d = app
+        .registry
+        .get(tenant, name)?
+        .ok_or_else(|| no_rule(name))?;
+    let result = if pause {
+        app.engine.pause(tenant, name).await
+    } else {
+        app.engine.resume(tenant, name).await
+    };
+    result.map_err(|e| match e {
+        crate::engine::ControlError::NoSuchRule(_) => ApiError::conflict(
+            "not_running",
+            format!("rule {name:?} is not running (see its last_error)"),
+        ),
+        other => ApiError::internal(format_args!("rule {name:?}: {other}")),
+    })?;
+    Ok(Json(view(app, &d).await))
+}
+
+/// Pause a rule: nothing of it runs until it is resumed; its events wait.
+#[utoipa::path(post, path = "/v1/rules/{name}/pause", tag = "rules",
+    params(("name" = String, Path)),
+    responses((status = 200, body = RuleView), (status = 404, body = ErrorBody)),
+    security(("tenant" = [])))]
+pub async fn pause(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<RuleView>, ApiError> {
+    control(&app, &tenant, &name, true).await
+}
+
+/// Resume a paused or suspended rule.
+#[utoipa::path(post, path = "/v1/rules/{name}/resume", tag = "rules",
+    params(("name" = String, Path)),
+    responses((status = 200, body = RuleView), (status = 404, body = ErrorBody)),
+    security(("tenant" = [])))]
+pub async fn resume(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<RuleView>, ApiError> {
+    control(&app, &tenant, &name, false).await
+}

@@ -1,0 +1,153 @@
+//! The deploy registry: which rules a server runs — each tenant's manifest
+//! and component — kept in the log's database beside the rules' state, so
+//! that a restarted server starts exactly the rules it ran, and they carry
+//! on from their state.
+//!
+//! A deployment is one row per (tenant, rule) in namespace
+//! [`NS_RULES`]; components are stored once per content digest in
+//! [`NS_COMPONENTS`] and dropped with the last deployment that uses them.
+//! A row changes in one transaction with its component.
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{EventLog, LogError, StateOp};
+
+/// State namespace of the deployments.
+pub const NS_RULES: &str = "sluice:rules";
+/// State namespace of component bytes, by digest.
+pub const NS_COMPONENTS: &str = "sluice:components";
+
+/// One deployed rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The rule's name.
+    pub name: String,
+    /// The manifest's version.
+    pub version: u32,
+    /// The manifest, as uploaded (TOML).
+    pub manifest: String,
+    /// SHA-256 of the component (hex).
+    pub digest: String,
+    /// When this version was deployed (engine time, ms).
+    pub deployed_at: i64,
+}
+
+/// The registry over a log's database.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    log: EventLog,
+}
+
+fn key(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<Deployment, LogError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        LogError::Store(crate::log::StoreError::new(
+            format!("deployment {key}"),
+            format!("unreadable row: {e}"),
+        ))
+    })
+}
+
+impl Registry {
+    /// The registry kept in `log`'s database.
+    pub fn new(log: EventLog) -> Self {
+        Self { log }
+    }
+
+    /// Every deployment, by tenant then name.
+    pub fn list(&self) -> Result<Vec<Deployment>, LogError> {
+        self.log
+            .state_scan(NS_RULES)?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    /// `tenant`'s deployments, by name.
+    pub fn list_tenant(&self, tenant: &str) -> Result<Vec<Deployment>, LogError> {
+        self.log
+            .state_scan_prefix(NS_RULES, &format!("{tenant}/"))?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    /// One deployment.
+    pub fn get(&self, tenant: &str, name: &str) -> Result<Option<Deployment>, LogError> {
+        let k = key(tenant, name);
+        self.log
+            .state_get(NS_RULES, &k)?
+            .map(|v| decode(&k, &v))
+            .transpose()
+    }
+
+    /// A stored component's bytes.
+    pub fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, LogError> {
+        self.log.state_get(NS_COMPONENTS, digest)
+    }
+
+    /// Record `deployment` (replacing the tenant's rule of that name) with
+    /// its component, in one transaction; the previous version's
+    /// component goes when nothing else uses it.
+    pub async fn put(&self, deployment: &Deployment, component: &[u8]) -> Result<(), LogError> {
+        let k = key(&deployment.tenant, &deployment.name);
+        let mut ops = vec![
+            StateOp::Put {
+                ns: NS_RULES.into(),
+                key: k.clone(),
+                value: serde_json::to_vec(deployment).expect("serialisable"),
+            },
+            StateOp::Put {
+                ns: NS_COMPONENTS.into(),
+                key: deployment.digest.clone(),
+                value: component.to_vec(),
+            },
+        ];
+        if let Some(old) = self.get(&deployment.tenant, &deployment.name)?
+            && old.digest != deployment.digest
+            && !self.used_elsewhere(&old.digest, &k)?
+        {
+            ops.push(StateOp::Delete {
+                ns: NS_COMPONENTS.into(),
+                key: old.digest,
+            });
+        }
+        self.log.transact(Vec::new(), ops).await.map(drop)
+    }
+
+    /// Forget a deployment (and its component when nothing else uses it).
+    /// False when there was none.
+    pub async fn remove(&self, tenant: &str, name: &str) -> Result<bool, LogError> {
+        let k = key(tenant, name);
+        let Some(old) = self.get(tenant, name)? else {
+            return Ok(false);
+        };
+        let mut ops = vec![StateOp::Delete {
+            ns: NS_RULES.into(),
+            key: k.clone(),
+        }];
+        if !self.used_elsewhere(&old.digest, &k)? {
+            ops.push(StateOp::Delete {
+                ns: NS_COMPONENTS.into(),
+                key: old.digest,
+            });
+        }
+        self.log.transact(Vec::new(), ops).await?;
+        Ok(true)
+    }
+
+    /// Whether a deployment other than `except` runs `digest`.
+    fn used_elsewhere(&self, digest: &str, except: &str) -> Result<bool, LogError> {
+        Ok(self
+            .log
+            .state_scan(NS_RULES)?
+            .into_iter()
+            .filter(|(k, _)| k != except)
+            .any(|(k, v)| decode(&k, &v).is_ok_and(|d| d.digest == digest)))
+    }
+}
