@@ -12,6 +12,7 @@ mod load;
 mod log;
 mod manifest;
 mod sandbox;
+mod server;
 
 use std::sync::Arc;
 

@@ -453,9 +453,10 @@ impl Tenants {
         })
     }
 
-    /// Take `n` events from `tenant`'s ingest allowance. A request may
-    /// overdraw it (a large batch is not refused for its size); the next
-    /// ones wait until it refills. `Err` holds the seconds to wait.
+    /// Take `n` events from `tenant`'s ingest allowance. A request is
+    /// let in while at least one event's worth is left, and may overdraw
+    /// it (a large batch is not refused for its size); the next ones wait
+    /// until it refills. `Err` holds the seconds to wait.
     pub fn take(&self, tenant: &str, n: usize) -> Result<(), u64> {
         let Some(quotas) = self.get(tenant).map(|t| t.quotas) else {
             return Ok(());
@@ -470,7 +471,7 @@ impl Tenants {
         });
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
         b.at = now;
-        if b.tokens <= 0.0 {
+        if b.tokens < 1.0 {
             return Err(((1.0 - b.tokens) / rate).ceil() as u64);
         }
         b.tokens -= n as f64;

@@ -1,0 +1,1056 @@
+//! `sluice serve` end to end: the real binary on a loopback port, driven
+//! only through HTTP and the client commands. Time moves by the server's
+//! manual clock (`--manual-clock`, `POST /v1/clock`), never by sleeps
+//! standing in for it; waits poll for what must eventually be there.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, RequestBuilder, Response, multipart};
+use serde_json::{Value, json};
+use sluice_test_components::components;
+
+const ADMIN: &str = "test-admin-token";
+
+/// A running server on a loopback port.
+struct Server {
+    child: Option<Child>,
+    url: String,
+    http: Client,
+}
+
+impl Server {
+    fn start(db: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--heartbeat", "200ms"])
+            .args([
+                "--manual-clock",
+                "2026-01-01T00:00:00Z",
+                "--durability",
+                "normal",
+            ])
+            .arg("--db")
+            .arg(db)
+            .env("SLUICE_ADMIN_TOKEN", ADMIN)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sluice serve");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let url = loop {
+            line.clear();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "sluice serve exited before listening"
+            );
+            if let Some(url) = line.trim().strip_prefix("listening on ") {
+                break url.to_owned();
+            }
+        };
+        Self {
+            child: Some(child),
+            url,
+            http: Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let rb = self.http.request(method, format!("{}{path}", self.url));
+        match token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    fn get(&self, path: &str, token: &str) -> Value {
+        ok(self
+            .req(reqwest::Method::GET, path, Some(token))
+            .send()
+            .unwrap())
+    }
+
+    fn post(&self, path: &str, token: &str, body: Value) -> Value {
+        ok(self
+            .req(reqwest::Method::POST, path, Some(token))
+            .json(&body)
+            .send()
+            .unwrap())
+    }
+
+    fn tenant(&self, name: &str) -> String {
+        self.tenant_with(name, json!({}))
+    }
+
+    fn tenant_with(&self, name: &str, quotas: Value) -> String {
+        let v = self.post(
+            "/v1/tenants",
+            ADMIN,
+            json!({"name": name, "quotas": quotas}),
+        );
+        v["token"]["token"].as_str().unwrap().to_owned()
+    }
+
+    fn deploy(&self, token: &str, name: &str, manifest: &str, wasm: &str) -> Response {
+        self.deploy_q(token, name, manifest, wasm, "")
+    }
+
+    fn deploy_q(&self, token: &str, name: &str, manifest: &str, wasm: &str, q: &str) -> Response {
+        let form = multipart::Form::new()
+            .text("manifest", manifest.to_owned())
+            .part(
+                "component",
+                multipart::Part::bytes(std::fs::read(wasm).unwrap()).file_name("rule.wasm"),
+            );
+        self.req(
+            reqwest::Method::PUT,
+            &format!("/v1/rules/{name}{q}"),
+            Some(token),
+        )
+        .multipart(form)
+        .send()
+        .unwrap()
+    }
+
+    fn emit(&self, token: &str, events: &[Value]) -> Value {
+        let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+        ok(self
+            .req(reqwest::Method::POST, "/v1/events", Some(token))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .unwrap())
+    }
+
+    fn advance(&self, by: &str) {
+        self.post("/v1/clock", ADMIN, json!({"advance": by}));
+    }
+
+    /// Every event of `source` (all pages).
+    fn events(&self, token: &str, source: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.get(
+                &format!("/v1/events?after_seq={after}&source={source}&limit=1000"),
+                token,
+            );
+            out.extend(page["events"].as_array().unwrap().iter().cloned());
+            match page["next_after_seq"].as_u64() {
+                Some(n) => after = n,
+                None => return out,
+            }
+        }
+    }
+
+    /// Wait until `f` holds (the engine works in the background).
+    fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "sluice serve exited with {status}");
+    }
+
+    fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .env("SLUICE_URL", &self.url)
+            .env("SLUICE_TOKEN", token)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn ok(r: Response) -> Value {
+    let status = r.status();
+    let body = r.text().unwrap();
+    assert!(status.is_success(), "{status}: {body}");
+    serde_json::from_str(&body).unwrap_or(Value::Null)
+}
+
+fn echo_manifest(name: &str, version: u32, count: u32) -> String {
+    format!(
+        "name = \"{name}\"\nversion = {version}\n[trigger.batch]\ncount = {count}\nwindow = \"1h\"\nexpire = \"fire\"\n"
+    )
+}
+
+fn ev(key: &str, id: &str) -> Value {
+    json!({"id": id, "source": "app", "kind": "thing", "payload": {"key": key}})
+}
+
+fn payload(e: &Value) -> &Value {
+    &e["payload"]
+}
+
+/// The event ids the echo rule's outputs report, output by output.
+fn echoed_ids(outputs: &[Value]) -> Vec<String> {
+    outputs
+        .iter()
+        .flat_map(|o| {
+            payload(o)["events"]
+                .as_array()
+                .unwrap_or_else(|| panic!("echo output without ids: {o}"))
+                .iter()
+                .map(|i| i.as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn tenants_deploy_emit_tail_and_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    // The CLI creates the tenant with the admin token.
+    let out = server.cli(ADMIN, &["tenants", "create", "acme"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text.lines().last().unwrap().trim().to_owned();
+    assert!(token.starts_with("sluice_"), "{text}");
+    // Deploy with the CLI: a component and its manifest.
+    let rule_dir = dir.path().join("rule");
+    std::fs::create_dir(&rule_dir).unwrap();
+    std::fs::write(rule_dir.join("rule.toml"), echo_manifest("echo", 1, 3)).unwrap();
+    std::fs::copy(components::ECHO, rule_dir.join("echo.wasm")).unwrap();
+    let out = server.cli(&token, &["deploy", rule_dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("created echo@1"));
+    // Tail from the start, in the background, until 8 items: 6 events, 2
+    // outputs (and records in between, which count too).
+    let tail = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "tail",
+            "--json",
+            "--after-seq",
+            "0",
+            "--source",
+            "rule:echo",
+            "--count",
+            "2",
+        ])
+        .env("SLUICE_URL", &server.url)
+        .env("SLUICE_TOKEN", &token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Emit with the CLI from a file.
+    let file = dir.path().join("events.ndjson");
+    let lines: String = (0..6)
+        .map(|i| format!("{}\n", ev("k", &format!("e{i}"))))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let out = server.cli(&token, &["emit", "-f", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ack: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ack, json!({"lines": 6, "accepted": 6, "duplicates": 0}));
+    let tailed = tail.wait_with_output().unwrap();
+    let items: Vec<Value> = String::from_utf8(tailed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(items.len(), 2);
+    for (item, want) in items.iter().zip([["e0", "e1", "e2"], ["e3", "e4", "e5"]]) {
+        assert_eq!(item["type"], "output");
+        assert_eq!(item["event"]["payload"]["events"], json!(want));
+    }
+    // The rule's status.
+    let rule = server.get("/v1/rules/echo", &token);
+    assert_eq!(rule["status"], "active");
+    assert_eq!(rule["version"], 1);
+    assert_eq!(rule["kind"], "batch");
+    assert_eq!(rule["counters"]["matched"], 6);
+    server.until("fires counted", || {
+        server.get("/v1/rules/echo", &token)["counters"]["fires_ok"] == 2
+    });
+    assert!(
+        server.get("/v1/rules/echo", &token)["fuel_used"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let out = server.cli(&token, &["rules"]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("echo "),
+        "{table}"
+    );
+    // Completed fires are listed from the engine's records.
+    let done = server.get("/v1/fires?status=completed", &token);
+    assert_eq!(done.as_array().unwrap().len(), 2, "{done}");
+    // Metrics and the OpenAPI document need no token.
+    let metrics = server
+        .req(reqwest::Method::GET, "/metrics", None)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for name in [
+        "sluice_ingest_events_total{tenant=\"acme\"} 6",
+        "sluice_handler_seconds_bucket",
+        "sluice_rule_open_partitions{tenant=\"acme\",rule=\"echo\"}",
+        "sluice_fires_total{tenant=\"acme\",rule=\"echo\",status=\"ok\"} 2",
+        "sluice_fuel_used_total",
+        "sluice_log_last_seq",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    let doc: Value = server
+        .req(reqwest::Method::GET, "/v1/openapi.json", None)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    for path in [
+        "/v1/events",
+        "/v1/rules/{name}",
+        "/v1/feed",
+        "/v1/tenants",
+        "/v1/fires",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    server.stop();
+}
+
+#[test]
+fn hot_swap_under_ingest_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant("acme");
+    let r = server.deploy(
+        &token,
+        "echo",
+        &echo_manifest("echo", 1, 7),
+        components::ECHO,
+    );
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    // Ingest from another thread while versions are swapped in.
+    let total = 1_200;
+    std::thread::scope(|s| {
+        let ingest = s.spawn(|| {
+            for chunk in 0..(total / 20) {
+                let events: Vec<Value> = (0..20)
+                    .map(|i| {
+                        let n = chunk * 20 + i;
+                        ev(&format!("k{}", n % 13), &format!("e{n}"))
+                    })
+                    .collect();
+                server.emit(&token, &events);
+            }
+        });
+        for version in 2..=6 {
+            std::thread::sleep(Duration::from_millis(30));
+            let r = server.deploy(
+                &token,
+                "echo",
+                &echo_manifest("echo", version, 7),
+                components::ECHO,
+            );
+            assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+            let v: Value = r.json().unwrap();
+            assert_eq!(v["outcome"], "swapped");
+            assert_eq!(v["compile"], "hit");
+        }
+        ingest.join().unwrap();
+    });
+    // Windows still open close when their hour is up.
+    let mut last = Value::Null;
+    let caught_up = (0..3000).any(|_| {
+        last = server.get("/v1/rules/echo", &token);
+        let done = last["pending_fires"] == 0 && last["cursor"].as_u64().unwrap() >= total as u64;
+        if !done {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done
+    });
+    assert!(caught_up, "not caught up: {last:#}");
+    server.advance("61m");
+    server.until("every event echoed", || {
+        echoed_ids(&server.events(&token, "rule:echo")).len() >= total
+    });
+    let ids = echoed_ids(&server.events(&token, "rule:echo"));
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), total, "an event was echoed twice");
+    assert_eq!(unique.len(), total);
+    // Each fire completed once, and every swap is on the feed.
+    let records = server.events(&token, "sluice");
+    let completed: Vec<&str> = records
+        .iter()
+        .filter(|r| r["kind"] == "fire.completed")
+        .map(|r| payload(r)["fire_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        completed.len(),
+        completed.iter().collect::<BTreeSet<_>>().len(),
+        "a fire completed twice"
+    );
+    let swaps: Vec<u64> = records
+        .iter()
+        .filter(|r| r["kind"] == "rule.swapped")
+        .map(|r| payload(r)["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(swaps, vec![2, 3, 4, 5, 6]);
+    assert_eq!(server.get("/v1/rules/echo", &token)["version"], 6);
+    server.stop();
+}
+
+#[test]
+fn bad_uploads_change_nothing_and_kind_changes_need_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant_with(
+        "acme",
+        json!({"max_rules": 1, "max_fuel": 3_000_000_000u64}),
+    );
+    assert_eq!(
+        server
+            .deploy(
+                &token,
+                "echo",
+                &echo_manifest("echo", 1, 2),
+                components::ECHO
+            )
+            .status(),
+        201
+    );
+    server.emit(&token, &[ev("k", "a")]);
+    let cases: Vec<(&str, String, &str, u16, &str)> = vec![
+        ("echo", echo_manifest("echo", 2, 2), components::NOT_A_RULE, 422, "invalid_component"),
+        ("echo", echo_manifest("echo", 2, 2).replace("count = 2", "count = -1"), components::ECHO, 400, "invalid_manifest"),
+        ("echo", echo_manifest("other", 2, 2), components::ECHO, 400, "invalid_manifest"),
+        ("echo", echo_manifest("echo", 1, 3), components::ECHO, 409, "version_not_raised"),
+        ("echo", format!("{}[limits]\nfuel = 5_000_000_000\n", echo_manifest("echo", 2, 2)), components::ECHO, 422, "quota_exceeded"),
+        ("second", echo_manifest("second", 1, 2), components::ECHO, 422, "quota_exceeded"),
+        ("echo", "name = \"echo\"\nversion = 2\n[trigger.dwell]\n[[trigger.dwell.reactions]]\nlabel = \"x\"\nafter = \"1m\"\n".into(), components::ECHO, 409, "kind_changed"),
+        ("Bad Name", echo_manifest("echo", 2, 2), components::ECHO, 400, "invalid_name"),
+    ];
+    for (name, manifest, wasm, status, code) in &cases {
+        let r = server.deploy(&token, &name.replace(' ', "%20"), manifest, wasm);
+        let got = r.status().as_u16();
+        let body: Value = r.json().unwrap();
+        assert_eq!(
+            (got, body["error"]["code"].as_str().unwrap()),
+            (*status, *code),
+            "{name}: {body}"
+        );
+    }
+    // Still version 1, with its open window.
+    let rule = server.get("/v1/rules/echo", &token);
+    assert_eq!(
+        (rule["version"].as_u64(), rule["status"].as_str()),
+        (Some(1), Some("active"))
+    );
+    server.until("the window holds a", || {
+        server.get("/v1/rules/echo", &token)["partitions"] == 1
+    });
+    server.emit(&token, &[ev("k", "b")]);
+    server.until("a and b fire together", || {
+        echoed_ids(&server.events(&token, "rule:echo")) == ["a", "b"]
+    });
+    // A reset changes the kind.
+    let dwell = "name = \"echo\"\nversion = 2\n[trigger.dwell]\n[[trigger.dwell.reactions]]\nlabel = \"x\"\nafter = \"1m\"\n";
+    let r = server.deploy_q(&token, "echo", dwell, components::ECHO, "?reset=true");
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    assert_eq!(server.get("/v1/rules/echo", &token)["kind"], "dwell");
+    server.stop();
+}
+
+#[test]
+fn undeploy_drains_by_firing_or_discarding() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant("acme");
+    for name in ["keep", "drop"] {
+        assert_eq!(
+            server
+                .deploy(&token, name, &echo_manifest(name, 1, 100), components::ECHO)
+                .status(),
+            201
+        );
+    }
+    server.emit(&token, &[ev("a", "1"), ev("b", "2")]);
+    server.until("both windows open", || {
+        ["keep", "drop"]
+            .iter()
+            .all(|n| server.get(&format!("/v1/rules/{n}"), &token)["partitions"] == 2)
+    });
+    let out = server.cli(&token, &["rules", "rm", "keep", "--drain", "fire"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = server
+        .req(
+            reqwest::Method::DELETE,
+            "/v1/rules/drop?drain=discard",
+            Some(&token),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let outputs = server.events(&token, "rule:keep");
+    assert_eq!(outputs.len(), 2, "both windows fire when drained");
+    assert!(
+        outputs.iter().all(|o| payload(o)["reason"] == "drained"),
+        "{outputs:?}"
+    );
+    assert!(server.events(&token, "rule:drop").is_empty());
+    let records = server.events(&token, "sluice");
+    let discarded: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "windows.discarded")
+        .collect();
+    assert_eq!(discarded.len(), 1, "{records:?}");
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["kind"] == "rule.undeployed")
+            .count(),
+        2
+    );
+    // Gone: 404 and not listed.
+    let r = server
+        .req(reqwest::Method::GET, "/v1/rules/keep", Some(&token))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(server.get("/v1/rules", &token), json!([]));
+    let r = server
+        .req(
+            reqwest::Method::DELETE,
+            "/v1/rules/keep?drain=sideways",
+            Some(&token),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    server.stop();
+}
+
+#[test]
+fn pause_resume_and_restart_keep_rules_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let server = Server::start(&db);
+    let token = server.tenant("acme");
+    assert_eq!(
+        server
+            .deploy(
+                &token,
+                "echo",
+                &echo_manifest("echo", 1, 3),
+                components::ECHO
+            )
+            .status(),
+        201
+    );
+    let out = server.cli(&token, &["rules", "pause", "echo"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.get("/v1/rules/echo", &token)["status"], "paused");
+    server.emit(&token, &[ev("k", "1"), ev("k", "2")]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        server.get("/v1/rules/echo", &token)["cursor"],
+        0,
+        "a paused rule reads nothing"
+    );
+    // Paused across a restart; then resumed, with its window intact.
+    server.stop();
+    let server = Server::start(&db);
+    let rule = server.get("/v1/rules/echo", &token);
+    assert_eq!(
+        (rule["status"].as_str(), rule["version"].as_u64()),
+        (Some("paused"), Some(1))
+    );
+    server.post("/v1/rules/echo/resume", &token, json!(null));
+    server.until("the window holds two", || {
+        server.get("/v1/rules/echo", &token)["counters"]["matched"] == 2
+    });
+    server.stop();
+    // A restart mid-window: the third event completes it.
+    let server = Server::start(&db);
+    server.emit(&token, &[ev("k", "3")]);
+    server.until("the window fires", || {
+        !server.events(&token, "rule:echo").is_empty()
+    });
+    assert_eq!(
+        echoed_ids(&server.events(&token, "rule:echo")),
+        ["1", "2", "3"]
+    );
+    server.stop();
+}
+
+/// Read SSE messages until `n` with ids have come: (id, event, data).
+fn sse(
+    server: &Server,
+    token: &str,
+    query: &str,
+    last_id: Option<u64>,
+    n: usize,
+) -> Vec<(u64, String, Value)> {
+    let mut rb = server.req(
+        reqwest::Method::GET,
+        &format!("/v1/feed{query}"),
+        Some(token),
+    );
+    if let Some(id) = last_id {
+        rb = rb.header("Last-Event-ID", id.to_string());
+    }
+    let r = rb.send().unwrap();
+    assert_eq!(r.status(), 200);
+    let mut lines = BufReader::new(r);
+    let (mut out, mut id, mut event, mut data) = (Vec::new(), None, String::new(), String::new());
+    let mut line = String::new();
+    while out.len() < n {
+        line.clear();
+        assert!(lines.read_line(&mut line).unwrap() > 0, "the feed ended");
+        let l = line.trim_end();
+        if l.is_empty() {
+            if let Some(i) = id.take() {
+                out.push((
+                    i,
+                    std::mem::take(&mut event),
+                    serde_json::from_str(&data).unwrap(),
+                ));
+            }
+            data.clear();
+        } else if let Some(v) = l.strip_prefix("id:") {
+            id = Some(v.trim().parse().unwrap());
+        } else if let Some(v) = l.strip_prefix("event:") {
+            event = v.trim().to_owned();
+        } else if let Some(v) = l.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        }
+    }
+    out
+}
+
+#[test]
+fn feed_replays_then_tails_and_resumes_with_last_event_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant("acme");
+    let other = server.tenant("other");
+    server.emit(&other, &[ev("x", "theirs")]);
+    server.emit(
+        &token,
+        &(0..5)
+            .map(|i| ev("k", &format!("m{i}")))
+            .collect::<Vec<_>>(),
+    );
+    let first = sse(&server, &token, "?after_seq=0", None, 3);
+    let seqs: Vec<u64> = first.iter().map(|m| m.0).collect();
+    assert_eq!(
+        first
+            .iter()
+            .map(|m| m.2["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["m0", "m1", "m2"]
+    );
+    assert!(first.iter().all(|m| m.1 == "event"));
+    // Resume after the third: the rest, then live items, no gap, no
+    // duplicate; the other tenant's event never shows.
+    let last = *seqs.last().unwrap();
+    let s = std::thread::scope(|sc| {
+        let reader = sc.spawn(|| sse(&server, &token, "?after_seq=0", Some(last), 4));
+        std::thread::sleep(Duration::from_millis(100));
+        server.emit(&token, &[ev("k", "live0"), ev("k", "live1")]);
+        reader.join().unwrap()
+    });
+    let ids: Vec<&str> = s.iter().map(|m| m.2["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["m3", "m4", "live0", "live1"]);
+    assert!(s.windows(2).all(|w| w[1].0 > w[0].0) && s[0].0 > last);
+    // Filters.
+    let kinds = sse(
+        &server,
+        &token,
+        "?after_seq=0&kind=thing&source=app",
+        None,
+        7,
+    );
+    assert_eq!(kinds.len(), 7);
+    let r = server
+        .req(reqwest::Method::GET, "/v1/feed", Some(&token))
+        .header("Last-Event-ID", "soon")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    server.stop();
+}
+
+#[test]
+fn every_route_needs_a_token_and_hides_other_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let a = server.tenant("alpha");
+    let b = server.tenant("beta");
+    // Alpha has a rule, events, an output, and a dead letter.
+    let manifest = "name = \"bad\"\nversion = 1\n[trigger.batch]\ncount = 1\nwindow = \"1h\"\n[retry]\nmax_attempts = 1\n";
+    assert_eq!(
+        server
+            .deploy(&a, "bad", manifest, components::HOSTILE)
+            .status(),
+        201
+    );
+    let ack = server.emit(
+        &a,
+        &[json!({"source": "app", "kind": "handler-fatal", "payload": {}})],
+    );
+    let seq = ack["seqs"][0].as_u64().unwrap();
+    server.until("a dead letter", || {
+        server
+            .get("/v1/fires?status=dead", &a)
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let dead = server.get("/v1/fires?status=dead", &a)[0]["fire_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rule = server.get("/v1/rules/bad", &a);
+    let failure = &rule["last_failure"];
+    assert!(
+        failure["message"].as_str().unwrap().contains("fatal"),
+        "{rule}"
+    );
+    // (method, path) over the whole tenant route list.
+    let routes: Vec<(reqwest::Method, String)> = vec![
+        (reqwest::Method::GET, "/v1/events".into()),
+        (reqwest::Method::POST, "/v1/events".into()),
+        (reqwest::Method::GET, format!("/v1/events/{seq}")),
+        (reqwest::Method::GET, "/v1/rules".into()),
+        (reqwest::Method::GET, "/v1/rules/bad".into()),
+        (reqwest::Method::PUT, "/v1/rules/bad".into()),
+        (reqwest::Method::DELETE, "/v1/rules/bad".into()),
+        (reqwest::Method::POST, "/v1/rules/bad/pause".into()),
+        (reqwest::Method::POST, "/v1/rules/bad/resume".into()),
+        (reqwest::Method::GET, "/v1/fires".into()),
+        (reqwest::Method::GET, format!("/v1/fires/{dead}")),
+        (reqwest::Method::POST, format!("/v1/fires/{dead}/redrive")),
+        (reqwest::Method::DELETE, format!("/v1/fires/{dead}")),
+        (reqwest::Method::GET, "/v1/feed".into()),
+        (reqwest::Method::GET, "/v1/tenants".into()),
+        (reqwest::Method::POST, "/v1/tenants".into()),
+        (reqwest::Method::GET, "/v1/tenants/alpha".into()),
+        (reqwest::Method::PUT, "/v1/tenants/alpha/quotas".into()),
+        (reqwest::Method::GET, "/v1/tenants/alpha/tokens".into()),
+        (reqwest::Method::POST, "/v1/tenants/alpha/tokens".into()),
+        (reqwest::Method::DELETE, "/v1/tenants/alpha/tokens/x".into()),
+        (reqwest::Method::GET, "/v1/clock".into()),
+        (reqwest::Method::POST, "/v1/clock".into()),
+    ];
+    // A third tenant's token, revoked.
+    let created = server.post("/v1/tenants", ADMIN, json!({"name": "gamma"}));
+    let (revoked, id) = (
+        created["token"]["token"].as_str().unwrap(),
+        created["token"]["id"].as_str().unwrap(),
+    );
+    let r = server
+        .req(
+            reqwest::Method::DELETE,
+            &format!("/v1/tenants/gamma/tokens/{id}"),
+            Some(ADMIN),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for (method, path) in &routes {
+        for token in [
+            None,
+            Some(revoked),
+            Some("sluice_0000_forged"),
+            Some("not even close"),
+        ] {
+            let r = server.req(method.clone(), path, token).send().unwrap();
+            assert_eq!(r.status(), 401, "{method} {path} with {token:?}");
+            let body: Value = r.json().unwrap();
+            assert_eq!(body["error"]["code"], "unauthorized");
+        }
+    }
+    // Beta asks for alpha's objects: 404, as for what does not exist.
+    let theirs: Vec<&(reqwest::Method, String)> = routes
+        .iter()
+        .filter(|(m, p)| {
+            *m != reqwest::Method::PUT
+                && (p.contains("/bad") || p.contains(&dead) || p.ends_with(&format!("/{seq}")))
+        })
+        .collect();
+    assert_eq!(theirs.len(), 8);
+    for (method, path) in theirs {
+        let r = server.req(method.clone(), path, Some(&b)).send().unwrap();
+        assert_eq!(r.status(), 404, "beta: {method} {path}");
+        let body: Value = r.json().unwrap();
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+    // A PUT of a name beta does not have makes beta's own rule, beside
+    // alpha's, which it does not touch.
+    assert_eq!(
+        server
+            .deploy(&b, "bad", manifest, components::ECHO)
+            .status(),
+        201
+    );
+    assert_eq!(
+        server.get("/v1/rules/bad", &b)["digest"]
+            .as_str()
+            .map(str::len),
+        Some(64)
+    );
+    assert_ne!(
+        server.get("/v1/rules/bad", &b)["digest"],
+        server.get("/v1/rules/bad", &a)["digest"]
+    );
+    // Alpha's rule, dead letter and events are untouched; beta sees only
+    // its own.
+    assert_eq!(server.get("/v1/rules/bad", &a)["version"], 1);
+    assert_eq!(
+        server
+            .get("/v1/fires?status=dead", &a)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        server.get("/v1/events", &b)["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["source"] == "sluice" || e["kind"] != "handler-fatal")
+    );
+    assert!(
+        server
+            .get("/v1/fires?status=dead", &b)
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // Tenant routes refuse the admin token, admin routes a tenant's.
+    let r = server
+        .req(reqwest::Method::GET, "/v1/rules", Some(ADMIN))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = server
+        .req(reqwest::Method::GET, "/v1/tenants", Some(&a))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Alpha re-drives its dead letter; discards it after it dies again.
+    server.post(&format!("/v1/fires/{dead}/redrive"), &a, json!(null));
+    server.until("dead again", || {
+        server
+            .get("/v1/fires?status=dead", &a)
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let out = server.cli(&a, &["fires", "discard", &dead]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        server
+            .get("/v1/fires?status=dead", &a)
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    server.stop();
+}
+
+#[test]
+fn ingest_refuses_reserved_sources_forged_ids_and_bad_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant_with("acme", json!({"ingest_per_second": 5, "ingest_burst": 40}));
+    let bad: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "application/json",
+            json!({"source": "sluice", "kind": "fire.completed", "payload": {}}).to_string(),
+            400,
+            "source",
+        ),
+        (
+            "application/json",
+            json!({"source": "rule:echo", "kind": "echo", "payload": {}}).to_string(),
+            400,
+            "source",
+        ),
+        (
+            "application/json",
+            json!({"id": "sluice:f_00.0", "source": "app", "kind": "x", "payload": {}}).to_string(),
+            400,
+            "id",
+        ),
+        (
+            "application/x-ndjson",
+            format!(
+                "{}\n{}\n",
+                ev("k", "ok1"),
+                json!({"source": "rule:x", "kind": "y", "payload": {}})
+            ),
+            400,
+            "line 2",
+        ),
+        (
+            "application/json",
+            format!(
+                "[{}, {}]",
+                ev("k", "ok2"),
+                json!({"id": "sluice:x", "source": "a", "kind": "b", "payload": {}})
+            ),
+            400,
+            "line 2",
+        ),
+        ("application/json", "{not json".into(), 400, "JSON"),
+        (
+            "application/json",
+            json!({"source": "app", "kind": "x", "payload": [1]}).to_string(),
+            400,
+            "payload",
+        ),
+        (
+            "application/json",
+            json!({"source": "app", "kind": "x", "payload": {"big": "x".repeat(300 << 10)}})
+                .to_string(),
+            400,
+            "payload",
+        ),
+        ("application/json", "x".repeat(17 << 20), 413, ""),
+    ];
+    for (ct, body, status, names) in &bad {
+        let r = server
+            .req(reqwest::Method::POST, "/v1/events", Some(&token))
+            .header("content-type", *ct)
+            .body(body.clone())
+            .send()
+            .unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            *status,
+            "{}",
+            &body[..body.len().min(120)]
+        );
+        let v: Value = r.json().unwrap();
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(names),
+            "{v}"
+        );
+    }
+    // Nothing of a refused request was stored; the server is fine.
+    assert_eq!(server.get("/v1/events", &token)["events"], json!([]));
+    let r = server
+        .req(reqwest::Method::GET, "/healthz", None)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Over the rate: 429 with Retry-After, after the burst.
+    let batch: Vec<Value> = (0..40).map(|i| ev("k", &format!("r{i}"))).collect();
+    server.emit(&token, &batch);
+    let r = server
+        .req(reqwest::Method::POST, "/v1/events", Some(&token))
+        .json(&ev("k", "late"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait >= 1);
+    server.stop();
+}
+
+#[test]
+fn partition_quota_skips_and_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant_with("acme", json!({"max_partitions_per_rule": 2}));
+    assert_eq!(
+        server
+            .deploy(
+                &token,
+                "echo",
+                &echo_manifest("echo", 1, 100),
+                components::ECHO
+            )
+            .status(),
+        201
+    );
+    server.emit(
+        &token,
+        &[ev("a", "1"), ev("b", "2"), ev("c", "3"), ev("a", "4")],
+    );
+    server.until("read", || {
+        server.get("/v1/rules/echo", &token)["cursor"].as_u64() >= Some(4)
+    });
+    let rule = server.get("/v1/rules/echo", &token);
+    assert_eq!(rule["partitions"], 2);
+    assert_eq!(rule["counters"]["matched"], 3);
+    let skipped: Vec<Value> = server
+        .events(&token, "sluice")
+        .into_iter()
+        .filter(|r| r["kind"] == "event.skipped")
+        .collect();
+    assert_eq!(skipped.len(), 1);
+    let item = &payload(&skipped[0])["items"][0];
+    assert_eq!(
+        (item["seq"].as_u64(), item["partition"].as_str()),
+        (Some(3), Some("c"))
+    );
+    server.stop();
+}
