@@ -95,8 +95,29 @@ pub async fn ingest(
     TenantAuth(tenant): TenantAuth,
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<Ingested>, ApiError> {
+    let max = app.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the body is over the server's limit of {max} bytes; send fewer events per request"
+            ),
+        )
+    };
+    // A declared length over the limit is refused before anything is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let body: Bytes = axum::body::to_bytes(body, max)
+        .await
+        .map_err(|_| too_large())?;
     let text = std::str::from_utf8(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_event",

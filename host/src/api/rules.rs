@@ -126,8 +126,6 @@ pub async fn deploy(
     query: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<Deployed>), ApiError> {
-    check_name("name", &name)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let mut form = form.map_err(|e| ApiError::bad_request("invalid_form", e.body_text()))?;
     let (mut manifest_text, mut component) = (None, None);
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
@@ -148,6 +146,10 @@ pub async fn deploy(
             }
         }
     }
+    // Checked once the body is read: a client still sending it gets the
+    // answer, not a closed connection.
+    check_name("name", &name)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let manifest_text = manifest_text.ok_or_else(|| {
         ApiError::bad_request("invalid_form", "manifest: the form field is missing")
     })?;
