@@ -1081,3 +1081,205 @@ fn partition_quota_skips_and_records() {
     );
     server.stop();
 }
+
+#[test]
+fn dwell_memberships_carry_over_a_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant("acme");
+    let dwell = |version: u32| {
+        format!(
+            "name = \"idle\"\nversion = {version}\n[trigger.dwell]\n[[trigger.dwell.reactions]]\nlabel = \"quiet\"\nafter = \"10m\"\n"
+        )
+    };
+    assert_eq!(
+        server
+            .deploy(&token, "idle", &dwell(1), components::ECHO)
+            .status(),
+        201
+    );
+    server.emit(
+        &token,
+        &[json!({"id": "in", "source": "app", "kind": "user.enter", "payload": {"key": "u1"}})],
+    );
+    server.until("a member", || {
+        server.get("/v1/rules/idle", &token)["partitions"] == 1
+    });
+    // A new version takes over the membership; its reaction fires on time.
+    assert_eq!(
+        server
+            .deploy(&token, "idle", &dwell(2), components::ECHO)
+            .status(),
+        200
+    );
+    assert_eq!(server.get("/v1/rules/idle", &token)["partitions"], 1);
+    server.advance("11m");
+    server.until("the reaction", || {
+        !server.events(&token, "rule:idle").is_empty()
+    });
+    let out = server.events(&token, "rule:idle");
+    assert_eq!(out.len(), 1);
+    assert_eq!(payload(&out[0])["label"], "quiet");
+    assert_eq!(payload(&out[0])["partition"], "u1");
+    server.stop();
+}
+
+#[test]
+fn handler_failures_show_the_guest_backtrace_and_heartbeats_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant("acme");
+    let manifest = "name = \"crash\"\nversion = 1\n[trigger.batch]\ncount = 1\nwindow = \"1h\"\n[retry]\nmax_attempts = 1\n";
+    assert_eq!(
+        server
+            .deploy(&token, "crash", manifest, components::HOSTILE)
+            .status(),
+        201
+    );
+    server.emit(
+        &token,
+        &[json!({"source": "app", "kind": "handler-panic", "payload": {}})],
+    );
+    server.until("the failure", || {
+        !server.get("/v1/rules/crash", &token)["last_failure"].is_null()
+    });
+    let failure = server.get("/v1/rules/crash", &token)["last_failure"].clone();
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .contains("handle-batch"),
+        "{failure}"
+    );
+    let trace = failure["backtrace"].as_str().unwrap_or_default();
+    assert!(!trace.is_empty(), "no guest backtrace: {failure}");
+    assert_eq!(failure["attempt"], 1);
+    // The feed marks it an error; a quiet feed sends heartbeats.
+    let r = server
+        .req(
+            reqwest::Method::GET,
+            "/v1/feed?after_seq=0&source=sluice&kind=fire.dead_lettered",
+            Some(&token),
+        )
+        .send()
+        .unwrap();
+    let mut lines = BufReader::new(r);
+    let (mut saw_error, mut heartbeats, mut line) = (false, 0, String::new());
+    while heartbeats < 2 {
+        line.clear();
+        assert!(lines.read_line(&mut line).unwrap() > 0);
+        saw_error |= line.trim() == "event: error";
+        heartbeats += usize::from(line.starts_with(":"));
+    }
+    assert!(saw_error);
+    server.stop();
+}
+
+#[test]
+fn client_errors_are_one_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str, token: Option<&str>, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(args)
+            .env("SLUICE_URL", url)
+            .env_remove("SLUICE_TOKEN");
+        if let Some(t) = token {
+            cmd.env("SLUICE_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = run(&format!("http://127.0.0.1:{port}"), Some("x"), &["rules"]);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: cannot reach a Sluice server at"),
+        "{err}"
+    );
+    let server = Server::start(&dir.path().join("s.db"));
+    let err = run(&server.url, Some("sluice_nope_nope"), &["rules"]);
+    assert_eq!(
+        err.trim(),
+        "error: the server refused the token (unknown or revoked): check --token or SLUICE_TOKEN"
+    );
+    let err = run(&server.url, None, &["fires"]);
+    assert_eq!(
+        err.trim(),
+        "error: the server needs a token: set --token or SLUICE_TOKEN"
+    );
+    let token = server.tenant("acme");
+    let err = run(&server.url, Some(&token), &["rules", "show", "ghost"]);
+    assert_eq!(err.trim(), "error: no rule \"ghost\" (404 Not Found)");
+    let err = run(
+        &server.url,
+        Some(&token),
+        &["emit", "--source", "sluice", "--kind", "x"],
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("source: \"sluice\" is reserved"), "{err}");
+    server.stop();
+}
+
+#[test]
+fn json_logs_and_a_second_server_on_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let server = Server::start(&db);
+    // A second server on the same database is refused, naming the holder.
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--db",
+        ])
+        .arg(&db)
+        .env("SLUICE_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("pid"), "{err}");
+    server.stop();
+    // JSON log lines, one object each.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--db",
+        ])
+        .arg(&db)
+        .env("SLUICE_ADMIN_TOKEN", ADMIN)
+        .env("SLUICE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on "), "{line}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert!(done.status.success());
+    let logs = String::from_utf8(done.stderr).unwrap();
+    assert!(logs.lines().count() >= 2, "{logs}");
+    for l in logs.lines() {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
+}

@@ -354,20 +354,19 @@ async fn restore(app: &App) -> anyhow::Result<usize> {
     Ok(started)
 }
 
-/// SIGINT or SIGTERM.
-async fn signalled() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT or SIGTERM, from handlers installed when this is called (so a
+/// signal that comes right after the server says it is listening is not
+/// lost to the default action).
+fn signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    })
 }
 
 /// Run the server until SIGINT or SIGTERM. `ready` is called with the
@@ -432,10 +431,11 @@ pub async fn serve(
         broken: Mutex::new(HashMap::new()),
     });
     let started = restore(&app).await?;
+    let signalled = signals()?;
     tracing::info!(%addr, rules = started, "sluice serving");
     ready(addr, generated.as_deref());
     let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
-        signalled().await;
+        signalled.await;
         tracing::info!("shutting down: no new requests; running handlers get a grace period");
         stop.send_replace(true);
     });
