@@ -339,6 +339,30 @@ fn tenants_deploy_emit_tail_and_inspect() {
         .unwrap()
         .json()
         .unwrap();
+    // Every operation has its own id; query parameters are in the query.
+    let mut ids = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                ids.insert(id),
+                "{method} {path}: operationId missing or repeated"
+            );
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                let want = if path.contains(&format!("{{{name}}}")) {
+                    "path"
+                } else {
+                    "query"
+                };
+                let at = p["in"].as_str().unwrap();
+                assert!(
+                    at == want || at == "header",
+                    "{method} {path}: {name} in {at}"
+                );
+            }
+        }
+    }
     for path in [
         "/v1/events",
         "/v1/rules/{name}",

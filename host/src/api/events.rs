@@ -84,7 +84,7 @@ pub struct Ingested {
 /// server's body limit. The request is all or nothing: a bad line refuses
 /// the whole request with an error naming its line and field, and nothing
 /// is stored.
-#[utoipa::path(post, path = "/v1/events", tag = "events",
+#[utoipa::path(post, operation_id = "events_ingest", path = "/v1/events", tag = "events",
     request_body(content = Object, description = "An event {id?, source, kind, time?, payload}, a JSON array of them, or NDJSON",
         content_type = "application/json"),
     responses((status = 200, body = Ingested),
@@ -174,6 +174,7 @@ pub async fn ingest(
 
 /// A read of the tenant's events.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events after this seq.
@@ -216,7 +217,7 @@ pub fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
 }
 
 /// The tenant's events, filtered, in seq order.
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
+#[utoipa::path(get, operation_id = "events_list", path = "/v1/events", tag = "events", params(EventsQuery),
     responses((status = 200, body = EventPage), (status = 400, body = ErrorBody)),
     security(("tenant" = [])))]
 pub async fn list(
@@ -262,7 +263,7 @@ pub async fn list(
 }
 
 /// One of the tenant's events, by seq.
-#[utoipa::path(get, path = "/v1/events/{seq}", tag = "events",
+#[utoipa::path(get, operation_id = "events_show", path = "/v1/events/{seq}", tag = "events",
     params(("seq" = u64, Path)),
     responses((status = 200, body = EventView), (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]

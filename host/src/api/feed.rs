@@ -26,6 +26,7 @@ use crate::triggers::ENGINE_SOURCE;
 
 /// Where the feed starts and what it shows.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// Start after this seq (default 0: the whole log). A `Last-Event-ID`
@@ -76,7 +77,7 @@ fn wanted(q: &FeedQuery, e: &Event) -> bool {
 }
 
 /// Follow the tenant's log: replay from the cursor, then live.
-#[utoipa::path(get, path = "/v1/feed", tag = "feed", params(FeedQuery,
+#[utoipa::path(get, operation_id = "feed_feed", path = "/v1/feed", tag = "feed", params(FeedQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "resume after this seq")),
     responses((status = 200, content_type = "text/event-stream", description = "SSE: id = seq, event = event | output | fire | error | record, data = the event as JSON"),
         (status = 400, body = ErrorBody)),

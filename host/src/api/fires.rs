@@ -65,6 +65,7 @@ fn from_record(r: FireRecord, status: &str) -> FireView {
 
 /// A read of the tenant's fires.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FiresQuery {
     /// Only this rule's.
@@ -87,7 +88,7 @@ async fn open_fires(app: &App, tenant: &str, rule: &str, dead: bool) -> Vec<Fire
 }
 
 /// The tenant's fires.
-#[utoipa::path(get, path = "/v1/fires", tag = "fires", params(FiresQuery),
+#[utoipa::path(get, operation_id = "fires_list", path = "/v1/fires", tag = "fires", params(FiresQuery),
     responses((status = 200, body = Vec<FireView>), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]
@@ -225,7 +226,7 @@ async fn find(app: &App, tenant: &str, id: &str) -> Result<(String, FireRecord, 
 }
 
 /// One pending fire or dead letter.
-#[utoipa::path(get, path = "/v1/fires/{id}", tag = "fires",
+#[utoipa::path(get, operation_id = "fires_show", path = "/v1/fires/{id}", tag = "fires",
     params(("id" = String, Path)),
     responses((status = 200, body = FireView), (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]
@@ -246,7 +247,7 @@ fn not_dead(id: &str) -> ApiError {
 }
 
 /// Re-drive a dead letter: it runs again with a fresh round of attempts.
-#[utoipa::path(post, path = "/v1/fires/{id}/redrive", tag = "fires",
+#[utoipa::path(post, operation_id = "fires_redrive", path = "/v1/fires/{id}/redrive", tag = "fires",
     params(("id" = String, Path)),
     responses((status = 200, body = FireView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),
@@ -268,7 +269,7 @@ pub async fn redrive(
 }
 
 /// Discard a dead letter (recorded on the feed).
-#[utoipa::path(delete, path = "/v1/fires/{id}", tag = "fires",
+#[utoipa::path(delete, operation_id = "fires_discard", path = "/v1/fires/{id}", tag = "fires",
     params(("id" = String, Path)),
     responses((status = 200, body = FireView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),

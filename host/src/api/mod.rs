@@ -216,7 +216,7 @@ pub struct ClockMove {
 }
 
 /// The engine clock.
-#[utoipa::path(get, path = "/v1/clock", tag = "admin",
+#[utoipa::path(get, operation_id = "clock_get", path = "/v1/clock", tag = "admin",
     responses((status = 200, body = ClockView)), security(("admin" = [])))]
 async fn clock_get(_: AdminAuth, State(app): State<Arc<App>>) -> axum::Json<ClockView> {
     axum::Json(ClockView {
@@ -226,7 +226,7 @@ async fn clock_get(_: AdminAuth, State(app): State<Arc<App>>) -> axum::Json<Cloc
 }
 
 /// Move the manual clock (a server started with `--manual-clock`).
-#[utoipa::path(post, path = "/v1/clock", tag = "admin", request_body = ClockMove,
+#[utoipa::path(post, operation_id = "clock_move", path = "/v1/clock", tag = "admin", request_body = ClockMove,
     responses((status = 200, body = ClockView), (status = 409, body = error::ErrorBody)),
     security(("admin" = [])))]
 async fn clock_move(

@@ -51,6 +51,7 @@ pub struct Deployed {
 
 /// Deploy options.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeployQuery {
     /// Drop the rule's state (windows, memberships, schedule position,
@@ -111,7 +112,7 @@ fn multipart_error(e: impl std::fmt::Display) -> ApiError {
 /// with a `manifest` field (`rule.toml`) and a `component` field (the
 /// Wasm component). A bad upload changes nothing; the running version
 /// carries on.
-#[utoipa::path(put, path = "/v1/rules/{name}", tag = "rules",
+#[utoipa::path(put, operation_id = "rules_deploy", path = "/v1/rules/{name}", tag = "rules",
     params(("name" = String, Path), DeployQuery),
     request_body(content_type = "multipart/form-data", content = Object,
         description = "fields manifest (rule.toml) and component (.wasm)"),
@@ -345,7 +346,7 @@ fn no_rule(name: &str) -> ApiError {
 }
 
 /// The tenant's rules, by name.
-#[utoipa::path(get, path = "/v1/rules", tag = "rules",
+#[utoipa::path(get, operation_id = "rules_list", path = "/v1/rules", tag = "rules",
     responses((status = 200, body = Vec<RuleView>)), security(("tenant" = [])))]
 pub async fn list(
     TenantAuth(tenant): TenantAuth,
@@ -359,7 +360,7 @@ pub async fn list(
 }
 
 /// One rule: version, trigger, status, counters, last error.
-#[utoipa::path(get, path = "/v1/rules/{name}", tag = "rules",
+#[utoipa::path(get, operation_id = "rules_show", path = "/v1/rules/{name}", tag = "rules",
     params(("name" = String, Path)),
     responses((status = 200, body = RuleView), (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]
@@ -377,6 +378,7 @@ pub async fn show(
 
 /// Undeploy options.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UndeployQuery {
     /// `fire` (default): open windows and buffers fire now (reason
@@ -395,7 +397,7 @@ pub struct Undeployed {
 }
 
 /// Undeploy a rule, draining its open windows as asked.
-#[utoipa::path(delete, path = "/v1/rules/{name}", tag = "rules",
+#[utoipa::path(delete, operation_id = "rules_undeploy", path = "/v1/rules/{name}", tag = "rules",
     params(("name" = String, Path), UndeployQuery),
     responses((status = 200, body = Undeployed), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)),
@@ -464,7 +466,7 @@ async fn control(
 }
 
 /// Pause a rule: nothing of it runs until it is resumed; its events wait.
-#[utoipa::path(post, path = "/v1/rules/{name}/pause", tag = "rules",
+#[utoipa::path(post, operation_id = "rules_pause", path = "/v1/rules/{name}/pause", tag = "rules",
     params(("name" = String, Path)),
     responses((status = 200, body = RuleView), (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]
@@ -477,7 +479,7 @@ pub async fn pause(
 }
 
 /// Resume a paused or suspended rule.
-#[utoipa::path(post, path = "/v1/rules/{name}/resume", tag = "rules",
+#[utoipa::path(post, operation_id = "rules_resume", path = "/v1/rules/{name}/resume", tag = "rules",
     params(("name" = String, Path)),
     responses((status = 200, body = RuleView), (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]

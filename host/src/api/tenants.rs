@@ -550,7 +550,7 @@ impl FromRequestParts<Arc<App>> for AdminAuth {
 }
 
 /// Create a tenant and its first token.
-#[utoipa::path(post, path = "/v1/tenants", tag = "tenants",
+#[utoipa::path(post, operation_id = "tenants_create", path = "/v1/tenants", tag = "tenants",
     request_body = CreateTenant,
     responses((status = 201, body = CreatedTenant), (status = 409, body = super::error::ErrorBody)),
     security(("admin" = [])))]
@@ -569,14 +569,14 @@ pub async fn create(
 }
 
 /// Every tenant.
-#[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
+#[utoipa::path(get, operation_id = "tenants_list", path = "/v1/tenants", tag = "tenants",
     responses((status = 200, body = Vec<Tenant>)), security(("admin" = [])))]
 pub async fn list(_: AdminAuth, State(app): State<Arc<App>>) -> Json<Vec<Tenant>> {
     Json(app.tenants.list())
 }
 
 /// One tenant.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
+#[utoipa::path(get, operation_id = "tenants_show", path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path)),
     responses((status = 200, body = Tenant), (status = 404, body = super::error::ErrorBody)),
     security(("admin" = [])))]
@@ -592,7 +592,7 @@ pub async fn show(
 }
 
 /// Replace a tenant's quotas (left-out fields take their defaults).
-#[utoipa::path(put, path = "/v1/tenants/{tenant}/quotas", tag = "tenants",
+#[utoipa::path(put, operation_id = "tenants_set_quotas", path = "/v1/tenants/{tenant}/quotas", tag = "tenants",
     params(("tenant" = String, Path)), request_body = Quotas,
     responses((status = 200, body = Tenant), (status = 404, body = super::error::ErrorBody)),
     security(("admin" = [])))]
@@ -607,7 +607,7 @@ pub async fn set_quotas(
 }
 
 /// A new token for a tenant.
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/tokens", tag = "tenants",
+#[utoipa::path(post, operation_id = "tenants_create_token", path = "/v1/tenants/{tenant}/tokens", tag = "tenants",
     params(("tenant" = String, Path)),
     responses((status = 201, body = NewToken), (status = 404, body = super::error::ErrorBody)),
     security(("admin" = [])))]
@@ -621,7 +621,7 @@ pub async fn create_token(
 }
 
 /// A tenant's tokens (without secrets).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/tokens", tag = "tenants",
+#[utoipa::path(get, operation_id = "tenants_list_tokens", path = "/v1/tenants/{tenant}/tokens", tag = "tenants",
     params(("tenant" = String, Path)),
     responses((status = 200, body = Vec<TokenInfo>), (status = 404, body = super::error::ErrorBody)),
     security(("admin" = [])))]
@@ -637,7 +637,7 @@ pub async fn list_tokens(
 }
 
 /// Revoke a tenant's token.
-#[utoipa::path(delete, path = "/v1/tenants/{tenant}/tokens/{id}", tag = "tenants",
+#[utoipa::path(delete, operation_id = "tenants_revoke_token", path = "/v1/tenants/{tenant}/tokens/{id}", tag = "tenants",
     params(("tenant" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = TokenInfo), (status = 404, body = super::error::ErrorBody)),
     security(("admin" = [])))]
