@@ -35,7 +35,7 @@ impl Server {
             .arg("--db")
             .arg(db)
             .env("SLUICE_ADMIN_TOKEN", ADMIN)
-            .env("SLUICE_LOG", "warn")
+            .env("SLUICE_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -1306,4 +1306,56 @@ fn json_logs_and_a_second_server_on_one_database() {
         let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
         assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
     }
+}
+
+#[test]
+fn a_guest_whose_fuel_outlasts_its_deadline_cannot_spin_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant("acme");
+    // Fuel for far longer than the deadline: every call ends by the clock.
+    let manifest = "name = \"spin\"\nversion = 1\n[trigger.batch]\ncount = 1\nwindow = \"1h\"\n[limits]\nfuel = 10_000_000_000\ndeadline = \"50ms\"\n[select]\nattempts = 1\non_poison = \"skip\"\n";
+    assert_eq!(
+        server
+            .deploy(&token, "spin", manifest, components::HOSTILE)
+            .status(),
+        201
+    );
+    let ack = server.emit(
+        &token,
+        &[
+            json!({"source": "app", "kind": "loop", "payload": {}}),
+            json!({"source": "app", "kind": "fine", "payload": {}}),
+        ],
+    );
+    let looping = ack["seqs"][0].as_u64().unwrap();
+    // A timeout counts a third: three of them give the event up, and the
+    // rule goes on to the next one.
+    server.until("the spinning event skipped", || {
+        server
+            .events(&token, "sluice")
+            .iter()
+            .any(|r| r["kind"] == "event.skipped" && payload(r)["seq"] == looping)
+    });
+    server.until("the next event's fire", || {
+        server.events(&token, "rule:spin").len() == 1
+    });
+    let skipped = server.events(&token, "sluice");
+    let record = skipped
+        .iter()
+        .find(|r| r["kind"] == "event.skipped")
+        .unwrap();
+    assert_eq!(payload(record)["attempts"], 3);
+    assert!(
+        payload(record)["error"]
+            .as_str()
+            .unwrap()
+            .contains("deadline"),
+        "{record}"
+    );
+    assert_eq!(
+        server.get("/v1/rules/spin", &token)["counters"]["skipped_events"],
+        1
+    );
+    server.stop();
 }

@@ -107,11 +107,47 @@ pub struct Engine {
     /// turn) instead of a thread, a database connection and a sandbox
     /// each.
     work: Arc<Semaphore>,
+    /// Each tenant's share of `work`: at most half of it, so one tenant's
+    /// rules (a hostile one's, say) cannot hold every slot.
+    shares: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// Slots for rounds and handler runs: the engine's, and the tenant's
+/// share of them. A piece of work holds one of each.
+#[derive(Debug, Clone)]
+struct Work {
+    all: Arc<Semaphore>,
+    tenant: Arc<Semaphore>,
+}
+
+impl Work {
+    async fn acquire(
+        &self,
+    ) -> (
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    ) {
+        // The tenant's first: a tenant at its share queues without holding
+        // an engine slot.
+        let tenant = self
+            .tenant
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let all = self
+            .all
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        (tenant, all)
+    }
 }
 
 /// How many rounds and handler runs go on at once, across all rules.
 fn work_permits() -> usize {
-    std::thread::available_parallelism().map_or(2, usize::from) * 4
+    (std::thread::available_parallelism().map_or(2, usize::from) * 4).max(8)
 }
 
 impl std::fmt::Debug for Engine {
@@ -135,7 +171,8 @@ impl Engine {
             clock,
             rules: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
-            work: Arc::new(Semaphore::new(work_permits().max(8))),
+            work: Arc::new(Semaphore::new(work_permits())),
+            shares: Mutex::new(HashMap::new()),
         }
     }
 
@@ -256,6 +293,22 @@ impl Engine {
         joined(tokio::task::spawn_blocking(move || rule.open(&log, now)).await)?
     }
 
+    /// The slots `tenant`'s rules take their work from.
+    fn work_of(&self, tenant: &str) -> Work {
+        let share = (work_permits() / 2).max(1);
+        let tenant = self
+            .shares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(share)))
+            .clone();
+        Work {
+            all: self.work.clone(),
+            tenant,
+        }
+    }
+
     /// Start `core`'s task.
     fn start(&self, key: &RuleKey, rule: Deployable, core: Box<dyn Driven>) -> Deployed {
         let status = Arc::new(Mutex::new(core.status()));
@@ -268,7 +321,7 @@ impl Engine {
             status.clone(),
             requests,
             stop.subscribe(),
-            self.work.clone(),
+            self.work_of(&key.0),
         ));
         self.statuses
             .lock()
@@ -632,7 +685,7 @@ async fn rule_task(
     status: Arc<Mutex<RuleStatus>>,
     mut requests: mpsc::Receiver<Control>,
     mut stop: watch::Receiver<bool>,
-    work: Arc<Semaphore>,
+    work: Work,
 ) {
     let mut committed = log.committed();
     let mut moves = clock.moves();
@@ -664,7 +717,7 @@ async fn rule_task(
             std::mem::take(&mut finished),
             std::mem::take(&mut pending_requests),
         );
-        let permit = work.clone().acquire_owned().await.expect("never closed");
+        let permit = work.acquire().await;
         let r = match tokio::task::spawn_blocking(move || {
             let r = round(core, &log2, &*clock2, done, reqs, stopping);
             drop(permit);
@@ -683,7 +736,7 @@ async fn rule_task(
             let work = work.clone();
             let labels = rule_labels(&*core);
             running.spawn(async move {
-                let permit = work.acquire_owned().await.expect("never closed");
+                let permit = work.acquire().await;
                 let attempt = tokio::task::spawn_blocking(move || {
                     let a = run_timed(job, &labels);
                     drop(permit);

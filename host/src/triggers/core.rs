@@ -344,8 +344,9 @@ pub struct RuleCore<K: Kind> {
     paused: bool,
     /// Events still to take one at a time after a failed `select`.
     isolating: usize,
-    /// The single event whose `select` failed, and how many times.
-    poison: Option<(u64, u32)>,
+    /// The single event whose `select` failed: its seq, strikes (3 per
+    /// failure, 1 per timeout that may be the machine's) and failures.
+    poison: Option<(u64, u32, u32)>,
     /// Member-log rows below this seq are deleted.
     members_floor: u64,
     counters: Counters,
@@ -1244,8 +1245,8 @@ impl<K: Kind> RuleCore<K> {
     /// `select` failed on `events`. Several candidates: isolate (one at a
     /// time from now on). One: count the failure against that event; past
     /// the policy's attempts, skip it or suspend the rule. A failure that
-    /// is the machine's (the wall-clock deadline while fuel metering is on
-    /// to catch a runaway guest) does not count against the event.
+    /// may be the machine's (the wall-clock deadline while fuel metering
+    /// is on to catch a runaway guest) counts a third.
     fn select_failed(
         &mut self,
         log: &EventLog,
@@ -1261,18 +1262,20 @@ impl<K: Kind> RuleCore<K> {
         let Some(event) = candidates.first() else {
             return Err(error.into());
         };
+        // A wall-clock timeout while fuel metering is on may be the
+        // machine's (an overloaded host), not the guest's: it weighs a
+        // third of another failure. It still counts, so a guest whose
+        // fuel outlasts its deadline cannot spin on one event forever.
         let machine =
             matches!(error.kind, CallErrorKind::Timeout { .. }) && self.spec.rule.limits().fuel > 0;
-        if machine {
-            return Err(error.into());
-        }
         let seq = event.seq;
-        let failures = match self.poison {
-            Some((s, n)) if s == seq => n + 1,
-            _ => 1,
+        let (strikes, failures) = match self.poison {
+            Some((s, strikes, n)) if s == seq => (strikes, n + 1),
+            _ => (0, 1),
         };
-        self.poison = Some((seq, failures));
-        if failures < self.spec.select.attempts {
+        let strikes = strikes + if machine { 1 } else { 3 };
+        self.poison = Some((seq, strikes, failures));
+        if strikes < 3 * self.spec.select.attempts {
             return Err(error.into());
         }
         let mut payload = json!({"rule": self.spec.name, "seq": seq,
