@@ -58,6 +58,8 @@
 //! - [`offline`]: `sluice test` — rules against recorded events on a
 //!   virtual clock through the engine's driver, streamed as JSON lines.
 //! - [`cli`]: the `sluice` command line (the binary is a thin shell).
+//!   - [`cli::client`]: the commands that talk to a running server
+//!     (`deploy`, `emit`, `tail`, `rules`, `fires`, `tenants`).
 
 #![deny(missing_docs)]
 

@@ -5,7 +5,8 @@
 //! bounded slices), starts the fires that are due — up to the rule's
 //! concurrency at once, never two of one partition — on the blocking pool
 //! (rounds and handler runs of all rules share a bound of 4 per core, so
-//! a thousand rules due at once take turns on a few threads),
+//! a thousand rules due at once take turns on a few threads; one tenant's
+//! rules hold at most half of it),
 //! commits their outcomes as they finish, and serves its control channel
 //! (pause, resume, re-drive, discard dead letters, stop). Then it sleeps
 //! until the next commit, the next deadline or retry time, a finished
