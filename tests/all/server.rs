@@ -456,7 +456,10 @@ fn hot_swap_under_ingest_loses_and_doubles_nothing() {
         .map(|r| payload(r)["version"].as_u64().unwrap())
         .collect();
     assert_eq!(swaps, vec![2, 3, 4, 5, 6]);
-    assert_eq!(server.get("/v1/rules/echo", &token)["version"], 6);
+    let rule = server.get("/v1/rules/echo", &token);
+    assert_eq!(rule["version"], 6);
+    // Counters carry over the swaps.
+    assert_eq!(rule["counters"]["matched"], total);
     server.stop();
 }
 
@@ -648,6 +651,11 @@ fn pause_resume_and_restart_keep_rules_and_state() {
         echoed_ids(&server.events(&token, "rule:echo")),
         ["1", "2", "3"]
     );
+    // The counters carried over both restarts.
+    server.until("counted", || {
+        let c = &server.get("/v1/rules/echo", &token)["counters"];
+        c["matched"] == 3 && c["fires_ok"] == 1
+    });
     server.stop();
 }
 

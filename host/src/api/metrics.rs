@@ -56,11 +56,11 @@ fn describe() {
     );
     describe_counter!(
         "sluice_fires_total",
-        "Fire outcomes per rule since its task started (status: ok, failed, dead_lettered, cancelled)."
+        "Fire outcomes per rule since it was deployed (status: ok, failed, dead_lettered, cancelled)."
     );
     describe_counter!(
         "sluice_events_matched_total",
-        "Events a rule kept, since its task started."
+        "Events a rule kept, since it was deployed."
     );
     describe_counter!(
         "sluice_fuel_used_total",

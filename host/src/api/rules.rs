@@ -92,7 +92,8 @@ pub struct RuleView {
     pub dead_letters: usize,
     /// Partitions with open state.
     pub partitions: usize,
-    /// Counters since the rule's task started (tick tallies: ever).
+    /// Counters since the rule was deployed (kept across swaps and
+    /// restarts; saved every 30 s while it runs).
     #[schema(value_type = Object)]
     pub counters: serde_json::Value,
     /// Fuel used by the running version's calls.

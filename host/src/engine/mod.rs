@@ -51,7 +51,12 @@ enum Control {
     DiscardDead(String, oneshot::Sender<Result<(), CoreError>>),
     DeadLetters(oneshot::Sender<Result<Vec<FireRecord>, CoreError>>),
     Pending(oneshot::Sender<Result<Vec<FireRecord>, CoreError>>),
+    /// Save the counters (the task asks itself, now and then).
+    SaveCounters,
 }
+
+/// How often a running rule saves its counters.
+const COUNTERS_EVERY: Duration = Duration::from_secs(30);
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -563,6 +568,11 @@ fn serve(core: &mut dyn Driven, log: &EventLog, request: Control) {
         Control::Redrive(id, r) => drop(r.send(core.redrive(log, &id))),
         Control::DiscardDead(id, r) => drop(r.send(core.discard_dead(log, &id))),
         Control::DeadLetters(r) => drop(r.send(core.dead_letters(log))),
+        Control::SaveCounters => {
+            if let Err(e) = core.save_counters(log) {
+                tracing::warn!(error = %e, "could not save the rule's counters");
+            }
+        }
         Control::Pending(r) => drop(
             r.send(Ok(core
                 .pending()
@@ -693,10 +703,22 @@ async fn rule_task(
     let mut running: JoinSet<FireAttempt> = JoinSet::new();
     let mut finished = Vec::new();
     let mut pending_requests = Vec::new();
+    let mut counters_saved = tokio::time::Instant::now();
     loop {
         let stopping = *stop.borrow();
         if stopping && running.is_empty() && finished.is_empty() && pending_requests.is_empty() {
+            // The next opening of the state (a swap, a restart) carries
+            // the counters on.
+            let log = log.clone();
+            let saved = tokio::task::spawn_blocking(move || core.save_counters(&log)).await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(error = %e, "could not save the rule's counters");
+            }
             return;
+        }
+        if counters_saved.elapsed() >= COUNTERS_EVERY {
+            counters_saved = tokio::time::Instant::now();
+            pending_requests.push(Control::SaveCounters);
         }
         committed.borrow_and_update();
         if let Some(m) = moves.as_mut() {

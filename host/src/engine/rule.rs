@@ -167,7 +167,8 @@ pub struct RuleStatus {
     pub last_failure: Option<Failure>,
     /// The earliest deadline or retry time (ms), while not held.
     pub next_due: Option<i64>,
-    /// Counters since the rule's task started.
+    /// Counters since the rule was deployed (saved at stops and every half
+    /// minute; see [`crate::triggers::core::Counters`]).
     pub counters: Counters,
 }
 
@@ -264,6 +265,8 @@ pub trait Driven: Send + std::fmt::Debug {
     fn running(&self) -> usize;
     /// Status (without `last_error`, which the driver knows).
     fn status(&self) -> RuleStatus;
+    /// Save the counters (at a stop, and now and then while running).
+    fn save_counters(&self, log: &EventLog) -> Result<(), CoreError>;
     /// Pause.
     fn pause(&mut self, log: &EventLog) -> Result<(), CoreError>;
     /// Resume (from a pause or a suspension).
@@ -346,6 +349,9 @@ impl<K: Kind> Driven for RuleCore<K> {
     }
     fn running(&self) -> usize {
         self.fires().running()
+    }
+    fn save_counters(&self, log: &EventLog) -> Result<(), CoreError> {
+        RuleCore::save_counters(self, log)
     }
     fn status(&self) -> RuleStatus {
         RuleStatus {

@@ -299,8 +299,12 @@ impl<K: Kind> Plan<K> {
     }
 }
 
-/// Counters of a rule since its core was opened.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+/// Counters of a rule since it was deployed (or last reset): kept across
+/// swaps and restarts, saved at each stop and every half minute while it
+/// runs (a crash loses at most that much counting; the tick tallies are
+/// exact, they change with the schedule's position).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Counters {
     /// Events the rule kept.
     pub matched: u64,
@@ -404,6 +408,10 @@ impl<K: Kind> RuleCore<K> {
         }
         core.suspended = text(key::SUSPENDED)?;
         core.paused = text(key::PAUSED)?.is_some();
+        if let Some(v) = text(key::COUNTERS)? {
+            // Observability only: unreadable counters start again.
+            core.counters = serde_json::from_str(&v).unwrap_or_default();
+        }
         if let Some(v) = text(key::TICK)? {
             let pos = TickPosition::decode(&v).map_err(|e| bad_state(key::TICK, e))?;
             core.set_tick(pos);
@@ -549,9 +557,17 @@ impl<K: Kind> RuleCore<K> {
         self.paused
     }
 
-    /// Counters since the core was opened.
+    /// Counters since the rule was deployed (see [`Counters`]).
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Save the counters, so that the next opening of the rule's state
+    /// (a swap, a restart) carries on from them.
+    pub fn save_counters(&self, log: &EventLog) -> Result<(), CoreError> {
+        let json = serde_json::to_vec(&self.counters).expect("serialisable");
+        log.transact_blocking(Vec::new(), vec![self.put(key::COUNTERS, json)])?;
+        Ok(())
     }
 
     /// Paused or suspended: the rule processes nothing until resumed.

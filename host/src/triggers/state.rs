@@ -38,6 +38,9 @@ pub const BREAKER: &str = "breaker";
 pub const SUSPENDED: &str = "suspended";
 /// Present while the rule is paused.
 pub const PAUSED: &str = "paused";
+/// The rule's counters as last saved (JSON): at each stop, and every
+/// half minute while it runs.
+pub const COUNTERS: &str = "counters";
 /// A schedule's position and tallies: `<last tick> <skipped> <missed>`.
 pub const TICK: &str = "tick";
 /// Prefix of pending fires.
