@@ -1367,3 +1367,71 @@ fn a_guest_whose_fuel_outlasts_its_deadline_cannot_spin_forever() {
     );
     server.stop();
 }
+
+#[test]
+fn ingest_takes_one_event_an_array_or_ndjson_and_dedupes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant("acme");
+    let post = |ct: &str, body: String| {
+        ok(server
+            .req(reqwest::Method::POST, "/v1/events", Some(&token))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .unwrap())
+    };
+    let pretty = serde_json::to_string_pretty(&ev("k", "p1")).unwrap();
+    assert_eq!(post("application/json", pretty)["accepted"], 1);
+    let array = format!("[{}, {}]", ev("k", "a1"), ev("k", "a2"));
+    assert_eq!(post("application/json", array)["accepted"], 2);
+    // NDJSON, with its media type or without.
+    let lines = format!("{}\n\n{}\n", ev("k", "n1"), ev("k", "n2"));
+    let v = post("application/x-ndjson", lines.clone());
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(v["results"][1]["line"], 2);
+    let again = post("application/json", lines);
+    assert_eq!(
+        (again["accepted"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(2))
+    );
+    assert_eq!(
+        again["seqs"], v["seqs"],
+        "duplicates report the original seqs"
+    );
+    assert_eq!(again["results"][0]["outcome"], "duplicate");
+    // Generated ids are in the answer.
+    let v = post(
+        "application/json",
+        json!({"source": "app", "kind": "x", "payload": {}}).to_string(),
+    );
+    assert!(!v["results"][0]["id"].as_str().unwrap().is_empty());
+    // Reads: filters and paging.
+    let page = server.get("/v1/events?kind=thing&limit=2", &token);
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    let next = page["next_after_seq"].as_u64().unwrap();
+    let rest = server.get(&format!("/v1/events?kind=thing&after_seq={next}"), &token);
+    assert_eq!(rest["events"].as_array().unwrap().len(), 3);
+    assert!(rest["next_after_seq"].is_null());
+    let r = server
+        .req(
+            reqwest::Method::GET,
+            "/v1/events?since=yesterday",
+            Some(&token),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("since:"),
+        "{body}"
+    );
+    server.stop();
+}

@@ -130,10 +130,15 @@ pub async fn ingest(
         .is_some_and(|v| v.contains("ndjson") || v.contains("jsonl"));
     let limits = &app.config.event_limits;
     let trimmed = text.trim_start();
-    let events = if !ndjson && trimmed.starts_with('{') {
-        vec![parse_event(&tenant, text, limits)]
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
+    // One object (pretty-printed or not) is one event; NDJSON sent
+    // without its media type is still NDJSON: several lines that are not
+    // one JSON value.
+    let single = !ndjson
+        && trimmed.starts_with('{')
+        && (serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+            || text.lines().filter(|l| !l.trim().is_empty()).count() < 2);
+    let events = if single {
+        parse_event(&tenant, text, limits).map(|e| vec![e])
     } else {
         parse_batch(&tenant, text, limits)
     }
