@@ -813,6 +813,7 @@ fn every_route_needs_a_token_and_hides_other_tenants() {
         (reqwest::Method::GET, "/v1/tenants".into()),
         (reqwest::Method::POST, "/v1/tenants".into()),
         (reqwest::Method::GET, "/v1/tenants/alpha".into()),
+        (reqwest::Method::DELETE, "/v1/tenants/alpha".into()),
         (reqwest::Method::PUT, "/v1/tenants/alpha/quotas".into()),
         (reqwest::Method::GET, "/v1/tenants/alpha/tokens".into()),
         (reqwest::Method::POST, "/v1/tenants/alpha/tokens".into()),
@@ -1433,5 +1434,72 @@ fn ingest_takes_one_event_an_array_or_ndjson_and_dedupes() {
             .starts_with("since:"),
         "{body}"
     );
+    server.stop();
+}
+
+#[test]
+fn deleting_a_tenant_undeploys_its_rules_and_revokes_its_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let server = Server::start(&db);
+    let token = server.tenant("acme");
+    let other = server.tenant("other");
+    for t in [&token, &other] {
+        assert_eq!(
+            server
+                .deploy(t, "echo", &echo_manifest("echo", 1, 5), components::ECHO)
+                .status(),
+            201
+        );
+    }
+    server.emit(&token, &[ev("k", "1")]);
+    server.until("the window open", || {
+        server.get("/v1/rules/echo", &token)["partitions"] == 1
+    });
+    let out = server.cli(ADMIN, &["tenants", "rm", "acme", "--drain", "fire"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its window fired on the way out; its token no longer works.
+    let r = server
+        .req(reqwest::Method::GET, "/v1/rules", Some(&token))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = server
+        .req(reqwest::Method::GET, "/v1/tenants/acme", Some(ADMIN))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let names: Vec<Value> = server
+        .get("/v1/tenants", ADMIN)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("other")]);
+    // The name is not given out again (the log still holds its events).
+    let r = server
+        .req(reqwest::Method::POST, "/v1/tenants", Some(ADMIN))
+        .json(&json!({"name": "acme"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // The other tenant is untouched, and nothing of acme comes back after
+    // a restart.
+    assert_eq!(server.get("/v1/rules/echo", &other)["status"], "active");
+    server.stop();
+    let server = Server::start(&db);
+    let r = server
+        .req(reqwest::Method::GET, "/v1/rules", Some(&token))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(server.get("/v1/rules", &other).as_array().unwrap().len(), 1);
+    let rules = String::from_utf8(server.cli(ADMIN, &["tenants", "ls"]).stdout).unwrap();
+    assert!(!rules.contains("acme"), "{rules}");
     server.stop();
 }

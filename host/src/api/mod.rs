@@ -283,7 +283,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/v1/openapi.json", get(openapi_json))
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
-        .route("/v1/tenants/{tenant}", get(tenants::show))
+        .route(
+            "/v1/tenants/{tenant}",
+            get(tenants::show).delete(tenants::delete),
+        )
         .route("/v1/tenants/{tenant}/quotas", put(tenants::set_quotas))
         .route(
             "/v1/tenants/{tenant}/tokens",

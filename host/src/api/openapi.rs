@@ -11,7 +11,7 @@ use super::{error, events, feed, fires, rules, tenants};
 #[openapi(
     info(title = "Sluice", description = "A WebAssembly-scripted rules engine: tenants deploy rules (Wasm components), send events, and follow fires and outputs on the feed."),
     paths(
-        tenants::create, tenants::list, tenants::show, tenants::set_quotas,
+        tenants::create, tenants::list, tenants::show, tenants::delete, tenants::set_quotas,
         tenants::create_token, tenants::list_tokens, tenants::revoke_token,
         events::ingest, events::list, events::show,
         rules::deploy, rules::list, rules::show, rules::undeploy, rules::pause, rules::resume,

@@ -342,6 +342,18 @@ pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
     }
 }
 
+/// `drain=fire|discard` (default `fire`).
+pub(super) fn parse_drain(drain: Option<&str>) -> Result<Drain, ApiError> {
+    match drain.unwrap_or("fire") {
+        "fire" => Ok(Drain::Fire),
+        "discard" => Ok(Drain::Discard),
+        other => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("drain: {other:?} must be fire or discard"),
+        )),
+    }
+}
+
 fn no_rule(name: &str) -> ApiError {
     ApiError::not_found(format_args!("rule {name:?}"))
 }
@@ -410,16 +422,7 @@ pub async fn undeploy(
     query: Result<Query<UndeployQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Undeployed>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let drain = match query.drain.as_deref().unwrap_or("fire") {
-        "fire" => Drain::Fire,
-        "discard" => Drain::Discard,
-        other => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("drain: {other:?} must be fire or discard"),
-            ));
-        }
-    };
+    let drain = parse_drain(query.drain.as_deref())?;
     let _lifecycle = app.lifecycle.lock().await;
     if app.registry.get(&tenant, &name)?.is_none() {
         return Err(no_rule(&name));

@@ -118,6 +118,10 @@ pub struct Tenant {
     pub created_at: i64,
     /// Its quotas.
     pub quotas: Quotas,
+    /// When it was deleted (its name is not given out again: the log
+    /// still holds its events until retention drops them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<i64>,
 }
 
 /// A token as stored (hash only) and shown (without the hash).
@@ -300,14 +304,61 @@ impl Tenants {
         matches.then_some(Caller::Admin)
     }
 
-    /// A tenant, if there is one of that name.
+    /// A tenant, if there is one of that name (not deleted).
     pub fn get(&self, name: &str) -> Option<Tenant> {
-        self.read().tenants.get(name).cloned()
+        self.read()
+            .tenants
+            .get(name)
+            .filter(|t| t.deleted_at.is_none())
+            .cloned()
     }
 
-    /// Every tenant, by name.
+    /// Every tenant, by name (not the deleted ones).
     pub fn list(&self) -> Vec<Tenant> {
-        self.read().tenants.values().cloned().collect()
+        self.read()
+            .tenants
+            .values()
+            .filter(|t| t.deleted_at.is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// Mark a tenant deleted and revoke its tokens, in one transaction.
+    /// Its name stays taken.
+    pub async fn delete(&self, name: &str, now: i64) -> Result<(), ApiError> {
+        let mut tenant = self
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format_args!("tenant {name:?}")))?;
+        tenant.deleted_at = Some(now);
+        let mut ops = vec![StateOp::Put {
+            ns: NS_TENANTS.into(),
+            key: name.to_owned(),
+            value: serde_json::to_vec(&tenant).expect("serialisable"),
+        }];
+        let revoked: Vec<TokenInfo> = self
+            .read()
+            .tokens
+            .values()
+            .filter(|t| t.tenant == name && t.revoked_at.is_none())
+            .map(|t| TokenInfo {
+                revoked_at: Some(now),
+                ..t.clone()
+            })
+            .collect();
+        for t in &revoked {
+            ops.push(StateOp::Put {
+                ns: NS_TOKENS.into(),
+                key: t.id.clone(),
+                value: serde_json::to_vec(t).expect("serialisable"),
+            });
+        }
+        self.log.transact(Vec::new(), ops).await?;
+        let mut inner = self.write();
+        inner.tenants.insert(name.to_owned(), tenant);
+        for t in revoked {
+            inner.tokens.insert(t.id.clone(), t);
+        }
+        Ok(())
     }
 
     /// Create a tenant with its first token.
@@ -318,16 +369,28 @@ impl Tenants {
         now: i64,
     ) -> Result<CreatedTenant, ApiError> {
         check_name("name", name)?;
-        if self.get(name).is_some() {
-            return Err(ApiError::conflict(
-                "tenant_exists",
-                format!("name: a tenant named {name:?} exists already"),
-            ));
+        match self.read().tenants.get(name) {
+            Some(t) if t.deleted_at.is_some() => {
+                return Err(ApiError::conflict(
+                    "tenant_exists",
+                    format!(
+                        "name: a tenant named {name:?} was deleted; tenant names are not given out again"
+                    ),
+                ));
+            }
+            Some(_) => {
+                return Err(ApiError::conflict(
+                    "tenant_exists",
+                    format!("name: a tenant named {name:?} exists already"),
+                ));
+            }
+            None => {}
         }
         let tenant = Tenant {
             name: name.to_owned(),
             created_at: now,
             quotas,
+            deleted_at: None,
         };
         let (info, token) = Self::mint(name, now);
         self.log
@@ -647,4 +710,53 @@ pub async fn revoke_token(
     Path((tenant, id)): Path<(String, String)>,
 ) -> Result<Json<TokenInfo>, ApiError> {
     Ok(Json(app.tenants.revoke(&tenant, &id, app.now()).await?))
+}
+
+/// Tenant deletion options.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTenantQuery {
+    /// What the tenant's rules do with open windows as they are
+    /// undeployed: `fire` (default) or `discard`.
+    pub drain: Option<String>,
+}
+
+/// Delete a tenant: its rules are undeployed (draining as asked), its
+/// tokens revoked; its name is not given out again.
+#[utoipa::path(delete, operation_id = "tenants_delete", path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path), DeleteTenantQuery),
+    responses((status = 200, body = Tenant), (status = 400, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody)),
+    security(("admin" = [])))]
+pub async fn delete(
+    _: AdminAuth,
+    State(app): State<Arc<App>>,
+    Path(tenant): Path<String>,
+    query: Result<
+        axum::extract::Query<DeleteTenantQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Json<Tenant>, ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let drain = super::rules::parse_drain(q.drain.as_deref())?;
+    let found = app
+        .tenants
+        .get(&tenant)
+        .ok_or_else(|| ApiError::not_found(format_args!("tenant {tenant:?}")))?;
+    let _lifecycle = app.lifecycle.lock().await;
+    for d in app.registry.list_tenant(&tenant)? {
+        app.engine
+            .undeploy_drain(&tenant, &d.name, drain)
+            .await
+            .map_err(|e| ApiError::internal(format_args!("rule {:?}: {e}", d.name)))?;
+        app.registry.remove(&tenant, &d.name).await?;
+    }
+    app.tenants.delete(&tenant, app.now()).await?;
+    tracing::info!(%tenant, "tenant deleted");
+    Ok(Json(Tenant {
+        deleted_at: Some(app.now()),
+        ..found
+    }))
 }

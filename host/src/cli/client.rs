@@ -676,6 +676,15 @@ pub enum TenantsCmd {
     },
     /// List tenants.
     Ls,
+    /// Delete a tenant: its rules are undeployed, its tokens revoked; its
+    /// name is not given out again.
+    Rm {
+        /// The tenant.
+        name: String,
+        /// fire (open windows fire now) or discard (they are dropped).
+        #[arg(long, default_value = "fire")]
+        drain: String,
+    },
     /// A tenant's tokens: list them, make one, or revoke one.
     Tokens {
         /// The tenant.
@@ -715,6 +724,13 @@ pub fn tenants(conn: &Conn, cmd: &TenantsCmd) -> anyhow::Result<()> {
             println!("{}", v["token"]["token"].as_str().unwrap_or_default());
         }
         TenantsCmd::Ls => print_json(&client.get("/v1/tenants")?),
+        TenantsCmd::Rm { name, drain } => {
+            client.json(client.request(
+                reqwest::Method::DELETE,
+                &format!("/v1/tenants/{}?drain={}", encode(name), encode(drain)),
+            ))?;
+            println!("tenant {name} deleted (its rules drained: {drain})");
+        }
         TenantsCmd::Tokens { name, action } => {
             let base = format!("/v1/tenants/{}/tokens", encode(name));
             match action.as_ref().unwrap_or(&TokenCmd::Ls) {
