@@ -1503,3 +1503,37 @@ fn deleting_a_tenant_undeploys_its_rules_and_revokes_its_tokens() {
     assert!(!rules.contains("acme"), "{rules}");
     server.stop();
 }
+
+#[test]
+fn concurrent_deploys_keep_the_rule_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant_with("acme", json!({"max_rules": 2}));
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let (server, token) = (&server, &token);
+                s.spawn(move || {
+                    let name = format!("r{i}");
+                    server
+                        .deploy(token, &name, &echo_manifest(&name, 1, 5), components::ECHO)
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 422).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(server.get("/v1/rules", &token).as_array().unwrap().len(), 2);
+    server.stop();
+}

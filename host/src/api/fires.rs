@@ -239,6 +239,20 @@ pub async fn show(
     Ok(Json(from_record(f, if dead { "dead" } else { "pending" })))
 }
 
+/// A control request's failure: a rule being swapped or stopped is a
+/// conflict to retry, not the server's failure.
+fn control_error(rule: &str, e: crate::engine::ControlError) -> ApiError {
+    match e {
+        crate::engine::ControlError::Core(e) => {
+            ApiError::internal(format_args!("rule {rule:?}: {e}"))
+        }
+        other => ApiError::conflict(
+            "not_running",
+            format!("rule {rule:?} is not running now ({other}); try again"),
+        ),
+    }
+}
+
 fn not_dead(id: &str) -> ApiError {
     ApiError::conflict(
         "not_dead_lettered",
@@ -264,7 +278,7 @@ pub async fn redrive(
     app.engine
         .redrive(&tenant, &rule, &id)
         .await
-        .map_err(|e| ApiError::internal(format_args!("rule {rule:?}: {e}")))?;
+        .map_err(|e| control_error(&rule, e))?;
     Ok(Json(from_record(f, "pending")))
 }
 
@@ -286,6 +300,6 @@ pub async fn discard(
     app.engine
         .discard_dead(&tenant, &rule, &id)
         .await
-        .map_err(|e| ApiError::internal(format_args!("rule {rule:?}: {e}")))?;
+        .map_err(|e| control_error(&rule, e))?;
     Ok(Json(from_record(f, "discarded")))
 }

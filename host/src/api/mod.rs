@@ -123,8 +123,9 @@ pub struct App {
     pub manual: Option<Arc<ManualClock>>,
     /// The Prometheus recorder's handle.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// One deploy or undeploy at a time (compiles run before it is taken).
-    pub lifecycle: tokio::sync::Mutex<()>,
+    /// Per tenant: one deploy or undeploy at a time (compiles run before
+    /// it is taken), so quota counts and version order hold.
+    lifecycle: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// True once the server is shutting down (ends feeds).
     pub shutdown: watch::Receiver<bool>,
     /// Rules that could not start (at start-up), with why.
@@ -135,6 +136,16 @@ impl App {
     /// Engine time (ms).
     pub fn now(&self) -> i64 {
         self.clock.now_millis()
+    }
+
+    /// The lock of `tenant`'s deploys and undeploys.
+    fn tenant_lock(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.lifecycle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone()
     }
 
     fn broken_get(&self, tenant: &str, name: &str) -> Option<String> {
@@ -429,7 +440,7 @@ pub async fn serve(
         tenants,
         clock,
         manual,
-        lifecycle: tokio::sync::Mutex::new(()),
+        lifecycle: Mutex::new(HashMap::new()),
         shutdown,
         broken: Mutex::new(HashMap::new()),
     });

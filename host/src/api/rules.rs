@@ -105,8 +105,18 @@ pub struct RuleView {
     pub last_failure: Option<Failure>,
 }
 
-fn multipart_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request("invalid_form", format!("multipart body: {e}"))
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the upload is over the server's limit for deploys: {}",
+                e.body_text()
+            ),
+        );
+    }
+    ApiError::bad_request("invalid_form", format!("multipart body: {}", e.body_text()))
 }
 
 /// Deploy a rule or swap in a new version. The body is a multipart form
@@ -178,53 +188,26 @@ pub async fn deploy(
         .check(&manifest)
         .map_err(|m| ApiError::unprocessable("quota_exceeded", format!("manifest: {m}")))?;
     let digest = crate::runtime::cache::digest(&component);
-    let previous = app.registry.get(&tenant, &name)?;
-    if let Some(old) = &previous
-        && !query.reset
-    {
-        if old.digest == digest && old.manifest == manifest_text {
-            return Ok((
-                StatusCode::OK,
-                Json(Deployed {
-                    rule: name,
-                    version: old.version,
-                    kind: manifest.trigger.kind().into(),
-                    digest,
-                    outcome: "unchanged".into(),
-                    compile: "hit".into(),
-                    load_ms: 0,
-                    swap_ms: 0,
-                }),
-            ));
-        }
-        if manifest.version <= old.version {
-            return Err(ApiError::conflict(
-                "version_not_raised",
-                format!(
-                    "manifest: version = {} but version {} runs: a new version must raise it",
-                    manifest.version, old.version
-                ),
-            ));
-        }
-    }
-    if previous.is_none() {
-        let count = app.registry.list_tenant(&tenant)?.len();
-        if count >= quotas.max_rules {
-            return Err(ApiError::unprocessable(
-                "quota_exceeded",
-                format!(
-                    "tenant {tenant:?} has {count} rules, its quota (max_rules = {})",
-                    quotas.max_rules
-                ),
-            ));
-        }
+    // A first look, to answer before compiling; checked again under the
+    // tenant's lock, where it counts.
+    let plan = Plan {
+        tenant: tenant.clone(),
+        name: name.clone(),
+        manifest,
+        manifest_text,
+        digest,
+        reset: query.reset,
+        max_rules: quotas.max_rules,
+    };
+    if let Some(unchanged) = plan.check(&app)? {
+        return Ok((StatusCode::OK, Json(unchanged)));
     }
     // Compile (or read the cache) off the async threads.
     let started = std::time::Instant::now();
     let (runtime, t, m, bytes) = (
         app.runtime.clone(),
         tenant.clone(),
-        manifest.clone(),
+        plan.manifest.clone(),
         component.clone(),
     );
     let rule = tokio::task::spawn_blocking(move || Deployable::load(&runtime, &t, &bytes, &m))
@@ -237,49 +220,142 @@ pub async fn deploy(
         _ => "compiled",
     };
     let rule = rule.with_max_partitions(quotas.max_partitions_per_rule);
-    let kind = rule.kind_name().to_owned();
-    // One lifecycle change of a tenant at a time: the quota count and the
-    // registry stay true.
-    let _lifecycle = app.lifecycle.lock().await;
-    if previous.is_none() && app.registry.get(&tenant, &name)?.is_some() {
-        return Err(ApiError::conflict(
-            "deploy_raced",
-            format!("rule {name:?} was deployed by another request meanwhile; try again"),
-        ));
+    // The change runs to its end even if the client goes away meanwhile:
+    // a swap half done (the old task stopped, the new one not started)
+    // must not be left behind.
+    let app2 = app.clone();
+    tokio::spawn(async move { swap(&app2, plan, rule, component, compile, load_ms).await })
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// A deploy, once its request is parsed.
+#[derive(Debug)]
+struct Plan {
+    tenant: String,
+    name: String,
+    manifest: Manifest,
+    manifest_text: String,
+    digest: String,
+    reset: bool,
+    max_rules: usize,
+}
+
+impl Plan {
+    /// Check the deploy against what runs: `Some` when exactly this runs
+    /// already; errors for a version not raised or a quota full.
+    fn check(&self, app: &App) -> Result<Option<Deployed>, ApiError> {
+        let previous = app.registry.get(&self.tenant, &self.name)?;
+        match &previous {
+            Some(old) if !self.reset => {
+                if old.digest == self.digest && old.manifest == self.manifest_text {
+                    return Ok(Some(Deployed {
+                        rule: self.name.clone(),
+                        version: old.version,
+                        kind: self.manifest.trigger.kind().into(),
+                        digest: self.digest.clone(),
+                        outcome: "unchanged".into(),
+                        compile: "hit".into(),
+                        load_ms: 0,
+                        swap_ms: 0,
+                    }));
+                }
+                if self.manifest.version <= old.version {
+                    return Err(ApiError::conflict(
+                        "version_not_raised",
+                        format!(
+                            "manifest: version = {} but version {} runs: a new version must raise it",
+                            self.manifest.version, old.version
+                        ),
+                    ));
+                }
+            }
+            Some(_) => {}
+            None => {
+                let count = app.registry.list_tenant(&self.tenant)?.len();
+                if count >= self.max_rules {
+                    return Err(ApiError::unprocessable(
+                        "quota_exceeded",
+                        format!(
+                            "tenant {:?} has {count} rules, its quota (max_rules = {})",
+                            self.tenant, self.max_rules
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(None)
     }
+}
+
+/// Swap `rule` in under the tenant's lock. The deployment is recorded
+/// first — a crash right after brings this version back at start-up, with
+/// the state it then finds — and put back as it was if the engine refuses.
+async fn swap(
+    app: &App,
+    plan: Plan,
+    rule: Deployable,
+    component: axum::body::Bytes,
+    compile: &'static str,
+    load_ms: u64,
+) -> Result<(StatusCode, Json<Deployed>), ApiError> {
+    let lock = app.tenant_lock(&plan.tenant);
+    let _lifecycle = lock.lock().await;
+    if let Some(unchanged) = plan.check(app)? {
+        return Ok((StatusCode::OK, Json(unchanged)));
+    }
+    let (tenant, name) = (plan.tenant.clone(), plan.name.clone());
+    if !plan.reset {
+        // A kind change is refused before anything is written.
+        let (log, check) = (app.log.clone(), rule.clone());
+        let checked = tokio::task::spawn_blocking(move || check.check_state(&log))
+            .await
+            .map_err(ApiError::internal)?;
+        if let Err(e) = checked {
+            return Err(core_error(&name, e));
+        }
+    }
+    let previous = app.registry.get(&tenant, &name)?;
+    let previous_component = match &previous {
+        Some(old) => app.registry.component(&old.digest)?,
+        None => None,
+    };
+    let kind = rule.kind_name().to_owned();
+    let deployment = Deployment {
+        tenant: tenant.clone(),
+        name: name.clone(),
+        version: plan.manifest.version,
+        manifest: plan.manifest_text.clone(),
+        digest: plan.digest.clone(),
+        deployed_at: app.now(),
+    };
+    app.registry.put(&deployment, &component).await?;
     let swap_started = std::time::Instant::now();
-    let result = if query.reset {
+    let result = if plan.reset {
         app.engine.deploy_reset(rule).await
     } else {
         app.engine.deploy(rule).await
     };
-    match result {
-        Ok(()) => {}
-        Err(CoreError::State { key, problem }) if key == "kind" => {
-            return Err(ApiError::conflict(
-                "kind_changed",
-                format!("manifest: trigger: {problem} (deploy with ?reset=true to drop it)"),
-            ));
+    if let Err(e) = result {
+        // The engine kept (or put back) the previous version: so does the
+        // registry.
+        let restored = match (&previous, &previous_component) {
+            (Some(old), Some(bytes)) => app.registry.put(old, bytes).await,
+            _ => app.registry.remove(&tenant, &name).await.map(drop),
+        };
+        if let Err(r) = restored {
+            tracing::error!(%tenant, rule = %name, error = %r, "could not put the previous deployment back");
         }
-        Err(e) => return Err(ApiError::internal(format_args!("rule {name:?}: {e}"))),
+        return Err(core_error(&name, e));
     }
     let swap_ms = swap_started.elapsed().as_millis() as u64;
     app.broken_remove(&tenant, &name);
-    let deployment = Deployment {
-        tenant: tenant.clone(),
-        name: name.clone(),
-        version: manifest.version,
-        manifest: manifest_text,
-        digest: digest.clone(),
-        deployed_at: app.now(),
-    };
-    app.registry.put(&deployment, &component).await?;
-    let outcome = match (&previous, query.reset) {
+    let outcome = match (&previous, plan.reset) {
         (None, false) => "created",
         (_, true) => "reset",
         (Some(_), false) => "swapped",
     };
-    tracing::info!(%tenant, rule = %name, version = manifest.version, outcome, compile, load_ms, swap_ms, "deployed");
+    tracing::info!(%tenant, rule = %name, version = plan.manifest.version, outcome, compile, load_ms, swap_ms, "deployed");
     let status = if previous.is_some() {
         StatusCode::OK
     } else {
@@ -289,9 +365,9 @@ pub async fn deploy(
         status,
         Json(Deployed {
             rule: name,
-            version: manifest.version,
+            version: plan.manifest.version,
             kind,
-            digest,
+            digest: plan.digest,
             outcome: outcome.into(),
             compile: compile.into(),
             load_ms,
@@ -300,11 +376,21 @@ pub async fn deploy(
     ))
 }
 
+fn core_error(name: &str, e: CoreError) -> ApiError {
+    match e {
+        CoreError::State { key, problem } if key == "kind" => ApiError::conflict(
+            "kind_changed",
+            format!("manifest: trigger: {problem} (deploy with ?reset=true to drop it)"),
+        ),
+        e => ApiError::internal(format_args!("rule {name:?}: {e}")),
+    }
+}
+
 /// How a rule is shown.
 pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
     let manifest = Manifest::parse(&d.manifest).ok();
     let status: Option<RuleStatus> = app.engine.status(&d.tenant, &d.name);
-    let fuel_used = match app.engine.loaded(&d.tenant, &d.name).await {
+    let fuel_used = match app.engine.loaded(&d.tenant, &d.name) {
         Some(rule) => rule.spec.rule.fuel_used(),
         None => 0,
     };
@@ -423,16 +509,12 @@ pub async fn undeploy(
 ) -> Result<Json<Undeployed>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let drain = parse_drain(query.drain.as_deref())?;
-    let _lifecycle = app.lifecycle.lock().await;
-    if app.registry.get(&tenant, &name)?.is_none() {
-        return Err(no_rule(&name));
-    }
-    app.engine
-        .undeploy_drain(&tenant, &name, drain)
+    // Run to the end even if the client goes away.
+    let app2 = app.clone();
+    let (t, n) = (tenant.clone(), name.clone());
+    tokio::spawn(async move { undeploy_now(&app2, &t, &n, drain).await })
         .await
-        .map_err(|e| ApiError::internal(format_args!("rule {name:?}: {e}")))?;
-    app.registry.remove(&tenant, &name).await?;
-    app.broken_remove(&tenant, &name);
+        .map_err(ApiError::internal)??;
     tracing::info!(%tenant, rule = %name, ?drain, "undeployed");
     Ok(Json(Undeployed {
         rule: name,
@@ -442,6 +524,28 @@ pub async fn undeploy(
         }
         .into(),
     }))
+}
+
+/// Undeploy under the tenant's lock. The deployment is forgotten first: a
+/// crash mid-drain leaves the rule's state for a later deploy, and never
+/// brings back a rule the feed says is gone.
+pub(super) async fn undeploy_now(
+    app: &App,
+    tenant: &str,
+    name: &str,
+    drain: Drain,
+) -> Result<(), ApiError> {
+    let lock = app.tenant_lock(tenant);
+    let _lifecycle = lock.lock().await;
+    if !app.registry.remove(tenant, name).await? {
+        return Err(no_rule(name));
+    }
+    app.broken_remove(tenant, name);
+    app.engine
+        .undeploy_drain(tenant, name, drain)
+        .await
+        .map_err(|e| ApiError::internal(format_args!("rule {name:?}: {e}")))?;
+    Ok(())
 }
 
 async fn control(
@@ -460,10 +564,12 @@ async fn control(
         app.engine.resume(tenant, name).await
     };
     result.map_err(|e| match e {
-        crate::engine::ControlError::NoSuchRule(_) => ApiError::conflict(
-            "not_running",
-            format!("rule {name:?} is not running (see its last_error)"),
-        ),
+        crate::engine::ControlError::NoSuchRule(_) | crate::engine::ControlError::Stopped(_) => {
+            ApiError::conflict(
+                "not_running",
+                format!("rule {name:?} is not running now (being swapped or stopped, or see its last_error)"),
+            )
+        }
         other => ApiError::internal(format_args!("rule {name:?}: {other}")),
     })?;
     Ok(Json(view(app, &d).await))

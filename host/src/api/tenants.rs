@@ -745,13 +745,8 @@ pub async fn delete(
         .tenants
         .get(&tenant)
         .ok_or_else(|| ApiError::not_found(format_args!("tenant {tenant:?}")))?;
-    let _lifecycle = app.lifecycle.lock().await;
     for d in app.registry.list_tenant(&tenant)? {
-        app.engine
-            .undeploy_drain(&tenant, &d.name, drain)
-            .await
-            .map_err(|e| ApiError::internal(format_args!("rule {:?}: {e}", d.name)))?;
-        app.registry.remove(&tenant, &d.name).await?;
+        super::rules::undeploy_now(&app, &tenant, &d.name, drain).await?;
     }
     app.tenants.delete(&tenant, app.now()).await?;
     tracing::info!(%tenant, "tenant deleted");

@@ -445,14 +445,22 @@ pub fn tail(conn: &Conn, args: &TailArgs) -> anyhow::Result<()> {
             reqwest::Method::GET,
             &format!("/v1/feed?{}", query.join("&")),
         );
-        let response = match client.send(rb) {
-            Ok(r) => r,
+        let response = match rb.send() {
+            Ok(r) if r.status().is_client_error() => return Err(client.refused(r)),
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) if seen > 0 => {
+                eprintln!("sluice tail: {}; reconnecting", client.refused(r));
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            Ok(r) => return Err(client.refused(r)),
             Err(e) if seen > 0 => {
+                let e = client.unreachable(&e);
                 eprintln!("sluice tail: {e}; reconnecting");
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(client.unreachable(&e)),
         };
         let mut reader = BufReader::new(response);
         let (mut event, mut id, mut data) = (String::new(), None::<u64>, String::new());

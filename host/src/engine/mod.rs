@@ -510,9 +510,11 @@ impl Engine {
     }
 
     /// The component a deployed rule runs (its fuel meter included).
-    pub async fn loaded(&self, tenant: &str, name: &str) -> Option<Deployable> {
+    /// `None` while the rule is being swapped or stopped (a read does not
+    /// wait for that).
+    pub fn loaded(&self, tenant: &str, name: &str) -> Option<Deployable> {
         let slot = self.slot(&(tenant.to_owned(), name.to_owned()), false)?;
-        let running = slot.lock().await;
+        let running = slot.try_lock().ok()?;
         running.as_ref().map(|d| d.rule.clone())
     }
 
@@ -525,10 +527,17 @@ impl Engine {
             .values()
             .cloned()
             .collect();
+        // Every rule is told to stop first, then all are joined: a grace
+        // period that runs out leaves no rule still starting fires.
+        let mut stopping = Vec::new();
         for slot in slots {
             if let Some(d) = slot.lock().await.take() {
-                stop_and_join(d).await;
+                d.stop.send_replace(true);
+                stopping.push(d);
             }
+        }
+        for d in stopping {
+            stop_and_join(d).await;
         }
     }
 
