@@ -585,6 +585,33 @@ fn undeploy_drains_by_firing_or_discarding() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(server.get("/v1/rules", &token), json!([]));
+    let gone: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "rule.undeployed")
+        .collect();
+    assert!(
+        gone.iter()
+            .all(|r| payload(r)["dropped"]["partitions"] == 0),
+        "{gone:?}"
+    );
+    // The name deployed again starts afresh, at the log's end: the old
+    // events are not read again.
+    assert_eq!(
+        server
+            .deploy(
+                &token,
+                "drop",
+                &echo_manifest("drop", 1, 100),
+                components::ECHO
+            )
+            .status(),
+        201
+    );
+    server.emit(&token, &[ev("c", "3")]);
+    server.until("the new event read", || {
+        server.get("/v1/rules/drop", &token)["counters"]["matched"] == 1
+    });
+    assert_eq!(server.get("/v1/rules/drop", &token)["partitions"], 1);
     let r = server
         .req(
             reqwest::Method::DELETE,

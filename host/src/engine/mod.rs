@@ -267,15 +267,27 @@ impl Engine {
     /// Drop a (stopped) rule's state and pin; its cursor starts at the log's
     /// end. One transaction, with a `rule.reset` record.
     async fn reset(&self, key: &RuleKey, rule: &Deployable) -> Result<(), CoreError> {
+        self.drop_state(key, "rule.reset", &rule.describe()).await
+    }
+
+    /// Drop a stopped rule's state and release its pin, in one transaction
+    /// with the engine record `kind`; a later start of the name reads on
+    /// from the log's end.
+    async fn drop_state(
+        &self,
+        key: &RuleKey,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), CoreError> {
         let ns = crate::triggers::state::namespace(&key.0, &key.1);
         let last = self.log.last_seq();
         let now = self.clock.now_millis();
         let record = crate::triggers::engine_record(
             &key.0,
-            format_args!("reset:{}:{now}:{last}", key.1),
-            "rule.reset",
+            format_args!("{kind}:{}:{now}:{last}", key.1),
+            kind,
             now,
-            &rule.describe(),
+            payload,
         );
         let ops = vec![
             StateOp::Clear { ns: ns.clone() },
@@ -370,8 +382,10 @@ impl Engine {
     /// pending runs now — retried at once up to the rule's attempts, then
     /// dead-lettered — so nothing waits for a rule that is gone; with
     /// [`Drain::Discard`] they are dropped and reported
-    /// (`windows.discarded`). Memberships are not windows: a dwell rule's
-    /// stay as they are. False when no such rule runs.
+    /// (`windows.discarded`). Then the rule's state goes — what the drain
+    /// left (memberships, dead letters) is counted on the `rule.undeployed`
+    /// record — and its retention pin with it; a later deploy of the name
+    /// starts afresh at the log's end. False when no such rule runs.
     pub async fn undeploy_drain(
         &self,
         tenant: &str,
@@ -397,10 +411,10 @@ impl Engine {
             Drain::Fire => "fire",
             Drain::Discard => "discard",
         });
-        let mut core = self.open(rule).await?;
+        let mut core = self.open(rule.clone()).await?;
         let (log, clock) = (self.log.clone(), self.clock.clone());
-        joined(
-            tokio::task::spawn_blocking(move || -> Result<(), CoreError> {
+        let left = joined(
+            tokio::task::spawn_blocking(move || -> Result<RuleStatus, CoreError> {
                 let now = clock.now_millis();
                 core.drain(&log, now, drain == Drain::Fire)?;
                 if drain == Drain::Fire {
@@ -411,11 +425,17 @@ impl Engine {
                         }
                     }
                 }
-                Ok(())
+                Ok(core.status())
             })
             .await,
         )??;
-        self.record(&key, "rule.undeployed", record).await;
+        // What the drain leaves (memberships, dead letters, fires not
+        // fired) goes with the rule, counted on the record; the rule's pin
+        // goes too, so retention can prune what it held. A later deploy
+        // of the name starts afresh at the log's end.
+        record["dropped"] = serde_json::json!({"partitions": left.partitions,
+            "dead_letters": left.dead_letters, "pending_fires": left.pending_fires});
+        self.drop_state(&key, "rule.undeployed", &record).await?;
         Ok(true)
     }
 
