@@ -1564,3 +1564,41 @@ fn concurrent_deploys_keep_the_rule_quota() {
     assert_eq!(server.get("/v1/rules", &token).as_array().unwrap().len(), 2);
     server.stop();
 }
+
+#[test]
+fn a_feed_ends_when_its_token_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let created = server.post("/v1/tenants", ADMIN, json!({"name": "acme"}));
+    let (token, id) = (
+        created["token"]["token"].as_str().unwrap().to_owned(),
+        created["token"]["id"].as_str().unwrap().to_owned(),
+    );
+    server.emit(&token, &[ev("k", "1")]);
+    let r = server
+        .req(reqwest::Method::GET, "/v1/feed?after_seq=0", Some(&token))
+        .send()
+        .unwrap();
+    let mut lines = BufReader::new(r);
+    let mut line = String::new();
+    while !line.starts_with("data:") {
+        line.clear();
+        lines.read_line(&mut line).unwrap();
+    }
+    let r = server
+        .req(
+            reqwest::Method::DELETE,
+            &format!("/v1/tenants/acme/tokens/{id}"),
+            Some(ADMIN),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The stream ends (within a heartbeat): reading reaches its end.
+    let started = Instant::now();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut lines, &mut rest);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(!rest.contains("data:"), "{rest}");
+    server.stop();
+}

@@ -103,6 +103,15 @@ pub async fn feed(
         ),
         None => None,
     };
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned())
+        .unwrap_or_default();
     let after = resume.or(q.after_seq).unwrap_or_else(|| {
         if q.live == Some(true) {
             app.log.last_seq()
@@ -112,9 +121,14 @@ pub async fn feed(
     });
     let sub = app.log.subscribe(Some(&tenant), after);
     let shutdown = app.shutdown.clone();
+    // The token is checked again as the feed runs: a revoked token's feed
+    // ends within a heartbeat.
+    let mut recheck = tokio::time::interval(app.config.heartbeat);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watch = (app.clone(), token, tenant.clone());
     let stream = futures_util::stream::unfold(
-        (sub, shutdown, q, false),
-        |(mut sub, mut shutdown, q, done)| async move {
+        (sub, shutdown, q, false, recheck, watch),
+        |(mut sub, mut shutdown, q, done, mut recheck, watch)| async move {
             if done {
                 return None;
             }
@@ -122,6 +136,12 @@ pub async fn feed(
                 let item = tokio::select! {
                     item = sub.next() => item,
                     _ = shutdown.wait_for(|s| *s) => return None,
+                    _ = recheck.tick() => {
+                        if watch.0.tenants.still_valid(&watch.1, &watch.2) {
+                            continue;
+                        }
+                        return None;
+                    }
                 };
                 match item {
                     Ok(FeedItem::Event(e)) => {
@@ -133,11 +153,11 @@ pub async fn feed(
                             .id(e.seq.to_string())
                             .event(item_type(&e))
                             .data(data);
-                        return Some((Ok(msg), (sub, shutdown, q, false)));
+                        return Some((Ok(msg), (sub, shutdown, q, false, recheck, watch)));
                     }
                     Err(e) => {
                         let msg = SseEvent::default().event("feed-error").data(e.to_string());
-                        return Some((Ok(msg), (sub, shutdown, q, true)));
+                        return Some((Ok(msg), (sub, shutdown, q, true, recheck, watch)));
                     }
                 }
             }

@@ -304,6 +304,12 @@ impl Tenants {
         matches.then_some(Caller::Admin)
     }
 
+    /// Whether `token` still acts for `tenant` (a feed checks it as it
+    /// runs: a revoked token's feed ends).
+    pub fn still_valid(&self, token: &str, tenant: &str) -> bool {
+        self.authenticate(token) == Some(Caller::Tenant(tenant.to_owned()))
+    }
+
     /// A tenant, if there is one of that name (not deleted).
     pub fn get(&self, name: &str) -> Option<Tenant> {
         self.read()
