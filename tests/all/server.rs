@@ -24,6 +24,10 @@ struct Server {
 
 impl Server {
     fn start(db: &Path) -> Self {
+        Self::start_with(db, &[])
+    }
+
+    fn start_with(db: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["serve", "--listen", "127.0.0.1:0", "--heartbeat", "200ms"])
             .args([
@@ -34,6 +38,7 @@ impl Server {
             ])
             .arg("--db")
             .arg(db)
+            .args(extra)
             .env("SLUICE_ADMIN_TOKEN", ADMIN)
             .env("SLUICE_LOG", "error")
             .stdout(Stdio::piped())
@@ -1600,5 +1605,60 @@ fn a_feed_ends_when_its_token_is_revoked() {
     let _ = std::io::Read::read_to_string(&mut lines, &mut rest);
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(!rest.contains("data:"), "{rest}");
+    server.stop();
+}
+
+#[test]
+fn retention_prunes_what_no_rule_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let server = Server::start(&db);
+    let token = server.tenant("acme");
+    // Noise nothing holds, then an event a rule's open window holds, then
+    // more noise: retention prunes a prefix of the log, up to the first
+    // event something still holds.
+    assert_eq!(
+        server
+            .deploy(
+                &token,
+                "echo",
+                &echo_manifest("echo", 1, 100),
+                components::ECHO
+            )
+            .status(),
+        201
+    );
+    let noise = |from: usize, n: usize| -> Vec<Value> {
+        (from..from + n)
+            .map(
+                |i| json!({"id": format!("n{i}"), "source": "app", "kind": "noise", "payload": {}}),
+            )
+            .collect()
+    };
+    server.emit(&token, &noise(0, 20));
+    server.emit(&token, &[ev("held", "h")]);
+    server.emit(&token, &noise(20, 10));
+    server.until("read", || {
+        server.get("/v1/rules/echo", &token)["cursor"].as_u64() >= Some(31)
+    });
+    server.stop();
+    let server = Server::start_with(&db, &["--retain-events", "5"]);
+    server.until("pruned", || {
+        server.get("/v1/events?limit=100", &token)["events"]
+            .as_array()
+            .unwrap()
+            .len()
+            < 21
+    });
+    let left: Vec<String> = server.get("/v1/events?limit=100", &token)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        left.contains(&"h".to_owned()),
+        "the open window's event stays: {left:?}"
+    );
     server.stop();
 }

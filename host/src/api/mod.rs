@@ -83,6 +83,8 @@ pub struct ServerConfig {
     pub manual_clock: Option<i64>,
     /// Limits of ingested events.
     pub event_limits: EventLimits,
+    /// Pruning of old events, if any (a pass a minute).
+    pub retention: Option<crate::log::RetentionPolicy>,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +100,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             manual_clock: None,
             event_limits: EventLimits::default(),
+            retention: None,
         }
     }
 }
@@ -445,6 +448,9 @@ pub async fn serve(
         broken: Mutex::new(HashMap::new()),
     });
     let started = restore(&app).await?;
+    if let Some(policy) = app.config.retention.clone() {
+        app.log.spawn_retention(policy, Duration::from_secs(60));
+    }
     let signalled = signals()?;
     tracing::info!(%addr, rules = started, "sluice serving");
     ready(addr, generated.as_deref());

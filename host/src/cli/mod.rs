@@ -65,6 +65,13 @@ enum Command {
         /// moved with POST /v1/clock: for tests.
         #[arg(long)]
         manual_clock: Option<String>,
+        /// Prune events older than this (never ones still held by open
+        /// windows, memberships or pending fires). Default: keep all.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retain: Option<std::time::Duration>,
+        /// Keep at most this many of the newest events (same exception).
+        #[arg(long)]
+        retain_events: Option<u64>,
     },
     /// Deploy a rule to a server, or swap in a new version: DIR (with
     /// rule.toml and the component) or a .wasm with --manifest.
@@ -231,7 +238,15 @@ pub fn main() -> ExitCode {
             shutdown_grace,
             max_body,
             manual_clock,
+            retain,
+            retain_events,
         } => serve(crate::api::ServerConfig {
+            retention: (retain.is_some() || retain_events.is_some()).then_some(
+                crate::log::RetentionPolicy {
+                    max_age: retain,
+                    max_events: retain_events,
+                },
+            ),
             db,
             listen,
             cache_dir,
