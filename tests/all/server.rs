@@ -1662,3 +1662,39 @@ fn retention_prunes_what_no_rule_holds() {
     );
     server.stop();
 }
+
+#[test]
+fn a_new_rule_reads_history_unless_it_starts_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("s.db"));
+    let token = server.tenant("acme");
+    server.emit(&token, &[ev("k", "old1"), ev("k", "old2")]);
+    // A first deploy reads the tenant's log from its start.
+    assert_eq!(
+        server
+            .deploy(&token, "all", &echo_manifest("all", 1, 2), components::ECHO)
+            .status(),
+        201
+    );
+    server.until("history echoed", || {
+        server.events(&token, "rule:all").len() == 1
+    });
+    // `?reset=true` starts it at the log's end instead.
+    let r = server.deploy_q(
+        &token,
+        "fresh",
+        &echo_manifest("fresh", 1, 2),
+        components::ECHO,
+        "?reset=true",
+    );
+    assert_eq!(r.status(), 201);
+    server.emit(&token, &[ev("k", "new1"), ev("k", "new2")]);
+    server.until("new events echoed", || {
+        server.events(&token, "rule:fresh").len() == 1
+    });
+    assert_eq!(
+        echoed_ids(&server.events(&token, "rule:fresh")),
+        ["new1", "new2"]
+    );
+    server.stop();
+}
