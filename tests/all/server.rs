@@ -321,6 +321,19 @@ fn tenants_deploy_emit_tail_and_inspect() {
     // Completed fires are listed from the engine's records.
     let done = server.get("/v1/fires?status=completed", &token);
     assert_eq!(done.as_array().unwrap().len(), 2, "{done}");
+    let seqs: Vec<u64> = done
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["record_seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs[0] < seqs[1], "oldest first: {seqs:?}");
+    let newest = server.get("/v1/fires?status=completed&limit=1&rule=echo", &token);
+    assert_eq!(
+        newest[0]["record_seq"].as_u64(),
+        Some(seqs[1]),
+        "the newest one"
+    );
     // Metrics and the OpenAPI document need no token.
     let metrics = server
         .req(reqwest::Method::GET, "/metrics", None)

@@ -162,23 +162,29 @@ async fn recorded(
     } else {
         "fire.failed"
     };
+    // The newest records of that kind, on the (tenant, kind, seq) index:
+    // what this reads does not grow with the log.
     let log = app.log.clone();
     let mut out = Vec::new();
-    // Newest first, a page at a time, back from the log's end.
-    let mut until = log.last_seq();
-    while out.len() < limit && until > 0 {
+    let mut before = None::<u64>;
+    while out.len() < limit {
         let query = EventQuery {
             source: Some(ENGINE_SOURCE.into()),
             kind: Some(kind.into()),
-            after_seq: Some(until.saturating_sub(50_000)),
-            until_seq: Some(until),
-            ..EventQuery::tenant(tenant, usize::MAX)
+            until_seq: before.map(|b| b - 1),
+            newest_first: true,
+            ..EventQuery::tenant(tenant, 1_000)
         };
         let log2 = log.clone();
         let page = tokio::task::spawn_blocking(move || log2.query(&query))
             .await
             .map_err(ApiError::internal)??;
-        for e in page.iter().rev() {
+        let Some(last) = page.last() else {
+            break;
+        };
+        before = Some(last.seq);
+        let full = page.len() == 1_000;
+        for e in &page {
             let p: serde_json::Value = serde_json::from_str(&e.payload).unwrap_or_default();
             let r = p["rule"].as_str().unwrap_or_default();
             if rule.is_some_and(|want| want != r) {
@@ -201,7 +207,9 @@ async fn recorded(
                 break;
             }
         }
-        until = until.saturating_sub(50_000);
+        if !full || before == Some(1) {
+            break;
+        }
     }
     out.reverse();
     Ok(out)

@@ -76,6 +76,8 @@ pub struct EventQuery {
     pub kind: Option<String>,
     /// At most this many events.
     pub limit: usize,
+    /// The newest `limit` of them, newest first (`false`: oldest first).
+    pub newest_first: bool,
 }
 
 impl EventQuery {
@@ -90,6 +92,7 @@ impl EventQuery {
             source: None,
             kind: None,
             limit,
+            newest_first: false,
         }
     }
 }
@@ -837,6 +840,7 @@ impl Subscription {
             source: None,
             kind: None,
             limit: REPLAY_CHUNK,
+            newest_first: false,
         }
     }
 

@@ -443,7 +443,8 @@ fn select_sql(q: &EventQuery) -> (String, Vec<Arg>) {
         push("time <", Arg::Int(until));
     }
     args.push(Arg::Int(q.limit.min(i64::MAX as usize) as i64));
-    sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
+    let order = if q.newest_first { "DESC" } else { "ASC" };
+    sql.push_str(&format!(" ORDER BY seq {order} LIMIT ?{}", args.len()));
     (sql, args)
 }
 
