@@ -751,10 +751,16 @@ pub async fn delete(
         .tenants
         .get(&tenant)
         .ok_or_else(|| ApiError::not_found(format_args!("tenant {tenant:?}")))?;
-    for d in app.registry.list_tenant(&tenant)? {
-        super::rules::undeploy_now(&app, &tenant, &d.name, drain).await?;
-    }
-    app.tenants.delete(&tenant, app.now()).await?;
+    // Runs to its end even if the client goes away.
+    let (app2, t) = (app.clone(), tenant.clone());
+    tokio::spawn(async move {
+        for d in app2.registry.list_tenant(&t)? {
+            super::rules::undeploy_now(&app2, &t, &d.name, drain).await?;
+        }
+        app2.tenants.delete(&t, app2.now()).await
+    })
+    .await
+    .map_err(ApiError::internal)??;
     tracing::info!(%tenant, "tenant deleted");
     Ok(Json(Tenant {
         deleted_at: Some(app.now()),
