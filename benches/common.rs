@@ -17,3 +17,17 @@ pub fn rss_bytes() -> u64 {
         .unwrap_or(0);
     pages * 4096
 }
+
+/// Whether this run measures: `cargo test --benches` runs the bench
+/// binaries without `--bench`, and they then do nothing.
+pub fn benching() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// A number from the environment (`SLUICE_BENCH_SECS` …), or `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

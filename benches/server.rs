@@ -1214,14 +1214,10 @@ fn settle() {
 }
 
 fn main() {
-    // `cargo test --benches` runs bench binaries with no `--bench`: skip.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::benching() {
         return;
     }
-    let secs: u64 = std::env::var("SLUICE_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let secs: u64 = common::env_or("SLUICE_BENCH_SECS", 10);
     let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
     let run = |part: &str| only.is_empty() || only == part;
     let mut table = Table::default();

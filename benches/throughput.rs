@@ -16,6 +16,9 @@
 //! Run: `cargo bench -p sluice --bench throughput` (SLUICE_BENCH_EVENTS
 //! overrides the 1 000 000).
 
+#[path = "common.rs"]
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -333,13 +336,10 @@ fn trigger_500() -> BatchTrigger {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::benching() {
         return;
     }
-    let n: u64 = std::env::var("SLUICE_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let n: u64 = common::env_or("SLUICE_BENCH_EVENTS", 1_000_000);
     // SLUICE_BENCH_ONLY=fires skips the end-to-end part (for profiling).
     let only_fires = std::env::var("SLUICE_BENCH_ONLY").is_ok_and(|v| v == "fires");
     if !only_fires {

@@ -239,10 +239,7 @@ fn run_schedules(
 }
 
 fn many_rules(tokio: &tokio::runtime::Runtime, rt: &Runtime, secs: u64) {
-    let rules: usize = std::env::var("SLUICE_BENCH_RULES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000);
+    let rules: usize = common::env_or("SLUICE_BENCH_RULES", 1_000);
     let ticking: Vec<Manifest> = (0..rules)
         .map(|i| schedule_manifest(&format!("tick-{i:04}"), "* * * * * *", ""))
         .collect();
@@ -309,14 +306,10 @@ fn report(shape: &str, what: &str, late: &[i64], secs: u64, (busy, idle): (Durat
 }
 
 fn main() {
-    // `cargo test --benches` runs bench binaries with no `--bench`: skip.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::benching() {
         return;
     }
-    let secs: u64 = std::env::var("SLUICE_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let secs: u64 = common::env_or("SLUICE_BENCH_SECS", 60);
     let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -256,8 +256,7 @@ fn timer_lateness(rt: &Runtime) {
 }
 
 fn main() {
-    // `cargo test --benches` runs bench binaries with no `--bench`: skip.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::benching() {
         return;
     }
     let tokio = tokio::runtime::Builder::new_multi_thread()

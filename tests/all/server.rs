@@ -103,6 +103,18 @@ impl Server {
         v["token"]["token"].as_str().unwrap().to_owned()
     }
 
+    /// Deploy a new rule, which must be created (201).
+    fn deployed(&self, token: &str, name: &str, manifest: &str, wasm: &str) {
+        let r = self.deploy(token, name, manifest, wasm);
+        let status = r.status();
+        assert_eq!(
+            status,
+            201,
+            "deploy {name}: {}",
+            r.text().unwrap_or_default()
+        );
+    }
+
     fn deploy(&self, token: &str, name: &str, manifest: &str, wasm: &str) -> Response {
         self.deploy_q(token, name, manifest, wasm, "")
     }
@@ -489,16 +501,11 @@ fn bad_uploads_change_nothing_and_kind_changes_need_a_reset() {
         "acme",
         json!({"max_rules": 1, "max_fuel": 3_000_000_000u64}),
     );
-    assert_eq!(
-        server
-            .deploy(
-                &token,
-                "echo",
-                &echo_manifest("echo", 1, 2),
-                components::ECHO
-            )
-            .status(),
-        201
+    server.deployed(
+        &token,
+        "echo",
+        &echo_manifest("echo", 1, 2),
+        components::ECHO,
     );
     server.emit(&token, &[ev("k", "a")]);
     let cases: Vec<(&str, String, &str, u16, &str)> = vec![
@@ -548,12 +555,7 @@ fn undeploy_drains_by_firing_or_discarding() {
     let server = Server::start(&dir.path().join("s.db"));
     let token = server.tenant("acme");
     for name in ["keep", "drop"] {
-        assert_eq!(
-            server
-                .deploy(&token, name, &echo_manifest(name, 1, 100), components::ECHO)
-                .status(),
-            201
-        );
+        server.deployed(&token, name, &echo_manifest(name, 1, 100), components::ECHO);
     }
     server.emit(&token, &[ev("a", "1"), ev("b", "2")]);
     server.until("both windows open", || {
@@ -614,16 +616,11 @@ fn undeploy_drains_by_firing_or_discarding() {
     );
     // The name deployed again starts afresh, at the log's end: the old
     // events are not read again.
-    assert_eq!(
-        server
-            .deploy(
-                &token,
-                "drop",
-                &echo_manifest("drop", 1, 100),
-                components::ECHO
-            )
-            .status(),
-        201
+    server.deployed(
+        &token,
+        "drop",
+        &echo_manifest("drop", 1, 100),
+        components::ECHO,
     );
     server.emit(&token, &[ev("c", "3")]);
     server.until("the new event read", || {
@@ -648,16 +645,11 @@ fn pause_resume_and_restart_keep_rules_and_state() {
     let db = dir.path().join("s.db");
     let server = Server::start(&db);
     let token = server.tenant("acme");
-    assert_eq!(
-        server
-            .deploy(
-                &token,
-                "echo",
-                &echo_manifest("echo", 1, 3),
-                components::ECHO
-            )
-            .status(),
-        201
+    server.deployed(
+        &token,
+        "echo",
+        &echo_manifest("echo", 1, 3),
+        components::ECHO,
     );
     let out = server.cli(&token, &["rules", "pause", "echo"]);
     assert!(
@@ -810,12 +802,7 @@ fn every_route_needs_a_token_and_hides_other_tenants() {
     let b = server.tenant("beta");
     // Alpha has a rule, events, an output, and a dead letter.
     let manifest = "name = \"bad\"\nversion = 1\n[trigger.batch]\ncount = 1\nwindow = \"1h\"\n[retry]\nmax_attempts = 1\n";
-    assert_eq!(
-        server
-            .deploy(&a, "bad", manifest, components::HOSTILE)
-            .status(),
-        201
-    );
+    server.deployed(&a, "bad", manifest, components::HOSTILE);
     let ack = server.emit(
         &a,
         &[json!({"source": "app", "kind": "handler-fatal", "payload": {}})],
@@ -911,12 +898,7 @@ fn every_route_needs_a_token_and_hides_other_tenants() {
     }
     // A PUT of a name beta does not have makes beta's own rule, beside
     // alpha's, which it does not touch.
-    assert_eq!(
-        server
-            .deploy(&b, "bad", manifest, components::ECHO)
-            .status(),
-        201
-    );
+    server.deployed(&b, "bad", manifest, components::ECHO);
     assert_eq!(
         server.get("/v1/rules/bad", &b)["digest"]
             .as_str()
@@ -1125,16 +1107,11 @@ fn partition_quota_skips_and_records() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("s.db"));
     let token = server.tenant_with("acme", json!({"max_partitions_per_rule": 2}));
-    assert_eq!(
-        server
-            .deploy(
-                &token,
-                "echo",
-                &echo_manifest("echo", 1, 100),
-                components::ECHO
-            )
-            .status(),
-        201
+    server.deployed(
+        &token,
+        "echo",
+        &echo_manifest("echo", 1, 100),
+        components::ECHO,
     );
     server.emit(
         &token,
@@ -1170,12 +1147,7 @@ fn dwell_memberships_carry_over_a_swap() {
             "name = \"idle\"\nversion = {version}\n[trigger.dwell]\n[[trigger.dwell.reactions]]\nlabel = \"quiet\"\nafter = \"10m\"\n"
         )
     };
-    assert_eq!(
-        server
-            .deploy(&token, "idle", &dwell(1), components::ECHO)
-            .status(),
-        201
-    );
+    server.deployed(&token, "idle", &dwell(1), components::ECHO);
     server.emit(
         &token,
         &[json!({"id": "in", "source": "app", "kind": "user.enter", "payload": {"key": "u1"}})],
@@ -1208,12 +1180,7 @@ fn handler_failures_show_the_guest_backtrace_and_heartbeats_flow() {
     let server = Server::start(&dir.path().join("s.db"));
     let token = server.tenant("acme");
     let manifest = "name = \"crash\"\nversion = 1\n[trigger.batch]\ncount = 1\nwindow = \"1h\"\n[retry]\nmax_attempts = 1\n";
-    assert_eq!(
-        server
-            .deploy(&token, "crash", manifest, components::HOSTILE)
-            .status(),
-        201
-    );
+    server.deployed(&token, "crash", manifest, components::HOSTILE);
     server.emit(
         &token,
         &[json!({"source": "app", "kind": "handler-panic", "payload": {}})],
@@ -1369,12 +1336,7 @@ fn a_guest_whose_fuel_outlasts_its_deadline_cannot_spin_forever() {
     let token = server.tenant("acme");
     // Fuel for far longer than the deadline: every call ends by the clock.
     let manifest = "name = \"spin\"\nversion = 1\n[trigger.batch]\ncount = 1\nwindow = \"1h\"\n[limits]\nfuel = 10_000_000_000\ndeadline = \"50ms\"\n[select]\nattempts = 1\non_poison = \"skip\"\n";
-    assert_eq!(
-        server
-            .deploy(&token, "spin", manifest, components::HOSTILE)
-            .status(),
-        201
-    );
+    server.deployed(&token, "spin", manifest, components::HOSTILE);
     let ack = server.emit(
         &token,
         &[
@@ -1490,12 +1452,7 @@ fn deleting_a_tenant_undeploys_its_rules_and_revokes_its_tokens() {
     let token = server.tenant("acme");
     let other = server.tenant("other");
     for t in [&token, &other] {
-        assert_eq!(
-            server
-                .deploy(t, "echo", &echo_manifest("echo", 1, 5), components::ECHO)
-                .status(),
-            201
-        );
+        server.deployed(t, "echo", &echo_manifest("echo", 1, 5), components::ECHO);
     }
     server.emit(&token, &[ev("k", "1")]);
     server.until("the window open", || {
@@ -1630,16 +1587,11 @@ fn retention_prunes_what_no_rule_holds() {
     // Noise nothing holds, then an event a rule's open window holds, then
     // more noise: retention prunes a prefix of the log, up to the first
     // event something still holds.
-    assert_eq!(
-        server
-            .deploy(
-                &token,
-                "echo",
-                &echo_manifest("echo", 1, 100),
-                components::ECHO
-            )
-            .status(),
-        201
+    server.deployed(
+        &token,
+        "echo",
+        &echo_manifest("echo", 1, 100),
+        components::ECHO,
     );
     let noise = |from: usize, n: usize| -> Vec<Value> {
         (from..from + n)
@@ -1683,12 +1635,7 @@ fn a_new_rule_reads_history_unless_it_starts_at_the_end() {
     let token = server.tenant("acme");
     server.emit(&token, &[ev("k", "old1"), ev("k", "old2")]);
     // A first deploy reads the tenant's log from its start.
-    assert_eq!(
-        server
-            .deploy(&token, "all", &echo_manifest("all", 1, 2), components::ECHO)
-            .status(),
-        201
-    );
+    server.deployed(&token, "all", &echo_manifest("all", 1, 2), components::ECHO);
     server.until("history echoed", || {
         server.events(&token, "rule:all").len() == 1
     });

@@ -137,6 +137,34 @@ impl From<crate::log::LogError> for ApiError {
     }
 }
 
+/// A query string, or a 400 naming what is wrong with it.
+pub fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|axum::extract::Query(q)| q)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+impl ApiError {
+    /// A control request to `rule` (pause, resume, re-drive …) that failed:
+    /// a rule not running now (being swapped or stopped, or it could not
+    /// start) is a conflict to retry, a failure of the rule's state is the
+    /// server's.
+    pub fn control(rule: &str, e: crate::engine::ControlError) -> Self {
+        match e {
+            crate::engine::ControlError::Core(e) => {
+                Self::internal(format_args!("rule {rule:?}: {e}"))
+            }
+            other => Self::conflict(
+                "not_running",
+                format!(
+                    "rule {rule:?} is not running now ({other}); try again, or see its last_error"
+                ),
+            ),
+        }
+    }
+}
+
 /// The code an error status gets when a layer below the handlers (routing,
 /// body limits, extractors) answered in plain text.
 pub fn code_of(status: StatusCode) -> &'static str {

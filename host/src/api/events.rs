@@ -230,7 +230,7 @@ pub async fn list(
     State(app): State<Arc<App>>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventPage>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let q = super::error::query(query)?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 10_000 {
         return Err(ApiError::bad_request(

@@ -88,7 +88,7 @@ pub async fn feed(
     headers: HeaderMap,
     query: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let q = super::error::query(query)?;
     let resume = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()

@@ -97,7 +97,7 @@ pub async fn list(
     State(app): State<Arc<App>>,
     query: Result<Query<FiresQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<FireView>>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let q = super::error::query(query)?;
     let statuses: &[&str] = match q.status.as_deref() {
         None => &["pending", "dead"],
         Some("pending") => &["pending"],
@@ -247,25 +247,16 @@ pub async fn show(
     Ok(Json(from_record(f, if dead { "dead" } else { "pending" })))
 }
 
-/// A control request's failure: a rule being swapped or stopped is a
-/// conflict to retry, not the server's failure.
-fn control_error(rule: &str, e: crate::engine::ControlError) -> ApiError {
-    match e {
-        crate::engine::ControlError::Core(e) => {
-            ApiError::internal(format_args!("rule {rule:?}: {e}"))
-        }
-        other => ApiError::conflict(
-            "not_running",
-            format!("rule {rule:?} is not running now ({other}); try again"),
-        ),
+/// One of the tenant's dead letters: (rule, record); a pending fire of
+/// that id is a conflict.
+async fn dead_letter(app: &App, tenant: &str, id: &str) -> Result<(String, FireRecord), ApiError> {
+    match find(app, tenant, id).await? {
+        (rule, f, true) => Ok((rule, f)),
+        _ => Err(ApiError::conflict(
+            "not_dead_lettered",
+            format!("fire {id:?} is pending, not in the dead-letter list"),
+        )),
     }
-}
-
-fn not_dead(id: &str) -> ApiError {
-    ApiError::conflict(
-        "not_dead_lettered",
-        format!("fire {id:?} is pending, not in the dead-letter list"),
-    )
 }
 
 /// Re-drive a dead letter: it runs again with a fresh round of attempts.
@@ -279,14 +270,11 @@ pub async fn redrive(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<FireView>, ApiError> {
-    let (rule, f, dead) = find(&app, &tenant, &id).await?;
-    if !dead {
-        return Err(not_dead(&id));
-    }
+    let (rule, f) = dead_letter(&app, &tenant, &id).await?;
     app.engine
         .redrive(&tenant, &rule, &id)
         .await
-        .map_err(|e| control_error(&rule, e))?;
+        .map_err(|e| ApiError::control(&rule, e))?;
     Ok(Json(from_record(f, "pending")))
 }
 
@@ -301,13 +289,10 @@ pub async fn discard(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<FireView>, ApiError> {
-    let (rule, f, dead) = find(&app, &tenant, &id).await?;
-    if !dead {
-        return Err(not_dead(&id));
-    }
+    let (rule, f) = dead_letter(&app, &tenant, &id).await?;
     app.engine
         .discard_dead(&tenant, &rule, &id)
         .await
-        .map_err(|e| control_error(&rule, e))?;
+        .map_err(|e| ApiError::control(&rule, e))?;
     Ok(Json(from_record(f, "discarded")))
 }

@@ -141,6 +141,28 @@ impl App {
         self.clock.now_millis()
     }
 
+    /// Load (compile, or read the cache) a rule of `tenant` off the async
+    /// threads, held to the tenant's partition quota.
+    pub async fn load_rule(
+        &self,
+        tenant: &str,
+        component: bytes::Bytes,
+        manifest: crate::manifest::Manifest,
+    ) -> anyhow::Result<Result<Deployable, crate::engine::rule::SetupError>> {
+        let max = self
+            .tenants
+            .get(tenant)
+            .map(|t| t.quotas)
+            .unwrap_or_default()
+            .max_partitions_per_rule;
+        let (runtime, tenant) = (self.runtime.clone(), tenant.to_owned());
+        let loaded = tokio::task::spawn_blocking(move || {
+            Deployable::load(&runtime, &tenant, &component, &manifest)
+        })
+        .await?;
+        Ok(loaded.map(|rule| rule.with_max_partitions(max)))
+    }
+
     /// The lock of `tenant`'s deploys and undeploys.
     fn tenant_lock(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.lifecycle
@@ -342,17 +364,7 @@ async fn restore(app: &App) -> anyhow::Result<usize> {
                 .with_context(|| format!("component {} is missing", d.digest))?;
             let manifest = crate::manifest::Manifest::parse(&d.manifest)
                 .map_err(|e| anyhow::anyhow!("manifest: {e}"))?;
-            let quotas = app
-                .tenants
-                .get(&d.tenant)
-                .map(|t| t.quotas)
-                .unwrap_or_default();
-            let (runtime, tenant) = (app.runtime.clone(), d.tenant.clone());
-            let rule = tokio::task::spawn_blocking(move || {
-                Deployable::load(&runtime, &tenant, &bytes, &manifest)
-            })
-            .await??
-            .with_max_partitions(quotas.max_partitions_per_rule);
+            let rule = app.load_rule(&d.tenant, bytes.into(), manifest).await??;
             app.engine.deploy(rule).await?;
             Ok(())
         }

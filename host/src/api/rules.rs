@@ -161,7 +161,7 @@ pub async fn deploy(
     // Checked once the body is read: a client still sending it gets the
     // answer, not a closed connection.
     check_name("name", &name)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let query = super::error::query(query)?;
     let manifest_text = manifest_text.ok_or_else(|| {
         ApiError::bad_request("invalid_form", "manifest: the form field is missing")
     })?;
@@ -204,13 +204,8 @@ pub async fn deploy(
     }
     // Compile (or read the cache) off the async threads.
     let started = std::time::Instant::now();
-    let (runtime, t, m, bytes) = (
-        app.runtime.clone(),
-        tenant.clone(),
-        plan.manifest.clone(),
-        component.clone(),
-    );
-    let rule = tokio::task::spawn_blocking(move || Deployable::load(&runtime, &t, &bytes, &m))
+    let rule = app
+        .load_rule(&tenant, component.clone(), plan.manifest.clone())
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::unprocessable("invalid_component", format!("component: {e}")))?;
@@ -219,7 +214,6 @@ pub async fn deploy(
         crate::runtime::cache::CacheOutcome::Hit => "hit",
         _ => "compiled",
     };
-    let rule = rule.with_max_partitions(quotas.max_partitions_per_rule);
     // The change runs to its end even if the client goes away meanwhile:
     // a swap half done (the old task stopped, the new one not started)
     // must not be left behind.
@@ -507,7 +501,7 @@ pub async fn undeploy(
     Path(name): Path<String>,
     query: Result<Query<UndeployQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Undeployed>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let query = super::error::query(query)?;
     let drain = parse_drain(query.drain.as_deref())?;
     // Run to the end even if the client goes away.
     let app2 = app.clone();
@@ -563,15 +557,7 @@ async fn control(
     } else {
         app.engine.resume(tenant, name).await
     };
-    result.map_err(|e| match e {
-        crate::engine::ControlError::NoSuchRule(_) | crate::engine::ControlError::Stopped(_) => {
-            ApiError::conflict(
-                "not_running",
-                format!("rule {name:?} is not running now (being swapped or stopped, or see its last_error)"),
-            )
-        }
-        other => ApiError::internal(format_args!("rule {name:?}: {other}")),
-    })?;
+    result.map_err(|e| ApiError::control(name, e))?;
     Ok(Json(view(app, &d).await))
 }
 

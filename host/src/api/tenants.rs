@@ -744,8 +744,7 @@ pub async fn delete(
         axum::extract::rejection::QueryRejection,
     >,
 ) -> Result<Json<Tenant>, ApiError> {
-    let axum::extract::Query(q) =
-        query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let q = super::error::query(query)?;
     let drain = super::rules::parse_drain(q.drain.as_deref())?;
     let found = app
         .tenants
