@@ -31,7 +31,7 @@
 //! Run: `cargo bench -p sluice --bench server` (about 2.5 minutes).
 //! `SLUICE_BENCH_SECS` (default 10) sets the length of each ingest run and
 //! of each isolation phase (split over its rounds);
-//! `SLUICE_BENCH_ONLY=ingest|deploy|swap|isolation` runs one part. Part 1
+//! `SLUICE_BENCH_ONLY=ingest|deploy|swap|isolation|swap-state` runs one part. Part 1
 //! needs `wrk` on the PATH (`apt-get install wrk`) and is skipped without
 //! it.
 
@@ -1213,6 +1213,104 @@ fn settle() {
     std::thread::sleep(Duration::from_secs(1));
 }
 
+// ---- 5. a hot swap over a large state ----------------------------------
+
+/// A swap stops the old task and opens the rule's state again: its cost is
+/// that state's. The shape users have — thousands of interleaved
+/// partitions, each with a window of hundreds of events — against the same
+/// rule with no state yet, in the same run.
+fn swap_state(table: &mut Table) {
+    const PARTS: u64 = 2_000;
+    const PER: u64 = 250;
+    const CHUNK: u64 = 5_000;
+    println!(
+        "== 5. hot swap over a large state: {PARTS} partitions x {PER} events in open windows (count = 1000), durability normal =="
+    );
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("state.db"), &["--durability", "normal"]);
+    let api = server.tenant("acme");
+    let wasm = component_bytes(ECHO);
+    let swap_ms = |v: &Value| Duration::from_millis(v["swap_ms"].as_u64().unwrap());
+    api.deploy("echo", &echo_manifest(1, 1_000), &wasm);
+    let (mut empty, mut empty_req) = (Vec::new(), Vec::new());
+    for version in 2..=4 {
+        let (v, took) = api.deploy("echo", &echo_manifest(version, 1_000), &wasm);
+        empty.push(swap_ms(&v));
+        empty_req.push(took);
+    }
+    // Interleaved: event i goes to partition i mod PARTS.
+    let t0 = Instant::now();
+    let mut last = 0;
+    for chunk in 0..(PARTS * PER / CHUNK) {
+        let mut body = String::new();
+        for i in chunk * CHUNK..(chunk + 1) * CHUNK {
+            let mut p = payload(i);
+            p["key"] = json!(format!("p{:04}", i % PARTS));
+            body.push_str(&json!({"source": "bench", "kind": "x", "payload": p}).to_string());
+            body.push('\n');
+        }
+        let r = api
+            .http
+            .post(format!("{}/v1/events", api.base))
+            .bearer_auth(&api.token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .expect("POST /v1/events");
+        last = expect_ok(r, "ingest")["seqs"]
+            .as_array()
+            .and_then(|s| s.last())
+            .and_then(Value::as_u64)
+            .unwrap();
+    }
+    loop {
+        let rule = api.get("/v1/rules/echo");
+        if rule["cursor"].as_u64().unwrap_or(0) >= last {
+            assert_eq!(rule["partitions"].as_u64(), Some(PARTS), "{rule}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let filled = t0.elapsed();
+    let (mut full, mut full_req) = (Vec::new(), Vec::new());
+    for version in 5..=7 {
+        let (v, took) = api.deploy("echo", &echo_manifest(version, 1_000), &wasm);
+        full.push(swap_ms(&v));
+        full_req.push(took);
+    }
+    let rule = api.get("/v1/rules/echo");
+    assert_eq!(
+        rule["partitions"].as_u64(),
+        Some(PARTS),
+        "the windows carried over: {rule}"
+    );
+    let (empty, empty_req, full, full_req) = (
+        median(empty),
+        median(empty_req),
+        median(full),
+        median(full_req),
+    );
+    println!(
+        "  filled in {:.1} s; swap with no state: {:.0} ms (request {:.0} ms); with {PARTS} x {PER} events open: {:.0} ms (request {:.0} ms)",
+        filled.as_secs_f64(),
+        ms(empty),
+        ms(empty_req),
+        ms(full),
+        ms(full_req)
+    );
+    table.row(
+        format!("hot swap over {PARTS} interleaved partitions with {PER} events each in open windows (durability normal), vs the same rule with no state"),
+        format!(
+            "swap {:.0} ms (request {:.0} ms) vs {:.0} ms (request {:.0} ms): {:.1}x the request",
+            ms(full),
+            ms(full_req),
+            ms(empty),
+            ms(empty_req),
+            full_req.as_secs_f64() / empty_req.as_secs_f64()
+        ),
+    );
+}
+
 fn main() {
     if !common::benching() {
         return;
@@ -1234,6 +1332,10 @@ fn main() {
     }
     if run("isolation") {
         isolation(secs, &mut table);
+        settle();
+    }
+    if run("swap-state") {
+        swap_state(&mut table);
     }
     println!("\n| what | measured |\n| --- | --- |");
     for [what, measured] in &table.0 {
