@@ -41,6 +41,7 @@ fn events() -> Vec<Event> {
                 source: "github".into(),
                 kind: if i % 2 == 0 { "keep" } else { "drop" }.into(),
                 time: 1_767_225_600_000 + i as i64,
+                ingested: 1_767_225_600_000 + i as i64,
                 payload,
                 hops: 0,
             }

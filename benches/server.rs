@@ -920,6 +920,7 @@ fn fuel_for(target: Duration) -> u64 {
         source: "bench".into(),
         kind: "loop".into(),
         time: 0,
+        ingested: 0,
         payload: "{}".into(),
         hops: 0,
     };

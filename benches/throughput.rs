@@ -27,11 +27,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice::clock::ManualClock;
+use sluice::engine::driver::Driver;
 use sluice::log::{Durability, EventLog, LogConfig, NewEvent};
 use sluice::manifest::{BatchTrigger, Expire};
 use sluice::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
 use sluice::triggers::batch::Batch;
-use sluice::triggers::core::{RuleCore, RuleSpec};
+use sluice::triggers::core::RuleSpec;
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::{REPO_SUMMARY, SLOW_DIGEST};
 
@@ -213,19 +214,15 @@ fn fire_cost(rt: &Runtime, partitions: u64) -> (Duration, u64) {
         count: COUNT as u32,
         ..trigger_500()
     };
-    let mut core = RuleCore::open(
-        &log,
-        RuleSpec::with_defaults("bench", "repo-summary", rule),
-        Batch::from(&trigger),
-    )
-    .unwrap();
     let now = 1_767_225_600_000;
-    while core.step(&log, now, 4_096).unwrap().read > 0 {}
+    let spec = RuleSpec::with_defaults("bench", "repo-summary");
+    let mut core = Driver::open(&log, spec, Batch::from(&trigger), rule, now, false).unwrap();
+    while core.step(now, 4_096).unwrap().read > 0 {}
     let ids: Vec<String> = core.pending_fires().map(str::to_owned).collect();
     let measured = ids.len().min(200);
     let start = Instant::now();
     for id in &ids[..measured] {
-        core.run_fire(&log, id, now).unwrap();
+        core.run_fire(id, now).unwrap();
     }
     let per = start.elapsed() / measured as u32;
     if std::env::var("SLUICE_BENCH_ONLY").is_ok() {
@@ -246,11 +243,11 @@ fn fire_cost(rt: &Runtime, partitions: u64) -> (Duration, u64) {
         let (mut run, mut fin) = (Duration::ZERO, Duration::ZERO);
         for id in &ids {
             let t = Instant::now();
-            let job = core.start(&log, id, now).unwrap();
+            let job = core.start_fire(id, now).unwrap();
             let attempt = job.run();
             run += t.elapsed();
             let t = Instant::now();
-            core.finish(&log, attempt).unwrap();
+            core.finish_fire(&attempt).unwrap();
             fin += t.elapsed();
         }
         println!(
@@ -287,12 +284,13 @@ fn fires_per_second(rt: &Runtime, max: u32) -> f64 {
             Limits::default(),
         )
         .unwrap();
-    let mut spec = RuleSpec::with_defaults("bench", "slow-digest", rule);
+    let mut spec = RuleSpec::with_defaults("bench", "slow-digest");
     spec.concurrency = max;
     let engine = sluice::engine::Engine::new(log.clone(), clock);
     tokio
         .block_on(engine.deploy(sluice::engine::rule::Deployable::batch(
             spec,
+            rule,
             &BatchTrigger {
                 count: 1,
                 ..trigger_500()

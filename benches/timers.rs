@@ -27,11 +27,13 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice::clock::{Clock, SharedClock, SystemClock};
 use sluice::engine::Engine;
+use sluice::engine::driver::Driver;
 use sluice::engine::rule::Deployable;
 use sluice::log::{Durability, EventLog, EventQuery, LogConfig, NewEvent};
 use sluice::manifest::{DwellTrigger, Manifest, Reaction, ReactionTime};
 use sluice::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
-use sluice::triggers::core::{RuleCore, RuleSpec, Stop};
+use sluice::triggers::FireReason;
+use sluice::triggers::core::RuleSpec;
 use sluice::triggers::dwell::Dwell;
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::ECHO;
@@ -40,7 +42,11 @@ fn open_log(dir: &tempfile::TempDir, name: &str) -> EventLog {
     EventLog::open_sqlite(
         dir.path().join(name),
         Durability::Normal,
-        LogConfig::default(),
+        // Events carry the times their memberships anchor at.
+        LogConfig {
+            follow_event_time: true,
+            ..LogConfig::default()
+        },
         Arc::new(SystemClock),
     )
     .unwrap()
@@ -82,16 +88,19 @@ fn memberships(rt: &Runtime) {
     const SPREAD_MS: i64 = 30_000;
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir, "dwell.db");
-    let spec = || {
-        let rule = rt
-            .load(
-                RuleLabel::new("bench", "absence"),
-                &component_bytes(ECHO),
-                Limits::default(),
-            )
-            .unwrap();
-        RuleSpec::with_defaults("bench", "absence", rule)
+    let rule = || {
+        rt.load(
+            RuleLabel::new("bench", "absence"),
+            &component_bytes(ECHO),
+            Limits::default(),
+        )
+        .unwrap()
     };
+    let spec = || RuleSpec::with_defaults("bench", "absence");
+    // A membership per device, anchored (at its event's ingest time) over
+    // 30 s of engine time from t0.
+    let t0 = SystemClock.now_millis();
+    let anchor = |seq: u64| t0 + ((seq - 1) as i64 * SPREAD_MS) / N as i64;
     for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
         let events = chunk
             .iter()
@@ -100,7 +109,7 @@ fn memberships(rt: &Runtime) {
                 id: Some(format!("hb{i:07}")),
                 source: "dev".into(),
                 kind: "heartbeat.ping".into(),
-                time: None,
+                time: Some(anchor(i + 1)),
                 payload: json!({"key": format!("device-{i:07}")}).to_string(),
                 hops: 0,
             })
@@ -110,27 +119,11 @@ fn memberships(rt: &Runtime) {
     log.close();
     let events_only = db_bytes(&dir, "dwell.db");
     let log = open_log(&dir, "dwell.db");
-    // The core takes every event: a membership per device, anchored over
-    // 30 s of engine time from t0.
-    let t0 = SystemClock.now_millis();
-    let anchor = |seq: u64| t0 + ((seq - 1) as i64 * SPREAD_MS) / N as i64;
-    let mut core = RuleCore::open(&log, spec(), dwell(Duration::from_secs(3600))).unwrap();
+    let now = SystemClock.now_millis();
+    let hour = dwell(Duration::from_secs(3600));
+    let mut core = Driver::open(&log, spec(), hour, rule(), now, false).unwrap();
     let started = Instant::now();
-    loop {
-        let events = log
-            .query(&EventQuery {
-                after_seq: Some(core.cursor()),
-                ..EventQuery::tenant("bench", 8_192)
-            })
-            .unwrap();
-        if events.is_empty() {
-            break;
-        }
-        let verdicts = core.select(&events).unwrap();
-        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-        core.step_with(&log, &events, &verdicts, &|i| anchor(seqs[i]), Stop::NEVER)
-            .unwrap();
-    }
+    while core.step(now, 8_192).unwrap().read > 0 {}
     let stepped = started.elapsed();
     assert_eq!(core.partitions() as u64, N);
     drop(core);
@@ -141,8 +134,9 @@ fn memberships(rt: &Runtime) {
     // now so that the deadlines fall 5 s from now, over 30 s.
     let before = rss_bytes();
     let reload = Instant::now();
-    let after = Duration::from_millis((SystemClock.now_millis() + 5_000 - t0) as u64);
-    let mut core = RuleCore::open(&log, spec(), dwell(after)).unwrap();
+    let after = Duration::from_millis((SystemClock.now_millis() + 5_000 - t0).max(0) as u64);
+    let now = SystemClock.now_millis();
+    let mut core = Driver::open(&log, spec(), dwell(after), rule(), now, false).unwrap();
     let reloaded = reload.elapsed();
     let per_member = rss_bytes().saturating_sub(before) as f64 / N as f64;
     let mut late = Vec::with_capacity(N as usize);
@@ -152,10 +146,13 @@ fn memberships(rt: &Runtime) {
         if wait > 0 {
             std::thread::sleep(Duration::from_millis(wait as u64));
         }
-        let step = core.expire(&log, SystemClock.now_millis()).unwrap();
+        let step = core.step(SystemClock.now_millis(), usize::MAX).unwrap();
         let done = SystemClock.now_millis();
         for f in &step.fires {
-            let due = anchor(f.seqs[0]) + after.as_millis() as i64;
+            let FireReason::Dwell { member_since, .. } = f.reason else {
+                unreachable!("a dwell fire")
+            };
+            let due = member_since + after.as_millis() as i64;
             late.push((done - due).max(0));
         }
         fires += step.fires.len() as u64;

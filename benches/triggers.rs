@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use sluice::engine::Engine;
+use sluice::engine::driver::Driver;
 use sluice::engine::rule::Deployable;
 use sluice::log::{Durability, EventLog, FeedItem, LogConfig, NewEvent, StateOp};
 use sluice::manifest::{BatchTrigger, Expire};
-use sluice::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
+use sluice::runtime::{Limits, LoadedRule, RuleLabel, Runtime, RuntimeConfig};
 use sluice::triggers::batch::Batch;
-use sluice::triggers::core::{RuleCore, RuleSpec};
+use sluice::triggers::core::RuleSpec;
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::{HOSTILE, JSON_KEY};
 
@@ -59,7 +60,7 @@ fn batch_parts(
     component: &str,
     count: u32,
     expire: Expire,
-) -> (RuleSpec, Batch) {
+) -> (RuleSpec, Batch, LoadedRule) {
     let rule = rt
         .load(
             RuleLabel::new("bench", name),
@@ -75,15 +76,17 @@ fn batch_parts(
         max_wait: None,
     };
     (
-        RuleSpec::with_defaults("bench", name, rule),
+        RuleSpec::with_defaults("bench", name),
         Batch::from(&trigger),
+        rule,
     )
 }
 
 fn batch_rule(rt: &Runtime, name: &str, component: &str, count: u32, expire: Expire) -> Deployable {
-    let (spec, _) = batch_parts(rt, name, component, count, expire);
+    let (spec, _, rule) = batch_parts(rt, name, component, count, expire);
     Deployable::batch(
         spec,
+        rule,
         &BatchTrigger {
             count,
             window: Duration::from_secs(3600),
@@ -229,7 +232,8 @@ fn timer_lateness(rt: &Runtime) {
         log.transact_blocking(vec![], ops).unwrap();
     }
     let before = rss_bytes();
-    let mut d = RuleCore::open(&log, spec.0, spec.1).unwrap();
+    let now = SystemClock.now_millis();
+    let mut d = Driver::open(&log, spec.0, spec.1, spec.2, now, false).unwrap();
     let per_window = (rss_bytes().saturating_sub(before)) as f64 / WINDOWS as f64;
     let mut late = Vec::with_capacity(WINDOWS as usize);
     while let Some(next) = d.next_deadline() {
@@ -237,7 +241,10 @@ fn timer_lateness(rt: &Runtime) {
         if wait > 0 {
             std::thread::sleep(Duration::from_millis(wait as u64));
         }
-        let closed = d.expire(&log, SystemClock.now_millis()).unwrap().discards;
+        let closed = d
+            .step(SystemClock.now_millis(), usize::MAX)
+            .unwrap()
+            .discards;
         let done = SystemClock.now_millis();
         for f in closed {
             late.push(Duration::from_millis(

@@ -71,5 +71,7 @@ pub mod event;
 pub mod log;
 pub mod manifest;
 pub mod offline;
+pub mod records;
 pub mod runtime;
 pub mod triggers;
+pub mod verdict;

@@ -20,13 +20,18 @@
 //! An event without an id gets `line-<n>`. The clock starts at the first
 //! event's time (or 2026-01-01T00:00:00Z), and so do schedules.
 //!
+//! The log runs on the virtual clock, and an event's time is its ingest
+//! time: a rule sees exactly what the engine would have seen had the
+//! events come at those times.
+//!
 //! Replay is fast without changing what it reports: consecutive events
 //! are taken together up to the next due deadline and up to the first
 //! event that makes a fire, selected in one call per rule, appended in
-//! one commit and processed by the same core step the engine uses — so
-//! the seqs, fire times and outputs are those of feeding the events one
-//! by one. Everything else (deadlines, fires, rules' outputs feeding
-//! rules) goes through [`crate::engine::driver`], as in the engine.
+//! one commit and handed to the driver's step — so the seqs, fire times
+//! and outputs are those of feeding the events one by one. Everything
+//! else (deadlines, fires, rules' outputs feeding rules) goes through the
+//! driver's round ([`crate::engine::driver`]), as in the engine. This
+//! module only reads the input and writes the report.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
@@ -35,16 +40,17 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::clock::{Clock, ManualClock};
-use crate::engine::driver;
-use crate::engine::rule::{Deployable, Driven};
+use crate::engine::driver::{Driven, Inline, Input, Observer, Request, RoundIn};
+use crate::engine::rule::Deployable;
 use crate::event::Event;
 use crate::log::validate::{EventLimits, parse_event_value};
 use crate::log::{Durability, EventLog, LogConfig, NewEvent};
 use crate::manifest::Manifest;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::triggers::core::{Step, Stop};
-use crate::triggers::fires::FireOutcome;
+use crate::triggers::core::Step;
+use crate::triggers::fires::{FireAttempt, FireOutcome};
 use crate::triggers::{FireReason, Note};
+use crate::verdict::Verdict;
 
 /// The clock's start when no event gives a time: 2026-01-01T00:00:00Z.
 pub const DEFAULT_START: i64 = 1_767_225_600_000;
@@ -120,10 +126,15 @@ pub fn stream_rules(
         ..RuntimeConfig::default()
     })?;
     let dir = tempfile::tempdir()?;
+    // On the virtual clock an event's own time is its ingest time.
+    let config = LogConfig {
+        follow_event_time: true,
+        ..LogConfig::default()
+    };
     let log = EventLog::open_sqlite(
         dir.path().join("test.db"),
         Durability::Normal,
-        LogConfig::default(),
+        config,
         Arc::new(clock.clone()),
     )?;
     let mut deployables = Vec::new();
@@ -131,12 +142,16 @@ pub fn stream_rules(
         deployables.push(Deployable::load(&runtime, TENANT, &component, &manifest)?);
     }
     let mut run = Run {
+        report: Reporter {
+            log: log.clone(),
+            sink,
+            failed: false,
+            broken: None,
+        },
         log,
         clock,
         deployables,
         rules: Vec::new(),
-        sink,
-        failed: false,
         started: false,
         pending: Vec::new(),
         client_ids: HashSet::new(),
@@ -202,7 +217,11 @@ pub fn stream_rules(
         }
     }
     run.flush()?;
-    let Run { log, failed, .. } = run;
+    let failed = run.report.failed;
+    let Run {
+        log, rules, report, ..
+    } = run;
+    drop((rules, report));
     log.close();
     Ok(failed)
 }
@@ -247,8 +266,7 @@ struct Run<'a> {
     /// The rules as loaded, to start them again (`down`).
     deployables: Vec<Deployable>,
     rules: Vec<Box<dyn Driven>>,
-    sink: &'a mut dyn FnMut(Value) -> std::io::Result<()>,
-    failed: bool,
+    report: Reporter<'a>,
     started: bool,
     /// Events read and not yet appended.
     pending: Vec<(NewEvent, bool)>,
@@ -263,12 +281,142 @@ struct Run<'a> {
     chunk: usize,
 }
 
-impl Run<'_> {
-    fn emit(&mut self, line: Value) -> anyhow::Result<()> {
-        (self.sink)(line)?;
-        Ok(())
+/// The report's lines, as the driver's rounds produce them.
+struct Reporter<'a> {
+    log: EventLog,
+    sink: &'a mut dyn FnMut(Value) -> std::io::Result<()>,
+    failed: bool,
+    /// A line could not be written (a closed pipe): the run stops.
+    broken: Option<std::io::Error>,
+}
+
+impl Reporter<'_> {
+    fn emit(&mut self, line: Value) {
+        if self.broken.is_none()
+            && let Err(e) = (self.sink)(line)
+        {
+            self.broken = Some(e);
+        }
     }
 
+    fn check(&mut self) -> anyhow::Result<()> {
+        match self.broken.take() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Observer for Reporter<'_> {
+    fn step(&mut self, rule: &str, step: &Step, _now: i64) {
+        if let Some(m) = &step.missed {
+            let mut line = json!({"type": "missed", "rule": rule, "at": m.at,
+                "ticks": m.ticks, "first": m.first, "last": m.last});
+            if m.more {
+                line["at_least"] = json!(true);
+            }
+            self.emit(line);
+        }
+        for c in &step.cancelled {
+            self.emit(json!({"type": "cancelled", "rule": rule, "at": c.at,
+                "fire_id": c.fire_id, "partition": c.partition, "by": c.by}));
+        }
+        for f in &step.fires {
+            let mut line = json!({"type": "fire", "rule": rule, "at": f.created_at,
+                "fire_id": f.fire_id, "partition": f.partition, "reason": f.reason.name(),
+                "events": f.seqs});
+            match &f.reason {
+                FireReason::Dwell {
+                    label,
+                    ordinal,
+                    member_since,
+                    epoch,
+                } => {
+                    line["label"] = json!(label);
+                    line["ordinal"] = json!(ordinal);
+                    line["member_since"] = json!(member_since);
+                    line["epoch"] = json!(epoch);
+                }
+                FireReason::Schedule { tick, catch_up } => {
+                    line["tick"] = json!(tick);
+                    line["catch_up"] = json!(catch_up);
+                }
+                _ => {}
+            }
+            self.emit(line);
+        }
+        for d in &step.discards {
+            self.emit(json!({"type": "discard", "rule": rule, "at": d.at,
+                "fire_id": d.fire_id, "partition": d.partition, "reason": "discarded",
+                "events": d.seqs}));
+        }
+        for n in &step.notes {
+            let line = match &n.note {
+                Note::Left {
+                    epoch,
+                    member_since,
+                    ..
+                } => json!({"type": "leave", "rule": rule, "at": n.at,
+                    "partition": n.partition, "epoch": epoch, "member_since": member_since,
+                    "why": "max_dwell"}),
+                Note::TickSkipped { tick, overlap } => json!({"type": "skipped", "rule": rule,
+                    "at": n.at, "partition": n.partition, "tick": tick, "overlap": overlap}),
+                Note::OverQuota {
+                    seq,
+                    max_partitions,
+                } => json!({"type": "quota", "rule": rule, "at": n.at,
+                    "partition": n.partition, "seq": seq, "max_partitions": max_partitions}),
+            };
+            self.emit(line);
+        }
+    }
+
+    fn finished(&mut self, attempt: &FireAttempt, outcome: &FireOutcome) {
+        let (rule, fire_id, now) = (&attempt.record.rule, &attempt.record.fire_id, attempt.now);
+        match outcome {
+            FireOutcome::Completed { outputs, dropped } => {
+                if *dropped > 0 {
+                    self.emit(json!({"type": "dropped", "rule": rule, "at": now,
+                        "fire_id": fire_id, "outputs": dropped,
+                        "why": "past the rule's output hop limit ([outputs] max_hops)"}));
+                }
+                let events = match self.log.read_seqs(TENANT, outputs) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.broken = Some(std::io::Error::other(e.to_string()));
+                        return;
+                    }
+                };
+                for event in events {
+                    let payload: Value =
+                        serde_json::from_str(&event.payload).unwrap_or(Value::Null);
+                    self.emit(json!({"type": "output", "rule": rule, "at": now,
+                        "fire_id": fire_id, "seq": event.seq, "kind": event.kind,
+                        "payload": payload}));
+                }
+            }
+            FireOutcome::Retry {
+                at: retry_at,
+                error,
+            } => {
+                self.failed = true;
+                self.emit(json!({"type": "error", "rule": rule, "at": now,
+                    "fire_id": fire_id, "attempt": attempt.attempt, "retry_at": retry_at,
+                    "error": error}));
+            }
+            FireOutcome::DeadLettered { error } => {
+                self.failed = true;
+                self.emit(json!({"type": "dead_letter", "rule": rule, "at": now,
+                    "fire_id": fire_id, "attempt": attempt.attempt, "error": error}));
+            }
+            // Fires run one after another here: none is cancelled while it
+            // runs.
+            FireOutcome::Cancelled => {}
+        }
+    }
+}
+
+impl Run<'_> {
     /// The clock has its start: the rules start running (a schedule
     /// starts counting ticks here).
     fn start(&mut self) -> anyhow::Result<()> {
@@ -282,7 +430,7 @@ impl Run<'_> {
     fn open_rules(&mut self) -> anyhow::Result<()> {
         let now = self.clock.now_millis();
         for d in &self.deployables {
-            self.rules.push(d.clone().open(&self.log, now)?);
+            self.rules.push(d.clone().open(&self.log, now, false)?);
         }
         self.settle()
     }
@@ -310,76 +458,17 @@ impl Run<'_> {
             let names: Vec<&str> = self.rules.iter().map(|r| r.spec().name.as_str()).collect();
             anyhow::bail!("no rule named {name:?} (rules: {})", names.join(", "));
         };
-        if what == "pause" {
-            self.rules[i].pause(&self.log)?;
+        let request = if what == "pause" {
+            Request::Pause
         } else {
-            self.rules[i].resume(&self.log)?;
-        }
-        self.emit(json!({"type": what, "rule": name, "at": self.clock.now_millis()}))?;
+            Request::Resume
+        };
+        let now = self.clock.now_millis();
+        self.rules[i].serve(&request, now)?;
+        self.report
+            .emit(json!({"type": what, "rule": name, "at": now}));
+        self.report.check()?;
         self.settle()
-    }
-
-    fn report_step(&mut self, rule: &str, step: &Step) -> anyhow::Result<()> {
-        if let Some(m) = &step.missed {
-            let mut line = json!({"type": "missed", "rule": rule, "at": m.at,
-                "ticks": m.ticks, "first": m.first, "last": m.last});
-            if m.more {
-                line["at_least"] = json!(true);
-            }
-            self.emit(line)?;
-        }
-        for c in &step.cancelled {
-            self.emit(json!({"type": "cancelled", "rule": rule, "at": c.at,
-                "fire_id": c.fire_id, "partition": c.partition, "by": c.by}))?;
-        }
-        for f in &step.fires {
-            let mut line = json!({"type": "fire", "rule": rule, "at": f.created_at,
-                "fire_id": f.fire_id, "partition": f.partition, "reason": f.reason.name(),
-                "events": f.seqs});
-            match &f.reason {
-                FireReason::Dwell {
-                    label,
-                    ordinal,
-                    member_since,
-                    epoch,
-                } => {
-                    line["label"] = json!(label);
-                    line["ordinal"] = json!(ordinal);
-                    line["member_since"] = json!(member_since);
-                    line["epoch"] = json!(epoch);
-                }
-                FireReason::Schedule { tick, catch_up } => {
-                    line["tick"] = json!(tick);
-                    line["catch_up"] = json!(catch_up);
-                }
-                _ => {}
-            }
-            self.emit(line)?;
-        }
-        for d in &step.discards {
-            self.emit(json!({"type": "discard", "rule": rule, "at": d.at,
-                "fire_id": d.fire_id, "partition": d.partition, "reason": "discarded",
-                "events": d.seqs}))?;
-        }
-        for n in &step.notes {
-            let line = match &n.note {
-                Note::Left {
-                    epoch,
-                    member_since,
-                } => json!({"type": "leave", "rule": rule, "at": n.at,
-                    "partition": n.partition, "epoch": epoch, "member_since": member_since,
-                    "why": "max_dwell"}),
-                Note::TickSkipped { tick, overlap } => json!({"type": "skipped", "rule": rule,
-                    "at": n.at, "partition": n.partition, "tick": tick, "overlap": overlap}),
-                Note::OverQuota {
-                    seq,
-                    max_partitions,
-                } => json!({"type": "quota", "rule": rule, "at": n.at,
-                    "partition": n.partition, "seq": seq, "max_partitions": max_partitions}),
-            };
-            self.emit(line)?;
-        }
-        Ok(())
     }
 
     fn next_due(&self) -> Option<i64> {
@@ -425,27 +514,28 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Take a chunk of `events` through select and the core in one go;
-    /// how many were taken (0: take one the ordinary way).
+    /// Take a chunk of `events` through `select` and the driver in one
+    /// go, seqs and ingest times worked out before the append; how many
+    /// were taken (0: take one the ordinary way).
     fn chunk(&mut self, events: &[(NewEvent, bool)]) -> anyhow::Result<usize> {
         let bound = self.next_due().unwrap_or(i64::MAX);
-        let mut nows = Vec::new();
-        let mut now = self.clock.now_millis();
+        let mut stamps = Vec::new();
+        let mut stamp = self.clock.now_millis().max(self.log.last_stamp());
         let mut ids = HashSet::new();
         for (e, given) in events.iter().take(self.chunk) {
-            now = now.max(e.time.unwrap_or(now));
+            stamp = stamp.max(e.time.unwrap_or(stamp));
             let id = e.id.as_deref().unwrap_or_default();
             let repeat = *given && (self.client_ids.contains(id) || !ids.insert(id));
-            if now >= bound || repeat {
+            if stamp >= bound || repeat {
                 break;
             }
-            nows.push(now);
+            stamps.push(stamp);
         }
-        if nows.is_empty() {
+        if stamps.is_empty() {
             return Ok(0);
         }
         let first_seq = self.log.last_seq() + 1;
-        let provisional: Vec<Event> = events[..nows.len()]
+        let provisional: Vec<Event> = events[..stamps.len()]
             .iter()
             .enumerate()
             .map(|(i, (e, _))| Event {
@@ -454,19 +544,27 @@ impl Run<'_> {
                 tenant: e.tenant.clone(),
                 source: e.source.clone(),
                 kind: e.kind.clone(),
-                time: e.time.unwrap_or(nows[i]),
+                time: e.time.unwrap_or(stamps[i]),
+                ingested: stamps[i],
                 payload: e.payload.clone(),
                 hops: e.hops,
             })
             .collect();
-        let now_of = |i: usize| nows[i];
-        let stop = Stop {
-            limit: nows.len(),
-            at_fire: true,
-            before: bound,
-        };
+        let horizon = stamps[stamps.len() - 1];
+        fn input<'a>(
+            events: &'a [Event],
+            verdicts: &'a [Verdict],
+            horizon: i64,
+            limit: usize,
+        ) -> Input<'a> {
+            Input {
+                limit,
+                at_fire: true,
+                ..Input::events(events, verdicts, horizon)
+            }
+        }
         let mut verdicts = Vec::with_capacity(self.rules.len());
-        let mut take = nows.len();
+        let mut take = stamps.len();
         for r in &mut self.rules {
             if r.held() {
                 verdicts.push(Vec::new());
@@ -474,7 +572,7 @@ impl Run<'_> {
             }
             match r.select(&provisional) {
                 Ok(v) => {
-                    take = take.min(r.plan_len(&provisional, &v, &now_of, stop));
+                    take = take.min(r.plan_len(&input(&provisional, &v, horizon, take)));
                     verdicts.push(v);
                 }
                 // The ordinary path isolates the event that fails.
@@ -498,26 +596,17 @@ impl Run<'_> {
             // let the ordinary path read what the log holds.
             return Ok(take);
         }
-        let stop = Stop {
-            limit: take,
-            ..stop
-        };
         for (i, v) in verdicts.iter().enumerate() {
             if self.rules[i].held() {
                 continue;
             }
-            let step = self.rules[i].step_with(
-                &self.log,
-                &provisional[..take],
-                &v[..take],
-                &now_of,
-                stop,
-            )?;
+            let step = self.rules[i].step_with(&input(&provisional, v, horizon, take))?;
             let name = self.rules[i].spec().name.clone();
-            self.report_step(&name, &step)?;
+            self.report.step(&name, &step, stamps[take - 1]);
         }
-        self.clock.set(nows[take - 1]);
-        self.chunk = if take == nows.len() {
+        self.report.check()?;
+        self.clock.set(stamps[take - 1]);
+        self.chunk = if take == stamps.len() {
             (self.chunk * 2).min(CHUNK)
         } else {
             (take * 2).clamp(64, CHUNK)
@@ -525,21 +614,26 @@ impl Run<'_> {
         Ok(take)
     }
 
-    /// Let every rule take its turn and run what is due, until none has
+    /// Let every rule take its round and run what is due, until none has
     /// anything left (outputs of one rule may feed another).
     fn settle(&mut self) -> anyhow::Result<()> {
         for _ in 0..MAX_ROUNDS {
             let mut progressed = false;
-            for i in 0..self.rules.len() {
-                let before = self.rules[i].cursor();
-                let turn = driver::turn(&mut *self.rules[i], &self.log, &self.clock, usize::MAX)?;
-                progressed |= turn.stepped.cursor != before
-                    || !turn.expired.fires.is_empty()
-                    || !turn.expired.notes.is_empty();
-                let name = self.rules[i].spec().name.clone();
-                self.report_step(&name, &turn.expired)?;
-                self.report_step(&name, &turn.stepped)?;
-                progressed |= self.run_due(i)?;
+            for rule in &mut self.rules {
+                let out = rule.round(
+                    RoundIn {
+                        now: self.clock.now_millis(),
+                        budget: usize::MAX,
+                        ..RoundIn::default()
+                    },
+                    &mut Inline,
+                    &mut self.report,
+                );
+                self.report.check()?;
+                if let Some(e) = out.error {
+                    anyhow::bail!("{e}");
+                }
+                progressed |= out.progressed;
             }
             if !progressed {
                 return Ok(());
@@ -548,55 +642,6 @@ impl Run<'_> {
         anyhow::bail!(
             "rules kept producing events for {MAX_ROUNDS} rounds: do they feed each other in a loop?"
         )
-    }
-
-    /// Run rule `i`'s fires due now, one after another; failed ones wait
-    /// for their retry time. True when any ran.
-    fn run_due(&mut self, i: usize) -> anyhow::Result<bool> {
-        let now = self.clock.now_millis();
-        let mut ran = false;
-        while let Some(fire_id) = self.rules[i].due_fires(now, 1).into_iter().next() {
-            ran = true;
-            let r = &mut self.rules[i];
-            let attempt = r.fire(&fire_id).map_or(1, |f| f.attempts + 1);
-            let job = r.start(&self.log, &fire_id, now)?;
-            let outcome = r.finish(&self.log, job.run())?;
-            let rule = r.spec().name.clone();
-            match outcome {
-                FireOutcome::Completed { outputs, dropped } => {
-                    if dropped > 0 {
-                        self.emit(json!({"type": "dropped", "rule": rule, "at": now,
-                            "fire_id": fire_id, "outputs": dropped,
-                            "why": "past the rule's output hop limit ([outputs] max_hops)"}))?;
-                    }
-                    for event in self.log.read_seqs(TENANT, &outputs)? {
-                        let payload: Value =
-                            serde_json::from_str(&event.payload).unwrap_or(Value::Null);
-                        self.emit(json!({"type": "output", "rule": rule, "at": now,
-                            "fire_id": fire_id, "seq": event.seq, "kind": event.kind,
-                            "payload": payload}))?;
-                    }
-                }
-                FireOutcome::Retry {
-                    at: retry_at,
-                    error,
-                } => {
-                    self.failed = true;
-                    self.emit(json!({"type": "error", "rule": rule, "at": now,
-                        "fire_id": fire_id, "attempt": attempt, "retry_at": retry_at,
-                        "error": error}))?;
-                }
-                FireOutcome::DeadLettered { error } => {
-                    self.failed = true;
-                    self.emit(json!({"type": "dead_letter", "rule": rule, "at": now,
-                        "fire_id": fire_id, "attempt": attempt, "error": error}))?;
-                }
-                // Fires run one after another here: none is cancelled
-                // while it runs.
-                FireOutcome::Cancelled => {}
-            }
-        }
-        Ok(ran)
     }
 
     /// Move the clock to `target`, running what falls due on the way in

@@ -9,12 +9,13 @@ use proptest::prelude::*;
 use serde_json::json;
 use sluice::clock::{Clock, SharedClock};
 use sluice::engine::Engine;
+use sluice::engine::driver::Driver;
 use sluice::engine::rule::Deployable;
 use sluice::log::{EventLog, EventQuery, NewEvent};
 use sluice::manifest::{BatchTrigger, Expire, Manifest, RetryPolicy};
 use sluice::runtime::Limits;
 use sluice::triggers::batch::Batch;
-use sluice::triggers::core::{RuleCore, RuleSpec};
+use sluice::triggers::core::RuleSpec;
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::{ECHO, HOSTILE, PR_DIGEST, SLOW_DIGEST};
 
@@ -31,6 +32,14 @@ fn trigger(count: u32) -> BatchTrigger {
     }
 }
 
+/// The PR digest's driver over `log`, batches of `count`.
+fn pr_digest(h: &Harness, log: &EventLog, count: u32) -> Driver<Batch> {
+    let spec = RuleSpec::with_defaults("acme", "pr-digest");
+    let rule = h.load(PR_DIGEST, Limits::default());
+    let now = h.clock.now_millis();
+    Driver::open(log, spec, Batch::from(&trigger(count)), rule, now, false).unwrap()
+}
+
 /// Rows a fire reads, with `partitions` interleaved round-robin.
 fn rows_read_by_a_fire(partitions: u64) -> (u64, usize) {
     let h = Harness::new();
@@ -42,12 +51,11 @@ fn rows_read_by_a_fire(partitions: u64) -> (u64, usize) {
     for chunk in events.chunks(5_000) {
         log.append_blocking(chunk.to_vec()).unwrap();
     }
-    let spec = RuleSpec::with_defaults("acme", "pr-digest", h.load(PR_DIGEST, Limits::default()));
-    let mut core = RuleCore::open(&log, spec, Batch::from(&trigger(COUNT as u32))).unwrap();
     let now = h.clock.now_millis();
-    while core.step(&log, now, 1_000).unwrap().read > 0 {}
+    let mut core = pr_digest(&h, &log, COUNT as u32);
+    while core.step(now, 1_000).unwrap().read > 0 {}
     let fire = core.pending_fires().next().unwrap().to_owned();
-    let job = core.start(&log, &fire, now).unwrap();
+    let job = core.start_fire(&fire, now).unwrap();
     let before = log.rows_read();
     let attempt = job.run();
     let read = log.rows_read() - before;
@@ -71,12 +79,11 @@ fn a_fire_reads_its_own_events_whatever_is_interleaved() {
 fn a_step_writes_appended_members_as_rows() {
     let h = Harness::new();
     let (log, _dir) = temp_log(&h);
-    let spec = RuleSpec::with_defaults("acme", "pr-digest", h.load(PR_DIGEST, Limits::default()));
-    let mut core = RuleCore::open(&log, spec, Batch::from(&trigger(1_000))).unwrap();
+    let mut core = pr_digest(&h, &log, 1_000);
     let now = h.clock.now_millis();
     for n in 0..3 {
         log.append_blocking(vec![merged("a", n)]).unwrap();
-        core.step(&log, now, 10).unwrap();
+        core.step(now, 10).unwrap();
     }
     let ns = "rule:acme/pr-digest";
     let rows = log
@@ -91,12 +98,11 @@ fn a_step_writes_appended_members_as_rows() {
     };
     assert_eq!(members().len(), 3);
     // A restart reads the window back from its rows.
-    let spec = RuleSpec::with_defaults("acme", "pr-digest", h.load(PR_DIGEST, Limits::default()));
-    let mut again = RuleCore::open(&log, spec, Batch::from(&trigger(1_000))).unwrap();
+    let mut again = pr_digest(&h, &log, 1_000);
     assert_eq!(again.partition(Some("a")).unwrap().seqs, vec![1, 2, 3]);
     // Once the window closes, the member log is cleared from the front.
     h.clock.advance(3_600_000);
-    let closed = again.expire(&log, h.clock.now_millis()).unwrap();
+    let closed = again.step(h.clock.now_millis(), usize::MAX).unwrap();
     assert_eq!(closed.fires[0].seqs, vec![1, 2, 3]);
     assert!(members().is_empty());
 }
@@ -261,9 +267,9 @@ async fn rules_feeding_each_other_stop_at_the_hop_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadlines_fall_due_on_time_under_sustained_ingest() {
-    // Several turns' worth of events (a turn reads at most 32 768).
-    const BACKLOG: u64 = 200_000;
+async fn deadlines_wait_for_what_was_ingested_before_them_not_for_what_comes_after() {
+    // Several rounds' worth of events (a round reads at most 32 768).
+    const BACKLOG: u64 = 60_000;
     let h = Harness::new();
     let clock: SharedClock = Arc::new(h.clock.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -277,7 +283,8 @@ async fn deadlines_fall_due_on_time_under_sustained_ingest() {
     .await;
     log.append(vec![merged("quiet", 0)]).await.unwrap();
     wait_cursor(&engine, "pr-digest", 1).await;
-    // A backlog the rule needs many turns to read, and ingest that goes on.
+    // A backlog ingested before the quiet window's deadline, which the
+    // rule needs many rounds to read, and ingest that goes on after it.
     engine.pause("acme", "pr-digest").await.unwrap();
     let backlog: Vec<NewEvent> = (1..=BACKLOG)
         .map(|i| merged(&format!("busy{}", i % 50), i))
@@ -285,32 +292,37 @@ async fn deadlines_fall_due_on_time_under_sustained_ingest() {
     for chunk in backlog.chunks(10_000) {
         log.append(chunk.to_vec()).await.unwrap();
     }
+    h.clock.advance(61_000);
+    let ingested_before = log.last_seq();
     let feeder = {
         let log = log.clone();
         tokio::spawn(async move {
             let mut n = 1_000_000;
             loop {
-                let batch: Vec<NewEvent> = (0..500).map(|i| merged("busy-more", n + i)).collect();
-                n += 500;
+                let batch: Vec<NewEvent> = (0..200).map(|i| merged("busy-more", n + i)).collect();
+                n += 200;
                 if log.append(batch).await.is_err() {
                     return;
                 }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
-    // The quiet partition's window falls due while the rule catches up.
-    h.clock.advance(61_000);
     engine.resume("acme", "pr-digest").await.unwrap();
-    let fired = crate::engine::wait_for(&log, 0, |e| {
+    let fired = crate::engine::wait_for(&log, ingested_before, |e| {
         e.kind == "fire.completed" && e.payload.contains("\"partition\":\"quiet\"")
     })
     .await;
     let s = engine.status("acme", "pr-digest").unwrap();
     assert!(
-        s.cursor < BACKLOG + 1,
-        "the deadline was served before the backlog was read: {s:?}"
+        s.cursor >= ingested_before,
+        "the deadline waited for every event ingested before it: {s:?}"
     );
-    assert!(fired.seq > BACKLOG + 1);
+    assert!(
+        !feeder.is_finished(),
+        "and came while ingest went on: what came after it does not hold it up"
+    );
+    assert!(fired.seq > ingested_before);
     feeder.abort();
     engine.shutdown().await;
 }

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice::clock::Clock;
+use sluice::engine::driver::Driver;
 use sluice::log::{Durability, EventLog, EventQuery, LogConfig, NewEvent};
 use sluice::manifest::{BatchTrigger, Expire, RetryPolicy};
+use sluice::records::ENGINE_SOURCE;
 use sluice::runtime::LoadedRule;
-use sluice::triggers::ENGINE_SOURCE;
 use sluice::triggers::FireReason;
 use sluice::triggers::batch::Batch;
-use sluice::triggers::core::{RuleCore, RuleSpec};
+use sluice::triggers::core::RuleSpec;
 use sluice::triggers::fires::FireOutcome;
 use sluice_test_components::components::{HOSTILE, PR_DIGEST};
 
@@ -32,12 +33,15 @@ struct BatchRule {
     rule: LoadedRule,
     batcher: BatchTrigger,
     retry: RetryPolicy,
+    /// When it starts.
+    now: i64,
 }
 
-fn open(log: &EventLog, r: BatchRule) -> RuleCore<Batch> {
-    let mut spec = RuleSpec::with_defaults("acme", &r.name, r.rule);
+fn open(log: &EventLog, r: BatchRule) -> Driver<Batch> {
+    let mut spec = RuleSpec::with_defaults("acme", &r.name);
     spec.retry = r.retry;
-    RuleCore::open(log, spec, Batch::from(&r.batcher)).unwrap()
+    let now = r.now;
+    Driver::open(log, spec, Batch::from(&r.batcher), r.rule, now, false).unwrap()
 }
 
 fn spec(h: &Harness, expire: Expire) -> BatchRule {
@@ -52,6 +56,7 @@ fn spec(h: &Harness, expire: Expire) -> BatchRule {
             max_wait: None,
         }),
         rule: h.load(PR_DIGEST, Default::default()),
+        now: h.clock.now_millis(),
     }
 }
 
@@ -87,7 +92,7 @@ fn windows_fires_and_cursor_commit_together_and_survive_restart() {
 
     let mut d = open(&log, spec(&h, Expire::Fire));
     let now = h.clock.now_millis();
-    let step = d.step(&log, now, 1_000).unwrap();
+    let step = d.step(now, 1_000).unwrap();
     assert_eq!((step.read, step.kept, step.cursor), (5, 4, 5));
     assert_eq!(step.fires.len(), 1, "acme/api reached count = 2");
     let fire = &step.fires[0];
@@ -106,7 +111,7 @@ fn windows_fires_and_cursor_commit_together_and_survive_restart() {
     assert_eq!(log.low_water().unwrap(), Some(1));
 
     // Nothing new: a step changes nothing.
-    assert_eq!(d.step(&log, now, 1_000).unwrap().fires, vec![]);
+    assert_eq!(d.step(now, 1_000).unwrap().fires, vec![]);
 
     // Restart: the state comes back; replaying produces no new fire.
     let fire_id = fire.fire_id.clone();
@@ -124,13 +129,13 @@ fn windows_fires_and_cursor_commit_together_and_survive_restart() {
     // Windows expire on idle partitions at their deadline, not before.
     h.clock.advance(59_999);
     assert!(
-        d.expire(&log, h.clock.now_millis())
+        d.step(h.clock.now_millis(), usize::MAX)
             .unwrap()
             .fires
             .is_empty()
     );
     h.clock.advance(1);
-    let mut fires = d.expire(&log, h.clock.now_millis()).unwrap().fires;
+    let mut fires = d.step(h.clock.now_millis(), usize::MAX).unwrap().fires;
     fires.sort_by(|a, b| a.partition.cmp(&b.partition));
     let got: Vec<_> = fires
         .iter()
@@ -153,7 +158,7 @@ fn windows_fires_and_cursor_commit_together_and_survive_restart() {
 
     // Completing fires releases their events.
     for id in d.pending_fires().map(str::to_owned).collect::<Vec<_>>() {
-        d.fire_done(&log, &id).unwrap();
+        d.run_fire(&id, h.clock.now_millis()).unwrap();
     }
     assert_eq!(
         log.low_water().unwrap(),
@@ -168,9 +173,9 @@ fn discarded_windows_are_recorded_on_the_log_and_fire_ids_are_stable() {
     let (log, _dir) = temp_log(&h);
     log.append_blocking(vec![merged("acme/api", 1)]).unwrap();
     let mut d = open(&log, spec(&h, Expire::Discard));
-    d.step(&log, h.clock.now_millis(), 100).unwrap();
+    d.step(h.clock.now_millis(), 100).unwrap();
     h.clock.advance(60_000);
-    let fires = d.expire(&log, h.clock.now_millis()).unwrap().discards;
+    let fires = d.step(h.clock.now_millis(), usize::MAX).unwrap().discards;
     assert_eq!(fires.len(), 1);
     assert_eq!(d.pending_fires().count(), 0, "nothing to run for a discard");
     let records = log
@@ -185,17 +190,17 @@ fn discarded_windows_are_recorded_on_the_log_and_fire_ids_are_stable() {
     assert_eq!(payload["windows"][0]["seqs"], json!([1]));
     assert_eq!(payload["windows"][0]["fire_id"], json!(fires[0].fire_id));
     // The engine's own record does not feed the rule.
-    let step = d.step(&log, h.clock.now_millis(), 100).unwrap();
+    let step = d.step(h.clock.now_millis(), 100).unwrap();
     assert_eq!((step.read, step.kept), (0, 0));
 
     // Same window, same fire id, in another engine.
     let (log2, _other) = temp_log(&h);
     log2.append_blocking(vec![merged("acme/api", 1)]).unwrap();
     let mut d2 = open(&log2, spec(&h, Expire::Discard));
-    d2.step(&log2, h.clock.now_millis(), 100).unwrap();
+    d2.step(h.clock.now_millis(), 100).unwrap();
     h.clock.advance(60_000);
     assert_eq!(
-        d2.expire(&log2, h.clock.now_millis()).unwrap().discards[0].fire_id,
+        d2.step(h.clock.now_millis(), usize::MAX).unwrap().discards[0].fire_id,
         fires[0].fire_id
     );
 }
@@ -235,16 +240,11 @@ fn a_completed_fire_appends_outputs_under_its_id_exactly_once() {
         .unwrap();
     let mut d = open(&log, spec(&h, Expire::Fire));
     // A second runner that loaded the same state: a stale re-run.
-    let fire = d
-        .step(&log, h.clock.now_millis(), 10)
-        .unwrap()
-        .fires
-        .remove(0);
+    let fire = d.step(h.clock.now_millis(), 10).unwrap().fires.remove(0);
     let mut stale = open(&log, spec(&h, Expire::Fire));
 
-    let FireOutcome::Completed { outputs, .. } = d
-        .run_fire(&log, &fire.fire_id, h.clock.now_millis())
-        .unwrap()
+    let FireOutcome::Completed { outputs, .. } =
+        d.run_fire(&fire.fire_id, h.clock.now_millis()).unwrap()
     else {
         panic!("the handler should succeed")
     };
@@ -263,9 +263,7 @@ fn a_completed_fire_appends_outputs_under_its_id_exactly_once() {
     assert_eq!(d.pending_fires().count(), 0);
 
     // The re-run finds its outputs already there: nothing is emitted twice.
-    let again = stale
-        .run_fire(&log, &fire.fire_id, h.clock.now_millis())
-        .unwrap();
+    let again = stale.run_fire(&fire.fire_id, h.clock.now_millis()).unwrap();
     assert_eq!(
         again,
         FireOutcome::Completed {
@@ -290,6 +288,7 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     let rule = BatchRule {
         name: "hostile".into(),
         rule: h.load(HOSTILE, Default::default()),
+        now: h.clock.now_millis(),
         retry: RetryPolicy {
             max_attempts: 3,
             backoff: Duration::from_secs(1),
@@ -301,17 +300,10 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     let mut d = open(&log, rule);
     log.append_blocking(kind_events(&["retry", "x"], "a"))
         .unwrap();
-    let fire = d
-        .step(&log, h.clock.now_millis(), 10)
-        .unwrap()
-        .fires
-        .remove(0);
+    let fire = d.step(h.clock.now_millis(), 10).unwrap().fires.remove(0);
     let mut retry_times = Vec::new();
     for attempt in 1..=2 {
-        match d
-            .run_fire(&log, &fire.fire_id, h.clock.now_millis())
-            .unwrap()
-        {
+        match d.run_fire(&fire.fire_id, h.clock.now_millis()).unwrap() {
             FireOutcome::Retry { at, error } => {
                 assert!(error.contains("retryable error: try me again"), "{error}");
                 let wait = at - h.clock.now_millis();
@@ -320,8 +312,11 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
                     (full / 2..=full).contains(&wait),
                     "attempt {attempt}: waits {wait} ms"
                 );
-                assert!(d.due_fires(at - 1).is_empty(), "not before its retry time");
-                assert_eq!(d.due_fires(at), vec![fire.fire_id.clone()]);
+                assert!(
+                    d.due_fires(at - 1, usize::MAX).is_empty(),
+                    "not before its retry time"
+                );
+                assert_eq!(d.due_fires(at, usize::MAX), vec![fire.fire_id.clone()]);
                 retry_times.push(at);
                 h.clock.set(at);
             }
@@ -329,9 +324,7 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
         }
     }
     assert_eq!(d.fire(&fire.fire_id).unwrap().attempts, 2);
-    let outcome = d
-        .run_fire(&log, &fire.fire_id, h.clock.now_millis())
-        .unwrap();
+    let outcome = d.run_fire(&fire.fire_id, h.clock.now_millis()).unwrap();
     assert!(
         matches!(outcome, FireOutcome::DeadLettered { .. }),
         "{outcome:?}"
@@ -346,14 +339,8 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     // A fatal error dead-letters at once; two in a row suspend the rule.
     log.append_blocking(kind_events(&["fatal", "x"], "b"))
         .unwrap();
-    let fire = d
-        .step(&log, h.clock.now_millis(), 10)
-        .unwrap()
-        .fires
-        .remove(0);
-    let outcome = d
-        .run_fire(&log, &fire.fire_id, h.clock.now_millis())
-        .unwrap();
+    let fire = d.step(h.clock.now_millis(), 10).unwrap().fires.remove(0);
+    let outcome = d.run_fire(&fire.fire_id, h.clock.now_millis()).unwrap();
     assert_eq!(
         outcome,
         FireOutcome::DeadLettered {
@@ -376,10 +363,11 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     );
     // Suspended: new events wait; the suspension survives a restart.
     log.append_blocking(kind_events(&["x", "x"], "c")).unwrap();
-    assert_eq!(d.step(&log, h.clock.now_millis(), 10).unwrap().read, 0);
+    assert_eq!(d.step(h.clock.now_millis(), 10).unwrap().read, 0);
     let rule = BatchRule {
         name: "hostile".into(),
         rule: h.load(HOSTILE, Default::default()),
+        now: h.clock.now_millis(),
         retry: RetryPolicy {
             max_attempts: 3,
             backoff: Duration::from_secs(1),
@@ -390,23 +378,30 @@ fn failures_retry_with_backoff_then_dead_letter_and_suspend() {
     };
     let mut d = open(&log, rule);
     assert!(d.suspended().is_some());
-    d.resume(&log).unwrap();
-    let step = d.step(&log, h.clock.now_millis(), 10).unwrap();
+    d.resume(h.clock.now_millis()).unwrap();
+    let step = d.step(h.clock.now_millis(), 10).unwrap();
     assert_eq!(step.fires.len(), 1, "resumed from its cursor");
 
     // A dead letter can be re-driven: pending again, with fresh attempts.
-    let first_dead = d.dead_letters(&log).unwrap()[0].fire_id.clone();
-    d.redrive(&log, &first_dead).unwrap();
+    let first_dead = d.dead_letters().unwrap()[0].fire_id.clone();
+    d.redrive(&first_dead, h.clock.now_millis()).unwrap();
     assert_eq!(d.fire(&first_dead).unwrap().attempts, 0);
-    assert!(d.due_fires(h.clock.now_millis()).contains(&first_dead));
-    assert_eq!(d.dead_letters(&log).unwrap().len(), 1);
-    assert!(d.redrive(&log, "f_nope").is_err());
+    assert!(
+        d.due_fires(h.clock.now_millis(), usize::MAX)
+            .contains(&first_dead)
+    );
+    assert_eq!(d.dead_letters().unwrap().len(), 1);
+    assert!(d.redrive("f_nope", h.clock.now_millis()).is_err());
     // Dead letters keep their events pinned until re-driven or discarded.
-    let other_dead = d.dead_letters(&log).unwrap()[0].clone();
+    let other_dead = d.dead_letters().unwrap()[0].clone();
     assert!(log.low_water().unwrap().unwrap() <= other_dead.seqs[0]);
-    d.discard_dead(&log, &other_dead.fire_id).unwrap();
-    assert!(d.dead_letters(&log).unwrap().is_empty());
-    assert!(d.discard_dead(&log, &other_dead.fire_id).is_err());
+    d.discard_dead(&other_dead.fire_id, h.clock.now_millis())
+        .unwrap();
+    assert!(d.dead_letters().unwrap().is_empty());
+    assert!(
+        d.discard_dead(&other_dead.fire_id, h.clock.now_millis())
+            .is_err()
+    );
     assert!(retry_times[1] > retry_times[0]);
 }
 
@@ -417,6 +412,7 @@ fn an_event_the_rule_cannot_select_is_isolated_skipped_and_recorded() {
     let rule = BatchRule {
         name: "hostile".into(),
         rule: h.load(HOSTILE, Default::default()),
+        now: h.clock.now_millis(),
         batcher: (BatchTrigger {
             count: 1,
             window: Duration::from_secs(60),
@@ -432,7 +428,7 @@ fn an_event_the_rule_cannot_select_is_isolated_skipped_and_recorded() {
     let mut fires = Vec::new();
     let mut errors = 0;
     for _ in 0..20 {
-        match d.step(&log, h.clock.now_millis(), 100) {
+        match d.step(h.clock.now_millis(), 100) {
             Ok(step) => fires.extend(step.fires.into_iter().map(|f| f.seqs)),
             Err(_) => errors += 1,
         }
@@ -471,7 +467,7 @@ fn an_event_the_rule_cannot_select_is_isolated_skipped_and_recorded() {
 fn a_poison_event_can_suspend_the_rule_instead() {
     let h = Harness::new();
     let (log, _dir) = temp_log(&h);
-    let mut spec = RuleSpec::with_defaults("acme", "hostile", h.load(HOSTILE, Default::default()));
+    let mut spec = RuleSpec::with_defaults("acme", "hostile");
     spec.select = sluice::manifest::SelectPolicy {
         on_poison: sluice::manifest::OnPoison::Suspend,
         attempts: 2,
@@ -483,11 +479,21 @@ fn a_poison_event_can_suspend_the_rule_instead() {
         debounce: false,
         max_wait: None,
     };
-    let mut d = RuleCore::open(&log, spec, Batch::from(&trigger)).unwrap();
+    let now = h.clock.now_millis();
+    let rule = || h.load(HOSTILE, Default::default());
+    let mut d = Driver::open(
+        &log,
+        spec.clone(),
+        Batch::from(&trigger),
+        rule(),
+        now,
+        false,
+    )
+    .unwrap();
     log.append_blocking(kind_events(&["fine", "panic", "fine"], "s"))
         .unwrap();
     for _ in 0..10 {
-        let _ = d.step(&log, h.clock.now_millis(), 100);
+        let _ = d.step(h.clock.now_millis(), 100);
         if d.suspended().is_some() {
             break;
         }
@@ -497,7 +503,6 @@ fn a_poison_event_can_suspend_the_rule_instead() {
     assert_eq!(d.cursor(), 1, "the poison event and what follows wait");
     assert_eq!(engine_kinds(&log), vec!["rule.suspended"]);
     // The suspension is durable.
-    let spec = RuleSpec::with_defaults("acme", "hostile", h.load(HOSTILE, Default::default()));
-    let again = RuleCore::open(&log, spec, Batch::from(&trigger)).unwrap();
+    let again = Driver::open(&log, spec, Batch::from(&trigger), rule(), now, false).unwrap();
     assert!(again.suspended().is_some());
 }

@@ -39,7 +39,8 @@ pub(crate) fn batch_rule(
     limits: Limits,
 ) -> Deployable {
     Deployable::batch(
-        RuleSpec::with_defaults("acme", name, h.load(component, limits)),
+        RuleSpec::with_defaults("acme", name),
+        h.load(component, limits),
         &BatchTrigger {
             count,
             window: Duration::from_secs(window_s),

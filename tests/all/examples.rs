@@ -2,8 +2,9 @@
 
 use serde_json::{Value, json};
 use sluice::runtime::Limits;
-use sluice::runtime::bindings::wit::{self, Membership, Reason};
+use sluice::runtime::bindings::wit::{self, Reason};
 use sluice::runtime::{Placement, Verdict};
+use sluice::verdict::Membership;
 use sluice_test_components::components::{HOURLY_SUMMARY, PR_DIGEST, USER_INACTIVE};
 
 use crate::{Harness, event};

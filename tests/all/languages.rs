@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice::clock::{ManualClock, SharedClock};
 use sluice::event::Event;
-use sluice::runtime::bindings::wit::{self, Membership, Reason};
+use sluice::runtime::bindings::wit::{self, Reason};
 use sluice::runtime::{
     CallErrorKind, Limits, LoadedRule, Placement, RuleLabel, Runtime, RuntimeConfig, Verdict,
 };
+use sluice::verdict::Membership;
 
 /// The languages every kit case runs in; Rust is the reference.
 const LANGUAGES: [&str; 4] = ["rust", "python", "javascript", "c"];
@@ -226,6 +227,7 @@ fn ev(seq: u64, kind: &str, payload: &str) -> Event {
         kind: kind.into(),
         time: 1_767_225_600_000 + seq as i64 * 1000,
         payload: payload.into(),
+        ingested: 0,
         hops: 0,
     }
 }

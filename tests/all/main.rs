@@ -107,6 +107,7 @@ pub fn event(seq: u64, kind: &str, payload: serde_json::Value) -> Event {
         source: "tests".into(),
         kind: kind.into(),
         time: 1_767_225_600_000 + seq as i64,
+        ingested: 1_767_225_600_000 + seq as i64,
         payload: payload.to_string(),
         hops: 0,
     }

@@ -22,7 +22,7 @@ use super::events::EventView;
 use super::tenants::TenantAuth;
 use crate::event::Event;
 use crate::log::FeedItem;
-use crate::triggers::ENGINE_SOURCE;
+use crate::records::ENGINE_SOURCE;
 
 /// Where the feed starts and what it shows.
 #[derive(Debug, Deserialize, IntoParams)]

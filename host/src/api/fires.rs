@@ -12,7 +12,7 @@ use super::App;
 use super::error::{ApiError, ErrorBody};
 use super::tenants::TenantAuth;
 use crate::log::EventQuery;
-use crate::triggers::ENGINE_SOURCE;
+use crate::records::ENGINE_SOURCE;
 use crate::triggers::fires::FireRecord;
 
 /// A fire as the API shows it.

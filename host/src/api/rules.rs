@@ -74,8 +74,9 @@ pub struct RuleView {
     pub digest: String,
     /// When this version was deployed (ms since the epoch).
     pub deployed_at: i64,
-    /// `active`, `paused`, `suspended` or `failed` (could not start; see
-    /// `last_error`).
+    /// `active`, `paused`, `suspended` or `failed` (could not start, or
+    /// the engine failed while running it; see `last_error`). A resume or
+    /// a redeploy brings a failed rule back.
     pub status: String,
     /// Why the rule is suspended.
     pub suspended_reason: Option<String>,
@@ -210,7 +211,7 @@ pub async fn deploy(
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::unprocessable("invalid_component", format!("component: {e}")))?;
     let load_ms = started.elapsed().as_millis() as u64;
-    let compile = match rule.spec.rule.cache_outcome() {
+    let compile = match rule.rule.cache_outcome() {
         crate::runtime::cache::CacheOutcome::Hit => "hit",
         _ => "compiled",
     };
@@ -385,11 +386,12 @@ pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
     let manifest = Manifest::parse(&d.manifest).ok();
     let status: Option<RuleStatus> = app.engine.status(&d.tenant, &d.name);
     let fuel_used = match app.engine.loaded(&d.tenant, &d.name) {
-        Some(rule) => rule.spec.rule.fuel_used(),
+        Some(rule) => rule.rule.fuel_used(),
         None => 0,
     };
     let broken = app.broken_get(&d.tenant, &d.name);
     let s = status.clone().unwrap_or_default();
+    let broken = broken.or_else(|| s.failed.clone());
     let state = match (&status, &broken) {
         (None, _) | (_, Some(_)) => "failed",
         (Some(s), _) if s.suspended.is_some() => "suspended",

@@ -459,6 +459,7 @@ fn read_events(path: &Path, now: i64) -> anyhow::Result<Vec<Event>> {
             source: event.source,
             kind: event.kind,
             time: event.time.unwrap_or(now),
+            ingested: event.time.unwrap_or(now),
             payload: event.payload,
             hops: 0,
         });
@@ -489,16 +490,6 @@ fn parse_reason(reason: &str, now: i64, events: &[Event]) -> anyhow::Result<Reas
             ),
         },
     })
-}
-
-/// Membership as the WIT spells it.
-fn membership_name(m: wit::Membership) -> &'static str {
-    match m {
-        wit::Membership::Enter => "enter",
-        wit::Membership::Leave => "leave",
-        wit::Membership::Refresh => "refresh",
-        wit::Membership::Ignore => "ignore",
-    }
 }
 
 /// A reason as the WIT spells it (`count-reached`, `{"dwell": {…}}`, …).
@@ -566,7 +557,7 @@ fn eval(
                     .or_default()
                     .push(event.clone());
                 json!({"type": "keep", "seq": event.seq, "kind": event.kind,
-                       "partition": p.partition, "membership": membership_name(p.membership)})
+                       "partition": p.partition, "membership": p.membership.name()})
             }
         };
         writeln!(out, "{line}")?;

@@ -1,62 +1,43 @@
 //! The engine: runs deployed rules against the log on the engine clock.
 //!
-//! Each rule has a task of its own, which alone touches the rule's core.
-//! The task runs [`driver::turn`] (due deadlines, then new events in
-//! bounded slices), starts the fires that are due — up to the rule's
-//! concurrency at once, never two of one partition — on the blocking pool
-//! (rounds and handler runs of all rules share a bound of 4 per core, so
-//! a thousand rules due at once take turns on a few threads; one tenant's
-//! rules hold at most half of it),
-//! commits their outcomes as they finish, and serves its control channel
-//! (pause, resume, re-drive, discard dead letters, stop). Then it sleeps
-//! until the next commit, the next deadline or retry time, a finished
-//! fire, a control request or — under a manual clock — the next move of
-//! the clock.
+//! Each rule has a task of its own ([`task`]), which alone drives the
+//! rule through its [`driver`]: rounds on the blocking pool (rounds and
+//! handler runs of all rules share a bound of 4 per core, so a thousand
+//! rules due at once take turns on a few threads; one tenant's rules hold
+//! at most half of it), fires in the engine's work slots, control requests
+//! served between rounds.
 //!
 //! Stop-and-join: [`Engine::undeploy`] and a redeploy of the same name
 //! stop the rule's task, let its running handlers finish and commit, and
 //! wait for the task to end before anything else opens the rule's state —
 //! never two dispatchers on one rule.
 //!
-//! - [`driver`]: the order of a rule's work, shared with `sluice test`.
-//! - [`rule`]: a manifest and component made into a core of its kind.
+//! - [`driver`]: the one driver of a rule's round and writes, shared with
+//!   `sluice test`.
+//! - [`job`]: running a fire's handler.
+//! - [`task`]: a rule's task.
+//! - [`rule`]: a manifest and component made into a driver of its kind.
 //! - [`registry`]: which rules a server runs, kept beside their state.
 
 pub mod driver;
+pub mod job;
 pub mod registry;
 pub mod rule;
+mod task;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
-use self::rule::{Deployable, Driven, RuleStatus};
+use self::driver::{Answer, Driven, Inline, Quiet, Request, RoundIn};
+use self::rule::{Deployable, RuleStatus};
+use self::task::{Control, Task};
 use crate::clock::SharedClock;
 use crate::log::{EventLog, StateOp};
-use crate::triggers::core::CoreError;
-use crate::triggers::fires::{FireAttempt, FireRecord};
-
-/// Events a rule's task reads per turn before it serves deadlines, fires
-/// and control requests again.
-const TURN_EVENTS: usize = 4 * driver::STEP_EVENTS;
-
-/// A request to a rule's task.
-enum Control {
-    Pause(oneshot::Sender<Result<(), CoreError>>),
-    Resume(oneshot::Sender<Result<(), CoreError>>),
-    Redrive(String, oneshot::Sender<Result<(), CoreError>>),
-    DiscardDead(String, oneshot::Sender<Result<(), CoreError>>),
-    DeadLetters(oneshot::Sender<Result<Vec<FireRecord>, CoreError>>),
-    Pending(oneshot::Sender<Result<Vec<FireRecord>, CoreError>>),
-    /// Save the counters (the task asks itself, now and then).
-    SaveCounters,
-}
-
-/// How often a running rule saves its counters.
-const COUNTERS_EVERY: Duration = Duration::from_secs(30);
+use crate::triggers::core::{CoreError, RuleSpec};
+use crate::triggers::fires::FireRecord;
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +52,10 @@ pub enum ControlError {
     #[error(transparent)]
     Core(#[from] CoreError),
 }
+
+/// A commit made while a rule is swapped: after the old version stopped
+/// (given), before the new one starts.
+pub type SwapCommit = Box<dyn FnOnce(Option<&Deployable>) -> Result<(), CoreError> + Send>;
 
 /// (tenant, rule name).
 type RuleKey = (String, String);
@@ -121,7 +106,7 @@ pub struct Engine {
 /// Slots for rounds and handler runs: the engine's, and the tenant's
 /// share of them. A piece of work holds one of each.
 #[derive(Debug, Clone)]
-struct Work {
+pub(crate) struct Work {
     all: Arc<Semaphore>,
     tenant: Arc<Semaphore>,
 }
@@ -182,6 +167,16 @@ impl Engine {
         }
     }
 
+    /// The log the engine runs on.
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    /// The engine clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     /// Start running a rule, resuming its durable state. A rule of the same
     /// tenant and name already running is stopped and joined first; the
     /// new version carries on from the state the old one committed.
@@ -191,7 +186,7 @@ impl Engine {
     /// open its state once the old version stopped puts the old version
     /// back and returns the error.
     pub async fn deploy(&self, rule: Deployable) -> Result<(), CoreError> {
-        self.deploy_inner(rule, false).await
+        self.deploy_inner(rule, false, None).await
     }
 
     /// [`Self::deploy`], starting from empty state: the rule's windows,
@@ -199,10 +194,28 @@ impl Engine {
     /// dropped first (recorded as `rule.reset`), and its cursor starts
     /// again from the log's end. The way to change a rule's trigger kind.
     pub async fn deploy_reset(&self, rule: Deployable) -> Result<(), CoreError> {
-        self.deploy_inner(rule, true).await
+        self.deploy_inner(rule, true, None).await
     }
 
-    async fn deploy_inner(&self, rule: Deployable, reset: bool) -> Result<(), CoreError> {
+    /// [`Self::deploy`] (or with `reset`, [`Self::deploy_reset`]), with a
+    /// commit that must happen once the old version has stopped and
+    /// before the new one starts (a deploy registry's write, with the
+    /// swap's record): if it fails, the old version runs on.
+    pub async fn swap_with(
+        &self,
+        rule: Deployable,
+        reset: bool,
+        commit: SwapCommit,
+    ) -> Result<(), CoreError> {
+        self.deploy_inner(rule, reset, Some(commit)).await
+    }
+
+    async fn deploy_inner(
+        &self,
+        rule: Deployable,
+        reset: bool,
+        commit: Option<SwapCommit>,
+    ) -> Result<(), CoreError> {
         let key = (rule.spec.tenant.clone(), rule.spec.name.clone());
         let slot = self.slot(&key, true).expect("created");
         let mut running = slot.lock().await;
@@ -218,6 +231,29 @@ impl Engine {
             }
             None => None,
         };
+        let restart = |previous: Option<Deployable>| async {
+            if let Some(previous) = previous {
+                let core = self.open(previous.clone(), true).await?;
+                Ok::<_, CoreError>(Some(self.start(&key, previous, core)))
+            } else {
+                Ok(None)
+            }
+        };
+        let before = previous
+            .as_ref()
+            .filter(|_| !reset)
+            .map(Deployable::describe);
+        let recorded = commit.is_some();
+        if let Some(commit) = commit {
+            let prev = previous.clone();
+            let done = joined(tokio::task::spawn_blocking(move || commit(prev.as_ref())).await)
+                .and_then(|r| r);
+            if let Err(e) = done {
+                *running = restart(previous).await?;
+                return Err(e);
+            }
+        }
+        let carry = previous.is_some() && !reset;
         let previous = match reset {
             // Nothing of the old state is left to go back to.
             true => {
@@ -226,42 +262,29 @@ impl Engine {
             }
             false => previous,
         };
-        let opened = self.open(rule.clone()).await;
-        let before = previous.as_ref().map(Deployable::describe);
+        let opened = self.open(rule.clone(), carry).await;
         let (rule, core) = match (opened, previous) {
             (Ok(core), _) => (rule, core),
             (Err(e), Some(previous)) => {
                 tracing::warn!(rule = %key.1, error = %e, "the new version cannot open its state; the previous one runs on");
-                let core = self.open(previous.clone()).await?;
-                *running = Some(self.start(&key, previous, core));
+                *running = restart(Some(previous)).await?;
                 return Err(e);
             }
             (Err(e), None) => return Err(e),
         };
         let mut record = rule.describe();
+        let spec = rule.spec.clone();
         *running = Some(self.start(&key, rule, core));
         // A swap is on the feed (a first deploy, or a start-up, is not:
-        // the log then holds exactly what `sluice test` makes of it).
-        if let Some(before) = before {
+        // the log then holds exactly what `sluice test` makes of it). A
+        // caller's commit records it itself, with what it commits.
+        if let Some(before) = before
+            && !recorded
+        {
             record["previous"] = before;
-            self.record(&key, "rule.swapped", record).await;
+            record_lifecycle(&self.log, &self.clock, &spec, "rule.swapped", record).await;
         }
         Ok(())
-    }
-
-    /// An engine record of the rule's lifecycle on the feed (best effort:
-    /// the change itself is done; a failure to record it is logged).
-    async fn record(&self, key: &RuleKey, kind: &str, payload: serde_json::Value) {
-        let now = self.clock.now_millis();
-        let id = format!(
-            "{kind}:{}:{now}:{}",
-            key.1,
-            crate::triggers::fire_id(&key.1, &[&payload.to_string()])
-        );
-        let event = crate::triggers::engine_record(&key.0, id, kind, now, &payload);
-        if let Err(e) = self.log.append(vec![event]).await {
-            tracing::warn!(rule = %key.1, error = %e, "could not record {kind}");
-        }
     }
 
     /// Drop a (stopped) rule's state and pin; its cursor starts at the log's
@@ -282,7 +305,7 @@ impl Engine {
         let ns = crate::triggers::state::namespace(&key.0, &key.1);
         let last = self.log.last_seq();
         let now = self.clock.now_millis();
-        let record = crate::triggers::engine_record(
+        let record = crate::records::engine_record(
             &key.0,
             format_args!("{kind}:{}:{now}:{last}", key.1),
             kind,
@@ -305,10 +328,10 @@ impl Engine {
         Ok(())
     }
 
-    async fn open(&self, rule: Deployable) -> Result<Box<dyn Driven>, CoreError> {
+    async fn open(&self, rule: Deployable, carry: bool) -> Result<Box<dyn Driven>, CoreError> {
         let log = self.log.clone();
         let now = self.clock.now_millis();
-        joined(tokio::task::spawn_blocking(move || rule.open(&log, now)).await)?
+        joined(tokio::task::spawn_blocking(move || rule.open(&log, now, carry)).await)?
     }
 
     /// The slots `tenant`'s rules take their work from.
@@ -332,15 +355,16 @@ impl Engine {
         let status = Arc::new(Mutex::new(core.status()));
         let (control, requests) = mpsc::channel(16);
         let stop = watch::channel(false).0;
-        let task = tokio::spawn(rule_task(
-            core,
-            self.log.clone(),
-            self.clock.clone(),
-            status.clone(),
+        let task = Task {
+            log: self.log.clone(),
+            clock: self.clock.clone(),
+            status: status.clone(),
             requests,
-            stop.subscribe(),
-            self.work_of(&key.0),
-        ));
+            stop: stop.subscribe(),
+            work: self.work_of(&key.0),
+            rule: rule.clone(),
+        };
+        let task = tokio::spawn(task.run(core));
         self.statuses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -369,8 +393,9 @@ impl Engine {
         match removed {
             Some(d) => {
                 let record = d.rule.describe();
+                let spec = d.rule.spec.clone();
                 stop_and_join(d).await;
-                self.record(&key, "rule.undeployed", record).await;
+                record_lifecycle(&self.log, &self.clock, &spec, "rule.undeployed", record).await;
                 true
             }
             None => false,
@@ -411,17 +436,32 @@ impl Engine {
             Drain::Fire => "fire",
             Drain::Discard => "discard",
         });
-        let mut core = self.open(rule.clone()).await?;
-        let (log, clock) = (self.log.clone(), self.clock.clone());
+        let mut core = self.open(rule.clone(), true).await?;
+        let clock = self.clock.clone();
         let left = joined(
             tokio::task::spawn_blocking(move || -> Result<RuleStatus, CoreError> {
-                let now = clock.now_millis();
-                core.drain(&log, now, drain == Drain::Fire)?;
+                core.drain(clock.now_millis(), drain == Drain::Fire)?;
                 if drain == Drain::Fire {
-                    for id in core.pending() {
-                        while core.fire(&id).is_some() {
-                            let job = core.start(&log, &id, clock.now_millis())?;
-                            core.finish(&log, job.run_guarded())?;
+                    // Every pending fire runs now, retried at once, through
+                    // the one round.
+                    loop {
+                        let out = core.round(
+                            RoundIn {
+                                now: clock.now_millis(),
+                                flush: true,
+                                ..RoundIn::default()
+                            },
+                            &mut Inline,
+                            &mut Quiet,
+                        );
+                        if let Some(e) = out.error {
+                            return Err(CoreError::State {
+                                key: "drain".into(),
+                                problem: e,
+                            });
+                        }
+                        if core.status().pending_fires == 0 || !out.progressed {
+                            break;
                         }
                     }
                 }
@@ -451,12 +491,12 @@ impl Engine {
         Some(status)
     }
 
-    async fn request<T>(
+    async fn request(
         &self,
         tenant: &str,
         name: &str,
-        make: impl FnOnce(oneshot::Sender<Result<T, CoreError>>) -> Control,
-    ) -> Result<T, ControlError> {
+        request: Request,
+    ) -> Result<Answer, ControlError> {
         let label = format!("{tenant}/{name}");
         let slot = self
             .slot(&(tenant.to_owned(), name.to_owned()), false)
@@ -469,21 +509,66 @@ impl Engine {
             d.control.clone()
         };
         let (reply, rx) = oneshot::channel();
+        let reply = driver::Reply(Box::new(move |answer| drop(reply.send(answer))));
         sender
-            .send(make(reply))
+            .send((request, Some(reply)))
             .await
             .map_err(|_| ControlError::Stopped(label.clone()))?;
-        Ok(rx.await.map_err(|_| ControlError::Stopped(label))??)
+        let answer = rx.await.map_err(|_| ControlError::Stopped(label))??;
+        Ok(answer)
     }
 
-    /// Pause a rule: nothing of it is processed until resumed.
-    pub async fn pause(&self, tenant: &str, name: &str) -> Result<(), ControlError> {
-        self.request(tenant, name, Control::Pause).await
+    async fn status_request(
+        &self,
+        tenant: &str,
+        name: &str,
+        request: Request,
+    ) -> Result<RuleStatus, ControlError> {
+        match self.request(tenant, name, request).await? {
+            Answer::Status(s) => {
+                let s = *s;
+                // The rule's shared status follows at once: a read right
+                // after the answer sees the change.
+                if let Some(shared) = self
+                    .statuses
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&(tenant.to_owned(), name.to_owned()))
+                {
+                    let mut held = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    let (last_error, last_failure) =
+                        (held.last_error.take(), held.last_failure.take());
+                    *held = s.clone();
+                    held.last_error = last_error;
+                    held.last_failure = last_failure;
+                }
+                Ok(s)
+            }
+            Answer::Fires(_) => unreachable!("a control request answers with the status"),
+        }
     }
 
-    /// Resume a paused or suspended rule.
-    pub async fn resume(&self, tenant: &str, name: &str) -> Result<(), ControlError> {
-        self.request(tenant, name, Control::Resume).await
+    async fn fires_request(
+        &self,
+        tenant: &str,
+        name: &str,
+        request: Request,
+    ) -> Result<Vec<FireRecord>, ControlError> {
+        match self.request(tenant, name, request).await? {
+            Answer::Fires(f) => Ok(f),
+            Answer::Status(_) => unreachable!("a listing answers with fires"),
+        }
+    }
+
+    /// Pause a rule: nothing of it is processed until resumed. Answers its
+    /// new status.
+    pub async fn pause(&self, tenant: &str, name: &str) -> Result<RuleStatus, ControlError> {
+        self.status_request(tenant, name, Request::Pause).await
+    }
+
+    /// Resume a paused, suspended or failed rule. Answers its new status.
+    pub async fn resume(&self, tenant: &str, name: &str) -> Result<RuleStatus, ControlError> {
+        self.status_request(tenant, name, Request::Resume).await
     }
 
     /// Re-drive a dead letter.
@@ -493,9 +578,8 @@ impl Engine {
         name: &str,
         fire_id: &str,
     ) -> Result<(), ControlError> {
-        let id = fire_id.to_owned();
-        self.request(tenant, name, |r| Control::Redrive(id, r))
-            .await
+        let r = Request::Redrive(fire_id.to_owned());
+        self.status_request(tenant, name, r).await.map(drop)
     }
 
     /// Drop a dead letter.
@@ -505,9 +589,8 @@ impl Engine {
         name: &str,
         fire_id: &str,
     ) -> Result<(), ControlError> {
-        let id = fire_id.to_owned();
-        self.request(tenant, name, |r| Control::DiscardDead(id, r))
-            .await
+        let r = Request::DiscardDead(fire_id.to_owned());
+        self.status_request(tenant, name, r).await.map(drop)
     }
 
     /// The rule's dead letters, oldest first.
@@ -516,7 +599,7 @@ impl Engine {
         tenant: &str,
         name: &str,
     ) -> Result<Vec<FireRecord>, ControlError> {
-        self.request(tenant, name, Control::DeadLetters).await
+        self.fires_request(tenant, name, Request::DeadLetters).await
     }
 
     /// The rule's fires waiting to run, to be retried or running, oldest
@@ -526,7 +609,7 @@ impl Engine {
         tenant: &str,
         name: &str,
     ) -> Result<Vec<FireRecord>, ControlError> {
-        self.request(tenant, name, Control::Pending).await
+        self.fires_request(tenant, name, Request::Pending).await
     }
 
     /// The component a deployed rule runs (its fuel meter included).
@@ -589,299 +672,32 @@ impl Drop for Engine {
     }
 }
 
-/// Answer a control request on the core (blocking: it commits).
-fn serve(core: &mut dyn Driven, log: &EventLog, request: Control) {
-    match request {
-        Control::Pause(r) => drop(r.send(core.pause(log))),
-        Control::Resume(r) => drop(r.send(core.resume(log))),
-        Control::Redrive(id, r) => drop(r.send(core.redrive(log, &id))),
-        Control::DiscardDead(id, r) => drop(r.send(core.discard_dead(log, &id))),
-        Control::DeadLetters(r) => drop(r.send(core.dead_letters(log))),
-        Control::SaveCounters => {
-            if let Err(e) = core.save_counters(log) {
-                tracing::warn!(error = %e, "could not save the rule's counters");
-            }
-        }
-        Control::Pending(r) => drop(
-            r.send(Ok(core
-                .pending()
-                .iter()
-                .filter_map(|id| core.fire(id).cloned())
-                .collect())),
-        ),
-    }
-}
-
-/// What one blocking round of the task did.
-struct Round {
-    core: Box<dyn Driven>,
-    jobs: Vec<crate::triggers::fires::FireJob>,
-    more: bool,
-    error: Option<String>,
-    /// The last handler failure committed this round.
-    failure: Option<rule::Failure>,
-}
-
-/// Run a fire's handler, timing it for `/metrics`.
-fn run_timed(job: crate::triggers::fires::FireJob, labels: &[(String, String); 2]) -> FireAttempt {
-    let started = std::time::Instant::now();
-    let attempt = job.run_guarded();
-    metrics::histogram!("sluice_handler_seconds", labels).record(started.elapsed().as_secs_f64());
-    attempt
-}
-
-/// The metric labels of a rule.
-fn rule_labels(core: &dyn Driven) -> [(String, String); 2] {
-    let spec = core.spec();
-    [
-        ("tenant".to_owned(), spec.tenant.clone()),
-        ("rule".to_owned(), spec.name.clone()),
-    ]
-}
-
-/// One round on the blocking pool: commit finished fires, serve control
-/// requests, take a turn, start due fires into free slots.
-fn round(
-    mut core: Box<dyn Driven>,
+/// An engine record of a rule's lifecycle on the feed (best effort: the
+/// change itself is done; a failure to record it is logged).
+pub(crate) async fn record_lifecycle(
     log: &EventLog,
-    clock: &dyn crate::clock::Clock,
-    finished: Vec<FireAttempt>,
-    requests: Vec<Control>,
-    stopping: bool,
-) -> Round {
-    let mut error = None;
-    let mut failure = None;
-    let labels = rule_labels(&*core);
-    for attempt in finished {
-        let failed = rule::Failure::of(&attempt);
-        match core.finish(log, attempt) {
-            Ok(_) => failure = failed.or(failure),
-            Err(e) => error = Some(e.to_string()),
-        }
-    }
-    for r in requests {
-        serve(&mut *core, log, r);
-    }
-    if stopping {
-        return Round {
-            core,
-            jobs: Vec::new(),
-            more: false,
-            error,
-            failure,
-        };
-    }
-    // How late the earliest deadline is served (it is served now).
-    if let Some(due) = core.next_due() {
-        let late = clock.now_millis() - due;
-        if late >= 0 {
-            metrics::histogram!("sluice_timer_lateness_seconds", &labels)
-                .record(late as f64 / 1000.0);
-        }
-    }
-    let mut more = false;
-    match driver::turn(&mut *core, log, clock, TURN_EVENTS) {
-        Ok(t) => more = t.more,
-        Err(e) => error = Some(e.to_string()),
-    }
-    let now = clock.now_millis();
-    let slots = (core.spec().concurrency as usize).saturating_sub(core.running());
-    let mut jobs = Vec::new();
-    let due = core.due_fires(now, slots.saturating_add(1));
-    // A lone fire of a rule with nothing else to read runs right here: a
-    // thread hop would only add latency, there is nothing to overlap.
-    let inline =
-        slots > 0 && due.len() == 1 && core.running() == 0 && core.cursor() >= log.last_seq();
-    for id in due.into_iter().take(slots) {
-        match core.start(log, &id, now) {
-            Ok(job) if inline => {
-                let attempt = run_timed(job, &labels);
-                let failed = rule::Failure::of(&attempt);
-                match core.finish(log, attempt) {
-                    Ok(_) => failure = failed.or(failure),
-                    Err(e) => error = Some(e.to_string()),
-                }
-            }
-            Ok(job) => jobs.push(job),
-            Err(e) => {
-                error = Some(e.to_string());
-                break;
-            }
-        }
-    }
-    Round {
-        core,
-        jobs,
-        more,
-        error,
-        failure,
+    clock: &SharedClock,
+    spec: &RuleSpec,
+    kind: &str,
+    payload: serde_json::Value,
+) {
+    let event = lifecycle_record(spec, kind, clock.now_millis(), &payload);
+    if let Err(e) = log.append(vec![event]).await {
+        tracing::warn!(rule = %spec.name, error = %e, "could not record {kind}");
     }
 }
 
-async fn rule_task(
-    mut core: Box<dyn Driven>,
-    log: EventLog,
-    clock: SharedClock,
-    status: Arc<Mutex<RuleStatus>>,
-    mut requests: mpsc::Receiver<Control>,
-    mut stop: watch::Receiver<bool>,
-    work: Work,
-) {
-    let mut committed = log.committed();
-    let mut moves = clock.moves();
-    let mut running: JoinSet<FireAttempt> = JoinSet::new();
-    let mut finished = Vec::new();
-    let mut pending_requests = Vec::new();
-    let mut counters_saved = tokio::time::Instant::now();
-    loop {
-        let stopping = *stop.borrow();
-        if stopping && running.is_empty() && finished.is_empty() && pending_requests.is_empty() {
-            // The next opening of the state (a swap, a restart) carries
-            // the counters on.
-            let log = log.clone();
-            let saved = tokio::task::spawn_blocking(move || core.save_counters(&log)).await;
-            if let Ok(Err(e)) = saved {
-                tracing::warn!(error = %e, "could not save the rule's counters");
-            }
-            return;
-        }
-        if counters_saved.elapsed() >= COUNTERS_EVERY {
-            counters_saved = tokio::time::Instant::now();
-            pending_requests.push(Control::SaveCounters);
-        }
-        committed.borrow_and_update();
-        if let Some(m) = moves.as_mut() {
-            m.borrow_and_update();
-        }
-        while let Ok(r) = requests.try_recv() {
-            pending_requests.push(r);
-        }
-        // Fires that finished meanwhile are committed this round, even
-        // while the rule is busy catching up.
-        while let Some(done) = running.try_join_next() {
-            if let Ok(a) = done {
-                finished.push(a);
-            }
-        }
-        let (log2, clock2, done, reqs) = (
-            log.clone(),
-            clock.clone(),
-            std::mem::take(&mut finished),
-            std::mem::take(&mut pending_requests),
-        );
-        let permit = work.acquire().await;
-        let r = match tokio::task::spawn_blocking(move || {
-            let r = round(core, &log2, &*clock2, done, reqs, stopping);
-            drop(permit);
-            r
-        })
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "rule task panicked");
-                return;
-            }
-        };
-        core = r.core;
-        for job in r.jobs {
-            let work = work.clone();
-            let labels = rule_labels(&*core);
-            running.spawn(async move {
-                let permit = work.acquire().await;
-                let attempt = tokio::task::spawn_blocking(move || {
-                    let a = run_timed(job, &labels);
-                    drop(permit);
-                    a
-                })
-                .await;
-                attempt.expect("a guarded job does not panic")
-            });
-        }
-        {
-            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-            let last_error = r.error.clone().or_else(|| s.last_error.take());
-            let last_failure = r.failure.clone().or_else(|| s.last_failure.take());
-            *s = core.status();
-            s.last_error = last_error;
-            s.last_failure = last_failure;
-        }
-        if let Some(e) = &r.error {
-            // Nothing of the failed piece was committed; try again shortly.
-            tracing::warn!(rule = %core.spec().name, error = %e, "rule step failed; retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok(a) = done { finished.push(a) }
-                }
-            }
-            continue;
-        }
-        if stopping {
-            if let Some(done) = running.join_next().await
-                && let Ok(a) = done
-            {
-                finished.push(a);
-            }
-            continue;
-        }
-        if r.more {
-            continue;
-        }
-        let now = clock.now_millis();
-        let slots = (core.spec().concurrency as usize).saturating_sub(core.running());
-        if slots > 0 && !core.due_fires(now, 1).is_empty() {
-            continue;
-        }
-        // Something due now that cannot start (its partition's fire is
-        // running) waits for a running fire to finish, not for a timer.
-        let next = core.next_due();
-        let due = next.filter(|t| *t > now);
-        if due.is_none() && next.is_some() && running.is_empty() {
-            continue;
-        }
-        let core_idle = next.is_none();
-        loop {
-            // Sleep until a commit, the next due time, a clock move, a
-            // finished fire, a request or a stop.
-            let timer = async {
-                match (&mut moves, due) {
-                    (Some(m), _) if due.is_some() || core_idle => {
-                        let _ = m.changed().await;
-                    }
-                    (None, Some(t)) => {
-                        let wait = (t - clock.now_millis()).max(0) as u64;
-                        tokio::time::sleep(Duration::from_millis(wait)).await;
-                    }
-                    _ => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = committed.changed() => {}
-                _ = timer => {}
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok(a) = done { finished.push(a) }
-                }
-                Some(r) = requests.recv() => pending_requests.push(r),
-                _ = stop.changed() => {}
-            }
-            // A commit that brought nothing past this rule's cursor (its
-            // own records, say) and nothing due: sleep again, without a
-            // round — a thousand idle rules cost nothing per commit. What
-            // was seen is marked before it is looked at, so a commit or a
-            // clock move that comes after the look still wakes the task.
-            committed.borrow_and_update();
-            if let Some(m) = moves.as_mut() {
-                m.borrow_and_update();
-            }
-            let nothing_new = finished.is_empty()
-                && pending_requests.is_empty()
-                && !*stop.borrow()
-                && log.last_seq() <= core.seen()
-                && core.next_due().is_none_or(|t| t > clock.now_millis());
-            if !nothing_new {
-                break;
-            }
-        }
-    }
+/// The engine record `kind` of a rule's lifecycle at `now`.
+pub fn lifecycle_record(
+    spec: &RuleSpec,
+    kind: &str,
+    now: i64,
+    payload: &serde_json::Value,
+) -> crate::event::NewEvent {
+    let id = format!(
+        "{kind}:{}:{now}:{}",
+        spec.name,
+        crate::records::fire_id(&spec.name, &[&payload.to_string()])
+    );
+    crate::records::engine_record(&spec.tenant, id, kind, now, payload)
 }

@@ -23,7 +23,7 @@ pub mod store;
 pub mod validate;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -32,30 +32,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::sqlite::{Durability, SqliteBackend};
 pub use self::store::{
-    AppendOutcome, LogBackend, LogWriter, PruneReport, RetentionPolicy, StateOp, StoreError,
+    AppendOutcome, LogBackend, LogWriter, PruneReport, RetentionPolicy, Stamp, StateOp, StoreError,
 };
 pub use self::validate::{EventLimits, ValidationError};
 use crate::clock::SharedClock;
 use crate::event::Event;
-
-/// An event as submitted, already validated (see [`validate`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEvent {
-    /// The owning tenant.
-    pub tenant: String,
-    /// Idempotency key; generated (time-sortable) when absent.
-    pub id: Option<String>,
-    /// Who sent it.
-    pub source: String,
-    /// What happened.
-    pub kind: String,
-    /// When it happened (ms); the ingest time when absent.
-    pub time: Option<i64>,
-    /// A JSON object, as text.
-    pub payload: String,
-    /// Rule steps from a client event (0 for what clients send).
-    pub hops: u32,
-}
+pub use crate::event::NewEvent;
 
 /// A read of the log. Results come in seq order, at most `limit` of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +80,7 @@ impl EventQuery {
 }
 
 /// What an ingest request got: one outcome per event, in order.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct AppendReport {
     /// Events newly stored.
     pub accepted: usize,
@@ -173,6 +155,9 @@ pub struct LogConfig {
     pub feed_ring: usize,
     /// Requests queued for the writer before ingest waits (backpressure).
     pub queue: usize,
+    /// The log runs on a virtual clock (`sluice test`): an event's own
+    /// time, when later than the clock, is its ingest stamp.
+    pub follow_event_time: bool,
 }
 
 impl Default for LogConfig {
@@ -183,6 +168,7 @@ impl Default for LogConfig {
             linger: Duration::ZERO,
             feed_ring: 65_536,
             queue: 1_024,
+            follow_event_time: false,
         }
     }
 }
@@ -281,6 +267,16 @@ struct Shared {
     backend: Arc<dyn LogBackend>,
     ring: Ring,
     committed: watch::Sender<u64>,
+    /// The ingest stamp of the last commit, stored after `committed`
+    /// moved: every event stamped lower has a seq at or below the
+    /// committed seq read after it.
+    stamp: AtomicI64,
+    /// The lowest stamp a commit may still give. The writer holds this
+    /// lock from reading the clock until its commit is published, so a
+    /// reader that raises it knows every event stamped below it is
+    /// committed ([`EventLog::horizon`]).
+    floor: Mutex<i64>,
+    clock: SharedClock,
     /// Writer transactions that failed.
     failed_writes: AtomicU64,
 }
@@ -320,13 +316,16 @@ impl EventLog {
                 capacity: config.feed_ring.max(1),
             },
             committed,
+            stamp: AtomicI64::new(writer.last_ingested()),
+            floor: Mutex::new(writer.last_ingested()),
+            clock,
             failed_writes: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("sluice-log-writer".into())
-            .spawn(move || run_writer(&mut *writer, rx, &thread_shared, &config, &clock))
+            .spawn(move || run_writer(&mut *writer, rx, &thread_shared, &config))
             .map_err(|e| StoreError::new("start the writer thread", e))?;
         Ok(Self {
             tx,
@@ -507,6 +506,29 @@ impl EventLog {
         *self.shared.committed.borrow()
     }
 
+    /// How far the log is known in time: `(t, seq)` such that every
+    /// event ingested before `t` has a seq at most `seq` (and is
+    /// committed). `t` is at least `want` when the engine clock has
+    /// reached it: the log is then *sealed* up to the clock — no commit
+    /// from now on is stamped lower — which costs a brief wait while a
+    /// commit is in progress. A driver asks this before it handles a
+    /// deadline: every event ingested before the deadline comes first.
+    pub fn horizon(&self, want: i64) -> (i64, u64) {
+        let stamp = self.shared.stamp.load(Ordering::Acquire);
+        let last = self.last_seq();
+        if stamp >= want {
+            return (stamp, last);
+        }
+        let mut floor = self.shared.floor.lock().unwrap_or_else(|e| e.into_inner());
+        *floor = (*floor).max(self.shared.clock.now_millis());
+        (*floor, self.last_seq())
+    }
+
+    /// The ingest stamp of the last commit (0 for an empty log).
+    pub fn last_stamp(&self) -> i64 {
+        self.shared.stamp.load(Ordering::Acquire)
+    }
+
     /// Follow the highest committed seq: changes on every commit.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.shared.committed.subscribe()
@@ -603,13 +625,32 @@ fn wait_reply<T>(
     rx.blocking_recv().map_err(|_| LogError::Closed)
 }
 
+/// Run `write` under the stamping lock, with the stamp it gives, and
+/// publish its result before the lock goes (see [`Shared::floor`]).
+fn stamped(
+    writer: &mut dyn LogWriter,
+    shared: &Shared,
+    config: &LogConfig,
+    write: impl FnOnce(&mut dyn LogWriter, Stamp) -> Result<store::Committed, StoreError>,
+) -> Result<Vec<AppendReport>, LogError> {
+    let floor = shared.floor.lock().unwrap_or_else(|e| e.into_inner());
+    let stamp = Stamp {
+        at: shared.clock.now_millis().max(*floor),
+        follow_event_time: config.follow_event_time,
+    };
+    let result = write(writer, stamp);
+    let published = publish(writer, shared, result);
+    drop(floor);
+    published
+}
+
 fn run_writer(
     writer: &mut dyn LogWriter,
     mut rx: mpsc::Receiver<Command>,
     shared: &Shared,
     config: &LogConfig,
-    clock: &SharedClock,
 ) {
+    let clock = &shared.clock;
     let mut pending: VecDeque<Command> = VecDeque::new();
     loop {
         let first = match pending.pop_front() {
@@ -622,8 +663,10 @@ fn run_writer(
         let (events, reply) = match first {
             Command::Append { events, reply } => (events, reply),
             Command::Transact { events, ops, reply } => {
-                let result = writer.transact(events, ops, clock.now_millis(), config.dedupe_window);
-                let _ = reply.send(publish(writer, shared, result).map(|mut reports| {
+                let result = stamped(writer, shared, config, |w, stamp| {
+                    w.transact(events, ops, stamp, config.dedupe_window)
+                });
+                let _ = reply.send(result.map(|mut reports| {
                     reports
                         .pop()
                         .unwrap_or_else(|| AppendReport::new(Vec::new(), Vec::new()))
@@ -677,8 +720,10 @@ fn run_writer(
                 }
             }
         }
-        let result = writer.append(groups, clock.now_millis(), config.dedupe_window);
-        match publish(writer, shared, result) {
+        let result = stamped(writer, shared, config, |w, stamp| {
+            w.append(groups, stamp, config.dedupe_window)
+        });
+        match result {
             Ok(reports) => {
                 for (reply, report) in replies.into_iter().zip(reports) {
                     let _ = reply.send(Ok(report));
@@ -717,6 +762,9 @@ fn publish(
         Ok(committed) => {
             shared.ring.push(&committed.stored);
             shared.committed.send_replace(writer.last_seq());
+            shared
+                .stamp
+                .store(writer.last_ingested(), Ordering::Release);
             Ok(committed
                 .outcomes
                 .into_iter()

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
 use super::store::{
-    AppendOutcome, Committed, LogBackend, LogWriter, PruneReport, RetentionPolicy, StateOp,
+    AppendOutcome, Committed, LogBackend, LogWriter, PruneReport, RetentionPolicy, Stamp, StateOp,
     StoreError,
 };
 use super::{EventQuery, NewEvent};
@@ -414,7 +414,7 @@ impl rusqlite::ToSql for Arg {
 
 fn select_sql(q: &EventQuery) -> (String, Vec<Arg>) {
     let mut sql = String::from(
-        "SELECT seq, tenant, id, source, kind, time, payload, hops FROM events WHERE 1 = 1",
+        "SELECT seq, tenant, id, source, kind, time, payload, hops, ingested_at FROM events WHERE 1 = 1",
     );
     let mut args = Vec::new();
     let mut push = |clause: &str, arg: Arg| {
@@ -458,6 +458,7 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         time: r.get(5)?,
         payload: r.get(6)?,
         hops: r.get(7)?,
+        ingested: r.get(8)?,
     })
 }
 
@@ -552,7 +553,7 @@ impl LogBackend for SqliteBackend {
         self.with_reader(|conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT seq, tenant, id, source, kind, time, payload, hops FROM events
+                    "SELECT seq, tenant, id, source, kind, time, payload, hops, ingested_at FROM events
                      WHERE seq = ?1 AND tenant = ?2",
                 )
                 .map_err(err("read events by seq"))?;
@@ -743,7 +744,7 @@ impl SqliteWriter {
         &mut self,
         groups: Vec<Vec<NewEvent>>,
         ops: Vec<StateOp>,
-        now: i64,
+        now: Stamp,
         dedupe_window: Duration,
     ) -> Result<Committed, StoreError> {
         match self.write_once(groups, ops, now, dedupe_window) {
@@ -786,11 +787,15 @@ impl SqliteWriter {
         &mut self,
         groups: Vec<Vec<NewEvent>>,
         ops: Vec<StateOp>,
-        now: i64,
+        now: Stamp,
         dedupe_window: Duration,
     ) -> Result<Committed, WriteFailure> {
-        let now = now.max(self.last_ingested);
+        let follow = now.follow_event_time;
+        let now = now.at.max(self.last_ingested);
         let window_start = now.saturating_sub(dedupe_window.as_millis() as i64);
+        // Ingest stamps never decrease along seq; on a virtual clock an
+        // event's own time (when later) is its stamp.
+        let mut stamp = now;
         let mut next = self.last_seq + 1;
         let mut committed = Committed::default();
         // Generate ids first: the generator borrows `self` mutably.
@@ -852,13 +857,17 @@ impl SqliteWriter {
                             continue;
                         }
                     }
+                    if follow && let Some(t) = e.time {
+                        stamp = stamp.max(t);
+                    }
                     let event = Event {
                         seq: next,
                         id,
                         tenant: e.tenant,
                         source: e.source,
                         kind: e.kind,
-                        time: e.time.unwrap_or(now),
+                        time: e.time.unwrap_or(stamp),
+                        ingested: stamp,
                         payload: e.payload,
                         hops: e.hops,
                     };
@@ -870,7 +879,7 @@ impl SqliteWriter {
                             event.source,
                             event.kind,
                             event.time,
-                            now,
+                            event.ingested,
                             event.payload,
                             event.hops
                         ])
@@ -939,7 +948,7 @@ impl SqliteWriter {
             .sum();
         self.checkpointer.committed(written + 4096);
         self.last_seq = next - 1;
-        self.last_ingested = now;
+        self.last_ingested = stamp;
         Ok(committed)
     }
 }
@@ -949,10 +958,14 @@ impl LogWriter for SqliteWriter {
         self.last_seq
     }
 
+    fn last_ingested(&self) -> i64 {
+        self.last_ingested
+    }
+
     fn append(
         &mut self,
         groups: Vec<Vec<NewEvent>>,
-        now: i64,
+        now: Stamp,
         dedupe_window: Duration,
     ) -> Result<Committed, StoreError> {
         self.write(groups, Vec::new(), now, dedupe_window)
@@ -962,7 +975,7 @@ impl LogWriter for SqliteWriter {
         &mut self,
         events: Vec<NewEvent>,
         ops: Vec<StateOp>,
-        now: i64,
+        now: Stamp,
         dedupe_window: Duration,
     ) -> Result<Committed, StoreError> {
         self.write(vec![events], ops, now, dedupe_window)

@@ -139,20 +139,38 @@ pub struct PruneReport {
     pub more: bool,
 }
 
+/// How a transaction stamps the events it appends with their ingest
+/// time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The engine clock at the commit (ms). A store never stamps lower
+    /// than a stamp it gave before: stamps do not decrease along seq.
+    pub at: i64,
+    /// A log on a virtual clock (`sluice test`, replays): an event whose
+    /// own time is later than `at` is stamped with it, so that events
+    /// taken together in one commit keep the times they stand for.
+    pub follow_event_time: bool,
+}
+
 /// The single writer of a log. Every method is one transaction.
 pub trait LogWriter: Send {
     /// The highest seq committed (0 for an empty log).
     fn last_seq(&self) -> u64;
 
+    /// The highest ingest stamp committed (0 for an empty log): every
+    /// later event is stamped at least this.
+    fn last_ingested(&self) -> i64;
+
     /// Append groups of events (one group per ingest request) in one
     /// transaction. Seqs continue gap-free from [`Self::last_seq`]. An event
     /// with an id already stored for its tenant, ingested at or after
     /// `now - dedupe_window`, is a duplicate. An event without an id gets a
-    /// generated, time-sortable one; an event without a time gets `now`.
+    /// generated, time-sortable one; an event without a time gets its
+    /// ingest stamp.
     fn append(
         &mut self,
         groups: Vec<Vec<NewEvent>>,
-        now: i64,
+        now: Stamp,
         dedupe_window: Duration,
     ) -> Result<Committed, StoreError>;
 
@@ -163,7 +181,7 @@ pub trait LogWriter: Send {
         &mut self,
         events: Vec<NewEvent>,
         ops: Vec<StateOp>,
-        now: i64,
+        now: Stamp,
         dedupe_window: Duration,
     ) -> Result<Committed, StoreError>;
 

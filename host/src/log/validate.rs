@@ -9,7 +9,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use super::NewEvent;
-use crate::triggers::{ENGINE_ID_PREFIX, ENGINE_SOURCE};
+use crate::records::{ENGINE_ID_PREFIX, ENGINE_SOURCE, RULE_SOURCE_PREFIX};
 
 /// Size limits on incoming events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +149,7 @@ fn from_map(
         None => return Err(err("source", "missing")),
         Some(v) => name("source", v, limits)?,
     };
-    if source == ENGINE_SOURCE || source.starts_with("rule:") {
+    if source == ENGINE_SOURCE || source.starts_with(RULE_SOURCE_PREFIX) {
         return Err(err(
             "source",
             format!(

@@ -40,7 +40,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use self::bindings::wit::{self, Emit, Membership, RuleError};
+use self::bindings::wit::{self, Emit, RuleError};
 use self::bindings::{Rule, RulePre, wit_host};
 pub use self::cache::{CacheOutcome, CompileCache};
 pub use self::limits::Limits;
@@ -48,6 +48,7 @@ use self::limits::MemoryLimiter;
 use self::stdio::{GuestOutput, Stream};
 use crate::clock::{SharedClock, SystemClock};
 use crate::event::Event;
+use crate::verdict::Membership;
 
 /// The exports a component must have to implement the `rule` world.
 pub const REQUIRED_EXPORTS: [&str; 5] = [
@@ -89,22 +90,16 @@ impl fmt::Display for RuleLabel {
     }
 }
 
-/// Where a kept event goes.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Placement {
-    /// The partition key; `None` is the rule's global partition.
-    pub partition: Option<String>,
-    /// What the event does to the partition's membership (dwell rules).
-    pub membership: Membership,
-}
+pub use crate::verdict::{Placement, Verdict};
 
-/// A rule's decision on one event.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub enum Verdict {
-    /// The event does not concern the rule.
-    Skip,
-    /// The event concerns the rule and goes here.
-    Keep(Placement),
+/// The engine's name for a WIT membership.
+fn membership(m: wit::Membership) -> Membership {
+    match m {
+        wit::Membership::Enter => Membership::Enter,
+        wit::Membership::Leave => Membership::Leave,
+        wit::Membership::Refresh => Membership::Refresh,
+        wit::Membership::Ignore => Membership::Ignore,
+    }
 }
 
 /// How the engine allocates instances.
@@ -860,6 +855,7 @@ impl RuleInstance {
     pub fn membership(&mut self, event: &Event) -> Result<Membership, CallError> {
         let event = wit::Event::from(event);
         self.call("membership", true, |b, s| b.call_membership(s, &event))
+            .map(membership)
     }
 
     /// The hot path: filter, partition key and membership of many events,
@@ -1120,6 +1116,7 @@ mod tests {
             source: "src".into(),
             kind: kind.into(),
             time: 1_000,
+            ingested: 1_000,
             payload: payload.into(),
             hops: 0,
         }

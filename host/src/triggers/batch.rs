@@ -1,16 +1,16 @@
-//! The batch kind: aggregation windows per partition (DESIGN §3, batch).
-//! This is where a batch rule decides to fire.
+//! The batch kind: aggregation windows per partition. This is where a
+//! batch rule decides to fire.
 //!
-//! - the window opens at the first buffered event of a partition, on the
-//!   engine clock, and expires `window` later;
+//! - the window opens at the first buffered event of a partition, at that
+//!   event's ingest time, and expires `window` later;
 //! - reaching `count` fires exactly `count` events (count-reached) and
 //!   closes the window; the next event opens a fresh one;
 //! - an expired window fires its partial batch (window-expired) or, with
 //!   `expire = discard`, is dropped and reported;
-//! - with `debounce`, every new event pushes the expiry to `now + window`,
-//!   so the window fires after a quiet period with all its events (`count`
-//!   still caps a batch); `max_wait` bounds how far a steady stream can
-//!   push it: never later than `opened + max_wait`.
+//! - with `debounce`, every new event pushes the expiry to `window` after
+//!   its ingest time, so the window fires after a quiet period with all
+//!   its events (`count` still caps a batch); `max_wait` bounds how far a
+//!   steady stream can push it: never later than `opened + max_wait`.
 //!
 //! A window is identified by the seq of its first event: unique, and the
 //! same on every replay, so fire ids derived from it are deterministic.
@@ -21,7 +21,7 @@
 //! ([`Row::Member`]), so buffering events writes nothing per partition.
 //! Closing a window clears the prefix.
 
-use super::{Discard, FireReason, Kept, Kind, KindOut, NewFire, Row};
+use super::{Discard, Due, FireReason, Kept, Kind, KindOut, NewFire, Row};
 use crate::manifest::{BatchTrigger, Expire};
 
 /// The open window of one partition. Holds event references (seqs), not
@@ -163,9 +163,9 @@ impl Kind for Batch {
         base: Option<&Window>,
         c: &mut WindowChange,
         event: Kept,
-        now: i64,
         out: &mut KindOut,
     ) {
+        let now = event.at;
         let deadline = now.saturating_add(self.window_ms);
         match view(base, c).map(|v| v.opened_at) {
             Some(opened_at) => {
@@ -200,10 +200,10 @@ impl Kind for Batch {
         &self,
         base: Option<&Window>,
         c: &mut WindowChange,
-        now: i64,
+        due: Due,
         out: &mut KindOut,
     ) {
-        if view(base, c).is_none_or(|v| v.deadline > now) {
+        if view(base, c).is_none_or(|v| v.deadline > due.at) {
             return;
         }
         let why = match self.expire {
@@ -299,7 +299,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::runtime::bindings::wit::Membership;
+    use crate::verdict::Membership;
 
     fn batch(count: u32, window_ms: u64, expire: Expire, debounce: bool) -> Batch {
         Batch::from(&BatchTrigger {
@@ -331,11 +331,11 @@ mod tests {
             let mut out = KindOut::default();
             let kept = Kept {
                 seq,
-                time: now,
+                at: now,
                 membership: Membership::Enter,
             };
             self.kind
-                .on_event(self.state.as_ref(), &mut c, kept, now, &mut out);
+                .on_event(self.state.as_ref(), &mut c, kept, &mut out);
             self.commit(c);
             out
         }
@@ -343,8 +343,12 @@ mod tests {
         fn timer(&mut self, now: i64) -> KindOut {
             let mut c = WindowChange::default();
             let mut out = KindOut::default();
+            let due = Due {
+                at: now,
+                until: now,
+            };
             self.kind
-                .on_deadline(self.state.as_ref(), &mut c, now, &mut out);
+                .on_deadline(self.state.as_ref(), &mut c, due, &mut out);
             self.commit(c);
             out
         }
@@ -379,10 +383,10 @@ mod tests {
         for seq in 1..=5 {
             let kept = Kept {
                 seq,
-                time: 0,
+                at: 7,
                 membership: Membership::Enter,
             };
-            kind.on_event(None, &mut c, kept, 7, &mut out);
+            kind.on_event(None, &mut c, kept, &mut out);
         }
         let got: Vec<_> = out.fires.iter().map(|f| f.seqs.clone()).collect();
         assert_eq!(got, vec![vec![1, 2], vec![3, 4]]);

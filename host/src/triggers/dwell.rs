@@ -1,17 +1,19 @@
 //! The dwell kind: per partition a durable membership, and reactions to
-//! how long a member has stayed (DESIGN §3, dwell).
+//! how long a member has stayed.
 //!
-//! - `enter` starts a membership: anchored at now, epoch + 1 (a no-op while
-//!   already a member);
-//! - `refresh` re-anchors it at now and re-arms every reaction, so a
+//! - `enter` starts a membership: anchored at the event's ingest time,
+//!   epoch + 1 (a no-op while already a member);
+//! - `refresh` re-anchors it at its event's ingest time and re-arms every
+//!   reaction, so a
 //!   heartbeat rule reports every silence, not only the first; on a
 //!   partition that is not a member it starts a membership like `enter`;
 //! - `leave` ends it; `ignore` changes nothing;
 //! - an `after = d` reaction fires once per anchoring when the member has
 //!   stayed `d` (ordinal 0);
 //! - an `every = e` reaction fires each interval while a member, ordinal =
-//!   floor((now − anchor) / e); after downtime it fires once, with the
-//!   latest ordinal, instead of a storm;
+//!   floor((t − anchor) / e) for the interval's time t; intervals that fell
+//!   due while the rule was not running (engine down, rule paused) fire
+//!   once, with the latest ordinal, instead of a storm;
 //! - `max_dwell = m` ends a membership `m` after its anchor; reactions due
 //!   before that still fire, and the leave is recorded
 //!   (`membership.expired`).
@@ -32,9 +34,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{FireReason, Kept, Kind, KindOut, NewFire, Note, Row};
+use super::{Due, FireReason, Kept, Kind, KindOut, Membership, NewFire, Note, Row};
 use crate::manifest::{DwellTrigger, ReactionTime};
-use crate::runtime::bindings::wit::Membership;
 
 /// When a reaction fires, in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,9 +198,9 @@ impl Kind for Dwell {
         base: Option<&Member>,
         c: &mut MemberChange,
         event: Kept,
-        now: i64,
         _out: &mut KindOut,
     ) {
+        let now = event.at;
         let cur = current(base, c);
         let epoch = cur.map_or(0, Member::epoch);
         let member = cur.and_then(Member::stay);
@@ -223,12 +224,13 @@ impl Kind for Dwell {
         &self,
         base: Option<&Member>,
         c: &mut MemberChange,
-        now: i64,
+        due: Due,
         out: &mut KindOut,
     ) {
         let Some(s) = current(base, c).and_then(Member::stay) else {
             return;
         };
+        let now = due.until.max(due.at);
         let mut s = s.clone();
         let leave_at = self.leave_at(&s);
         // Reactions count up to the forced leave, not past it.
@@ -249,17 +251,20 @@ impl Kind for Dwell {
             fires.push((at, i, ordinal));
         }
         fires.sort_unstable();
-        for &(_, i, ordinal) in &fires {
-            out.fires.push(self.fire(&s, i, ordinal));
+        for &(at, i, ordinal) in &fires {
+            let mut fire = self.fire(&s, i, ordinal);
+            fire.at = Some(at);
+            out.fires.push(fire);
             s.fired[i] = match self.whens[i] {
                 When::After(_) => 1,
                 When::Every(_) => ordinal,
             };
         }
-        c.0 = Some(if leave_at.is_some_and(|l| l <= now) {
+        c.0 = Some(if let Some(left_at) = leave_at.filter(|l| *l <= now) {
             out.notes.push(Note::Left {
                 epoch: s.epoch,
                 member_since: s.since,
+                left_at,
             });
             Member::Out { epoch: s.epoch }
         } else {
@@ -429,11 +434,11 @@ mod tests {
             let mut out = KindOut::default();
             let kept = Kept {
                 seq,
-                time: now,
+                at: now,
                 membership: m,
             };
             self.kind
-                .on_event(self.state.as_ref(), &mut c, kept, now, &mut out);
+                .on_event(self.state.as_ref(), &mut c, kept, &mut out);
             assert!(out.fires.is_empty());
             self.commit(c);
         }
@@ -443,12 +448,18 @@ mod tests {
                 .deadline(self.state.as_ref(), &MemberChange::default())
         }
 
-        /// Run the deadline at `now`: (label, ordinal, epoch) fired.
+        /// Handle the deadline with the rule not running until `now` (the
+        /// deadline itself when `now` is it): (label, ordinal, epoch)
+        /// fired.
         fn at(&mut self, now: i64) -> (Vec<(String, u64, u64)>, Vec<Note>) {
             let mut c = MemberChange::default();
             let mut out = KindOut::default();
+            let due = Due {
+                at: self.deadline().unwrap_or(now).min(now),
+                until: now,
+            };
             self.kind
-                .on_deadline(self.state.as_ref(), &mut c, now, &mut out);
+                .on_deadline(self.state.as_ref(), &mut c, due, &mut out);
             self.commit(c);
             let fired = out
                 .fires
@@ -528,7 +539,8 @@ mod tests {
             notes,
             vec![Note::Left {
                 epoch: 1,
-                member_since: 0
+                member_since: 0,
+                left_at: 150,
             }]
         );
         assert_eq!(p.state, Some(Member::Out { epoch: 1 }));
@@ -543,7 +555,11 @@ mod tests {
         p.event(9, Membership::Refresh, 10);
         let mut c = MemberChange::default();
         let mut out = KindOut::default();
-        k.on_deadline(p.state.as_ref(), &mut c, 500, &mut out);
+        let due = Due {
+            at: 100,
+            until: 500,
+        };
+        k.on_deadline(p.state.as_ref(), &mut c, due, &mut out);
         let labels: Vec<_> = out
             .fires
             .iter()

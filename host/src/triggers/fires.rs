@@ -1,21 +1,25 @@
-//! The fire pipeline every trigger kind shares: this is where retries,
-//! dead letters and the circuit breaker live.
+//! The fire pipeline every trigger kind shares: the outbox, and the
+//! policy for what an attempt's outcome does — retries with backoff,
+//! dead letters and the circuit breaker ([`outcome`]).
 //!
 //! A fire is created in the same transaction as the state change that
-//! caused it (the outbox: `f/<fire id>`). Running it is three moves:
+//! caused it (the outbox: `f/<order>.<fire id>`). Running it is three
+//! moves:
 //!
-//! 1. the core marks it running and builds a [`FireJob`];
-//! 2. [`FireJob::run`] reads the fire's own events by seq and calls the
-//!    handler on a fresh instance — it owns everything it needs, so it runs
-//!    on another thread while the core carries on, up to the rule's
-//!    `concurrency` jobs at once, never two of one partition;
-//! 3. the core commits the [`FireAttempt`] in one transaction: outputs
-//!    appended under ids derived from the fire id (a re-run after a crash
-//!    finds them and emits nothing twice) and the fire removed; or the
-//!    failure recorded with its retry time (exponential backoff, jittered
-//!    deterministically); or the fire moved to the dead-letter list
-//!    (`d/<fire id>`), where it can be re-driven or discarded. Dead
-//!    letters in a row trip the breaker and suspend the rule.
+//! 1. the core marks it running ([`FireBook::set_running`]) and hands the
+//!    driver its record;
+//! 2. the driver runs the handler on the fire's own events (read by seq)
+//!    — on another thread while the core carries on, up to the rule's
+//!    `concurrency` at once, never two of one partition — and hands back
+//!    a [`FireAttempt`];
+//! 3. [`outcome`] decides, and the core commits the decision in one
+//!    transaction: outputs appended under ids derived from the fire id (a
+//!    re-run after a crash finds them and emits nothing twice) and the
+//!    fire removed; or the failure recorded with its retry time
+//!    (exponential backoff, jittered deterministically); or the fire moved
+//!    to the dead-letter list (`d/<fire id>`), where it can be re-driven or
+//!    discarded. Dead letters in a row trip the breaker and suspend the
+//!    rule.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -25,10 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::FireReason;
-use crate::log::EventLog;
 use crate::manifest::RetryPolicy;
-use crate::runtime::bindings::wit::{self, Emit};
-use crate::runtime::{CallError, LoadedRule};
 
 /// A fire waiting for (or going through) the fire pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -382,111 +383,149 @@ impl FireBook {
     }
 }
 
-/// One handler run, owning everything it needs: it runs on any thread
-/// while the core carries on.
-#[derive(Debug)]
-pub struct FireJob {
-    /// The fire as it was when the job started.
-    pub record: FireRecord,
-    /// This attempt's number (from 1).
-    pub attempt: u32,
-    /// Engine time the attempt started (the outputs' time, and the base of
-    /// the retry time).
-    pub now: i64,
-    tenant: String,
-    log: EventLog,
-    rule: LoadedRule,
+/// An event a handler emitted, in the engine's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Its kind.
+    pub kind: String,
+    /// A JSON object, as text.
+    pub payload: String,
 }
 
-/// What a job's handler run returned.
-#[derive(Debug)]
+/// Why a handler call failed, in the engine's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    /// What went wrong, naming the rule and the call.
+    pub message: String,
+    /// The guest asked not to be retried.
+    pub fatal: bool,
+    /// The guest backtrace, when the call trapped.
+    pub backtrace: Option<String>,
+    /// The last lines the guest wrote to stderr during the call.
+    pub stderr: Vec<String>,
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// What one handler run of a fire returned.
+#[derive(Debug, Clone)]
 pub struct FireAttempt {
-    /// The fire as it was when the job started.
+    /// The fire as it was when the run started.
     pub record: FireRecord,
-    /// The attempt's number.
+    /// The attempt's number (from 1).
     pub attempt: u32,
-    /// When it started (ms).
+    /// Engine time the attempt started (ms): the outputs' time, and the
+    /// base of the retry time.
     pub now: i64,
     /// How many hops from a client event its inputs were (its outputs are
     /// one more).
     pub input_hops: u32,
-    /// The handler's answer; `Err(Skipped)` when it did not run (the
-    /// host could not read the fire's events: not the rule's failure).
-    pub result: Result<Result<Vec<Emit>, CallError>, NotRun>,
+    /// The handler's answer; `Err(NotRun)` when it did not run (the host
+    /// could not read the fire's events: not the rule's failure).
+    pub result: Result<Result<Vec<Output>, HandlerError>, NotRun>,
 }
 
-/// Why a job did not call the handler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotRun(pub String);
-
-impl FireJob {
-    /// A job for `record`, whose events it reads from `log`.
-    pub fn new(
-        record: FireRecord,
-        tenant: &str,
-        log: EventLog,
-        rule: LoadedRule,
-        now: i64,
-    ) -> Self {
+impl FireAttempt {
+    /// An attempt of `record` that did not run, for `why`.
+    pub fn not_run(record: FireRecord, now: i64, why: impl Into<String>) -> Self {
         Self {
             attempt: record.attempts + 1,
             record,
             now,
-            tenant: tenant.to_owned(),
-            log,
-            rule,
+            input_hops: 0,
+            result: Err(NotRun(why.into())),
         }
     }
+}
 
-    /// [`Self::run`], turning a panic of the host's own code into an
-    /// attempt that did not run (so the fire is not left marked running).
-    pub fn run_guarded(self) -> FireAttempt {
-        let (record, attempt, now) = (self.record.clone(), self.attempt, self.now);
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).unwrap_or_else(|_| {
-            FireAttempt {
-                record,
-                attempt,
-                now,
-                input_hops: 0,
-                result: Err(NotRun("the host panicked while running the fire".into())),
+/// Why a handler was not called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotRun(pub String);
+
+/// What the pipeline does with an attempt that ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The handler succeeded: its outputs go to the log at hop `hops`, or
+    /// none do when past the rule's hop limit (`dropped`).
+    Complete {
+        /// The outputs.
+        outputs: Vec<Output>,
+        /// Their hop count.
+        hops: u32,
+        /// Past the hop limit: none is appended, a record says so.
+        dropped: bool,
+    },
+    /// The attempt failed; the fire waits for `at` (its record updated).
+    Retry {
+        /// The fire with the attempt counted and the retry time set.
+        record: FireRecord,
+        /// When the next attempt is due (ms).
+        at: i64,
+        /// The error.
+        error: String,
+    },
+    /// Out of attempts, or fatal: the fire goes to the dead-letter list.
+    DeadLetter {
+        /// The fire with the attempt counted.
+        record: FireRecord,
+        /// Fires dead-lettered in a row, this one included.
+        in_a_row: u32,
+        /// The breaker tripped: why the rule is suspended.
+        suspend: Option<String>,
+        /// The error.
+        error: String,
+    },
+}
+
+/// The outcome policy: what an attempt that ran leads to, given the
+/// rule's retry policy and hop limit and how many fires in a row were
+/// dead-lettered before it (`Err` when the handler did not run: nothing
+/// to decide). A pure function: the core turns the decision into writes.
+pub fn outcome(
+    retry: &RetryPolicy,
+    max_hops: u32,
+    dead_in_a_row: u32,
+    attempt: &FireAttempt,
+) -> Result<Decision, NotRun> {
+    let result = attempt.result.as_ref().map_err(Clone::clone)?;
+    Ok(match result {
+        Ok(outputs) => {
+            let hops = attempt.input_hops.saturating_add(1);
+            Decision::Complete {
+                dropped: hops > max_hops && !outputs.is_empty(),
+                outputs: outputs.clone(),
+                hops,
             }
-        })
-    }
-
-    /// Read the fire's events (by seq: what is interleaved with them is
-    /// never read) and run the handler on a fresh instance.
-    pub fn run(self) -> FireAttempt {
-        let events = match self.log.read_seqs(&self.tenant, &self.record.seqs) {
-            Ok(e) if e.len() == self.record.seqs.len() => Ok(e),
-            Ok(e) => Err(NotRun(format!(
-                "{} of its {} events are missing from the log",
-                self.record.seqs.len() - e.len(),
-                self.record.seqs.len()
-            ))),
-            Err(e) => Err(NotRun(e.to_string())),
-        };
-        let mut input_hops = 0;
-        let result = events.and_then(|events| {
-            input_hops = events.iter().map(|e| e.hops).max().unwrap_or(0);
-            let pack = crate::runtime::event_pack(&events).map_err(NotRun)?;
-            let batch = wit::Batch {
-                fire_id: self.record.fire_id.clone(),
-                rule: self.record.rule.clone(),
-                partition: self.record.partition.clone(),
-                reason: wit::Reason::from(&self.record.reason),
-                attempt: self.attempt,
-                events: pack,
-            };
-            Ok(self.rule.instance().handle_batch(&batch))
-        });
-        FireAttempt {
-            record: self.record,
-            attempt: self.attempt,
-            now: self.now,
-            input_hops,
-            result,
         }
-    }
+        Err(e) => {
+            let error = e.message.clone();
+            let mut record = attempt.record.clone();
+            record.attempts = attempt.attempt;
+            record.last_error = Some(error.clone());
+            if e.fatal || attempt.attempt >= retry.max_attempts {
+                let in_a_row = dead_in_a_row + 1;
+                let suspend = (in_a_row >= retry.suspend_after)
+                    .then(|| format!("{in_a_row} fires in a row dead-lettered; last: {error}"));
+                Decision::DeadLetter {
+                    record,
+                    in_a_row,
+                    suspend,
+                    error,
+                }
+            } else {
+                let at =
+                    attempt
+                        .now
+                        .saturating_add(backoff_ms(retry, attempt.attempt, &record.fire_id));
+                record.retry_at = Some(at);
+                Decision::Retry { record, at, error }
+            }
+        }
+    })
 }
 
 /// Exponential backoff with "equal jitter": half the delay fixed, half

@@ -1,5 +1,5 @@
 //! Triggers: what turns selected events (and the passing of time) into
-//! fires. Every trigger kind runs on one core (DESIGN §3):
+//! fires. Every trigger kind runs on one core (see ARCHITECTURE.md):
 //!
 //! - [`core`]: the rule's durable cursor, its `select` with poison-event
 //!   isolation, the per-partition state of its kind, the deadline index,
@@ -13,6 +13,7 @@
 //!   `max_dwell`.
 //! - [`schedule`]: the schedule kind — cron ticks (DST, catch-up, overlap)
 //!   handing each partition the events kept since the previous tick.
+//! - [`registry`]: every kind, registered in one place.
 //! - [`state`]: the typed keys of a rule's durable state.
 //! - [`timers`]: the deadline index.
 //!
@@ -28,70 +29,14 @@ pub mod batch;
 pub mod core;
 pub mod dwell;
 pub mod fires;
+pub mod registry;
 pub mod schedule;
 pub mod state;
 pub mod timers;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::runtime::bindings::wit::{self, Membership};
-
-/// Source of the engine's own records in the log; rules never see them.
-/// Reserved: a client event may not claim it, nor `rule:<name>`.
-pub const ENGINE_SOURCE: &str = "sluice";
-
-/// Every id the engine writes — rules' outputs and engine records — starts
-/// with this, and no client event may: a client can neither take an
-/// output's id before the fire completes (so that the real output would
-/// be dropped as a duplicate) nor forge a record.
-pub const ENGINE_ID_PREFIX: &str = "sluice:";
-
-/// `id` in the engine's id space.
-pub fn engine_id(id: impl std::fmt::Display) -> String {
-    format!("{ENGINE_ID_PREFIX}{id}")
-}
-
-/// An engine record for `tenant`'s log: source `sluice`, id `id` in the
-/// engine's id space.
-pub fn engine_record(
-    tenant: &str,
-    id: impl std::fmt::Display,
-    kind: &str,
-    now: i64,
-    payload: &serde_json::Value,
-) -> crate::log::NewEvent {
-    crate::log::NewEvent {
-        tenant: tenant.to_owned(),
-        id: Some(engine_id(id)),
-        source: ENGINE_SOURCE.into(),
-        kind: kind.into(),
-        time: Some(now),
-        payload: payload.to_string(),
-        hops: 0,
-    }
-}
-
-/// A deterministic fire id: the same inputs give the same id on every run,
-/// retry and replay, whatever the rule's version. Parts are
-/// length-prefixed, so no two different part lists collide by
-/// concatenation.
-pub fn fire_id(rule: &str, parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for part in std::iter::once(rule).chain(parts.iter().copied()) {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    let digest = h.finalize();
-    format!("f_{}", hex::encode(&digest[..16]))
-}
-
-/// The fire-id part that names a partition (`-` for the global one).
-pub fn partition_part(partition: &Option<String>) -> String {
-    partition
-        .as_deref()
-        .map_or_else(|| "-".to_owned(), |p| format!("={p}"))
-}
+pub use crate::verdict::Membership;
 
 /// Why a fire happened, whatever the kind (the WIT's `reason`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,38 +81,15 @@ impl FireReason {
     }
 }
 
-impl From<&FireReason> for wit::Reason {
-    fn from(r: &FireReason) -> Self {
-        match r {
-            FireReason::CountReached => wit::Reason::CountReached,
-            FireReason::WindowExpired => wit::Reason::WindowExpired,
-            FireReason::Dwell {
-                label,
-                ordinal,
-                member_since,
-                epoch,
-            } => wit::Reason::Dwell(wit::DwellReason {
-                label: label.clone(),
-                ordinal: *ordinal,
-                member_since: *member_since,
-                epoch: *epoch,
-            }),
-            FireReason::Schedule { tick, catch_up } => wit::Reason::Schedule(wit::ScheduleReason {
-                tick: *tick,
-                catch_up: *catch_up,
-            }),
-            FireReason::Drained => wit::Reason::Drained,
-        }
-    }
-}
-
 /// A kept event as a kind sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kept {
     /// Its seq in the log.
     pub seq: u64,
-    /// Its time (ms).
-    pub time: i64,
+    /// When the log took it (ingest time, ms): the time a kind reads.
+    /// Windows open and memberships anchor here, whenever the engine got
+    /// round to the event.
+    pub at: i64,
     /// What it does to the partition's membership (dwell).
     pub membership: Membership,
 }
@@ -186,6 +108,10 @@ pub struct NewFire {
     /// Cancel the partition's fires still in the pipeline and hand their
     /// events to this one (`overlap = "cancel-previous"`).
     pub supersede: bool,
+    /// The time the fire stands for, when not the time of what caused it
+    /// (a dwell `every` reaction caught up after the rule was not running
+    /// stands for its latest interval).
+    pub at: Option<i64>,
 }
 
 impl NewFire {
@@ -196,6 +122,7 @@ impl NewFire {
             reason,
             seqs,
             supersede: false,
+            at: None,
         }
     }
 }
@@ -210,6 +137,8 @@ pub enum Note {
         epoch: u64,
         /// When it was last anchored (ms).
         member_since: i64,
+        /// When it ended (ms): its anchor plus `max_dwell`.
+        left_at: i64,
     },
     /// A tick did not fire for the partition: its previous tick's fire was
     /// still in the pipeline (`overlap`). Its events wait for the next
@@ -231,6 +160,14 @@ pub enum Note {
 }
 
 impl Note {
+    /// The time the note stands for, when not the time it was noted at.
+    pub fn at(&self) -> Option<i64> {
+        match self {
+            Note::Left { left_at, .. } => Some(*left_at),
+            _ => None,
+        }
+    }
+
     /// The engine record's kind.
     pub fn record_kind(&self) -> &'static str {
         match self {
@@ -320,10 +257,24 @@ pub enum Row {
     Member(u64),
 }
 
-/// A trigger kind's state machine, free of I/O. A step works on a
-/// partition's committed `State` (read-only) and a `Change` that collects
-/// what the step did to it; the core commits [`Kind::write`]'s rows and
-/// only then calls [`Kind::apply`].
+/// A partition deadline as the core hands it to a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// The deadline being handled (ms): what [`Kind::deadline`] said.
+    pub at: i64,
+    /// How far the kind may take the partition in one go: `at`, unless
+    /// the deadline fell due while the rule was not running (engine down,
+    /// rule paused) — then up to the rule's restart or the next event,
+    /// whichever comes first, so that an `every` reaction fires once for
+    /// the time it missed instead of a storm.
+    pub until: i64,
+}
+
+/// A trigger kind's state machine, free of I/O and of the clock: it reads
+/// only the times it is handed (events' ingest times, deadlines). A step
+/// works on a partition's committed `State` (read-only) and a `Change`
+/// that collects what the step did to it; the core commits
+/// [`Kind::write`]'s rows and only then calls [`Kind::apply`].
 pub trait Kind: Send + std::fmt::Debug + 'static {
     /// A partition's committed state, in memory.
     type State: Send + std::fmt::Debug;
@@ -335,26 +286,27 @@ pub trait Kind: Send + std::fmt::Debug + 'static {
     /// What the current step changed in one partition.
     type Change: Default + Send + std::fmt::Debug;
 
-    /// A kept event arrives at engine time `now`.
+    /// A kept event arrives (at its ingest time, `event.at`).
     fn on_event(
         &self,
         base: Option<&Self::State>,
         change: &mut Self::Change,
         event: Kept,
-        now: i64,
         out: &mut KindOut,
     );
 
-    /// The partition's deadline has come (`now` ≥ it).
+    /// The partition's deadline has come: every event ingested before it
+    /// has been handed over, none after.
     fn on_deadline(
         &self,
         base: Option<&Self::State>,
         change: &mut Self::Change,
-        now: i64,
+        due: Due,
         out: &mut KindOut,
     );
 
-    /// The partition's deadline after the change (`None`: no timer).
+    /// The partition's deadline after the change (`None`: no timer). After
+    /// [`Kind::on_deadline`] it is later than what was handled.
     fn deadline(&self, base: Option<&Self::State>, change: &Self::Change) -> Option<i64>;
 
     /// The rows that make the change durable (only what changed).
@@ -427,19 +379,5 @@ pub trait Kind: Send + std::fmt::Debug + 'static {
     /// rule's concurrency.
     fn ordered(&self) -> bool {
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fire_ids_are_stable_and_unambiguous() {
-        let a = fire_id("digest", &["acme/api", "17"]);
-        assert_eq!(a, fire_id("digest", &["acme/api", "17"]));
-        assert_ne!(a, fire_id("digest", &["acme/api1", "7"]));
-        assert_ne!(a, fire_id("digest2", &["acme/api", "17"]));
-        assert_eq!(a.len(), 34);
     }
 }

@@ -1,5 +1,6 @@
 //! The schedule kind: cron ticks that hand each partition the events its
-//! filter kept since the previous tick (DESIGN §3, schedule).
+//! filter kept (by ingest time) before the tick and since the previous
+//! one.
 //!
 //! Ticks are rule-wide: the core keeps the schedule's position (the latest
 //! tick handled) and, when the next tick falls due, offers it to every
@@ -44,7 +45,7 @@
 use chrono::{DateTime, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use super::{DueTicks, FireReason, InFlight, Kept, Kind, KindOut, NewFire, Note, Row, Tick};
+use super::{Due, DueTicks, FireReason, InFlight, Kept, Kind, KindOut, NewFire, Note, Row, Tick};
 use crate::manifest::{CatchUp, Overlap, ScheduleTrigger, parse_cron};
 
 /// Ticks counted one by one at most when working out missed ones; past
@@ -167,21 +168,14 @@ impl Kind for Schedule {
     type State = Buffer;
     type Change = Buffered;
 
-    fn on_event(
-        &self,
-        base: Option<&Buffer>,
-        c: &mut Buffered,
-        event: Kept,
-        _now: i64,
-        _out: &mut KindOut,
-    ) {
+    fn on_event(&self, base: Option<&Buffer>, c: &mut Buffered, event: Kept, _out: &mut KindOut) {
         if base.is_none() && c.from.is_none() {
             c.from = Some(event.seq);
         }
         c.appended.push(event.seq);
     }
 
-    fn on_deadline(&self, _: Option<&Buffer>, _: &mut Buffered, _: i64, _: &mut KindOut) {}
+    fn on_deadline(&self, _: Option<&Buffer>, _: &mut Buffered, _: Due, _: &mut KindOut) {}
 
     fn deadline(&self, _: Option<&Buffer>, _: &Buffered) -> Option<i64> {
         None
@@ -359,6 +353,7 @@ impl Kind for Schedule {
             },
             seqs: batch,
             supersede: self.overlap == Overlap::CancelPrevious,
+            at: None,
         });
     }
 

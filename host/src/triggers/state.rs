@@ -13,6 +13,8 @@
 //! | `suspended` | why the rule is suspended |
 //! | `paused` | present while the rule is paused |
 //! | `tick` | a schedule's position: last tick handled, ticks skipped, ticks missed |
+//! | `up` | since when the rule runs (ms): set at start-up and resume, carried by a swap |
+//! | `counters` | the rule's counters as last saved (JSON) |
 //! | `f/<order>.<fire id>` | a pending fire (JSON [`super::fires::FireRecord`]), by creation order (16 hex digits) |
 //! | `d/<fire id>` | a dead letter (same) |
 //! | `p/-/<sub>` | a row of the global partition's kind state |
@@ -43,6 +45,9 @@ pub const PAUSED: &str = "paused";
 pub const COUNTERS: &str = "counters";
 /// A schedule's position and tallies: `<last tick> <skipped> <missed>`.
 pub const TICK: &str = "tick";
+/// Since when the rule runs (ms): deadlines and ticks before it fell due
+/// while it was not running.
+pub const UP: &str = "up";
 /// Prefix of pending fires.
 pub const FIRES: &str = "f/";
 /// Prefix of dead letters.

@@ -1,10 +1,11 @@
-//! The deadline index: which timer is due next, in O(log n) per operation.
+//! The deadline index: which partition's deadline is due next, in
+//! O(log n) per operation.
 //!
-//! Every trigger kind registers its deadlines here (a batch window's
-//! expiry, a dwell reaction, a schedule tick) under a key of its own. The
-//! index is rebuilt from durable state at start-up, so deadlines that
-//! passed while the engine was down come out of [`Timers::pop_due`] at
-//! once.
+//! The core registers here what each partition's kind says its deadline
+//! is (a batch window's expiry, a dwell reaction; schedule ticks are
+//! rule-wide and kept by the core itself). The index is rebuilt from
+//! durable state at start-up, so deadlines that passed while the engine
+//! was down are the first a plan meets.
 
 use std::collections::BTreeSet;
 
@@ -48,39 +49,19 @@ impl<K: Ord + Hash + Clone> Timers<K> {
         Some(at)
     }
 
-    /// The deadline of `key`.
-    pub fn get(&self, key: &K) -> Option<i64> {
-        self.by_key.get(key).copied()
-    }
-
     /// The earliest deadline.
     pub fn next_deadline(&self) -> Option<i64> {
         self.by_time.first().map(|(at, _)| *at)
     }
 
-    /// Remove and return every key due at `now` (deadline ≤ now), earliest
-    /// first; keys with the same deadline come in key order.
-    pub fn pop_due(&mut self, now: i64) -> Vec<(i64, K)> {
-        let mut due = Vec::new();
-        while let Some((at, _)) = self.by_time.first() {
-            if *at > now {
-                break;
-            }
-            let (at, key) = self.by_time.pop_first().expect("checked above");
-            self.by_key.remove(&key);
-            due.push((at, key));
+    /// The first deadline after `from` (from the earliest when `None`),
+    /// in (time, key) order.
+    pub fn after(&self, from: Option<&(i64, K)>) -> Option<&(i64, K)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        match from {
+            None => self.by_time.first(),
+            Some(f) => self.by_time.range((Excluded(f), Unbounded)).next(),
         }
-        due
-    }
-
-    /// Every key due at `now` (deadline ≤ now), earliest first, without
-    /// removing them.
-    pub fn due(&self, now: i64) -> Vec<(i64, K)> {
-        self.by_time
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .cloned()
-            .collect()
     }
 
     /// How many deadlines are set.
@@ -99,19 +80,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn due_timers_come_out_in_order() {
+    fn deadlines_come_in_time_then_key_order() {
         let mut t = Timers::new();
         t.set("b", 20);
         t.set("a", 20);
         t.set("c", 10);
         t.set("d", 30);
         assert_eq!(t.next_deadline(), Some(10));
-        assert_eq!(t.due(20), vec![(10, "c"), (20, "a"), (20, "b")]);
-        assert_eq!(t.len(), 4, "due() leaves the timers set");
-        assert_eq!(t.pop_due(20), vec![(10, "c"), (20, "a"), (20, "b")]);
-        assert_eq!(t.len(), 1);
-        assert!(t.pop_due(29).is_empty());
-        assert_eq!(t.next_deadline(), Some(30));
+        let mut seen = Vec::new();
+        let mut at = None;
+        while let Some(next) = t.after(at.as_ref()) {
+            seen.push(*next);
+            at = Some(*next);
+        }
+        assert_eq!(seen, vec![(10, "c"), (20, "a"), (20, "b"), (30, "d")]);
     }
 
     #[test]
@@ -119,11 +101,11 @@ mod tests {
         let mut t = Timers::new();
         t.set(1u32, 100);
         t.set(1, 50);
-        assert_eq!((t.get(&1), t.len()), (Some(50), 1));
-        assert_eq!(t.pop_due(60), vec![(50, 1)]);
+        assert_eq!((t.next_deadline(), t.len()), (Some(50), 1));
         t.set(2, 5);
         assert_eq!(t.cancel(&2), Some(5));
         assert_eq!(t.cancel(&2), None);
+        assert_eq!(t.cancel(&1), Some(50));
         assert!(t.is_empty() && t.next_deadline().is_none());
     }
 }

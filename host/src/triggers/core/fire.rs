@@ -1,0 +1,229 @@
+//! Starting fires, and making an attempt's outcome durable.
+//!
+//! [`RuleCore::start`] marks a pending fire running and hands back its
+//! record (the driver runs the handler). [`RuleCore::finish`] turns the
+//! attempt into writes by the pipeline's policy
+//! ([`crate::triggers::fires::outcome`]); once those are committed,
+//! [`RuleCore::finished`] applies them. Whatever happens to the commit,
+//! the fire stops counting as running ([`RuleCore::abandon`] when it
+//! failed), so it runs again.
+
+use super::{CoreError, RuleCore, Writes, bad_state};
+use crate::log::AppendReport;
+use crate::triggers::Kind;
+use crate::triggers::fires::{Decision, FireAttempt, FireOutcome, FireRecord, outcome};
+use crate::triggers::state::{self as key};
+
+/// An attempt, decided: what [`RuleCore::finished`] applies once the
+/// writes that came with it are committed.
+#[derive(Debug)]
+pub struct FinishPlan {
+    fire_id: String,
+    partition: Option<String>,
+    what: Finish,
+}
+
+#[derive(Debug)]
+enum Finish {
+    /// Cancelled while it ran (a newer tick took its events): nothing is
+    /// committed.
+    Cancelled,
+    /// The handler did not run; the fire stays pending and runs again.
+    NotRun(String),
+    /// The policy's decision.
+    Decided {
+        decision: Box<Decision>,
+        first: Option<u64>,
+        outputs: usize,
+    },
+}
+
+impl FinishPlan {
+    /// The fire.
+    pub fn fire_id(&self) -> &str {
+        &self.fire_id
+    }
+}
+
+impl<K: Kind> RuleCore<K> {
+    /// Start fire `fire_id`: mark it running and hand back its record.
+    /// Fails when it is not pending.
+    pub fn start(&mut self, fire_id: &str) -> Result<FireRecord, CoreError> {
+        self.fires
+            .set_running(fire_id)
+            .cloned()
+            .ok_or_else(|| bad_state(&key::fire(fire_id), "no such pending fire"))
+    }
+
+    /// Decide what `attempt` leads to and the writes that record it:
+    /// outputs and completion; or the failure and its retry time; or the
+    /// dead letter (and maybe the suspension). Each is also an engine
+    /// record on the log.
+    pub fn finish(&self, attempt: &FireAttempt) -> (Writes, FinishPlan) {
+        let record = &attempt.record;
+        let mut plan = FinishPlan {
+            fire_id: record.fire_id.clone(),
+            partition: record.partition.clone(),
+            what: Finish::Cancelled,
+        };
+        let Some(pending) = self.fires.get(&record.fire_id) else {
+            return (Writes::default(), plan);
+        };
+        let order = pending.order;
+        let decision = match outcome(
+            &self.spec.retry,
+            self.spec.outputs.max_hops,
+            self.fires.dead_in_a_row,
+            attempt,
+        ) {
+            Ok(d) => d,
+            Err(why) => {
+                plan.what = Finish::NotRun(why.0);
+                return (Writes::default(), plan);
+            }
+        };
+        let (record, attempt, now) = (&attempt.record, attempt.attempt, attempt.now);
+        let first = record.first_seq();
+        let firsts: Vec<u64> = first.into_iter().collect();
+        let mut outputs = 0;
+        let writes = match &decision {
+            Decision::Complete {
+                outputs: emitted,
+                hops,
+                dropped,
+            } => {
+                let mut records = Vec::with_capacity(emitted.len() + 1);
+                if *dropped {
+                    records.push(self.outputs_dropped(record, emitted.len(), *hops, now));
+                } else {
+                    records.extend(self.output_events(record, emitted, *hops, now));
+                    outputs = emitted.len();
+                }
+                records.push(self.fire_completed(record, attempt, emitted.len(), now));
+                Writes {
+                    records,
+                    ops: vec![
+                        self.delete(key::fire_key(order, &record.fire_id)),
+                        self.delete(key::BREAKER),
+                        self.pin_now(&firsts, &[]),
+                    ],
+                }
+            }
+            Decision::Retry {
+                record: updated,
+                at,
+                error,
+            } => Writes {
+                records: vec![self.fire_failed(record, attempt, error, *at, now)],
+                ops: vec![self.put(
+                    key::fire_key(updated.order, &record.fire_id),
+                    serde_json::to_vec(updated).expect("a fire serialises"),
+                )],
+            },
+            Decision::DeadLetter {
+                record: updated,
+                in_a_row,
+                suspend,
+                error,
+            } => {
+                let mut ops = vec![
+                    self.delete(key::fire_key(order, &record.fire_id)),
+                    self.put(
+                        key::dead(&record.fire_id),
+                        serde_json::to_vec(updated).expect("a fire serialises"),
+                    ),
+                    self.put(key::BREAKER, in_a_row.to_string().into_bytes()),
+                    self.pin_now(&firsts, &firsts),
+                ];
+                if let Some(why) = suspend {
+                    ops.push(self.put(key::SUSPENDED, why.clone().into_bytes()));
+                }
+                Writes {
+                    records: vec![self.fire_dead_lettered(record, attempt, error, now)],
+                    ops,
+                }
+            }
+        };
+        plan.what = Finish::Decided {
+            decision: Box::new(decision),
+            first,
+            outputs,
+        };
+        (writes, plan)
+    }
+
+    /// Apply an attempt whose writes are committed (`report`: what the
+    /// commit appended).
+    pub fn finished(
+        &mut self,
+        plan: FinishPlan,
+        report: &AppendReport,
+    ) -> Result<FireOutcome, CoreError> {
+        self.fires.set_stopped(&plan.fire_id, &plan.partition);
+        let (decision, first, outputs) = match plan.what {
+            Finish::Cancelled => return Ok(FireOutcome::Cancelled),
+            Finish::NotRun(why) => return Err(bad_state(&key::fire(&plan.fire_id), why)),
+            Finish::Decided {
+                decision,
+                first,
+                outputs,
+            } => (decision, first, outputs),
+        };
+        let id = plan.fire_id;
+        Ok(match *decision {
+            Decision::Complete {
+                outputs: emitted,
+                dropped,
+                ..
+            } => {
+                self.fires.remove(&id);
+                self.fires.dead_in_a_row = 0;
+                self.counters.fires_ok += 1;
+                if dropped {
+                    self.counters.outputs_dropped += emitted.len() as u64;
+                    FireOutcome::Completed {
+                        outputs: Vec::new(),
+                        dropped: emitted.len(),
+                    }
+                } else {
+                    FireOutcome::Completed {
+                        outputs: report.seqs[..outputs.min(report.seqs.len())].to_vec(),
+                        dropped: 0,
+                    }
+                }
+            }
+            Decision::Retry { record, at, error } => {
+                self.fires.insert(record);
+                self.counters.fires_failed += 1;
+                FireOutcome::Retry { at, error }
+            }
+            Decision::DeadLetter {
+                in_a_row,
+                suspend,
+                error,
+                ..
+            } => {
+                self.fires.remove(&id);
+                self.fires.insert_dead(&id, first.unwrap_or(u64::MAX));
+                self.fires.dead_in_a_row = in_a_row;
+                self.counters.fires_failed += 1;
+                self.counters.dead_lettered += 1;
+                if suspend.is_some() {
+                    self.suspended = suspend;
+                }
+                FireOutcome::DeadLettered { error }
+            }
+        })
+    }
+
+    /// The attempt's writes could not be committed (or it never ran to
+    /// the end): the fire no longer counts as running and runs again.
+    pub fn abandon(&mut self, fire_id: &str) {
+        let partition = self.fires.get(fire_id).map(|f| f.partition.clone());
+        match partition {
+            Some(p) => self.fires.set_stopped(fire_id, &p),
+            // Cancelled meanwhile: its partition was released then.
+            None => self.fires.set_stopped(fire_id, &None),
+        }
+    }
+}

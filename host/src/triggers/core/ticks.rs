@@ -1,0 +1,96 @@
+//! A schedule's position, and the ticks that fell due while the rule was
+//! not running.
+//!
+//! The position (`tick` row: the latest tick handled, and the skipped and
+//! missed tallies) moves with each tick a plan handles, in the same
+//! transaction as the tick's fires. A tick before the rule's start (its
+//! `up` time: start-up, or resume after a pause) was missed; the kind's
+//! catch-up policy says which of those still run ([`CatchUp`], worked out
+//! once per start, not per tick).
+
+use super::RuleCore;
+use crate::triggers::Kind;
+
+/// A schedule's durable position and tallies (key `tick`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickPosition {
+    /// The latest tick handled (run, skipped or missed), ms.
+    pub last: i64,
+    /// Ticks skipped for a partition by the overlap policy, ever.
+    pub skipped: u64,
+    /// Ticks missed while not running and not caught up, ever.
+    pub missed: u64,
+}
+
+impl TickPosition {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        format!("{} {} {}", self.last, self.skipped, self.missed).into_bytes()
+    }
+
+    pub(super) fn decode(text: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = text.split(' ').collect();
+        let [last, skipped, missed] = parts[..] else {
+            return Err(format!("{text:?}: expected 3 numbers"));
+        };
+        let num = |v: &str| v.parse::<i64>().map_err(|e| format!("{text:?}: {e}"));
+        Ok(Self {
+            last: num(last)?,
+            skipped: num(skipped)? as u64,
+            missed: num(missed)? as u64,
+        })
+    }
+}
+
+/// What the catch-up policy makes of the ticks between the position and
+/// the rule's start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The first tick that still runs (`catch_up = true`); every tick from
+    /// it up to the start runs. `None`: none does.
+    pub first_run: Option<i64>,
+    /// Ticks passed over (a lower bound when `more`).
+    pub missed: u64,
+    /// The first one passed over.
+    pub first_missed: Option<i64>,
+    /// The last one passed over.
+    pub last_missed: Option<i64>,
+    /// More were passed over than counted.
+    pub more: bool,
+}
+
+impl<K: Kind> RuleCore<K> {
+    /// Work out the catch-up for the current position and start.
+    pub(super) fn plan_catch_up(&mut self) {
+        self.catch_up = match (self.tick, self.up_since) {
+            (Some(pos), Some(up)) if self.kind.ticks() && pos.last < up => {
+                let due = self.kind.due_ticks(pos.last, up - 1, up);
+                Some(CatchUp {
+                    first_run: due.run.first().map(|t| t.at),
+                    missed: due.missed,
+                    first_missed: due.first_missed,
+                    last_missed: due.last_missed,
+                    more: due.missed_more,
+                })
+            }
+            _ => None,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_refuse_garbage() {
+        let p = TickPosition {
+            last: 1_767_225_600_000,
+            skipped: 3,
+            missed: 9,
+        };
+        let text = String::from_utf8(p.encode()).unwrap();
+        assert_eq!(TickPosition::decode(&text), Ok(p));
+        assert!(TickPosition::decode("1 2").is_err());
+        assert!(TickPosition::decode("a b c").is_err());
+    }
+}
