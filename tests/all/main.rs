@@ -13,6 +13,7 @@ mod log;
 mod manifest;
 mod sandbox;
 mod server;
+mod timing;
 
 use std::sync::Arc;
 
