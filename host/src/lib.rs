@@ -5,61 +5,55 @@
 //! `sluice:rule` world (see `wit/rule.wit`) decide which events matter, how
 //! they group and what happens when a group is ready.
 //!
-//! Data flows one way: ingest → log → rule core (`select`, the kind's
-//! state machine) → fire outbox → handler → outputs back into the log.
+//! Data flows one way: ingest → log → driver (`select`, the core's plan
+//! in time order) → fire outbox → handler → outputs back into the log.
+//! The design — layers, data flow, invariants, vocabulary — is in
+//! ARCHITECTURE.md at the repository's root.
 //!
 //! # Layout
 //!
-//! - [`api`]: `sluice serve` — the HTTP API over one engine for many
-//!   tenants: tokens and quotas, deploys and hot swaps, ingest, the SSE
-//!   feed, fires, metrics, a generated OpenAPI document.
-//!   - [`api::tenants`]: tenants, hashed tokens, quotas, authentication.
-//!   - [`api::rules`], [`api::events`], [`api::fires`], [`api::feed`],
-//!     [`api::metrics`], [`api::openapi`], [`api::error`].
-//! - [`clock`]: the engine clock — real in production, manual in tests.
-//! - [`engine`]: runs deployed rules — a task per rule, with a control
-//!   channel (pause, resume, re-drive, stop-and-join), woken by commits,
-//!   the engine clock, finished fires and requests.
-//!   - [`engine::driver`]: the one order of a rule's work at a given time,
-//!     shared by the engine and `sluice test`.
-//!   - [`engine::rule`]: a manifest and component made into a runnable
-//!     core of its kind.
-//!   - [`engine::registry`]: which rules a server runs (manifest and
-//!     component per tenant and name), kept beside their state.
-//! - [`event`]: the event record shared by every part of the engine.
-//! - [`log`]: the durable event log — group-committed ingest with dedupe,
-//!   queries (by seq too), the live feed, retention, one writing process
-//!   per database.
-//!   - [`log::validate`]: checks incoming events; errors name the field.
-//!   - [`log::store`]: the storage traits a backend implements.
-//!   - [`log::sqlite`]: the embedded SQLite backend (WAL, one file).
-//! - [`manifest`]: `rule.toml` — name, version, trigger, limits, retry,
-//!   concurrency, output hops, poison policy — parsed strictly, with errors
-//!   that name the line and field path.
-//! - [`runtime`]: loads, validates, caches and runs rule components in a
+//! - [`api`]: `sluice serve` — HTTP handlers that parse, call the layer
+//!   below and map its error: ingest, reads, the SSE feed, rules, fires,
+//!   tenants, metrics, a generated OpenAPI document.
+//! - [`cli`]: the `sluice` command line (the binary is a thin shell).
+//!   - [`cli::client`]: the commands that talk to a running server.
+//! - [`offline`]: `sluice test` — input in, report out; rules run through
+//!   the engine's driver on a virtual clock.
+//! - [`engine`]: runs rules.
+//!   - [`engine::driver`]: the one driver — a rule's round and its one
+//!     write path; how fires run is a parameter.
+//!   - [`engine::deploy`]: deployments — the deploy saga, undeploys, tenant
+//!     deletion, the start-up restore — below any front door.
+//!   - [`engine::registry`]: which rules a server runs, kept beside their
+//!     state.
+//!   - [`engine::rule`]: a manifest and component made into a driver of
+//!     its kind.
+//!   - [`engine::job`]: running a fire's handler.
+//! - [`triggers`]: the sans-IO rule core, the kinds, the fire pipeline.
+//!   - [`triggers::core`]: a rule's trigger state and pure functions over
+//!     it — plan (time order), writes, fire outcomes, poison events,
+//!     schedule ticks, control.
+//!   - [`triggers::fires`]: the outbox and the outcome policy (retries,
+//!     dead letters, breaker).
+//!   - [`triggers::batch`], [`triggers::dwell`], [`triggers::schedule`]:
+//!     the kinds; [`triggers::registry`]: every kind in one place.
+//!   - [`triggers::state`]: the typed keys of a rule's durable state.
+//!   - [`triggers::timers`]: the deadline index.
+//! - [`tenants`]: tenants, hashed tokens, quotas.
+//! - [`manifest`]: `rule.toml`, parsed strictly, with errors that name the
+//!   line and field path.
+//! - [`runtime`]: loads, validates, caches and runs components in a
 //!   sandbox with per-call limits; the only place that touches wasmtime.
 //!   - [`runtime::bindings`]: the one `bindgen!` site; the WIT types.
-//!   - [`runtime::cache`]: on-disk cache of compiled components.
-//!   - [`runtime::limits`]: per-call limits and the memory limiter.
-//!   - [`runtime::stdio`]: guest stdout/stderr and `log` into `tracing`.
-//! - [`triggers`]: one core for every trigger kind; a kind is its state
-//!   machine ([`triggers::Kind`]).
-//!   - [`triggers::core`]: the cursor, `select` with poison isolation,
-//!     partition state, steps committed in one transaction.
-//!   - [`triggers::fires`]: the fire pipeline — outbox, retries, dead
-//!     letters, breaker.
-//!   - [`triggers::batch`]: aggregation windows — where a batch fires.
-//!   - [`triggers::dwell`]: memberships and their reactions (`after`,
-//!     `every`, `max_dwell`).
-//!   - [`triggers::schedule`]: cron ticks (time zones, DST, catch-up,
-//!     overlap) handing each partition its events since the last tick.
-//!   - [`triggers::state`]: typed keys of a rule's durable state.
-//!   - [`triggers::timers`]: which deadline is due next.
-//! - [`offline`]: `sluice test` — rules against recorded events on a
-//!   virtual clock through the engine's driver, streamed as JSON lines.
-//! - [`cli`]: the `sluice` command line (the binary is a thin shell).
-//!   - [`cli::client`]: the commands that talk to a running server
-//!     (`deploy`, `emit`, `tail`, `rules`, `fires`, `tenants`).
+//!   - [`runtime::cache`], [`runtime::limits`]; `runtime/stdio.rs` carries
+//!     guest output into the logs.
+//! - [`log`]: the durable event log — group-committed ingest with dedupe
+//!   and ingest stamps, queries, the feed, retention, the state store, one
+//!   writing process per database.
+//!   - [`log::validate`], [`log::store`], [`log::sqlite`].
+//! - [`event`], [`verdict`], [`records`], [`names`], [`time`], [`clock`]:
+//!   the shared vocabulary — events, what a rule says of one, the engine's
+//!   ids and records, the name rule, times, the engine clock.
 
 #![deny(missing_docs)]
 
@@ -70,8 +64,11 @@ pub mod engine;
 pub mod event;
 pub mod log;
 pub mod manifest;
+pub mod names;
 pub mod offline;
 pub mod records;
 pub mod runtime;
+pub mod tenants;
+pub mod time;
 pub mod triggers;
 pub mod verdict;

@@ -805,19 +805,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 fn check(raw: RawManifest) -> Result<Manifest, Refused> {
-    if raw.name.is_empty()
-        || raw.name.len() > 64
-        || !raw
-            .name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        || !raw.name.starts_with(|c: char| c.is_ascii_lowercase())
-    {
-        return Err(invalid(format!(
-            "name: {:?} must be 1 to 64 characters of a-z, 0-9, - and _, starting with a letter",
-            raw.name
-        )));
-    }
+    crate::names::check("name", &raw.name).map_err(invalid)?;
     if raw.version == 0 {
         return Err(invalid("version: must be 1 or more"));
     }

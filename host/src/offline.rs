@@ -226,16 +226,6 @@ pub fn stream_rules(
     Ok(failed)
 }
 
-fn parse_time(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| t.timestamp_millis()),
-        _ => None,
-    }
-}
-
 fn advance_target(v: &Value, now: i64) -> Result<i64, String> {
     let Value::String(s) = v else {
         return Err(format!(
@@ -248,13 +238,12 @@ fn advance_target(v: &Value, now: i64) -> Result<i64, String> {
             .and_then(|ms| now.checked_add(ms))
             .ok_or_else(|| format!("{s:?} moves the clock past the year 292 million"));
     }
-    let t = parse_time(v)
-        .ok_or_else(|| format!("{s:?} is neither a duration (\"10m\") nor an RFC 3339 time"))?;
+    let t = crate::time::parse_value(v)
+        .map_err(|_| format!("{s:?} is neither a duration (\"10m\") nor an RFC 3339 time"))?;
     if t < now {
         return Err(format!(
             "{s:?} is before the clock ({}): time only moves forward",
-            chrono::DateTime::from_timestamp_millis(now)
-                .map_or_else(|| now.to_string(), |d| d.to_rfc3339())
+            crate::time::rfc3339(now)
         ));
     }
     Ok(t)

@@ -463,7 +463,7 @@ fn test_prints_each_fire_before_its_input_ends() {
     assert!(child.wait().unwrap().success());
 }
 
-/// The trust boundary (DESIGN §1): no client event may claim the engine's
+/// The trust boundary: no client event may claim the engine's
 /// source, a rule's source, or an id of the engine's id space — so none can
 /// be mistaken for an engine record or a rule's output, or take an
 /// output's id before its fire completes (the real output would then be

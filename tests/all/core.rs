@@ -19,7 +19,7 @@ use sluice::triggers::core::RuleSpec;
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::{ECHO, HOSTILE, PR_DIGEST, SLOW_DIGEST};
 
-use crate::engine::{batch_rule, deploy, open_log, wait_cursor};
+use crate::engine::{batch_rule, deploy, open_log, wait_cursor, wait_status};
 use crate::{Harness, merged, temp_log};
 
 fn trigger(count: u32) -> BatchTrigger {
@@ -110,17 +110,11 @@ fn a_step_writes_appended_members_as_rows() {
 /// Wait until the rule has read the whole log and nothing of it is due at
 /// `now` (idle on a manual clock).
 async fn wait_idle(engine: &Engine, log: &EventLog, name: &str, now: i64) {
-    for _ in 0..6_000 {
-        if let Some(s) = engine.status("acme", name)
-            && s.cursor >= log.last_seq()
-            && s.pending_fires == 0
-            && s.next_due.is_none_or(|d| d > now)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("{name} did not settle: {:?}", engine.status("acme", name));
+    let last = log.last_seq();
+    wait_status(engine, name, "it to settle", |s| {
+        s.cursor >= last && s.pending_fires == 0 && s.next_due.is_none_or(|d| d > now)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,8 +140,15 @@ async fn pause_resume_redrive_and_discard_through_the_control_channel() {
         id: Some(id.into()),
         ..merged("a", 0)
     };
+    // The paused rule's task is woken by the commit, takes its round and
+    // writes its status: it read nothing.
+    let mut changes = engine.status_changes();
+    changes.borrow_and_update();
     log.append(vec![fatal("f1"), fatal("f2")]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(60), changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
     let s = engine.status("acme", "hostile").unwrap();
     assert!(s.paused);
     assert_eq!(
@@ -197,15 +198,13 @@ async fn concurrent_fires_keep_each_partition_in_order() {
         })
         .collect();
     log.append(orders).await.unwrap();
-    let mut most = 0;
-    for _ in 0..6_000 {
-        let s = engine.status("acme", "slow-digest").unwrap();
-        most = most.max(s.running_fires);
-        if s.cursor >= 80 && s.pending_fires == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let most = std::sync::atomic::AtomicUsize::new(0);
+    wait_status(&engine, "slow-digest", "every window fired", |s| {
+        most.fetch_max(s.running_fires, std::sync::atomic::Ordering::Relaxed);
+        s.cursor >= 80 && s.pending_fires == 0
+    })
+    .await;
+    let most = most.into_inner();
     let digests = log
         .query(&EventQuery {
             kind: Some("digest".into()),
@@ -350,13 +349,11 @@ async fn redeploys_mid_step_never_run_two_dispatchers() {
         tokio::time::sleep(Duration::from_millis(round * 3)).await;
         deploy(&engine, rule(), RetryPolicy::default()).await;
     }
-    for _ in 0..6_000 {
-        let s = engine.status("acme", "slow-digest").unwrap();
-        if s.cursor >= log.last_seq() && s.pending_fires == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let last = log.last_seq();
+    wait_status(&engine, "slow-digest", "it to catch up", |s| {
+        s.cursor >= last && s.pending_fires == 0
+    })
+    .await;
     let digests = log
         .query(&EventQuery {
             kind: Some("digest".into()),

@@ -14,7 +14,7 @@ use sluice::log::{Durability, EventLog, FeedItem, LogConfig, NewEvent};
 use sluice::manifest::{BatchTrigger, Expire, RetryPolicy};
 use sluice::runtime::Limits;
 use sluice::triggers::core::RuleSpec;
-use sluice_test_components::components::{HOSTILE, PR_DIGEST};
+use sluice_test_components::components::{ECHO, HOSTILE, PR_DIGEST};
 
 use crate::Harness;
 
@@ -95,13 +95,39 @@ pub(crate) async fn collect(log: &EventLog, kind: &str, n: usize) -> Vec<Event> 
 
 /// Wait until the rule has processed the log up to `seq`.
 pub(crate) async fn wait_cursor(engine: &Engine, name: &str, seq: u64) {
-    for _ in 0..3_000 {
-        if engine.status("acme", name).is_some_and(|s| s.cursor >= seq) {
-            return;
+    wait_status(engine, name, "its cursor to reach {seq}", |s| {
+        s.cursor >= seq
+    })
+    .await;
+}
+
+/// Wait until rule `name`'s status satisfies `pred`, woken by the engine's
+/// status changes (never by a timer).
+pub(crate) async fn wait_status(
+    engine: &Engine,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&sluice::engine::rule::RuleStatus) -> bool,
+) -> sluice::engine::rule::RuleStatus {
+    let mut changes = engine.status_changes();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            changes.borrow_and_update();
+            if let Some(s) = engine.status("acme", name)
+                && pred(&s)
+            {
+                return s;
+            }
+            changes.changed().await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{name} did not reach seq {seq}");
+    })
+    .await;
+    found.unwrap_or_else(|_| {
+        panic!(
+            "{name}: waited for {what}: {:?}",
+            engine.status("acme", name)
+        )
+    })
 }
 
 pub(crate) fn open_log(dir: &tempfile::TempDir, clock: SharedClock) -> EventLog {
@@ -224,18 +250,7 @@ async fn a_hostile_rule_delays_no_other_rule() {
         "pr-digest waited for the hostile rule: {hostile:?}"
     );
     // The hostile rule's select keeps failing (timeout) and says so.
-    for _ in 0..1000 {
-        if engine
-            .status("acme", "hostile")
-            .unwrap()
-            .last_error
-            .is_some()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let status = engine.status("acme", "hostile").unwrap();
+    let status = wait_status(&engine, "hostile", "an error", |s| s.last_error.is_some()).await;
     assert!(status.last_error.unwrap().contains("exceeded its deadline"));
     drop(engine);
 }
@@ -312,18 +327,15 @@ async fn hostile_handlers_are_stopped_retried_and_dead_lettered() {
     let dead = collect(&log, "fire.dead_lettered", 3).await;
     assert!(dead.iter().all(|e| e.payload.contains("\"attempts\":2")));
     // The engine records its work before it reports the status.
-    for _ in 0..300 {
-        if engine.status("acme", "hostile").unwrap().pending_fires == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let status = engine.status("acme", "hostile").unwrap();
+    let status = wait_status(&engine, "hostile", "no pending fire", |s| {
+        s.pending_fires == 0
+    })
+    .await;
     assert_eq!(status.pending_fires, 0);
     engine.shutdown().await;
 }
 
-/// DESIGN §6: a redeploy that changes the trigger kind is refused before
+/// A redeploy that changes the trigger kind is refused before
 /// anything changes — the running version carries on with its state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redeploy_of_another_trigger_kind_is_refused_and_the_rule_runs_on() {
@@ -411,7 +423,7 @@ async fn a_redeploy_of_another_trigger_kind_is_refused_and_the_rule_runs_on() {
     engine.shutdown().await;
 }
 
-/// DESIGN §6: undeploy with `drain = fire` fires the open windows (reason
+/// Undeploy with `drain = fire` fires the open windows (reason
 /// drained) before the rule goes; with `drain = discard` drops them, on the
 /// feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,5 +485,39 @@ async fn undeploy_drains_open_windows_by_firing_or_discarding_them() {
             }
         }
     }
+    engine.shutdown().await;
+}
+
+/// A panic in the engine's own code during a rule's round: the rule shows
+/// as failed, with the reason, on its status and on the feed; the other
+/// rules run on; a resume brings it back from its durable state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_round_fails_the_rule_visibly_until_resumed() {
+    let h = Harness::new();
+    let clock: SharedClock = Arc::new(h.clock.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, clock.clone());
+    let engine = Engine::new(log.clone(), clock);
+    fail::cfg("round/acme/crashy", "1*panic(on purpose)").unwrap();
+    deploy(
+        &engine,
+        batch_rule(&h, "crashy", ECHO, 1, 60, Limits::default()),
+        RetryPolicy::default(),
+    )
+    .await;
+    let failed = wait_for(&log, 0, |e| e.kind == "rule.failed").await;
+    assert!(failed.payload.contains("on purpose"), "{}", failed.payload);
+    let s = engine.status("acme", "crashy").unwrap();
+    assert!(s.failed.as_deref().unwrap().contains("on purpose"), "{s:?}");
+    // Requests other than a resume say why they cannot be served.
+    let e = engine.pause("acme", "crashy").await.unwrap_err();
+    assert!(e.to_string().contains("resume or redeploy"), "{e}");
+    // Events wait for it; a resume opens its state again and reads them.
+    log.append(vec![crate::merged("r", 1)]).await.unwrap();
+    let s = engine.resume("acme", "crashy").await.unwrap();
+    assert!(s.failed.is_none() && !s.paused, "{s:?}");
+    let out = wait_for(&log, 0, |e| e.source == "rule:crashy").await;
+    assert!(out.payload.contains("r#1"), "{}", out.payload);
+    assert!(engine.status("acme", "crashy").unwrap().failed.is_none());
     engine.shutdown().await;
 }

@@ -4,6 +4,7 @@ mod cli;
 mod conformance;
 mod core;
 mod crash;
+mod deploy;
 mod dispatch;
 mod engine;
 mod examples;

@@ -16,6 +16,54 @@ use sluice_test_components::components;
 const ADMIN: &str = "test-admin-token";
 
 /// A running server on a loopback port.
+/// A test's directory and database; servers start on it, again after a
+/// stop or a kill.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The database.
+    fn db(&self) -> std::path::PathBuf {
+        self.path("s.db")
+    }
+
+    /// A file of the test's own.
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A server on the database.
+    fn start(&self) -> Server {
+        Server::start(&self.db())
+    }
+
+    /// A server on a fresh database with tenant `acme`, and its token.
+    fn acme(&self) -> (Server, String) {
+        let server = self.start();
+        let token = server.tenant("acme");
+        (server, token)
+    }
+
+    /// [`Self::acme`] with the echo rule deployed (`count = 3`).
+    fn acme_with_echo(&self) -> (Server, String) {
+        let (server, token) = self.acme();
+        server.deployed(
+            &token,
+            "echo",
+            &echo_manifest("echo", 1, 3),
+            components::ECHO,
+        );
+        (server, token)
+    }
+}
+
 struct Server {
     child: Option<Child>,
     url: String,
@@ -242,8 +290,8 @@ fn echoed_ids(outputs: &[Value]) -> Vec<String> {
 
 #[test]
 fn tenants_deploy_emit_tail_and_inspect() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
+    let f = Fixture::new();
+    let server = f.start();
     // The CLI creates the tenant with the admin token.
     let out = server.cli(ADMIN, &["tenants", "create", "acme"]);
     assert!(
@@ -255,7 +303,7 @@ fn tenants_deploy_emit_tail_and_inspect() {
     let token = text.lines().last().unwrap().trim().to_owned();
     assert!(token.starts_with("sluice_"), "{text}");
     // Deploy with the CLI: a component and its manifest.
-    let rule_dir = dir.path().join("rule");
+    let rule_dir = f.path("rule");
     std::fs::create_dir(&rule_dir).unwrap();
     std::fs::write(rule_dir.join("rule.toml"), echo_manifest("echo", 1, 3)).unwrap();
     std::fs::copy(components::ECHO, rule_dir.join("echo.wasm")).unwrap();
@@ -285,7 +333,7 @@ fn tenants_deploy_emit_tail_and_inspect() {
         .spawn()
         .unwrap();
     // Emit with the CLI from a file.
-    let file = dir.path().join("events.ndjson");
+    let file = f.path("events.ndjson");
     let lines: String = (0..6)
         .map(|i| format!("{}\n", ev("k", &format!("e{i}"))))
         .collect();
@@ -410,9 +458,8 @@ fn tenants_deploy_emit_tail_and_inspect() {
 
 #[test]
 fn hot_swap_under_ingest_loses_and_doubles_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
-    let token = server.tenant("acme");
+    let f = Fixture::new();
+    let (server, token) = f.acme();
     let r = server.deploy(
         &token,
         "echo",
@@ -495,8 +542,8 @@ fn hot_swap_under_ingest_loses_and_doubles_nothing() {
 
 #[test]
 fn bad_uploads_change_nothing_and_kind_changes_need_a_reset() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
+    let f = Fixture::new();
+    let server = f.start();
     let token = server.tenant_with(
         "acme",
         json!({"max_rules": 1, "max_fuel": 3_000_000_000u64}),
@@ -551,9 +598,8 @@ fn bad_uploads_change_nothing_and_kind_changes_need_a_reset() {
 
 #[test]
 fn undeploy_drains_by_firing_or_discarding() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
-    let token = server.tenant("acme");
+    let f = Fixture::new();
+    let (server, token) = f.acme();
     for name in ["keep", "drop"] {
         server.deployed(&token, name, &echo_manifest(name, 1, 100), components::ECHO);
     }
@@ -641,23 +687,26 @@ fn undeploy_drains_by_firing_or_discarding() {
 
 #[test]
 fn pause_resume_and_restart_keep_rules_and_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let server = Server::start(&db);
-    let token = server.tenant("acme");
-    server.deployed(
-        &token,
-        "echo",
-        &echo_manifest("echo", 1, 3),
-        components::ECHO,
-    );
+    let f = Fixture::new();
+    let db = f.db();
+    let (server, token) = f.acme_with_echo();
     let out = server.cli(&token, &["rules", "pause", "echo"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The answer is the new status, and a read right after agrees.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "echo is paused"
+    );
     assert_eq!(server.get("/v1/rules/echo", &token)["status"], "paused");
+    let answer = server.post("/v1/rules/echo/resume", &token, json!(null));
+    assert_eq!(answer["status"], "active");
+    assert_eq!(server.get("/v1/rules/echo", &token)["status"], "active");
+    let answer = server.post("/v1/rules/echo/pause", &token, json!(null));
+    assert_eq!(answer["status"], "paused");
     server.emit(&token, &[ev("k", "1"), ev("k", "2")]);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
@@ -743,9 +792,8 @@ fn sse(
 
 #[test]
 fn feed_replays_then_tails_and_resumes_with_last_event_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
-    let token = server.tenant("acme");
+    let f = Fixture::new();
+    let (server, token) = f.acme();
     let other = server.tenant("other");
     server.emit(&other, &[ev("x", "theirs")]);
     server.emit(
@@ -796,8 +844,8 @@ fn feed_replays_then_tails_and_resumes_with_last_event_id() {
 
 #[test]
 fn every_route_needs_a_token_and_hides_other_tenants() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
+    let f = Fixture::new();
+    let server = f.start();
     let a = server.tenant("alpha");
     let b = server.tenant("beta");
     // Alpha has a rule, events, an output, and a dead letter.
@@ -973,8 +1021,8 @@ fn every_route_needs_a_token_and_hides_other_tenants() {
 
 #[test]
 fn ingest_refuses_reserved_sources_forged_ids_and_bad_bodies() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
+    let f = Fixture::new();
+    let server = f.start();
     let token = server.tenant_with("acme", json!({"ingest_per_second": 5, "ingest_burst": 40}));
     let bad: Vec<(&str, String, u16, &str)> = vec![
         (
@@ -1104,8 +1152,8 @@ fn ingest_refuses_reserved_sources_forged_ids_and_bad_bodies() {
 
 #[test]
 fn partition_quota_skips_and_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
+    let f = Fixture::new();
+    let server = f.start();
     let token = server.tenant_with("acme", json!({"max_partitions_per_rule": 2}));
     server.deployed(
         &token,
@@ -1139,9 +1187,8 @@ fn partition_quota_skips_and_records() {
 
 #[test]
 fn dwell_memberships_carry_over_a_swap() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
-    let token = server.tenant("acme");
+    let f = Fixture::new();
+    let (server, token) = f.acme();
     let dwell = |version: u32| {
         format!(
             "name = \"idle\"\nversion = {version}\n[trigger.dwell]\n[[trigger.dwell.reactions]]\nlabel = \"quiet\"\nafter = \"10m\"\n"
@@ -1176,9 +1223,8 @@ fn dwell_memberships_carry_over_a_swap() {
 
 #[test]
 fn handler_failures_show_the_guest_backtrace_and_heartbeats_flow() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
-    let token = server.tenant("acme");
+    let f = Fixture::new();
+    let (server, token) = f.acme();
     let manifest = "name = \"crash\"\nversion = 1\n[trigger.batch]\ncount = 1\nwindow = \"1h\"\n[retry]\nmax_attempts = 1\n";
     server.deployed(&token, "crash", manifest, components::HOSTILE);
     server.emit(
@@ -1222,7 +1268,7 @@ fn handler_failures_show_the_guest_backtrace_and_heartbeats_flow() {
 
 #[test]
 fn client_errors_are_one_sentence() {
-    let dir = tempfile::tempdir().unwrap();
+    let f = Fixture::new();
     let run = |url: &str, token: Option<&str>, args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.args(args)
@@ -1247,7 +1293,7 @@ fn client_errors_are_one_sentence() {
         err.starts_with("error: cannot reach a Sluice server at"),
         "{err}"
     );
-    let server = Server::start(&dir.path().join("s.db"));
+    let server = f.start();
     let err = run(&server.url, Some("sluice_nope_nope"), &["rules"]);
     assert_eq!(
         err.trim(),
@@ -1273,8 +1319,8 @@ fn client_errors_are_one_sentence() {
 
 #[test]
 fn json_logs_and_a_second_server_on_one_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
+    let f = Fixture::new();
+    let db = f.db();
     let server = Server::start(&db);
     // A second server on the same database is refused, naming the holder.
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -1331,9 +1377,8 @@ fn json_logs_and_a_second_server_on_one_database() {
 
 #[test]
 fn a_guest_whose_fuel_outlasts_its_deadline_cannot_spin_forever() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
-    let token = server.tenant("acme");
+    let f = Fixture::new();
+    let (server, token) = f.acme();
     // Fuel for far longer than the deadline: every call ends by the clock.
     let manifest = "name = \"spin\"\nversion = 1\n[trigger.batch]\ncount = 1\nwindow = \"1h\"\n[limits]\nfuel = 10_000_000_000\ndeadline = \"50ms\"\n[select]\nattempts = 1\non_poison = \"skip\"\n";
     server.deployed(&token, "spin", manifest, components::HOSTILE);
@@ -1378,9 +1423,8 @@ fn a_guest_whose_fuel_outlasts_its_deadline_cannot_spin_forever() {
 
 #[test]
 fn ingest_takes_one_event_an_array_or_ndjson_and_dedupes() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
-    let token = server.tenant("acme");
+    let f = Fixture::new();
+    let (server, token) = f.acme();
     let post = |ct: &str, body: String| {
         ok(server
             .req(reqwest::Method::POST, "/v1/events", Some(&token))
@@ -1446,8 +1490,8 @@ fn ingest_takes_one_event_an_array_or_ndjson_and_dedupes() {
 
 #[test]
 fn deleting_a_tenant_undeploys_its_rules_and_revokes_its_tokens() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
+    let f = Fixture::new();
+    let db = f.db();
     let server = Server::start(&db);
     let token = server.tenant("acme");
     let other = server.tenant("other");
@@ -1508,8 +1552,8 @@ fn deleting_a_tenant_undeploys_its_rules_and_revokes_its_tokens() {
 
 #[test]
 fn concurrent_deploys_keep_the_rule_quota() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
+    let f = Fixture::new();
+    let server = f.start();
     let token = server.tenant_with("acme", json!({"max_rules": 2}));
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6)
@@ -1542,8 +1586,8 @@ fn concurrent_deploys_keep_the_rule_quota() {
 
 #[test]
 fn a_feed_ends_when_its_token_is_revoked() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
+    let f = Fixture::new();
+    let server = f.start();
     let created = server.post("/v1/tenants", ADMIN, json!({"name": "acme"}));
     let (token, id) = (
         created["token"]["token"].as_str().unwrap().to_owned(),
@@ -1580,8 +1624,8 @@ fn a_feed_ends_when_its_token_is_revoked() {
 
 #[test]
 fn retention_prunes_what_no_rule_holds() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
+    let f = Fixture::new();
+    let db = f.db();
     let server = Server::start(&db);
     let token = server.tenant("acme");
     // Noise nothing holds, then an event a rule's open window holds, then
@@ -1630,9 +1674,8 @@ fn retention_prunes_what_no_rule_holds() {
 
 #[test]
 fn a_new_rule_reads_history_unless_it_starts_at_the_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("s.db"));
-    let token = server.tenant("acme");
+    let f = Fixture::new();
+    let (server, token) = f.acme();
     server.emit(&token, &[ev("k", "old1"), ev("k", "old2")]);
     // A first deploy reads the tenant's log from its start.
     server.deployed(&token, "all", &echo_manifest("all", 1, 2), components::ECHO);
@@ -1657,4 +1700,59 @@ fn a_new_rule_reads_history_unless_it_starts_at_the_end() {
         ["new1", "new2"]
     );
     server.stop();
+}
+
+/// A hot swap killed at any moment of its `PUT` comes back at restart as
+/// one version or the other — and the version the registry holds is the
+/// one the feed's `rule.swapped` records say took over: the record
+/// commits with the registry's write.
+#[test]
+fn a_swap_killed_midway_comes_back_with_its_record() {
+    let f = Fixture::new();
+    let db = f.db();
+    let (mut server, token) = f.acme_with_echo();
+    let mut running = 1;
+    for attempt in 0..12u64 {
+        let version = running + 1;
+        let url = server.url.clone();
+        let t = token.clone();
+        let put = std::thread::spawn(move || {
+            let form = multipart::Form::new()
+                .text("manifest", echo_manifest("echo", version as u32, 3))
+                .part(
+                    "component",
+                    multipart::Part::bytes(std::fs::read(components::ECHO).unwrap())
+                        .file_name("echo.wasm"),
+                );
+            let _ = Client::new()
+                .put(format!("{url}/v1/rules/echo"))
+                .bearer_auth(t)
+                .multipart(form)
+                .send();
+        });
+        std::thread::sleep(Duration::from_millis(attempt * 3));
+        drop(server);
+        let _ = put.join();
+        server = Server::start(&db);
+        let rule = server.get("/v1/rules/echo", &token);
+        let now = rule["version"].as_u64().unwrap();
+        assert!(now == running || now == version, "{rule}");
+        let swaps: Vec<u64> = server
+            .events(&token, "sluice")
+            .iter()
+            .filter(|e| e["kind"] == "rule.swapped")
+            .map(|e| payload(e)["version"].as_u64().unwrap())
+            .collect();
+        let to_now = swaps.iter().filter(|v| **v == now).count();
+        assert_eq!(
+            to_now,
+            usize::from(now > 1),
+            "attempt {attempt}: version {now} runs; swaps recorded: {swaps:?}"
+        );
+        assert!(
+            !swaps.contains(&version) || now == version,
+            "a swap to {version} is recorded but {now} runs"
+        );
+        running = now;
+    }
 }

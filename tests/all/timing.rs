@@ -188,7 +188,8 @@ impl World {
                 }
                 assert!(
                     tokio::time::Instant::now() < deadline,
-                    "the rule did not settle: {:?}",
+                    "the rule did not settle at {now}, the log at seq {}: {:?}",
+                    self.log.last_seq(),
                     n.engine.status("acme", "echo")
                 );
                 // A commit wakes the wait; the rule's status follows its

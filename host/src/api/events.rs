@@ -208,17 +208,8 @@ pub struct EventPage {
 
 /// A time given as RFC 3339 or milliseconds since the epoch.
 pub fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|e| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!("{field}: {text:?} is not an RFC 3339 time or milliseconds since the epoch ({e})"),
-            )
-        })
+    crate::time::parse(text)
+        .map_err(|m| ApiError::bad_request("invalid_query", format!("{field}: {m}")))
 }
 
 /// The tenant's events, filtered, in seq order.

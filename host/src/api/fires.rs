@@ -80,9 +80,9 @@ pub struct FiresQuery {
 
 async fn open_fires(app: &App, tenant: &str, rule: &str, dead: bool) -> Vec<FireRecord> {
     let got = if dead {
-        app.engine.dead_letters(tenant, rule).await
+        app.deploys.engine.dead_letters(tenant, rule).await
     } else {
-        app.engine.pending_fires(tenant, rule).await
+        app.deploys.engine.pending_fires(tenant, rule).await
     };
     got.unwrap_or_default()
 }
@@ -120,12 +120,13 @@ pub async fn list(
     }
     let rules: Vec<String> = match &q.rule {
         Some(r) => {
-            if app.registry.get(&tenant, r)?.is_none() {
+            if app.deploys.registry.get(&tenant, r)?.is_none() {
                 return Err(ApiError::not_found(format_args!("rule {r:?}")));
             }
             vec![r.clone()]
         }
         None => app
+            .deploys
             .registry
             .list_tenant(&tenant)?
             .into_iter()
@@ -217,7 +218,7 @@ async fn recorded(
 
 /// Find one of the tenant's open fires: (rule, record, dead).
 async fn find(app: &App, tenant: &str, id: &str) -> Result<(String, FireRecord, bool), ApiError> {
-    for d in app.registry.list_tenant(tenant)? {
+    for d in app.deploys.registry.list_tenant(tenant)? {
         for dead in [true, false] {
             if let Some(f) = open_fires(app, tenant, &d.name, dead)
                 .await
@@ -271,7 +272,8 @@ pub async fn redrive(
     Path(id): Path<String>,
 ) -> Result<Json<FireView>, ApiError> {
     let (rule, f) = dead_letter(&app, &tenant, &id).await?;
-    app.engine
+    app.deploys
+        .engine
         .redrive(&tenant, &rule, &id)
         .await
         .map_err(|e| ApiError::control(&rule, e))?;
@@ -290,7 +292,8 @@ pub async fn discard(
     Path(id): Path<String>,
 ) -> Result<Json<FireView>, ApiError> {
     let (rule, f) = dead_letter(&app, &tenant, &id).await?;
-    app.engine
+    app.deploys
+        .engine
         .discard_dead(&tenant, &rule, &id)
         .await
         .map_err(|e| ApiError::control(&rule, e))?;

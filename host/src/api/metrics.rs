@@ -98,7 +98,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         .sum();
     metrics::gauge!("sluice_log_bytes").set(size as f64);
     let mut by_status = std::collections::BTreeMap::<&str, u64>::new();
-    for d in app.registry.list().unwrap_or_default() {
+    for d in app.deploys.registry.list().unwrap_or_default() {
         let view = super::rules::view(&app, &d).await;
         *by_status.entry(leak_status(&view.status)).or_default() += 1;
         let labels = [("tenant", d.tenant.clone()), ("rule", d.name.clone())];

@@ -34,10 +34,9 @@ pub mod openapi;
 pub mod rules;
 pub mod tenants;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -53,8 +52,7 @@ use self::error::ApiError;
 use self::tenants::{AdminAuth, Tenants};
 use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use crate::engine::Engine;
-use crate::engine::registry::Registry;
-use crate::engine::rule::Deployable;
+use crate::engine::deploy::Deployments;
 use crate::log::{Durability, EventLimits, EventLog, LogConfig};
 use crate::runtime::{Runtime, RuntimeConfig};
 
@@ -112,12 +110,11 @@ pub struct App {
     pub config: ServerConfig,
     /// The log.
     pub log: EventLog,
-    /// The engine running every tenant's rules.
-    pub engine: Engine,
+    /// Deployments: the engine running every tenant's rules, the registry
+    /// of what runs, the deploy saga.
+    pub deploys: Deployments,
     /// Loads components.
     pub runtime: Runtime,
-    /// Which rules run.
-    pub registry: Registry,
     /// Tenants and tokens.
     pub tenants: Tenants,
     /// The engine clock.
@@ -126,13 +123,8 @@ pub struct App {
     pub manual: Option<Arc<ManualClock>>,
     /// The Prometheus recorder's handle.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Per tenant: one deploy or undeploy at a time (compiles run before
-    /// it is taken), so quota counts and version order hold.
-    lifecycle: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// True once the server is shutting down (ends feeds).
     pub shutdown: watch::Receiver<bool>,
-    /// Rules that could not start (at start-up), with why.
-    broken: Mutex<HashMap<(String, String), String>>,
 }
 
 impl App {
@@ -141,51 +133,12 @@ impl App {
         self.clock.now_millis()
     }
 
-    /// Load (compile, or read the cache) a rule of `tenant` off the async
-    /// threads, held to the tenant's partition quota.
-    pub async fn load_rule(
-        &self,
-        tenant: &str,
-        component: bytes::Bytes,
-        manifest: crate::manifest::Manifest,
-    ) -> anyhow::Result<Result<Deployable, crate::engine::rule::SetupError>> {
-        let max = self
-            .tenants
+    /// A tenant's quotas (the defaults for an unknown one).
+    pub fn quotas(&self, tenant: &str) -> self::tenants::Quotas {
+        self.tenants
             .get(tenant)
             .map(|t| t.quotas)
             .unwrap_or_default()
-            .max_partitions_per_rule;
-        let (runtime, tenant) = (self.runtime.clone(), tenant.to_owned());
-        let loaded = tokio::task::spawn_blocking(move || {
-            Deployable::load(&runtime, &tenant, &component, &manifest)
-        })
-        .await?;
-        Ok(loaded.map(|rule| rule.with_max_partitions(max)))
-    }
-
-    /// The lock of `tenant`'s deploys and undeploys.
-    fn tenant_lock(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.lifecycle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(tenant.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    fn broken_get(&self, tenant: &str, name: &str) -> Option<String> {
-        self.broken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(tenant.to_owned(), name.to_owned()))
-            .cloned()
-    }
-
-    fn broken_remove(&self, tenant: &str, name: &str) {
-        self.broken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(tenant.to_owned(), name.to_owned()));
     }
 }
 
@@ -352,37 +305,6 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Start the rules the registry holds; one that cannot start is logged
-/// and shown as failed, and the others start.
-async fn restore(app: &App) -> anyhow::Result<usize> {
-    let mut started = 0;
-    for d in app.registry.list()? {
-        let result: anyhow::Result<()> = async {
-            let bytes = app
-                .registry
-                .component(&d.digest)?
-                .with_context(|| format!("component {} is missing", d.digest))?;
-            let manifest = crate::manifest::Manifest::parse(&d.manifest)
-                .map_err(|e| anyhow::anyhow!("manifest: {e}"))?;
-            let rule = app.load_rule(&d.tenant, bytes.into(), manifest).await??;
-            app.engine.deploy(rule).await?;
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => started += 1,
-            Err(e) => {
-                tracing::error!(tenant = %d.tenant, rule = %d.name, error = %format!("{e:#}"), "rule could not start");
-                app.broken
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((d.tenant.clone(), d.name.clone()), format!("{e:#}"));
-            }
-        }
-    }
-    Ok(started)
-}
-
 /// SIGINT or SIGTERM, from handlers installed when this is called (so a
 /// signal that comes right after the server says it is listening is not
 /// lost to the default action).
@@ -446,8 +368,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let (stop, shutdown) = watch::channel(false);
     let app = Arc::new(App {
-        engine: Engine::new(log.clone(), clock.clone()),
-        registry: Registry::new(log.clone()),
+        deploys: Deployments::new(Engine::new(log.clone(), clock.clone()), runtime.clone()),
         metrics: metrics::install(),
         config,
         log,
@@ -455,11 +376,9 @@ pub async fn serve(
         tenants,
         clock,
         manual,
-        lifecycle: Mutex::new(HashMap::new()),
         shutdown,
-        broken: Mutex::new(HashMap::new()),
     });
-    let started = restore(&app).await?;
+    let started = app.deploys.restore(|t| app.quotas(t)).await?;
     if let Some(policy) = app.config.retention.clone() {
         app.log.spawn_retention(policy, Duration::from_secs(60));
     }
@@ -473,7 +392,7 @@ pub async fn serve(
     });
     server.await.context("serve")?;
     let grace = app.config.shutdown_grace;
-    if tokio::time::timeout(grace, app.engine.shutdown())
+    if tokio::time::timeout(grace, app.deploys.engine.shutdown())
         .await
         .is_err()
     {

@@ -1,11 +1,6 @@
 //! Rules: deploy (and hot swap), list, show, undeploy, pause and resume.
-//!
-//! A deploy checks everything before anything changes — the multipart
-//! form, the manifest, the name, the version, the tenant's quota, the
-//! component's world and imports (by compiling it, through the on-disk
-//! cache) — then swaps under the rule's lock (the engine stops and joins
-//! the old task; state and cursor carry over), then records the
-//! deployment so that a restart brings it back.
+//! The handlers parse the request, call the deploy service
+//! ([`crate::engine::deploy`]) or the engine, and map the error.
 
 use std::sync::Arc;
 
@@ -19,34 +14,22 @@ use super::App;
 use super::error::{ApiError, ErrorBody};
 use super::tenants::{TenantAuth, check_name};
 use crate::engine::Drain;
+pub use crate::engine::deploy::Deployed;
+use crate::engine::deploy::{DeployError, DeployRequest};
 use crate::engine::registry::Deployment;
-use crate::engine::rule::{Deployable, Failure, RuleStatus};
+use crate::engine::rule::{Failure, RuleStatus};
 use crate::manifest::Manifest;
-use crate::triggers::core::CoreError;
 
-/// What a deploy did.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Deployed {
-    /// The rule's name.
-    pub rule: String,
-    /// The version now running.
-    pub version: u32,
-    /// Its trigger kind.
-    pub kind: String,
-    /// SHA-256 of the component.
-    pub digest: String,
-    /// `created` (a new rule), `swapped` (a new version took over the
-    /// rule's state), `reset` (a new version started from empty state) or
-    /// `unchanged` (the same manifest and component were running).
-    pub outcome: String,
-    /// `hit` when the compiled component came from the cache, `compiled`
-    /// otherwise.
-    pub compile: String,
-    /// Time spent loading (compiling or reading the cache), in ms.
-    pub load_ms: u64,
-    /// Time the swap took (old task stopped and joined, new one started),
-    /// in ms.
-    pub swap_ms: u64,
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Invalid { code, message } => ApiError::bad_request(code, message),
+            DeployError::Conflict { code, message } => ApiError::conflict(code, message),
+            DeployError::Refused { code, message } => ApiError::unprocessable(code, message),
+            DeployError::NoSuchRule(name) => no_rule(&name),
+            DeployError::Internal(m) => ApiError::internal(m),
+        }
+    }
 }
 
 /// Deploy options.
@@ -169,227 +152,38 @@ pub async fn deploy(
     let component = component.ok_or_else(|| {
         ApiError::bad_request("invalid_form", "component: the form field is missing")
     })?;
-    let manifest = Manifest::parse(&manifest_text)
-        .map_err(|e| ApiError::bad_request("invalid_manifest", format!("manifest: {e}")))?;
-    if manifest.name != name {
-        return Err(ApiError::bad_request(
-            "invalid_manifest",
-            format!(
-                "manifest: name = {:?} but the URL deploys {name:?}",
-                manifest.name
-            ),
-        ));
-    }
-    let quotas = app
-        .tenants
-        .get(&tenant)
-        .map(|t| t.quotas)
-        .unwrap_or_default();
-    quotas
-        .check(&manifest)
-        .map_err(|m| ApiError::unprocessable("quota_exceeded", format!("manifest: {m}")))?;
-    let digest = crate::runtime::cache::digest(&component);
-    // A first look, to answer before compiling; checked again under the
-    // tenant's lock, where it counts.
-    let plan = Plan {
-        tenant: tenant.clone(),
-        name: name.clone(),
-        manifest,
-        manifest_text,
-        digest,
+    let request = DeployRequest {
+        quotas: app.quotas(&tenant),
+        tenant,
+        name,
+        manifest: manifest_text,
+        component,
         reset: query.reset,
-        max_rules: quotas.max_rules,
-    };
-    if let Some(unchanged) = plan.check(&app)? {
-        return Ok((StatusCode::OK, Json(unchanged)));
-    }
-    // Compile (or read the cache) off the async threads.
-    let started = std::time::Instant::now();
-    let rule = app
-        .load_rule(&tenant, component.clone(), plan.manifest.clone())
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::unprocessable("invalid_component", format!("component: {e}")))?;
-    let load_ms = started.elapsed().as_millis() as u64;
-    let compile = match rule.rule.cache_outcome() {
-        crate::runtime::cache::CacheOutcome::Hit => "hit",
-        _ => "compiled",
     };
     // The change runs to its end even if the client goes away meanwhile:
     // a swap half done (the old task stopped, the new one not started)
     // must not be left behind.
     let app2 = app.clone();
-    tokio::spawn(async move { swap(&app2, plan, rule, component, compile, load_ms).await })
+    let (created, deployed) = tokio::spawn(async move { app2.deploys.deploy(request).await })
         .await
-        .map_err(ApiError::internal)?
-}
-
-/// A deploy, once its request is parsed.
-#[derive(Debug)]
-struct Plan {
-    tenant: String,
-    name: String,
-    manifest: Manifest,
-    manifest_text: String,
-    digest: String,
-    reset: bool,
-    max_rules: usize,
-}
-
-impl Plan {
-    /// Check the deploy against what runs: `Some` when exactly this runs
-    /// already; errors for a version not raised or a quota full.
-    fn check(&self, app: &App) -> Result<Option<Deployed>, ApiError> {
-        let previous = app.registry.get(&self.tenant, &self.name)?;
-        match &previous {
-            Some(old) if !self.reset => {
-                if old.digest == self.digest && old.manifest == self.manifest_text {
-                    return Ok(Some(Deployed {
-                        rule: self.name.clone(),
-                        version: old.version,
-                        kind: self.manifest.trigger.kind().into(),
-                        digest: self.digest.clone(),
-                        outcome: "unchanged".into(),
-                        compile: "hit".into(),
-                        load_ms: 0,
-                        swap_ms: 0,
-                    }));
-                }
-                if self.manifest.version <= old.version {
-                    return Err(ApiError::conflict(
-                        "version_not_raised",
-                        format!(
-                            "manifest: version = {} but version {} runs: a new version must raise it",
-                            self.manifest.version, old.version
-                        ),
-                    ));
-                }
-            }
-            Some(_) => {}
-            None => {
-                let count = app.registry.list_tenant(&self.tenant)?.len();
-                if count >= self.max_rules {
-                    return Err(ApiError::unprocessable(
-                        "quota_exceeded",
-                        format!(
-                            "tenant {:?} has {count} rules, its quota (max_rules = {})",
-                            self.tenant, self.max_rules
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// Swap `rule` in under the tenant's lock. The deployment is recorded
-/// first — a crash right after brings this version back at start-up, with
-/// the state it then finds — and put back as it was if the engine refuses.
-async fn swap(
-    app: &App,
-    plan: Plan,
-    rule: Deployable,
-    component: axum::body::Bytes,
-    compile: &'static str,
-    load_ms: u64,
-) -> Result<(StatusCode, Json<Deployed>), ApiError> {
-    let lock = app.tenant_lock(&plan.tenant);
-    let _lifecycle = lock.lock().await;
-    if let Some(unchanged) = plan.check(app)? {
-        return Ok((StatusCode::OK, Json(unchanged)));
-    }
-    let (tenant, name) = (plan.tenant.clone(), plan.name.clone());
-    if !plan.reset {
-        // A kind change is refused before anything is written.
-        let (log, check) = (app.log.clone(), rule.clone());
-        let checked = tokio::task::spawn_blocking(move || check.check_state(&log))
-            .await
-            .map_err(ApiError::internal)?;
-        if let Err(e) = checked {
-            return Err(core_error(&name, e));
-        }
-    }
-    let previous = app.registry.get(&tenant, &name)?;
-    let previous_component = match &previous {
-        Some(old) => app.registry.component(&old.digest)?,
-        None => None,
-    };
-    let kind = rule.kind_name().to_owned();
-    let deployment = Deployment {
-        tenant: tenant.clone(),
-        name: name.clone(),
-        version: plan.manifest.version,
-        manifest: plan.manifest_text.clone(),
-        digest: plan.digest.clone(),
-        deployed_at: app.now(),
-    };
-    app.registry.put(&deployment, &component).await?;
-    let swap_started = std::time::Instant::now();
-    let result = if plan.reset {
-        app.engine.deploy_reset(rule).await
-    } else {
-        app.engine.deploy(rule).await
-    };
-    if let Err(e) = result {
-        // The engine kept (or put back) the previous version: so does the
-        // registry.
-        let restored = match (&previous, &previous_component) {
-            (Some(old), Some(bytes)) => app.registry.put(old, bytes).await,
-            _ => app.registry.remove(&tenant, &name).await.map(drop),
-        };
-        if let Err(r) = restored {
-            tracing::error!(%tenant, rule = %name, error = %r, "could not put the previous deployment back");
-        }
-        return Err(core_error(&name, e));
-    }
-    let swap_ms = swap_started.elapsed().as_millis() as u64;
-    app.broken_remove(&tenant, &name);
-    let outcome = match (&previous, plan.reset) {
-        (None, false) => "created",
-        (_, true) => "reset",
-        (Some(_), false) => "swapped",
-    };
-    tracing::info!(%tenant, rule = %name, version = plan.manifest.version, outcome, compile, load_ms, swap_ms, "deployed");
-    let status = if previous.is_some() {
-        StatusCode::OK
-    } else {
+        .map_err(ApiError::internal)??;
+    let status = if created {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
-    Ok((
-        status,
-        Json(Deployed {
-            rule: name,
-            version: plan.manifest.version,
-            kind,
-            digest: plan.digest,
-            outcome: outcome.into(),
-            compile: compile.into(),
-            load_ms,
-            swap_ms,
-        }),
-    ))
-}
-
-fn core_error(name: &str, e: CoreError) -> ApiError {
-    match e {
-        CoreError::State { key, problem } if key == "kind" => ApiError::conflict(
-            "kind_changed",
-            format!("manifest: trigger: {problem} (deploy with ?reset=true to drop it)"),
-        ),
-        e => ApiError::internal(format_args!("rule {name:?}: {e}")),
-    }
+    Ok((status, Json(deployed)))
 }
 
 /// How a rule is shown.
 pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
     let manifest = Manifest::parse(&d.manifest).ok();
-    let status: Option<RuleStatus> = app.engine.status(&d.tenant, &d.name);
-    let fuel_used = match app.engine.loaded(&d.tenant, &d.name) {
+    let status: Option<RuleStatus> = app.deploys.engine.status(&d.tenant, &d.name);
+    let fuel_used = match app.deploys.engine.loaded(&d.tenant, &d.name) {
         Some(rule) => rule.rule.fuel_used(),
         None => 0,
     };
-    let broken = app.broken_get(&d.tenant, &d.name);
+    let broken = app.deploys.broken(&d.tenant, &d.name);
     let s = status.clone().unwrap_or_default();
     let broken = broken.or_else(|| s.failed.clone());
     let state = match (&status, &broken) {
@@ -426,14 +220,7 @@ pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
 
 /// `drain=fire|discard` (default `fire`).
 pub(super) fn parse_drain(drain: Option<&str>) -> Result<Drain, ApiError> {
-    match drain.unwrap_or("fire") {
-        "fire" => Ok(Drain::Fire),
-        "discard" => Ok(Drain::Discard),
-        other => Err(ApiError::bad_request(
-            "invalid_query",
-            format!("drain: {other:?} must be fire or discard"),
-        )),
-    }
+    Drain::parse(drain).map_err(|m| ApiError::bad_request("invalid_query", m))
 }
 
 fn no_rule(name: &str) -> ApiError {
@@ -448,7 +235,7 @@ pub async fn list(
     State(app): State<Arc<App>>,
 ) -> Result<Json<Vec<RuleView>>, ApiError> {
     let mut out = Vec::new();
-    for d in app.registry.list_tenant(&tenant)? {
+    for d in app.deploys.registry.list_tenant(&tenant)? {
         out.push(view(&app, &d).await);
     }
     Ok(Json(out))
@@ -465,6 +252,7 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<RuleView>, ApiError> {
     let d = app
+        .deploys
         .registry
         .get(&tenant, &name)?
         .ok_or_else(|| no_rule(&name))?;
@@ -508,40 +296,13 @@ pub async fn undeploy(
     // Run to the end even if the client goes away.
     let app2 = app.clone();
     let (t, n) = (tenant.clone(), name.clone());
-    tokio::spawn(async move { undeploy_now(&app2, &t, &n, drain).await })
+    tokio::spawn(async move { app2.deploys.undeploy(&t, &n, drain).await })
         .await
         .map_err(ApiError::internal)??;
-    tracing::info!(%tenant, rule = %name, ?drain, "undeployed");
     Ok(Json(Undeployed {
         rule: name,
-        drain: match drain {
-            Drain::Fire => "fire",
-            Drain::Discard => "discard",
-        }
-        .into(),
+        drain: drain.name().into(),
     }))
-}
-
-/// Undeploy under the tenant's lock. The deployment is forgotten first: a
-/// crash mid-drain leaves the rule's state for a later deploy, and never
-/// brings back a rule the feed says is gone.
-pub(super) async fn undeploy_now(
-    app: &App,
-    tenant: &str,
-    name: &str,
-    drain: Drain,
-) -> Result<(), ApiError> {
-    let lock = app.tenant_lock(tenant);
-    let _lifecycle = lock.lock().await;
-    if !app.registry.remove(tenant, name).await? {
-        return Err(no_rule(name));
-    }
-    app.broken_remove(tenant, name);
-    app.engine
-        .undeploy_drain(tenant, name, drain)
-        .await
-        .map_err(|e| ApiError::internal(format_args!("rule {name:?}: {e}")))?;
-    Ok(())
 }
 
 async fn control(
@@ -551,13 +312,14 @@ async fn control(
     pause: bool,
 ) -> Result<Json<RuleView>, ApiError> {
     let d = app
+        .deploys
         .registry
         .get(tenant, name)?
         .ok_or_else(|| no_rule(name))?;
     let result = if pause {
-        app.engine.pause(tenant, name).await
+        app.deploys.engine.pause(tenant, name).await
     } else {
-        app.engine.resume(tenant, name).await
+        app.deploys.engine.resume(tenant, name).await
     };
     result.map_err(|e| ApiError::control(name, e))?;
     Ok(Json(view(app, &d).await))

@@ -255,10 +255,10 @@ pub fn main() -> ExitCode {
             shutdown_grace,
             max_body_bytes: max_body,
             manual_clock: match manual_clock {
-                Some(t) => match crate::api::events::parse_time("--manual-clock", &t) {
+                Some(t) => match crate::time::parse(&t) {
                     Ok(ms) => Some(ms),
                     Err(e) => {
-                        eprintln!("error: {}", e.message);
+                        eprintln!("error: --manual-clock: {e}");
                         return ExitCode::from(2);
                     }
                 },

@@ -223,6 +223,9 @@ impl<K: Kind> Driver<K> {
     /// The rule's verdicts on `events` (engine records and the rule's own
     /// outputs are skipped without asking the guest).
     pub fn select(&mut self, events: &[Event]) -> Result<Vec<Verdict>, crate::runtime::CallError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let picked: Vec<&Event> = events
             .iter()
             .filter(|e| self.core.is_candidate(&e.source))
@@ -548,6 +551,12 @@ impl<K: Kind> Driver<K> {
         runner: &mut dyn Runner,
         observer: &mut dyn Observer,
     ) -> RoundOut {
+        // A test can make a round fail here (`round/<tenant>/<rule>`).
+        fail::fail_point!(&format!(
+            "round/{}/{}",
+            self.core.spec().tenant,
+            self.core.spec().name
+        ));
         let mut out = RoundOut::default();
         let now = input.now;
         for attempt in &input.finished {

@@ -1,6 +1,6 @@
 //! The engine: runs deployed rules against the log on the engine clock.
 //!
-//! Each rule has a task of its own ([`task`]), which alone drives the
+//! Each rule has a task of its own (`task.rs`), which alone drives the
 //! rule through its [`driver`]: rounds on the blocking pool (rounds and
 //! handler runs of all rules share a bound of 4 per core, so a thousand
 //! rules due at once take turns on a few threads; one tenant's rules hold
@@ -12,13 +12,16 @@
 //! wait for the task to end before anything else opens the rule's state —
 //! never two dispatchers on one rule.
 //!
+//! - [`deploy`]: deployments — the deploy saga, undeploys, tenant
+//!   deletion, the start-up restore — below any front door.
 //! - [`driver`]: the one driver of a rule's round and writes, shared with
 //!   `sluice test`.
 //! - [`job`]: running a fire's handler.
-//! - [`task`]: a rule's task.
+//! - `task.rs`: a rule's task.
 //! - [`rule`]: a manifest and component made into a driver of its kind.
 //! - [`registry`]: which rules a server runs, kept beside their state.
 
+pub mod deploy;
 pub mod driver;
 pub mod job;
 pub mod registry;
@@ -69,6 +72,25 @@ pub enum Drain {
     Discard,
 }
 
+impl Drain {
+    /// `fire` or `discard`, as a request spells it (`None`: `fire`).
+    pub fn parse(text: Option<&str>) -> Result<Self, String> {
+        match text.unwrap_or("fire") {
+            "fire" => Ok(Drain::Fire),
+            "discard" => Ok(Drain::Discard),
+            other => Err(format!("drain: {other:?} must be fire or discard")),
+        }
+    }
+
+    /// The name a request spells.
+    pub fn name(self) -> &'static str {
+        match self {
+            Drain::Fire => "fire",
+            Drain::Discard => "discard",
+        }
+    }
+}
+
 /// A rule's status, written by its task.
 type SharedStatus = Arc<Mutex<RuleStatus>>;
 
@@ -101,6 +123,9 @@ pub struct Engine {
     /// Each tenant's share of `work`: at most half of it, so one tenant's
     /// rules (a hostile one's, say) cannot hold every slot.
     shares: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Counts rule status changes: a watcher wakes when any rule's status
+    /// moves (see [`Engine::status_changes`]).
+    changes: Arc<watch::Sender<u64>>,
 }
 
 /// Slots for rounds and handler runs: the engine's, and the tenant's
@@ -164,7 +189,15 @@ impl Engine {
             statuses: Mutex::new(HashMap::new()),
             work: Arc::new(Semaphore::new(work_permits())),
             shares: Mutex::new(HashMap::new()),
+            changes: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// Follow rule status changes: the receiver sees a change each time a
+    /// rule's status is written (after a round, a control request, a
+    /// failure). Wait on it instead of polling [`Engine::status`].
+    pub fn status_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The log the engine runs on.
@@ -363,6 +396,7 @@ impl Engine {
             stop: stop.subscribe(),
             work: self.work_of(&key.0),
             rule: rule.clone(),
+            changes: self.changes.clone(),
         };
         let task = tokio::spawn(task.run(core));
         self.statuses
@@ -432,10 +466,7 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
         let mut record = rule.describe();
-        record["drain"] = serde_json::json!(match drain {
-            Drain::Fire => "fire",
-            Drain::Discard => "discard",
-        });
+        record["drain"] = serde_json::json!(drain.name());
         let mut core = self.open(rule.clone(), true).await?;
         let clock = self.clock.clone();
         let left = joined(
@@ -542,6 +573,7 @@ impl Engine {
                     held.last_error = last_error;
                     held.last_failure = last_failure;
                 }
+                self.changes.send_modify(|n| *n += 1);
                 Ok(s)
             }
             Answer::Fires(_) => unreachable!("a control request answers with the status"),

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::log::{EventLog, LogError, StateOp};
+use crate::log::{EventLog, LogError, NewEvent, StateOp};
 
 /// State namespace of the deployments.
 pub const NS_RULES: &str = "sluice:rules";
@@ -95,6 +95,24 @@ impl Registry {
     /// its component, in one transaction; the previous version's
     /// component goes when nothing else uses it.
     pub async fn put(&self, deployment: &Deployment, component: &[u8]) -> Result<(), LogError> {
+        let ops = self.put_ops(deployment, component)?;
+        self.log.transact(Vec::new(), ops).await.map(drop)
+    }
+
+    /// [`Self::put`] with `records` appended in the same transaction (a
+    /// swap's record commits with the deployment it records), for code
+    /// outside an async runtime.
+    pub fn put_blocking(
+        &self,
+        deployment: &Deployment,
+        component: &[u8],
+        records: Vec<NewEvent>,
+    ) -> Result<(), LogError> {
+        let ops = self.put_ops(deployment, component)?;
+        self.log.transact_blocking(records, ops).map(drop)
+    }
+
+    fn put_ops(&self, deployment: &Deployment, component: &[u8]) -> Result<Vec<StateOp>, LogError> {
         let k = key(&deployment.tenant, &deployment.name);
         let mut ops = vec![
             StateOp::Put {
@@ -117,7 +135,7 @@ impl Registry {
                 key: old.digest,
             });
         }
-        self.log.transact(Vec::new(), ops).await.map(drop)
+        Ok(ops)
     }
 
     /// Forget a deployment (and its component when nothing else uses it).

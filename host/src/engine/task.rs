@@ -99,6 +99,8 @@ pub(super) struct Task {
     pub work: Work,
     /// What runs, to open it again after a failure.
     pub rule: Deployable,
+    /// Bumped each time the status is written.
+    pub changes: Arc<watch::Sender<u64>>,
 }
 
 /// Fires running in the work slots, by task id, so a run that is lost
@@ -267,6 +269,7 @@ impl Task {
                 s.last_error = last_error;
                 s.last_failure = last_failure;
             }
+            self.changes.send_modify(|n| *n += 1);
             if let Some(e) = &out.error {
                 // Nothing of the failed piece was committed; try again shortly.
                 tracing::warn!(rule = %core.spec().name, error = %e, "rule step failed; retrying");
@@ -363,6 +366,7 @@ impl Task {
         let reason = format!("the engine failed while running the rule: {why}");
         tracing::error!(rule = %name, error = %why, "rule task failed");
         self.status.lock().unwrap_or_else(|e| e.into_inner()).failed = Some(reason.clone());
+        self.changes.send_modify(|n| *n += 1);
         let mut record = self.rule.describe();
         record["why"] = serde_json::json!(reason);
         record_lifecycle(
@@ -404,6 +408,7 @@ impl Task {
                                 let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
                                 *s = core.status();
                             }
+                            self.changes.send_modify(|n| *n += 1);
                             if let Some(reply) = reply {
                                 reply.send(Ok(answer));
                             }

@@ -241,23 +241,7 @@ fn name(field: &str, value: Value, limits: &EventLimits) -> Result<String, Valid
 /// An RFC 3339 timestamp (`2026-01-01T12:00:00Z`) or integer milliseconds
 /// since the Unix epoch.
 fn parse_time(value: &Value) -> Result<i64, ValidationError> {
-    let millis = match value {
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
-            .map_err(|e| err("time", format!("{s:?} is not an RFC 3339 timestamp: {e}")))?
-            .timestamp_millis(),
-        Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| err("time", format!("{n} is not a whole number of milliseconds")))?,
-        other => {
-            return Err(err(
-                "time",
-                format!(
-                    "must be an RFC 3339 string or milliseconds, got {}",
-                    type_name(other)
-                ),
-            ));
-        }
-    };
+    let millis = crate::time::parse_value(value).map_err(|m| err("time", m))?;
     if !(0..=MAX_TIME).contains(&millis) {
         return Err(err(
             "time",

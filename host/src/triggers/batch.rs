@@ -67,7 +67,7 @@ pub struct Batch {
 }
 
 fn millis(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    crate::time::millis(d)
 }
 
 impl From<&BatchTrigger> for Batch {

@@ -53,7 +53,7 @@ pub struct Dwell {
 }
 
 fn millis(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+    crate::time::millis(d).max(1)
 }
 
 impl From<&DwellTrigger> for Dwell {

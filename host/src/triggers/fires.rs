@@ -564,6 +564,72 @@ mod tests {
         assert_ne!(backoff_ms(&retry, 3, "f_a"), backoff_ms(&retry, 3, "f_b"));
     }
 
+    fn attempt(n: u32, hops: u32, result: Result<Vec<Output>, HandlerError>) -> FireAttempt {
+        FireAttempt {
+            record: fire("f", "p", 0, 1),
+            attempt: n,
+            now: 1_000,
+            input_hops: hops,
+            result: Ok(result),
+        }
+    }
+
+    fn error(fatal: bool) -> HandlerError {
+        HandlerError {
+            message: "no".into(),
+            fatal,
+            backtrace: None,
+            stderr: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_outcome_policy_retries_dead_letters_trips_the_breaker_and_stops_loops() {
+        let retry = RetryPolicy {
+            max_attempts: 3,
+            suspend_after: 2,
+            ..RetryPolicy::default()
+        };
+        let out = vec![Output {
+            kind: "k".into(),
+            payload: "{}".into(),
+        }];
+        match outcome(&retry, 16, 0, &attempt(1, 0, Ok(out.clone()))).unwrap() {
+            Decision::Complete { hops, dropped, .. } => assert_eq!((hops, dropped), (1, false)),
+            other => panic!("{other:?}"),
+        }
+        match outcome(&retry, 16, 0, &attempt(1, 16, Ok(out))).unwrap() {
+            Decision::Complete { hops, dropped, .. } => assert_eq!((hops, dropped), (17, true)),
+            other => panic!("{other:?}"),
+        }
+        match outcome(&retry, 16, 0, &attempt(2, 0, Err(error(false)))).unwrap() {
+            Decision::Retry { record, at, .. } => {
+                assert_eq!((record.attempts, record.retry_at), (2, Some(at)));
+                assert!(at > 1_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        match outcome(&retry, 16, 0, &attempt(3, 0, Err(error(false)))).unwrap() {
+            Decision::DeadLetter {
+                in_a_row, suspend, ..
+            } => {
+                assert_eq!((in_a_row, suspend), (1, None));
+            }
+            other => panic!("{other:?}"),
+        }
+        match outcome(&retry, 16, 1, &attempt(1, 0, Err(error(true)))).unwrap() {
+            Decision::DeadLetter {
+                in_a_row, suspend, ..
+            } => {
+                assert_eq!(in_a_row, 2, "fatal: no retry");
+                assert!(suspend.unwrap().starts_with("2 fires in a row"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let not_run = FireAttempt::not_run(fire("f", "p", 0, 1), 0, "gone");
+        assert_eq!(outcome(&retry, 16, 0, &not_run), Err(NotRun("gone".into())));
+    }
+
     fn fire(id: &str, partition: &str, created_at: i64, first: u64) -> FireRecord {
         FireRecord {
             fire_id: id.into(),

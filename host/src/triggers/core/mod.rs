@@ -40,6 +40,8 @@ pub mod fire;
 pub mod plan;
 pub mod poison;
 pub mod records;
+#[cfg(test)]
+mod tests;
 pub mod ticks;
 pub mod writes;
 
@@ -279,8 +281,10 @@ pub struct RuleCore<K: Kind> {
     /// Since when the rule runs (start-up, resume; a swap carries it):
     /// deadlines and ticks before it fell due while it was not running.
     up_since: Option<i64>,
-    /// How ticks missed before `up_since` are handled.
-    catch_up: Option<ticks::CatchUp>,
+    /// How ticks missed before `up_since` are handled: the catch-up
+    /// policy's verdict (its first tick that runs, and what it passed
+    /// over).
+    catch_up: Option<super::DueTicks>,
 }
 
 impl<K: Kind> RuleCore<K> {

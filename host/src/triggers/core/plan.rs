@@ -320,8 +320,8 @@ impl<K: Kind> RuleCore<K> {
             && self
                 .catch_up
                 .as_ref()
-                .and_then(|c| c.first_run)
-                .is_some_and(|first| at >= first);
+                .and_then(|c| c.run.first())
+                .is_some_and(|first| at >= first.at);
         if missed_while_down && !catch_up {
             // Every tick up to the first one the catch-up policy runs (or
             // up to the restart) is passed over at once; their events
@@ -332,7 +332,7 @@ impl<K: Kind> RuleCore<K> {
                 ticks: c.missed.max(1),
                 first: c.first_missed.unwrap_or(at),
                 last,
-                more: c.more,
+                more: c.missed_more,
                 at,
             });
             let new = TickPosition {

@@ -5,8 +5,9 @@
 //! missed tallies) moves with each tick a plan handles, in the same
 //! transaction as the tick's fires. A tick before the rule's start (its
 //! `up` time: start-up, or resume after a pause) was missed; the kind's
-//! catch-up policy says which of those still run ([`CatchUp`], worked out
-//! once per start, not per tick).
+//! catch-up policy says which of those still run (its
+//! [`crate::triggers::DueTicks`], worked
+//! out once per start, not per tick).
 
 use super::RuleCore;
 use crate::triggers::Kind;
@@ -41,36 +42,16 @@ impl TickPosition {
     }
 }
 
-/// What the catch-up policy makes of the ticks between the position and
-/// the rule's start.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CatchUp {
-    /// The first tick that still runs (`catch_up = true`); every tick from
-    /// it up to the start runs. `None`: none does.
-    pub first_run: Option<i64>,
-    /// Ticks passed over (a lower bound when `more`).
-    pub missed: u64,
-    /// The first one passed over.
-    pub first_missed: Option<i64>,
-    /// The last one passed over.
-    pub last_missed: Option<i64>,
-    /// More were passed over than counted.
-    pub more: bool,
-}
-
 impl<K: Kind> RuleCore<K> {
     /// Work out the catch-up for the current position and start.
     pub(super) fn plan_catch_up(&mut self) {
         self.catch_up = match (self.tick, self.up_since) {
             (Some(pos), Some(up)) if self.kind.ticks() && pos.last < up => {
-                let due = self.kind.due_ticks(pos.last, up - 1, up);
-                Some(CatchUp {
-                    first_run: due.run.first().map(|t| t.at),
-                    missed: due.missed,
-                    first_missed: due.first_missed,
-                    last_missed: due.last_missed,
-                    more: due.missed_more,
-                })
+                // Ticks from the first that runs up to the start all run:
+                // the first is all a plan needs to know.
+                let mut due = self.kind.due_ticks(pos.last, up - 1, up);
+                due.run.truncate(1);
+                Some(due)
             }
             _ => None,
         };

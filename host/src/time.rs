@@ -1,0 +1,78 @@
+//! Times and durations as the engine reads and writes them: milliseconds
+//! since the Unix epoch, parsed from RFC 3339 or a whole number of
+//! milliseconds — one parser for the API, the CLI, event validation and
+//! `sluice test`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// `d` in whole milliseconds, saturating at `i64::MAX`.
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A time written as RFC 3339 (`2026-01-01T12:00:00Z`) or as whole
+/// milliseconds since the epoch. The error says what was seen.
+pub fn parse(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| {
+            format!("{text:?} is not an RFC 3339 time or milliseconds since the epoch ({e})")
+        })
+}
+
+/// A time in JSON: an RFC 3339 string or a whole number of milliseconds.
+pub fn parse_value(value: &Value) -> Result<i64, String> {
+    match value {
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp: {e}")),
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| format!("{n} is not a whole number of milliseconds")),
+        other => Err(format!(
+            "must be an RFC 3339 string or milliseconds, got {}",
+            match other {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Array(_) => "an array",
+                _ => "an object",
+            }
+        )),
+    }
+}
+
+/// `ms` as RFC 3339 (UTC), or the number when it is out of range.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |d| d.to_rfc3339())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_parser_for_every_front_door() {
+        assert_eq!(parse("1767225600000"), Ok(1_767_225_600_000));
+        assert_eq!(parse("2026-01-01T00:00:00Z"), Ok(1_767_225_600_000));
+        assert_eq!(
+            parse_value(&serde_json::json!("2026-01-01T00:00:01+00:00")),
+            Ok(1_767_225_601_000)
+        );
+        assert_eq!(parse_value(&serde_json::json!(5)), Ok(5));
+        assert!(parse("yesterday").unwrap_err().contains("\"yesterday\""));
+        assert!(parse_value(&serde_json::json!(1.5)).is_err());
+        assert!(
+            parse_value(&serde_json::json!(null))
+                .unwrap_err()
+                .contains("null")
+        );
+        assert_eq!(millis(Duration::from_secs(2)), 2_000);
+        assert_eq!(millis(Duration::MAX), i64::MAX);
+        assert_eq!(rfc3339(1_767_225_600_000), "2026-01-01T00:00:00+00:00");
+    }
+}

@@ -1,0 +1,381 @@
+//! The core on its own: no SQLite, no Wasm. Writes go to an in-memory
+//! map of state rows, and what the core writes it must load back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::event::Event;
+use crate::log::StateOp;
+use crate::manifest::{BatchTrigger, CatchUp, Expire, Overlap, ScheduleTrigger};
+use crate::triggers::FireReason;
+use crate::triggers::batch::Batch;
+use crate::triggers::fires::{FireAttempt, FireOutcome, HandlerError, Output};
+use crate::triggers::schedule::Schedule;
+use crate::verdict::{Membership, Placement, Verdict};
+
+const S: i64 = 1_000;
+
+/// The rule's namespace as the core writes it: rows by key.
+#[derive(Default)]
+struct Rows(BTreeMap<String, Vec<u8>>);
+
+impl Rows {
+    fn apply(&mut self, writes: &Writes) {
+        for op in &writes.ops {
+            match op {
+                StateOp::Put { key, value, .. } => {
+                    self.0.insert(key.clone(), value.clone());
+                }
+                StateOp::Delete { key, .. } => {
+                    self.0.remove(key);
+                }
+                StateOp::DeletePrefix { prefix, .. } => {
+                    self.0.retain(|k, _| !k.starts_with(prefix))
+                }
+                StateOp::DeleteRange { from, to, .. } => {
+                    self.0.retain(|k, _| k < from || k >= to);
+                }
+                StateOp::Clear { .. } => self.0.clear(),
+                StateOp::Pin { .. } => {}
+            }
+        }
+    }
+
+    fn rows(&self) -> Vec<(String, Vec<u8>)> {
+        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// A core with its rows, driven the way the driver drives it.
+struct Bench<K: Kind> {
+    core: RuleCore<K>,
+    rows: Rows,
+    kind: K,
+}
+
+impl<K: Kind + Clone> Bench<K> {
+    fn new(kind: K, now: i64) -> Self {
+        let mut b = Self {
+            core: RuleCore::load(RuleSpec::with_defaults("t", "r"), kind.clone(), Vec::new())
+                .unwrap(),
+            rows: Rows::default(),
+            kind,
+        };
+        let (w, begin) = b.core.begin(now, false);
+        b.rows.apply(&w);
+        b.core.begun(begin);
+        b
+    }
+
+    /// Plan, write, apply.
+    fn step(&mut self, events: &[Event], horizon: i64) -> Step {
+        let verdicts: Vec<Verdict> = events.iter().map(keep).collect();
+        let mut plan = self.core.plan(&Input::events(events, &verdicts, horizon));
+        let w = self.core.writes(&mut plan);
+        self.rows.apply(&w);
+        self.core.apply(plan)
+    }
+
+    /// Load the core again from its rows (a restart).
+    fn reload(&mut self, now: i64) {
+        let core = RuleCore::load(
+            RuleSpec::with_defaults("t", "r"),
+            self.kind.clone(),
+            self.rows.rows(),
+        )
+        .unwrap();
+        self.core = core;
+        let (w, begin) = self.core.begin(now, false);
+        self.rows.apply(&w);
+        self.core.begun(begin);
+    }
+}
+
+/// Event `seq` for partition `key`, ingested at `at`.
+fn ev(seq: u64, key: &str, at: i64) -> Event {
+    Event {
+        seq,
+        id: format!("e{seq}"),
+        tenant: "t".into(),
+        source: "dev".into(),
+        kind: "k".into(),
+        time: 0,
+        ingested: at,
+        payload: format!("{{\"key\":\"{key}\"}}"),
+        hops: 0,
+    }
+}
+
+fn keep(e: &Event) -> Verdict {
+    let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+    Verdict::Keep(Placement {
+        partition: v["key"].as_str().map(str::to_owned),
+        membership: Membership::Enter,
+    })
+}
+
+fn batch(count: u32, window_s: u64) -> Batch {
+    Batch::from(&BatchTrigger {
+        count,
+        window: Duration::from_secs(window_s),
+        expire: Expire::Fire,
+        debounce: false,
+        max_wait: None,
+    })
+}
+
+fn summary(fires: &[FireRecord]) -> Vec<(String, &'static str, Vec<u64>, i64)> {
+    fires
+        .iter()
+        .map(|f| {
+            (
+                f.partition.clone().unwrap_or_default(),
+                f.reason.name(),
+                f.seqs.clone(),
+                f.created_at,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn events_and_deadlines_are_handed_over_in_time_order() {
+    let mut b = Bench::new(batch(10, 60), 0);
+    // a opens at 0 (deadline 60 s); b's event at 70 s comes after it; a's
+    // second event at exactly 60 s comes after the deadline too.
+    let step = b.step(
+        &[ev(1, "a", 0), ev(2, "a", 60 * S), ev(3, "b", 70 * S)],
+        70 * S,
+    );
+    assert_eq!(
+        summary(&step.fires),
+        vec![("a".into(), "window-expired", vec![1], 60 * S)],
+        "the deadline at 60 s fires before the events at and after it"
+    );
+    assert_eq!(b.core.partition(Some("a")).unwrap().seqs, vec![2]);
+    assert_eq!(b.core.partition(Some("b")).unwrap().opened_at, 70 * S);
+    assert_eq!(step.earliest_deadline, Some(60 * S));
+}
+
+#[test]
+fn a_deadline_waits_for_the_horizon() {
+    let mut b = Bench::new(batch(10, 60), 0);
+    let step = b.step(&[ev(1, "a", 0)], 59 * S);
+    assert!(step.fires.is_empty());
+    // The log is known only up to 59 s: nothing past it is handled.
+    assert!(b.step(&[], 59 * S).fires.is_empty());
+    let step = b.step(&[], 60 * S);
+    assert_eq!(summary(&step.fires)[0].2, vec![1]);
+}
+
+#[test]
+fn windows_open_at_ingest_time_whenever_they_are_read() {
+    // Three events stored inside an hour's window, read two hours later:
+    // one batch of three, at count-reached.
+    let mut b = Bench::new(batch(3, 3_600), 0);
+    let step = b.step(
+        &[ev(1, "a", 0), ev(2, "a", 600 * S), ev(3, "a", 1_200 * S)],
+        7_200 * S,
+    );
+    assert_eq!(
+        summary(&step.fires),
+        vec![("a".into(), "count-reached", vec![1, 2, 3], 1_200 * S)]
+    );
+}
+
+#[test]
+fn what_the_core_writes_it_loads_back() {
+    let mut b = Bench::new(batch(3, 60), 0);
+    b.step(&[ev(1, "a", 0), ev(2, "b", S), ev(3, "a", 2 * S)], 2 * S);
+    let cursor = b.core.cursor();
+    b.reload(10 * S);
+    assert_eq!(b.core.cursor(), cursor);
+    assert_eq!(b.core.partition(Some("a")).unwrap().seqs, vec![1, 3]);
+    assert_eq!(b.core.partition(Some("b")).unwrap().seqs, vec![2]);
+    assert_eq!(b.core.next_deadline(), Some(60 * S));
+    // The kind row was written once, at the first start.
+    assert_eq!(b.rows.0.get("kind").map(Vec::as_slice), Some(&b"batch"[..]));
+}
+
+#[test]
+fn a_fire_completes_once_and_its_writes_carry_the_outputs() {
+    let mut b = Bench::new(batch(1, 60), 0);
+    let step = b.step(&[ev(1, "a", 0)], 0);
+    let id = step.fires[0].fire_id.clone();
+    let record = b.core.start(&id).unwrap();
+    assert!(b.core.start(&id).is_ok(), "marked running, still pending");
+    let attempt = FireAttempt {
+        attempt: 1,
+        now: 5 * S,
+        input_hops: 0,
+        result: Ok(Ok(vec![Output {
+            kind: "digest".into(),
+            payload: "{}".into(),
+        }])),
+        record,
+    };
+    let (w, plan) = b.core.finish(&attempt);
+    let kinds: Vec<&str> = w.records.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, ["digest", "fire.completed"]);
+    assert_eq!(
+        w.records[0].id.as_deref(),
+        Some(format!("sluice:{id}.0").as_str())
+    );
+    b.rows.apply(&w);
+    let report = crate::log::AppendReport {
+        seqs: vec![2, 3],
+        ..Default::default()
+    };
+    let outcome = b.core.finished(plan, &report).unwrap();
+    assert_eq!(
+        outcome,
+        FireOutcome::Completed {
+            outputs: vec![2],
+            dropped: 0
+        }
+    );
+    assert!(b.core.fire(&id).is_none());
+    assert!(
+        !b.rows.0.keys().any(|k| k.starts_with("f/")),
+        "out of the outbox"
+    );
+}
+
+#[test]
+fn failures_retry_then_dead_letter_and_trip_the_breaker() {
+    let mut b = Bench::new(batch(1, 60), 0);
+    b.core.spec.retry.max_attempts = 2;
+    b.core.spec.retry.suspend_after = 1;
+    let id = b.step(&[ev(1, "a", 0)], 0).fires[0].fire_id.clone();
+    let fail = |b: &mut Bench<Batch>, n: u32, now: i64| {
+        let record = b.core.start(&id).unwrap();
+        let attempt = FireAttempt {
+            attempt: n,
+            now,
+            input_hops: 0,
+            result: Ok(Err(HandlerError {
+                message: "boom".into(),
+                fatal: false,
+                backtrace: None,
+                stderr: Vec::new(),
+            })),
+            record,
+        };
+        let (w, plan) = b.core.finish(&attempt);
+        b.rows.apply(&w);
+        (b.core.finished(plan, &Default::default()).unwrap(), w)
+    };
+    let (first, w) = fail(&mut b, 1, 0);
+    let FireOutcome::Retry { at, .. } = first else {
+        panic!("{first:?}")
+    };
+    assert!(
+        (500..=1_000).contains(&at),
+        "backoff of 1 s, jittered: {at}"
+    );
+    assert_eq!(w.records[0].kind, "fire.failed");
+    assert!(
+        b.core.due_fires(at - 1, 10).is_empty(),
+        "waits for its retry"
+    );
+    assert_eq!(b.core.due_fires(at, 10), vec![id.clone()]);
+    let (second, w) = fail(&mut b, 2, at);
+    assert!(
+        matches!(second, FireOutcome::DeadLettered { .. }),
+        "{second:?}"
+    );
+    assert_eq!(w.records[0].kind, "fire.dead_lettered");
+    assert!(b.core.suspended().unwrap().contains("1 fires in a row"));
+    assert!(b.rows.0.contains_key(&format!("d/{id}")));
+    b.reload(10 * S);
+    assert!(b.core.suspended().is_some(), "the suspension is durable");
+    assert_eq!(b.core.fires().dead_len(), 1);
+}
+
+#[test]
+fn a_poison_event_is_isolated_then_skipped() {
+    let mut b = Bench::new(batch(10, 60), 0);
+    let failure = SelectFailure {
+        message: "trap".into(),
+        maybe_machine: false,
+    };
+    // Several candidates: isolate, one at a time from now on.
+    assert!(b.core.select_failed(3, &[1, 2, 3], &failure, 0).is_none());
+    assert_eq!(b.core.select_limit(100), 1);
+    b.core.select_ok(1);
+    // Event 2 fails: three attempts (the default) before it is skipped.
+    assert!(b.core.select_failed(1, &[2], &failure, 0).is_none());
+    assert!(b.core.select_failed(1, &[2], &failure, 0).is_none());
+    let (w, plan) = b.core.select_failed(1, &[2], &failure, 0).unwrap();
+    assert_eq!(w.records[0].kind, "event.skipped");
+    b.rows.apply(&w);
+    b.core.poisoned(plan);
+    assert_eq!(b.core.cursor(), 2);
+    assert_eq!(b.core.counters().skipped_events, 1);
+    // A timeout that may be the machine's weighs a third.
+    let machine = SelectFailure {
+        maybe_machine: true,
+        ..failure
+    };
+    for _ in 0..8 {
+        assert!(b.core.select_failed(1, &[3], &machine, 0).is_none());
+    }
+    assert!(b.core.select_failed(1, &[3], &machine, 0).is_some());
+}
+
+fn schedule(catch_up: CatchUp) -> Schedule {
+    Schedule::new(&ScheduleTrigger {
+        cron: "0 * * * * *".into(),
+        timezone: "UTC".into(),
+        overlap: Overlap::BufferAll,
+        catch_up,
+        catch_up_window: Duration::from_secs(86_400),
+        skip_empty: true,
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_tick_takes_the_events_ingested_before_it() {
+    let mut b = Bench::new(schedule(CatchUp::Skip), 0);
+    // Read late, at 130 s: the event at 30 s goes to the 60 s tick, the
+    // one at 90 s to the 120 s tick.
+    let step = b.step(&[ev(1, "a", 30 * S), ev(2, "a", 90 * S)], 130 * S);
+    let ticks: Vec<_> = step
+        .fires
+        .iter()
+        .map(|f| match f.reason {
+            FireReason::Schedule { tick, catch_up } => (tick, catch_up, f.seqs.clone()),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        ticks,
+        vec![(60 * S, false, vec![1]), (120 * S, false, vec![2])]
+    );
+}
+
+#[test]
+fn ticks_missed_while_not_running_follow_the_catch_up_policy() {
+    let mut b = Bench::new(schedule(CatchUp::Latest), 0);
+    b.step(&[ev(1, "a", 30 * S)], 30 * S);
+    // Down from 30 s to 250 s: ticks at 60, 120, 180 and 240 s fell due
+    // while the rule was not running; the latest runs, with the event.
+    b.reload(250 * S);
+    let step = b.step(&[], 250 * S);
+    let missed = step.missed.clone().unwrap();
+    assert_eq!(
+        (missed.ticks, missed.first, missed.last),
+        (3, 60 * S, 180 * S)
+    );
+    assert_eq!(summary(&step.fires)[0].2, vec![1]);
+    assert_eq!(
+        step.fires[0].reason,
+        FireReason::Schedule {
+            tick: 240 * S,
+            catch_up: true
+        }
+    );
+    assert_eq!(b.core.counters().ticks_missed, 3);
+}
