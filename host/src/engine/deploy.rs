@@ -28,7 +28,7 @@ use crate::manifest::Manifest;
 use crate::runtime::Runtime;
 use crate::runtime::cache::CacheOutcome;
 use crate::tenants::Quotas;
-use crate::triggers::core::CoreError;
+use crate::triggers::core::{CoreError, Writes};
 
 /// Why a deployment was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -339,6 +339,7 @@ impl Deployments {
         // the old version has stopped: a crash after it brings this
         // version back at start-up, with its record on the feed.
         let (registry, new, reset) = (self.registry.clone(), rule.describe(), plan.reset);
+        let log = self.log.clone();
         let clock = self.engine.clock().clone();
         let spec = rule.spec.clone();
         let put = deployment.clone();
@@ -355,9 +356,8 @@ impl Deployments {
                     &payload,
                 ));
             }
-            registry
-                .put_blocking(&put, &bytes, records)
-                .map_err(CoreError::from)
+            let ops = registry.put_ops(&put, &bytes)?;
+            super::driver::commit(&log, &spec.tenant, &spec.name, Writes { records, ops }).map(drop)
         });
         let swap_started = std::time::Instant::now();
         let result = self.engine.swap_with(rule, plan.reset, commit).await;

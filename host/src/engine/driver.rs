@@ -206,13 +206,11 @@ impl<K: Kind> Driver<K> {
         &self.core
     }
 
-    /// The one write path: commit `writes` in one transaction. (A store
-    /// that checks a node's ownership of the rule checks it here.)
+    /// Commit `writes` for this rule, through the one write path
+    /// ([`commit`]).
     pub fn commit(&self, writes: Writes) -> Result<AppendReport, CoreError> {
-        if writes.is_empty() {
-            return Ok(AppendReport::default());
-        }
-        Ok(self.log.transact_blocking(writes.records, writes.ops)?)
+        let spec = self.core.spec();
+        commit(&self.log, &spec.tenant, &spec.name, writes)
     }
 
     /// The seq up to which the log holds nothing more for this rule.
@@ -753,6 +751,25 @@ impl<K: Kind> Driven for Driver<K> {
     fn lost_fire(&mut self, fire_id: &str) {
         Driver::lost_fire(self, fire_id)
     }
+}
+
+/// The one write path: every transaction that changes rule
+/// `tenant`/`name`'s state or appends its records — a driver's steps,
+/// fires and control requests, a reset or undeploy dropping its state, a
+/// swap's registry write with its record, a lifecycle record — commits
+/// here, in one transaction. A store where several nodes share rules
+/// checks here that this node still owns the rule. Blocking.
+pub fn commit(
+    log: &EventLog,
+    tenant: &str,
+    name: &str,
+    writes: Writes,
+) -> Result<AppendReport, CoreError> {
+    if writes.is_empty() {
+        return Ok(AppendReport::default());
+    }
+    tracing::trace!(%tenant, rule = %name, records = writes.records.len(), ops = writes.ops.len(), "commit");
+    Ok(log.transact_blocking(writes.records, writes.ops)?)
 }
 
 /// Check, before anything changes, that the rule's stored state is of

@@ -39,7 +39,7 @@ use self::rule::{Deployable, RuleStatus};
 use self::task::{Control, Task};
 use crate::clock::SharedClock;
 use crate::log::{EventLog, StateOp};
-use crate::triggers::core::{CoreError, RuleSpec};
+use crate::triggers::core::{CoreError, RuleSpec, Writes};
 use crate::triggers::fires::FireRecord;
 
 /// Why a control request failed.
@@ -357,7 +357,14 @@ impl Engine {
                 min_seq: None,
             },
         ];
-        self.log.transact(vec![record], ops).await?;
+        let (log, key) = (self.log.clone(), key.clone());
+        let writes = Writes {
+            records: vec![record],
+            ops,
+        };
+        joined(
+            tokio::task::spawn_blocking(move || driver::commit(&log, &key.0, &key.1, writes)).await,
+        )??;
         Ok(())
     }
 
@@ -713,8 +720,14 @@ pub(crate) async fn record_lifecycle(
     kind: &str,
     payload: serde_json::Value,
 ) {
-    let event = lifecycle_record(spec, kind, clock.now_millis(), &payload);
-    if let Err(e) = log.append(vec![event]).await {
+    let writes = Writes {
+        records: vec![lifecycle_record(spec, kind, clock.now_millis(), &payload)],
+        ops: Vec::new(),
+    };
+    let (log, tenant, name) = (log.clone(), spec.tenant.clone(), spec.name.clone());
+    let committed =
+        tokio::task::spawn_blocking(move || driver::commit(&log, &tenant, &name, writes)).await;
+    if let Err(e) = joined(committed).and_then(|r| r) {
         tracing::warn!(rule = %spec.name, error = %e, "could not record {kind}");
     }
 }

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::log::{EventLog, LogError, NewEvent, StateOp};
+use crate::log::{EventLog, LogError, StateOp};
 
 /// State namespace of the deployments.
 pub const NS_RULES: &str = "sluice:rules";
@@ -99,20 +99,13 @@ impl Registry {
         self.log.transact(Vec::new(), ops).await.map(drop)
     }
 
-    /// [`Self::put`] with `records` appended in the same transaction (a
-    /// swap's record commits with the deployment it records), for code
-    /// outside an async runtime.
-    pub fn put_blocking(
+    /// The state ops of [`Self::put`], for a caller that commits them with
+    /// more (a swap commits them with its record).
+    pub fn put_ops(
         &self,
         deployment: &Deployment,
         component: &[u8],
-        records: Vec<NewEvent>,
-    ) -> Result<(), LogError> {
-        let ops = self.put_ops(deployment, component)?;
-        self.log.transact_blocking(records, ops).map(drop)
-    }
-
-    fn put_ops(&self, deployment: &Deployment, component: &[u8]) -> Result<Vec<StateOp>, LogError> {
+    ) -> Result<Vec<StateOp>, LogError> {
         let k = key(&deployment.tenant, &deployment.name);
         let mut ops = vec![
             StateOp::Put {

@@ -49,6 +49,11 @@ impl<K: Ord + Hash + Clone> Timers<K> {
         Some(at)
     }
 
+    /// The deadline of `key`, if it has one.
+    pub fn deadline_of(&self, key: &K) -> Option<i64> {
+        self.by_key.get(key).copied()
+    }
+
     /// The earliest deadline.
     pub fn next_deadline(&self) -> Option<i64> {
         self.by_time.first().map(|(at, _)| *at)

@@ -141,15 +141,31 @@ impl<'a> Upcoming<'a> {
         }
     }
 
-    /// The earliest deadline and its partition.
-    fn peek(&mut self) -> Option<(i64, Option<String>)> {
-        let committed = loop {
+    /// The earliest committed entry that is not masked (entries before it
+    /// are passed over for good: a masked partition stays masked).
+    fn committed_first(&mut self) -> Option<&'a (i64, Option<String>)> {
+        loop {
             match self.committed.after(self.from.as_ref()) {
                 // A partition the plan touched: its deadline is planned.
                 Some(entry) if self.masked.contains(&entry.1) => self.from = Some(entry.clone()),
-                other => break other,
+                other => return other,
             }
-        };
+        }
+    }
+
+    /// The earliest deadline.
+    fn next(&mut self) -> Option<i64> {
+        let committed = self.committed_first().map(|e| e.0);
+        let planned = self.planned.first().map(|e| e.0);
+        match (committed, planned) {
+            (Some(c), Some(p)) => Some(c.min(p)),
+            (c, p) => c.or(p),
+        }
+    }
+
+    /// The earliest deadline and its partition.
+    fn first(&mut self) -> Option<(i64, Option<String>)> {
+        let committed = self.committed_first();
         match (committed, self.planned.first()) {
             (Some(c), Some(p)) => Some(if p < c { p.clone() } else { c.clone() }),
             (c, p) => c.or(p).cloned(),
@@ -159,7 +175,15 @@ impl<'a> Upcoming<'a> {
     /// Partition `p`'s deadline after the plan's change to it.
     fn set(&mut self, p: &Option<String>, at: Option<i64>) {
         if !self.masked.contains(p) {
+            // Untouched so far, and the change leaves its deadline where
+            // the committed index has it: nothing to overlay (a batch
+            // window's deadline stays put as events join it).
+            if at.is_some() && self.committed.deadline_of(p) == at {
+                return;
+            }
             self.masked.insert(p.clone());
+        } else if self.planned_at.get(p).copied() == at {
+            return;
         }
         if let Some(old) = self.planned_at.remove(p) {
             self.planned.remove(&(old, p.clone()));
@@ -257,7 +281,7 @@ impl<K: Kind> RuleCore<K> {
 
     /// The earliest deadline or tick still to handle.
     fn next_at(upcoming: &mut Upcoming<'_>, plan: &Plan<K>) -> i64 {
-        let part = upcoming.peek().map_or(i64::MAX, |(d, _)| d);
+        let part = upcoming.next().unwrap_or(i64::MAX);
         part.min(plan.next_tick.unwrap_or(i64::MAX))
     }
 
@@ -272,17 +296,23 @@ impl<K: Kind> RuleCore<K> {
         next_event: Option<i64>,
     ) {
         loop {
-            let part = upcoming.peek();
+            let part_at = upcoming.next();
             let tick = plan.next_tick;
-            let at = match (&part, tick) {
-                (Some((d, _)), Some(t)) => (*d).min(t),
-                (Some((d, _)), None) => *d,
+            let at = match (part_at, tick) {
+                (Some(d), Some(t)) => d.min(t),
+                (Some(d), None) => d,
                 (None, Some(t)) => t,
                 (None, None) => return,
             };
             if at > upto {
                 return;
             }
+            // Only now is the partition named (a clone of its key).
+            let part = if part_at == Some(at) {
+                upcoming.first()
+            } else {
+                None
+            };
             plan.earliest_deadline = Some(plan.earliest_deadline.map_or(at, |e| e.min(at)));
             // A deadline that fell due while the rule was not running may
             // be taken up to the restart, or the next event before it.
