@@ -123,6 +123,8 @@ impl<K: Kind> Plan<K> {
 /// its deadline here, and its committed entry is passed over).
 struct Upcoming<'a> {
     committed: &'a Timers<Option<String>>,
+    /// The latest time the plan may handle a deadline at.
+    reach: i64,
     /// Committed entries before this one are all masked.
     from: Option<(i64, Option<String>)>,
     masked: FxHashSet<Option<String>>,
@@ -131,9 +133,10 @@ struct Upcoming<'a> {
 }
 
 impl<'a> Upcoming<'a> {
-    fn new(committed: &'a Timers<Option<String>>) -> Self {
+    fn new(committed: &'a Timers<Option<String>>, reach: i64) -> Self {
         Self {
             committed,
+            reach,
             from: None,
             masked: FxHashSet::default(),
             planned: Default::default(),
@@ -172,25 +175,33 @@ impl<'a> Upcoming<'a> {
         }
     }
 
-    /// Partition `p`'s deadline after the plan's change to it.
+    /// Partition `p`'s deadline after the plan's change to it. Only
+    /// deadlines the plan may reach are tracked (most lie past it: a
+    /// window's expiry, a dwell reaction), and a committed entry is hidden
+    /// only when the change moved it.
     fn set(&mut self, p: &Option<String>, at: Option<i64>) {
-        if !self.masked.contains(p) {
-            // Untouched so far, and the change leaves its deadline where
-            // the committed index has it: nothing to overlay (a batch
-            // window's deadline stays put as events join it).
-            if at.is_some() && self.committed.deadline_of(p) == at {
+        let due = at.filter(|a| *a <= self.reach);
+        let old = self.planned_at.get(p).copied();
+        if !self.masked.contains(p)
+            && let Some(committed) = self.committed.deadline_of(p)
+        {
+            if Some(committed) == at && old.is_none() {
+                // The committed index has it right (a batch window's
+                // deadline stays put as events join it).
                 return;
             }
             self.masked.insert(p.clone());
-        } else if self.planned_at.get(p).copied() == at {
+        }
+        if old == due {
             return;
         }
-        if let Some(old) = self.planned_at.remove(p) {
+        if let Some(old) = old {
             self.planned.remove(&(old, p.clone()));
+            self.planned_at.remove(p);
         }
-        if let Some(at) = at {
-            self.planned.insert((at, p.clone()));
-            self.planned_at.insert(p.clone(), at);
+        if let Some(due) = due {
+            self.planned.insert((due, p.clone()));
+            self.planned_at.insert(p.clone(), due);
         }
     }
 }
@@ -217,8 +228,13 @@ impl<K: Kind> RuleCore<K> {
             earliest_deadline: None,
             floor: 0,
         };
-        let mut upcoming = Upcoming::new(&self.timers);
         let n = input.events.len().min(input.limit);
+        // Deadlines up to the horizon, or the last event's time, may be
+        // handled in this plan.
+        let reach = input.events[..n]
+            .last()
+            .map_or(input.horizon, |e| e.ingested.max(input.horizon));
+        let mut upcoming = Upcoming::new(&self.timers, reach);
         let mut stopped = n < input.events.len();
         for (i, (event, verdict)) in input.events[..n].iter().zip(input.verdicts).enumerate() {
             let at = event.ingested.max(plan.time);
