@@ -521,3 +521,40 @@ async fn a_panicking_round_fails_the_rule_visibly_until_resumed() {
     assert!(engine.status("acme", "crashy").unwrap().failed.is_none());
     engine.shutdown().await;
 }
+
+/// An answer to a control request is sent once the rule's status is
+/// published: what a caller reads after it is never older than the answer,
+/// and never overwritten by it. (A resume that lets a due window expire in
+/// the same round once left the status showing the deadline as due, with
+/// nothing left to wake the rule.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_after_an_answer_is_at_least_as_new_as_the_answer() {
+    let h = Harness::new();
+    let clock: SharedClock = Arc::new(h.clock.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, clock.clone());
+    let engine = Engine::new(log.clone(), clock);
+    deploy(
+        &engine,
+        batch_rule(&h, "window", ECHO, 10, 60, Limits::default()),
+        RetryPolicy::default(),
+    )
+    .await;
+    for round in 0..20 {
+        log.append(vec![crate::merged("w", round)]).await.unwrap();
+        wait_cursor(&engine, "window", log.last_seq()).await;
+        let paused = engine.pause("acme", "window").await.unwrap();
+        assert!(paused.paused);
+        assert!(engine.status("acme", "window").unwrap().paused);
+        h.clock.advance(61_000);
+        let resumed = engine.resume("acme", "window").await.unwrap();
+        assert!(!resumed.paused);
+        let now = h.clock.now_millis();
+        let s = wait_status(&engine, "window", "the window to expire", |s| {
+            s.pending_fires == 0 && s.next_due.is_none_or(|d| d > now)
+        })
+        .await;
+        assert!(!s.paused, "round {round}: {s:?}");
+    }
+    engine.shutdown().await;
+}

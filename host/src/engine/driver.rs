@@ -150,6 +150,19 @@ pub struct RoundOut {
     pub error: Option<String>,
     /// The last handler failure committed this round.
     pub failure: Option<Failure>,
+    /// Answers to the round's requests, for the caller to send once it has
+    /// published the rule's status: whoever asked then reads at least what
+    /// the answer says.
+    pub replies: Vec<(Reply, Result<Answer, CoreError>)>,
+}
+
+impl RoundOut {
+    /// Send the answers (once the status they speak of is published).
+    pub fn send_replies(&mut self) {
+        for (reply, answer) in self.replies.drain(..) {
+            reply.send(answer);
+        }
+    }
 }
 
 /// A rule's core with the I/O around it: its log, its component.
@@ -568,7 +581,7 @@ impl<K: Kind> Driver<K> {
                 tracing::warn!(rule = %self.core.spec().name, error = %e, "could not save the rule's counters");
             }
             if let Some(reply) = reply {
-                reply.send(answer);
+                out.replies.push((reply, answer));
             }
         }
         if input.stopping {

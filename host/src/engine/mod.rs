@@ -563,26 +563,8 @@ impl Engine {
         request: Request,
     ) -> Result<RuleStatus, ControlError> {
         match self.request(tenant, name, request).await? {
-            Answer::Status(s) => {
-                let s = *s;
-                // The rule's shared status follows at once: a read right
-                // after the answer sees the change.
-                if let Some(shared) = self
-                    .statuses
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&(tenant.to_owned(), name.to_owned()))
-                {
-                    let mut held = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    let (last_error, last_failure) =
-                        (held.last_error.take(), held.last_failure.take());
-                    *held = s.clone();
-                    held.last_error = last_error;
-                    held.last_failure = last_failure;
-                }
-                self.changes.send_modify(|n| *n += 1);
-                Ok(s)
-            }
+            // The task published the rule's status before it answered.
+            Answer::Status(s) => Ok(*s),
             Answer::Fires(_) => unreachable!("a control request answers with the status"),
         }
     }

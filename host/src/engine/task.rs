@@ -242,7 +242,7 @@ impl Task {
                 (core, out, spawner.jobs)
             })
             .await;
-            let (c, out, jobs) = match joined {
+            let (c, mut out, jobs) = match joined {
                 Ok(r) => r,
                 Err(e) => {
                     // The driver is lost with the round: the rule is failed
@@ -270,6 +270,9 @@ impl Task {
                 s.last_failure = last_failure;
             }
             self.changes.send_modify(|n| *n += 1);
+            // Answered once the status is published: a read right after an
+            // answer sees at least what it says.
+            out.send_replies();
             if let Some(e) = &out.error {
                 // Nothing of the failed piece was committed; try again shortly.
                 tracing::warn!(rule = %core.spec().name, error = %e, "rule step failed; retrying");
