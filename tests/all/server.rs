@@ -1468,6 +1468,19 @@ fn ingest_takes_one_event_an_array_or_ndjson_and_dedupes() {
     let rest = server.get(&format!("/v1/events?kind=thing&after_seq={next}"), &token);
     assert_eq!(rest["events"].as_array().unwrap().len(), 3);
     assert!(rest["next_after_seq"].is_null());
+    // Each event says when the log took it, never earlier along seq.
+    let stamps: Vec<i64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(rest["events"].as_array().unwrap())
+        .map(|e| e["ingested"].as_i64().unwrap())
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+    assert!(
+        stamps[0] >= 1_767_225_600_000,
+        "the server's clock: {stamps:?}"
+    );
     let r = server
         .req(
             reqwest::Method::GET,

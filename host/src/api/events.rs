@@ -29,8 +29,11 @@ pub struct EventView {
     pub source: String,
     /// What happened.
     pub kind: String,
-    /// When it happened (ms since the epoch).
+    /// When it happened (ms since the epoch): the client's claim.
     pub time: i64,
+    /// When the log took it (ms since the epoch; never decreasing along
+    /// seq): the time windows, memberships and schedules go by.
+    pub ingested: i64,
     /// The event's JSON object.
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
@@ -46,6 +49,7 @@ impl From<&Event> for EventView {
             source: e.source.clone(),
             kind: e.kind.clone(),
             time: e.time,
+            ingested: e.ingested,
             payload: serde_json::from_str(&e.payload)
                 .unwrap_or_else(|_| serde_json::Value::String(e.payload.clone())),
             hops: e.hops,
