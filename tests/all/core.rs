@@ -2,12 +2,11 @@
 //! costs that follow the work, control requests, concurrency, loops,
 //! sustained ingest, redeploys, and the engine agreeing with `sluice test`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::json;
-use sluice::clock::{Clock, SharedClock};
+use sluice::clock::Clock;
 use sluice::engine::Engine;
 use sluice::engine::driver::Driver;
 use sluice::engine::rule::Deployable;
@@ -19,7 +18,7 @@ use sluice::triggers::core::RuleSpec;
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::{ECHO, HOSTILE, PR_DIGEST, SLOW_DIGEST};
 
-use crate::engine::{batch_rule, deploy, open_log, wait_cursor, wait_status};
+use crate::engine::{batch_rule, deploy, manual_engine, wait_cursor, wait_status};
 use crate::{Harness, merged, temp_log};
 
 fn trigger(count: u32) -> BatchTrigger {
@@ -120,10 +119,7 @@ async fn wait_idle(engine: &Engine, log: &EventLog, name: &str, now: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_resume_redrive_and_discard_through_the_control_channel() {
     let h = Harness::new();
-    let clock: SharedClock = Arc::new(h.clock.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(&dir, clock.clone());
-    let engine = Engine::new(log.clone(), clock);
+    let (log, engine, _dir) = manual_engine(&h);
     let retry = RetryPolicy {
         max_attempts: 1,
         ..RetryPolicy::default()
@@ -182,10 +178,7 @@ async fn pause_resume_redrive_and_discard_through_the_control_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_fires_keep_each_partition_in_order() {
     let h = Harness::new();
-    let clock: SharedClock = Arc::new(h.clock.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(&dir, clock.clone());
-    let engine = Engine::new(log.clone(), clock);
+    let (log, engine, _dir) = manual_engine(&h);
     let mut rule = batch_rule(&h, "slow-digest", SLOW_DIGEST, 2, 3600, Limits::default());
     rule.spec.concurrency = 4;
     deploy(&engine, rule, RetryPolicy::default()).await;
@@ -233,10 +226,7 @@ async fn concurrent_fires_keep_each_partition_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_feeding_each_other_stop_at_the_hop_limit() {
     let h = Harness::new();
-    let clock: SharedClock = Arc::new(h.clock.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(&dir, clock.clone());
-    let engine = Engine::new(log.clone(), clock);
+    let (log, engine, _dir) = manual_engine(&h);
     // Each keeps everything (the other's outputs too) and emits one event
     // per fire: an endless ping-pong without a hop limit.
     for name in ["ping", "pong"] {
@@ -270,10 +260,7 @@ async fn deadlines_wait_for_what_was_ingested_before_them_not_for_what_comes_aft
     // Several rounds' worth of events (a round reads at most 32 768).
     const BACKLOG: u64 = 60_000;
     let h = Harness::new();
-    let clock: SharedClock = Arc::new(h.clock.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(&dir, clock.clone());
-    let engine = Engine::new(log.clone(), clock);
+    let (log, engine, _dir) = manual_engine(&h);
     deploy(
         &engine,
         batch_rule(&h, "pr-digest", PR_DIGEST, 10_000, 60, Limits::default()),
@@ -329,10 +316,7 @@ async fn deadlines_wait_for_what_was_ingested_before_them_not_for_what_comes_aft
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeploys_mid_step_never_run_two_dispatchers() {
     let h = Harness::new();
-    let clock: SharedClock = Arc::new(h.clock.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(&dir, clock.clone());
-    let engine = Engine::new(log.clone(), clock);
+    let (log, engine, _dir) = manual_engine(&h);
     let rule = || batch_rule(&h, "slow-digest", SLOW_DIGEST, 5, 3600, Limits::default());
     deploy(&engine, rule(), RetryPolicy::default()).await;
     for round in 0..10u64 {
@@ -441,10 +425,7 @@ fn offline_outputs(manifest: &str, ops: &[Op]) -> Vec<(String, u64, i64)> {
 async fn engine_outputs(manifest: &str, ops: &[Op]) -> Vec<(String, u64, i64)> {
     let h = Harness::new();
     h.clock.set(sluice::offline::DEFAULT_START);
-    let clock: SharedClock = Arc::new(h.clock.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(&dir, clock.clone());
-    let engine = Engine::new(log.clone(), clock);
+    let (log, engine, _dir) = manual_engine(&h);
     let manifest = Manifest::parse(manifest).unwrap();
     let rule = Deployable::load(&h.runtime, "acme", &component_bytes(ECHO), &manifest).unwrap();
     deploy(&engine, rule, RetryPolicy::default()).await;

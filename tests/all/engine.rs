@@ -130,6 +130,16 @@ pub(crate) async fn wait_status(
     })
 }
 
+/// A log and an engine on `h`'s manual clock, in a directory of their
+/// own (kept while the returned guard lives).
+pub(crate) fn manual_engine(h: &Harness) -> (EventLog, Engine, tempfile::TempDir) {
+    let clock: SharedClock = Arc::new(h.clock.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(&dir, clock.clone());
+    let engine = Engine::new(log.clone(), clock);
+    (log, engine, dir)
+}
+
 pub(crate) fn open_log(dir: &tempfile::TempDir, clock: SharedClock) -> EventLog {
     EventLog::open_sqlite(
         dir.path().join("log.db"),
@@ -343,10 +353,7 @@ async fn a_redeploy_of_another_trigger_kind_is_refused_and_the_rule_runs_on() {
     use sluice_test_components::component_bytes;
     use sluice_test_components::components::ECHO;
     let h = Harness::new();
-    let clock: SharedClock = Arc::new(h.clock.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(&dir, clock.clone());
-    let engine = Engine::new(log.clone(), clock);
+    let (log, engine, _dir) = manual_engine(&h);
     let load = |toml: &str| {
         let m = Manifest::parse(toml).unwrap();
         Deployable::load(&h.runtime, "acme", &component_bytes(ECHO), &m).unwrap()
@@ -433,10 +440,7 @@ async fn undeploy_drains_open_windows_by_firing_or_discarding_them() {
     use sluice_test_components::component_bytes;
     use sluice_test_components::components::ECHO;
     let h = Harness::new();
-    let clock: SharedClock = Arc::new(h.clock.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(&dir, clock.clone());
-    let engine = Engine::new(log.clone(), clock);
+    let (log, engine, _dir) = manual_engine(&h);
     let event = |i: usize, key: &str| NewEvent {
         tenant: "acme".into(),
         id: Some(format!("e{i}")),
@@ -494,10 +498,7 @@ async fn undeploy_drains_open_windows_by_firing_or_discarding_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_round_fails_the_rule_visibly_until_resumed() {
     let h = Harness::new();
-    let clock: SharedClock = Arc::new(h.clock.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(&dir, clock.clone());
-    let engine = Engine::new(log.clone(), clock);
+    let (log, engine, _dir) = manual_engine(&h);
     fail::cfg("round/acme/crashy", "1*panic(on purpose)").unwrap();
     deploy(
         &engine,
@@ -530,10 +531,7 @@ async fn a_panicking_round_fails_the_rule_visibly_until_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_after_an_answer_is_at_least_as_new_as_the_answer() {
     let h = Harness::new();
-    let clock: SharedClock = Arc::new(h.clock.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let log = open_log(&dir, clock.clone());
-    let engine = Engine::new(log.clone(), clock);
+    let (log, engine, _dir) = manual_engine(&h);
     deploy(
         &engine,
         batch_rule(&h, "window", ECHO, 10, 60, Limits::default()),
