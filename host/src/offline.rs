@@ -44,7 +44,7 @@ use crate::engine::driver::{Driven, Inline, Input, Observer, Request, RoundIn};
 use crate::engine::rule::Deployable;
 use crate::event::Event;
 use crate::log::validate::{EventLimits, parse_event_value};
-use crate::log::{Durability, EventLog, LogConfig, NewEvent};
+use crate::log::{Durability, EventLog, LogConfig, NewEvent, Store};
 use crate::manifest::Manifest;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::triggers::core::Step;
@@ -74,14 +74,24 @@ pub struct Report {
 /// each other forever.
 const MAX_ROUNDS: usize = 10_000;
 
+/// How an offline run is set up.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Where compiled components are cached (none: compile each time).
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// The store that holds the run's log and state (none: a temporary
+    /// SQLite file, gone with the run). It must be empty.
+    pub store: Option<Store>,
+}
+
 /// Run `component` under `manifest` against the lines of `input`.
 pub fn run(
     component: &[u8],
     manifest: Manifest,
     input: impl Read,
-    cache_dir: Option<std::path::PathBuf>,
+    options: &Options,
 ) -> anyhow::Result<Report> {
-    run_rules(vec![(component.to_vec(), manifest)], input, cache_dir)
+    run_rules(vec![(component.to_vec(), manifest)], input, options)
 }
 
 /// Run several rules side by side against the lines of `input`, collecting
@@ -89,10 +99,10 @@ pub fn run(
 pub fn run_rules(
     rules: Vec<(Vec<u8>, Manifest)>,
     input: impl Read,
-    cache_dir: Option<std::path::PathBuf>,
+    options: &Options,
 ) -> anyhow::Result<Report> {
     let mut lines = Vec::new();
-    let failed = stream_rules(rules, input, cache_dir, &mut |v| {
+    let failed = stream_rules(rules, input, options, &mut |v| {
         lines.push(v);
         Ok(())
     })?;
@@ -107,7 +117,7 @@ pub fn run_rules(
 pub fn stream_rules(
     rules: Vec<(Vec<u8>, Manifest)>,
     input: impl Read,
-    cache_dir: Option<std::path::PathBuf>,
+    options: &Options,
     sink: &mut dyn FnMut(Value) -> std::io::Result<()>,
 ) -> anyhow::Result<bool> {
     let mut names = HashSet::new();
@@ -121,7 +131,7 @@ pub fn stream_rules(
     }
     let clock = ManualClock::new(DEFAULT_START);
     let runtime = Runtime::new(RuntimeConfig {
-        cache_dir,
+        cache_dir: options.cache_dir.clone(),
         clock: Arc::new(clock.clone()),
         ..RuntimeConfig::default()
     })?;
@@ -131,12 +141,14 @@ pub fn stream_rules(
         follow_event_time: true,
         ..LogConfig::default()
     };
-    let log = EventLog::open_sqlite(
-        dir.path().join("test.db"),
-        Durability::Normal,
-        config,
-        Arc::new(clock.clone()),
-    )?;
+    let store = match &options.store {
+        Some(store) => store.clone(),
+        None => Store::Sqlite(dir.path().join("test.db")),
+    };
+    let log = EventLog::open_store(&store, Durability::Normal, config, Arc::new(clock.clone()))?;
+    if log.last_seq() != 0 {
+        anyhow::bail!("{store} already holds a log: an offline run starts from an empty store");
+    }
     let mut deployables = Vec::new();
     for (component, manifest) in rules {
         deployables.push(Deployable::load(&runtime, TENANT, &component, &manifest)?);

@@ -59,7 +59,13 @@ fn every_case_produces_its_expected_lines() {
             .collect();
         let events =
             std::io::BufReader::new(std::fs::File::open(case.join("events.ndjson")).unwrap());
-        let report = sluice::offline::run_rules(rules, events, None)
+        // On the PostgreSQL pass each case runs in a schema of its own.
+        let scratch = tempfile::tempdir().unwrap();
+        let options = sluice::offline::Options {
+            cache_dir: None,
+            store: crate::postgres().map(|_| crate::store_at(&scratch.path().join("case.db"))),
+        };
+        let report = sluice::offline::run_rules(rules, events, &options)
             .unwrap_or_else(|e| panic!("{}: {e:#}", case.display()));
         let actual: String = report.lines.iter().map(|l| format!("{l}\n")).collect();
         let expected_path = case.join("expected.ndjson");

@@ -405,8 +405,13 @@ fn offline_outputs(manifest: &str, ops: &[Op]) -> Vec<(String, u64, i64)> {
         }
     }
     let manifest = Manifest::parse(manifest).unwrap();
-    let report =
-        sluice::offline::run(&component_bytes(ECHO), manifest, input.as_bytes(), None).unwrap();
+    let report = sluice::offline::run(
+        &component_bytes(ECHO),
+        manifest,
+        input.as_bytes(),
+        &Default::default(),
+    )
+    .unwrap();
     report
         .lines
         .iter()

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use sluice::log::{Durability, EventQuery, LogBackend, SqliteBackend};
+use sluice::log::{Durability, EventQuery};
 
 /// A small deterministic generator, so a failure can be replayed.
 struct Lcg(u64);
@@ -47,9 +47,8 @@ fn run(
             "40",
             "--durability",
             "normal",
-            "--db",
         ])
-        .arg(db)
+        .args(crate::store_args(db))
         .env("SLUICE_LOG", "error")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -136,7 +135,7 @@ fn acknowledged_events_survive_repeated_sigkill() {
     let (_, acks) = run(&db, &outstanding, 0..0, None);
     acked.extend(acks);
 
-    let backend = SqliteBackend::open(&db, Durability::Normal).unwrap();
+    let backend = crate::store_at(&db).open(Durability::Normal).unwrap();
     let events = backend
         .read(&EventQuery::tenant("t", usize::MAX >> 1))
         .unwrap();
@@ -197,8 +196,7 @@ fn run_engine(
             "normal",
             "--exit-when-idle",
         ])
-        .arg("--db")
-        .arg(db)
+        .args(crate::store_args(db))
         .arg("--rule")
         .arg(format!("{}={SLOW_DIGEST}", manifest.display()))
         .env("SLUICE_LOG", "error")
@@ -249,7 +247,7 @@ fn run_engine(
 
 /// The digests a run produced: (customer, order ids), sorted.
 fn digests(db: &std::path::Path) -> Vec<(String, Vec<String>)> {
-    let backend = SqliteBackend::open(db, Durability::Normal).unwrap();
+    let backend = crate::store_at(db).open(Durability::Normal).unwrap();
     let outputs = backend
         .read(&EventQuery {
             source: Some("rule:slow-digest".into()),
@@ -351,7 +349,7 @@ fn batch_rules_survive_repeated_sigkill() {
         expected,
         "every window closed exactly once, as in the crash-free run"
     );
-    let backend = SqliteBackend::open(&db, Durability::Normal).unwrap();
+    let backend = crate::store_at(&db).open(Durability::Normal).unwrap();
     let orders = backend
         .read(&EventQuery {
             source: Some("shop".into()),
@@ -373,8 +371,8 @@ fn run_echo(
 ) {
     use sluice_test_components::components::ECHO;
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--tenant", "t", "--durability", "normal", "--db"])
-        .arg(db)
+        .args(["run", "--tenant", "t", "--durability", "normal"])
+        .args(crate::store_args(db))
         .arg("--rule")
         .arg(format!("{}={ECHO}", manifest.display()))
         .env("SLUICE_LOG", "error")
@@ -402,7 +400,7 @@ fn run_echo(
 /// The `echo` outputs in `db`: (output id, payload), in log order; no id
 /// twice.
 fn echoes(db: &std::path::Path) -> Vec<(String, serde_json::Value)> {
-    let backend = SqliteBackend::open(db, Durability::Normal).unwrap();
+    let backend = crate::store_at(db).open(Durability::Normal).unwrap();
     let outputs = backend
         .read(&EventQuery {
             source: Some("rule:echo".into()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use sluice::clock::Clock;
 use sluice::engine::driver::Driver;
-use sluice::log::{Durability, EventLog, EventQuery, LogConfig, NewEvent};
+use sluice::log::{EventLog, EventQuery, LogConfig, NewEvent};
 use sluice::manifest::{BatchTrigger, Expire, RetryPolicy};
 use sluice::records::ENGINE_SOURCE;
 use sluice::runtime::LoadedRule;
@@ -65,15 +65,8 @@ fn windows_fires_and_cursor_commit_together_and_survive_restart() {
     let h = Harness::new();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.db");
-    let open_log = || {
-        EventLog::open_sqlite(
-            &path,
-            Durability::Normal,
-            LogConfig::default(),
-            Arc::new(h.clock.clone()),
-        )
-        .unwrap()
-    };
+    let open_log =
+        || crate::open_log_at(&path, LogConfig::default(), Arc::new(h.clock.clone())).unwrap();
     let log = open_log();
     log.append_blocking(vec![
         merged("acme/api", 1),

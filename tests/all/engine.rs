@@ -10,7 +10,7 @@ use sluice::clock::{Clock, SharedClock};
 use sluice::engine::Engine;
 use sluice::engine::rule::Deployable;
 use sluice::event::Event;
-use sluice::log::{Durability, EventLog, FeedItem, LogConfig, NewEvent};
+use sluice::log::{EventLog, FeedItem, LogConfig, NewEvent};
 use sluice::manifest::{BatchTrigger, Expire, RetryPolicy};
 use sluice::runtime::Limits;
 use sluice::triggers::core::RuleSpec;
@@ -141,13 +141,7 @@ pub(crate) fn manual_engine(h: &Harness) -> (EventLog, Engine, tempfile::TempDir
 }
 
 pub(crate) fn open_log(dir: &tempfile::TempDir, clock: SharedClock) -> EventLog {
-    EventLog::open_sqlite(
-        dir.path().join("log.db"),
-        Durability::Normal,
-        LogConfig::default(),
-        clock,
-    )
-    .unwrap()
+    crate::open_log_at(&dir.path().join("log.db"), LogConfig::default(), clock).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,7 +184,7 @@ fn scenario(name: &str, component: &str) -> Vec<Value> {
     .unwrap();
     let events = std::fs::File::open(format!("{dir}/scenario.ndjson")).unwrap();
     let bytes = sluice_test_components::component_bytes(component);
-    sluice::offline::run(&bytes, manifest, events, None)
+    sluice::offline::run(&bytes, manifest, events, &Default::default())
         .unwrap()
         .lines
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use sluice::clock::ManualClock;
 use sluice::log::{
-    AppendOutcome, Durability, EventLog, EventQuery, FeedItem, LogBackend, LogConfig, NewEvent,
+    AppendOutcome, Durability, EventLog, EventQuery, FeedItem, LogConfig, NewEvent,
     RetentionPolicy, SqliteBackend, StateOp,
 };
 
@@ -22,13 +22,8 @@ struct Fixture {
 fn open_with(config: LogConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START);
-    let log = EventLog::open_sqlite(
-        dir.path().join("log.db"),
-        Durability::Normal,
-        config,
-        Arc::new(clock.clone()),
-    )
-    .unwrap();
+    let log =
+        crate::open_log_at(&dir.path().join("log.db"), config, Arc::new(clock.clone())).unwrap();
     Fixture { log, clock, dir }
 }
 
@@ -40,13 +35,7 @@ fn open() -> Fixture {
 fn reopen(f: Fixture) -> EventLog {
     let path = f.dir.path().join("log.db");
     f.log.close();
-    EventLog::open_sqlite(
-        &path,
-        Durability::Normal,
-        LogConfig::default(),
-        Arc::new(f.clock.clone()),
-    )
-    .unwrap()
+    crate::open_log_at(&path, LogConfig::default(), Arc::new(f.clock.clone())).unwrap()
 }
 
 fn new_event(tenant: &str, id: Option<&str>, kind: &str) -> NewEvent {
@@ -219,7 +208,7 @@ fn queries_filter_and_keep_seq_order() {
 }
 
 #[test]
-fn queries_are_served_from_indexes() {
+fn sqlite_queries_are_served_from_indexes() {
     let f = open();
     let backend = SqliteBackend::open(f.dir.path().join("log.db"), Durability::Normal).unwrap();
     type Edit = Box<dyn Fn(&mut EventQuery)>;
@@ -634,13 +623,20 @@ async fn the_retention_task_prunes_in_the_background() {
 }
 
 fn open_at(path: &std::path::Path, clock: &ManualClock) -> Result<EventLog, String> {
-    EventLog::open_sqlite(
-        path,
-        Durability::Normal,
-        LogConfig::default(),
-        Arc::new(clock.clone()),
-    )
-    .map_err(|e| e.to_string())
+    crate::open_log_at(path, LogConfig::default(), Arc::new(clock.clone()))
+        .map_err(|e| e.to_string())
+}
+
+/// How a refusal names the store at `path`: the SQLite file, or the
+/// PostgreSQL schema.
+fn names_store(path: &std::path::Path) -> String {
+    match crate::store_at(path) {
+        sluice::log::Store::Sqlite(p) => format!("database {} is in use by", p.display()),
+        sluice::log::Store::Postgres(url) => {
+            let schema = url.rsplit("%3D").next().unwrap().to_owned();
+            format!("schema {schema} of postgres://")
+        }
+    }
 }
 
 #[test]
@@ -651,17 +647,15 @@ fn a_second_writer_is_refused_naming_the_database_and_the_holder() {
         .append_blocking(vec![new_event("t", None, "k")])
         .unwrap();
     let err = open_at(&path, &f.clock).unwrap_err();
+    assert!(err.contains(&names_store(&path)), "{err}");
+    assert!(err.contains("is in use by"), "{err}");
     assert!(
-        err.contains(&format!("database {} is in use by", path.display())),
-        "{err}"
-    );
-    assert!(
-        err.contains(&format!("(pid {}, since ", std::process::id())),
+        err.contains(&format!("pid {}", std::process::id())),
         "{err}"
     );
     // Reading needs no lock: a backend opens and reads beside the writer,
     // but cannot become a second writer.
-    let backend = SqliteBackend::open(&path, Durability::Normal).unwrap();
+    let backend = crate::store_at(&path).open(Durability::Normal).unwrap();
     assert_eq!(backend.last_seq().unwrap(), 1);
     let err = backend.open_writer().err().unwrap().to_string();
     assert!(err.contains("is in use by"), "{err}");
@@ -705,8 +699,8 @@ fn a_killed_writer_process_does_not_block_the_next() {
     let ingest = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.env("SLUICE_LOG", "warn")
-            .args(["ingest", "--batch", "1", "--durability", "normal", "--db"])
-            .arg(&db);
+            .args(["ingest", "--batch", "1", "--durability", "normal"])
+            .args(crate::store_args(&db));
         cmd
     };
     let line = |id: &str| format!(r#"{{"id":"{id}","source":"s","kind":"k","payload":{{}}}}"#);
@@ -729,14 +723,9 @@ fn a_killed_writer_process_does_not_block_the_next() {
     let second = ingest().stdin(Stdio::null()).output().unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "database {} is in use by another sluice process (pid {}, since ",
-            db.display(),
-            first.id()
-        )),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&names_store(&db)), "{stderr}");
+    assert!(stderr.contains("in use by another sluice"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.id())), "{stderr}");
 
     // SIGKILL: the lock goes with the process.
     first.kill().unwrap();
@@ -780,7 +769,7 @@ fn intrude(raw: &rusqlite::Connection, seqs: std::ops::RangeInclusive<u64>) {
 }
 
 #[test]
-fn a_contradicted_seq_counter_fails_one_request_then_resynchronises() {
+fn sqlite_a_contradicted_seq_counter_fails_one_request_then_resynchronises() {
     let f = open();
     f.log
         .append_blocking(vec![new_event("t", None, "k"), new_event("t", None, "k")])

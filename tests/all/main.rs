@@ -12,6 +12,7 @@ mod languages;
 mod load;
 mod log;
 mod manifest;
+mod postgres;
 mod sandbox;
 mod server;
 mod timing;
@@ -73,11 +74,103 @@ impl Harness {
     }
 }
 
-/// A fresh SQLite log in a temporary directory, on the harness's clock.
+/// The PostgreSQL database the suites run on instead of SQLite
+/// (`SLUICE_TEST_POSTGRES`, set by `scripts/test.sh` for its second pass),
+/// if any.
+pub fn postgres() -> Option<String> {
+    std::env::var("SLUICE_TEST_POSTGRES")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+}
+
+/// A PostgreSQL database for the tests that are about PostgreSQL itself:
+/// the pass's (`SLUICE_TEST_POSTGRES`), or a throwaway cluster this process
+/// starts on first use (`scripts/pg.sh`, from Debian's binaries), which
+/// stops once the process has exited.
+pub fn pg_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(url) = postgres() {
+        return url;
+    }
+    URL.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sluice-test-pg-{}", std::process::id()));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .arg(&dir)
+            .args(["--fast", "--until-exit", &std::process::id().to_string()])
+            .output()
+            .expect("run scripts/pg.sh");
+        assert!(
+            out.status.success(),
+            "could not start a throwaway PostgreSQL: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+    .clone()
+}
+
+/// A store of its own (a fresh schema) in [`pg_url`]'s database.
+pub fn pg_store(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = pg_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!(
+        "{base}{sep}options=-csearch_path%3Ds_{name}_{}_{n}",
+        std::process::id()
+    )
+}
+
+/// The store a test keeps at `path`: that SQLite file, or, on the
+/// PostgreSQL pass, a schema of its own named after the path (so a test
+/// that opens the same path again finds the same store).
+pub fn store_at(path: &std::path::Path) -> sluice::log::Store {
+    use sha2::Digest;
+    match postgres() {
+        None => sluice::log::Store::Sqlite(path.to_path_buf()),
+        Some(base) => {
+            let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+            let schema = format!("t_{}", hex(&digest[..10]));
+            let sep = if base.contains('?') { '&' } else { '?' };
+            sluice::log::Store::Postgres(format!("{base}{sep}options=-csearch_path%3D{schema}"))
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The arguments that point a `sluice` command at the store at `path`.
+pub fn store_args(path: &std::path::Path) -> Vec<std::ffi::OsString> {
+    match store_at(path) {
+        sluice::log::Store::Sqlite(p) => vec!["--db".into(), p.into_os_string()],
+        sluice::log::Store::Postgres(url) => vec!["--store".into(), url.into()],
+    }
+}
+
+/// Open the log kept at `path` (see [`store_at`]).
+pub fn open_log_at(
+    path: &std::path::Path,
+    config: sluice::log::LogConfig,
+    clock: SharedClock,
+) -> Result<sluice::log::EventLog, sluice::log::LogError> {
+    sluice::log::EventLog::open_store(
+        &store_at(path),
+        sluice::log::Durability::Normal,
+        config,
+        clock,
+    )
+}
+
+/// A fresh log in a temporary directory, on the harness's clock.
 pub fn temp_log(h: &Harness) -> (sluice::log::EventLog, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let log = sluice::log::EventLog::open_sqlite(
-        dir.path().join("log.db"),
+    let log = sluice::log::EventLog::open_store(
+        &store_at(&dir.path().join("log.db")),
         sluice::log::Durability::Normal,
         sluice::log::LogConfig::default(),
         Arc::new(h.clock.clone()),

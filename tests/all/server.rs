@@ -84,8 +84,9 @@ impl Server {
                 "--durability",
                 "normal",
             ])
-            .arg("--db")
-            .arg(db)
+            .args(crate::store_args(db))
+            .arg("--cache-dir")
+            .arg(db.with_extension("cache"))
             .args(extra)
             .env("SLUICE_ADMIN_TOKEN", ADMIN)
             .env("SLUICE_LOG", "error")
@@ -1324,15 +1325,8 @@ fn json_logs_and_a_second_server_on_one_database() {
     let server = Server::start(&db);
     // A second server on the same database is refused, naming the holder.
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--db",
-        ])
-        .arg(&db)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(crate::store_args(&db))
         .env("SLUICE_ADMIN_TOKEN", ADMIN)
         .output()
         .unwrap();
@@ -1342,15 +1336,8 @@ fn json_logs_and_a_second_server_on_one_database() {
     server.stop();
     // JSON log lines, one object each.
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--db",
-        ])
-        .arg(&db)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(crate::store_args(&db))
         .env("SLUICE_ADMIN_TOKEN", ADMIN)
         .env("SLUICE_LOG", "info")
         .stdout(Stdio::piped())

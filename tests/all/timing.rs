@@ -232,8 +232,13 @@ impl World {
     fn offline_fires(&self) -> Vec<Value> {
         let input: String = self.script.iter().map(|l| format!("{l}\n")).collect();
         let manifest = Manifest::parse(&self.manifest).unwrap();
-        let report =
-            sluice::offline::run(&component_bytes(ECHO), manifest, input.as_bytes(), None).unwrap();
+        let report = sluice::offline::run(
+            &component_bytes(ECHO),
+            manifest,
+            input.as_bytes(),
+            &Default::default(),
+        )
+        .unwrap();
         fires(
             report
                 .lines

@@ -87,15 +87,10 @@ pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         );
     };
     metrics::gauge!("sluice_log_last_seq").set(app.log.last_seq() as f64);
-    let db = &app.config.db;
-    let size: u64 = ["", "-wal"]
-        .iter()
-        .filter_map(|suffix| {
-            let mut p = db.as_os_str().to_owned();
-            p.push(suffix);
-            std::fs::metadata(p).ok().map(|m| m.len())
-        })
-        .sum();
+    let size = app.log.store_bytes().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not measure the store");
+        0
+    });
     metrics::gauge!("sluice_log_bytes").set(size as f64);
     let mut by_status = std::collections::BTreeMap::<&str, u64>::new();
     for d in app.deploys.registry.list().unwrap_or_default() {

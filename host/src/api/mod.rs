@@ -53,14 +53,14 @@ use self::tenants::{AdminAuth, Tenants};
 use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use crate::engine::Engine;
 use crate::engine::deploy::Deployments;
-use crate::log::{Durability, EventLimits, EventLog, LogConfig};
+use crate::log::{Durability, EventLimits, EventLog, LogConfig, Store};
 use crate::runtime::{Runtime, RuntimeConfig};
 
 /// How a server runs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The database file.
-    pub db: PathBuf,
+    /// Where the log and the engine's state are kept.
+    pub store: Store,
     /// The address to listen on (`127.0.0.1:0` picks a free port).
     pub listen: String,
     /// Where compiled components are cached (default: `<db>.cache`).
@@ -88,7 +88,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            db: PathBuf::from("sluice.db"),
+            store: Store::Sqlite(PathBuf::from("sluice.db")),
             listen: "127.0.0.1:7878".into(),
             cache_dir: None,
             durability: Durability::Full,
@@ -334,18 +334,17 @@ pub async fn serve(
         }
         None => (Arc::new(SystemClock), None),
     };
-    let log = EventLog::open_sqlite(
-        &config.db,
+    let log = EventLog::open_store(
+        &config.store,
         config.durability,
         LogConfig::default(),
         clock.clone(),
     )
-    .with_context(|| format!("open {}", config.db.display()))?;
-    let cache_dir = config.cache_dir.clone().unwrap_or_else(|| {
-        let mut p = config.db.as_os_str().to_owned();
-        p.push(".cache");
-        PathBuf::from(p)
-    });
+    .with_context(|| format!("open {}", config.store))?;
+    let cache_dir = config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| config.store.default_cache_dir());
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache_dir),
         clock: clock.clone(),

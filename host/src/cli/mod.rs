@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::clock::{Clock, SystemClock};
 use crate::event::Event;
 use crate::log::validate::{EventLimits, parse_event};
-use crate::log::{AppendOutcome, Durability, EventLog, LogConfig, NewEvent};
+use crate::log::{AppendOutcome, Durability, EventLog, LogConfig, NewEvent, Store};
 use crate::runtime::Verdict;
 use crate::runtime::bindings::wit::{self, Reason};
 use crate::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
@@ -37,13 +37,13 @@ enum Command {
     /// on a first start without SLUICE_ADMIN_TOKEN, the generated admin
     /// token, once).
     Serve {
-        /// The database file.
-        #[arg(long, default_value = "sluice.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: String,
-        /// Where compiled components are cached (default: <db>.cache).
+        /// Where compiled components are cached (default: <db>.cache, or
+        /// ./sluice.cache with --store).
         #[arg(long, env = "SLUICE_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
         /// full (survives power loss) or normal (survives a process crash).
@@ -178,9 +178,8 @@ enum Command {
     /// ingesting NDJSON events from stdin (acknowledged on stdout once
     /// committed, as with `ingest`).
     Run {
-        /// The database file.
-        #[arg(long, default_value = "sluice.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The tenant of the events and rules.
         #[arg(long, default_value = "default")]
         tenant: String,
@@ -206,9 +205,8 @@ enum Command {
     /// batch is committed. A bad line stops the import with an error naming
     /// it; everything acknowledged before stays.
     Ingest {
-        /// The database file.
-        #[arg(long, default_value = "sluice.db")]
-        db: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The tenant the events belong to.
         #[arg(long, default_value = "default")]
         tenant: String,
@@ -221,6 +219,28 @@ enum Command {
     },
 }
 
+/// Where a command keeps its log: an SQLite file by default, or the store
+/// `--store` (or `SLUICE_STORE`) names.
+#[derive(Debug, Clone, clap::Args)]
+struct StoreArgs {
+    /// The SQLite database file.
+    #[arg(long, default_value = "sluice.db")]
+    db: PathBuf,
+    /// The store instead of --db: a postgres:// URL (PostgreSQL) or a
+    /// file path (SQLite).
+    #[arg(long, env = "SLUICE_STORE", conflicts_with = "db")]
+    store: Option<String>,
+}
+
+impl StoreArgs {
+    fn store(&self) -> Result<Store, String> {
+        match &self.store {
+            Some(spec) => Store::parse(spec).map_err(|e| format!("--store: {e}")),
+            None => Ok(Store::Sqlite(self.db.clone())),
+        }
+    }
+}
+
 /// Run the command line; the process exit code is the result.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -229,7 +249,7 @@ pub fn main() -> ExitCode {
     init_tracing(json_logs);
     let result = match cli.command {
         Command::Serve {
-            db,
+            store,
             listen,
             cache_dir,
             durability,
@@ -247,7 +267,13 @@ pub fn main() -> ExitCode {
                     max_events: retain_events,
                 },
             ),
-            db,
+            store: match store.store() {
+                Ok(store) => store,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            },
             listen,
             cache_dir,
             durability,
@@ -293,11 +319,14 @@ pub fn main() -> ExitCode {
             cache_dir,
         } => eval(&rule, &events, &reason, cache_dir),
         Command::Ingest {
-            db,
+            store,
             tenant,
             batch,
             durability,
-        } => ingest(&db, &tenant, batch.max(1), durability),
+        } => match store.store() {
+            Ok(store) => ingest(&store, &tenant, batch.max(1), durability),
+            Err(e) => Err(anyhow::anyhow!(e)),
+        },
         Command::Test {
             rule,
             manifest,
@@ -306,7 +335,7 @@ pub fn main() -> ExitCode {
             cache_dir,
         } => test(&rule, &manifest, &events, &also, cache_dir),
         Command::Run {
-            db,
+            store,
             tenant,
             rules,
             batch,
@@ -314,7 +343,7 @@ pub fn main() -> ExitCode {
             exit_when_idle,
             cache_dir,
         } => run(RunArgs {
-            db,
+            store,
             tenant,
             rules,
             batch: batch.max(1),
@@ -610,13 +639,18 @@ fn eval(
 }
 
 fn ingest(
-    db: &Path,
+    store: &Store,
     tenant: &str,
     batch: usize,
     durability: Durability,
 ) -> anyhow::Result<ExitCode> {
-    let log = EventLog::open_sqlite(db, durability, LogConfig::default(), Arc::new(SystemClock))
-        .with_context(|| format!("open {}", db.display()))?;
+    let log = EventLog::open_store(
+        store,
+        durability,
+        LogConfig::default(),
+        Arc::new(SystemClock),
+    )
+    .with_context(|| format!("open {store}"))?;
     pump_stdin(&log, tenant, batch)?;
     log.close();
     Ok(ExitCode::SUCCESS)
@@ -688,7 +722,7 @@ fn pump_stdin(log: &EventLog, tenant: &str, batch: usize) -> anyhow::Result<()> 
 }
 
 struct RunArgs {
-    db: PathBuf,
+    store: StoreArgs,
     tenant: String,
     rules: Vec<String>,
     batch: usize,
@@ -728,13 +762,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("load {component_path}"))?,
         );
     }
-    let log = EventLog::open_sqlite(
-        &args.db,
-        args.durability,
-        LogConfig::default(),
-        clock.clone(),
-    )
-    .with_context(|| format!("open {}", args.db.display()))?;
+    let store = args.store.store().map_err(|e| anyhow::anyhow!(e))?;
+    let log = EventLog::open_store(&store, args.durability, LogConfig::default(), clock.clone())
+        .with_context(|| format!("open {store}"))?;
     let tokio = tokio::runtime::Runtime::new()?;
     let _guard = tokio.enter();
     let engine = crate::engine::Engine::new(log.clone(), clock);
@@ -799,8 +829,12 @@ fn test(
         std::fs::File::open(events).with_context(|| format!("open {}", events.display()))?;
     // Lines go out as they happen, not at the end.
     let mut out = std::io::LineWriter::new(std::io::stdout().lock());
+    let options = crate::offline::Options {
+        cache_dir,
+        store: None,
+    };
     let failed =
-        crate::offline::stream_rules(rules, input, cache_dir, &mut |line| writeln!(out, "{line}"))
+        crate::offline::stream_rules(rules, input, &options, &mut |line| writeln!(out, "{line}"))
             .with_context(|| format!("{}", events.display()))?;
     out.flush()?;
     Ok(if failed {

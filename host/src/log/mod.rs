@@ -18,6 +18,7 @@
 //! still needs events (a rule's cursor, an open window's buffer, a pending
 //! fire) and moved forward as that need goes away.
 
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 pub mod validate;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use self::postgres::PostgresBackend;
 pub use self::sqlite::{Durability, SqliteBackend};
 pub use self::store::{
     AppendOutcome, LogBackend, LogWriter, PruneReport, RetentionPolicy, Stamp, StateOp, StoreError,
@@ -75,6 +77,79 @@ impl EventQuery {
             kind: None,
             limit,
             newest_first: false,
+        }
+    }
+}
+
+/// Where a log is kept: an SQLite file (the embedded default) or a
+/// PostgreSQL database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    /// An SQLite database file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database, by URL (`postgres://user@host:port/db`; a
+    /// libpq `options=-csearch_path=NAME` parameter picks the schema).
+    Postgres(String),
+}
+
+impl Store {
+    /// `postgres://…` or `postgresql://…` is a PostgreSQL database;
+    /// `sqlite:PATH` or a bare path is an SQLite file.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err("the store is empty: give a file path or a postgres:// URL".into());
+        }
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            return Ok(Store::Postgres(spec.to_owned()));
+        }
+        if let Some((scheme, _)) = spec.split_once("://") {
+            return Err(format!(
+                "store {scheme}:// is not known: give a file path (SQLite) or a postgres:// URL"
+            ));
+        }
+        Ok(Store::Sqlite(
+            spec.strip_prefix("sqlite:").unwrap_or(spec).into(),
+        ))
+    }
+
+    /// Open the store (creating and migrating it as needed).
+    pub fn open(&self, durability: Durability) -> Result<Arc<dyn LogBackend>, StoreError> {
+        Ok(match self {
+            Store::Sqlite(path) => Arc::new(SqliteBackend::open(path, durability)?),
+            Store::Postgres(url) => Arc::new(PostgresBackend::open(url, durability)?),
+        })
+    }
+
+    /// Where compiled components are cached unless told otherwise:
+    /// `<db>.cache` beside an SQLite file, `sluice.cache` in the working
+    /// directory for PostgreSQL.
+    pub fn default_cache_dir(&self) -> std::path::PathBuf {
+        match self {
+            Store::Sqlite(path) => {
+                let mut p = path.as_os_str().to_owned();
+                p.push(".cache");
+                p.into()
+            }
+            Store::Postgres(_) => "sluice.cache".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Store {
+    /// The file, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Store::Sqlite(path) => write!(f, "{}", path.display()),
+            Store::Postgres(url) => match url::Url::parse(url) {
+                Ok(mut u) => {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("***"));
+                    }
+                    write!(f, "{u}")
+                }
+                Err(_) => f.write_str("the PostgreSQL database"),
+            },
         }
     }
 }
@@ -347,6 +422,16 @@ impl EventLog {
         Self::open(Arc::new(backend), config, clock)
     }
 
+    /// Open the log on `store` (see [`Store`]).
+    pub fn open_store(
+        store: &Store,
+        durability: Durability,
+        config: LogConfig,
+        clock: SharedClock,
+    ) -> Result<Self, LogError> {
+        Self::open(store.open(durability)?, config, clock)
+    }
+
     /// Send the writer a command and wait for its reply.
     async fn request<T>(
         &self,
@@ -539,6 +624,11 @@ impl EventLog {
     /// that another process wrote behind the writer's back costs one.
     pub fn failed_writes(&self) -> u64 {
         self.shared.failed_writes.load(Ordering::Relaxed)
+    }
+
+    /// The bytes the store takes on disk.
+    pub fn store_bytes(&self) -> Result<u64, LogError> {
+        Ok(self.shared.backend.size_bytes()?)
     }
 
     /// The lowest pinned seq, if any.

@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
 use super::store::{
-    AppendOutcome, Committed, LogBackend, LogWriter, PruneReport, RetentionPolicy, Stamp, StateOp,
-    StoreError,
+    AppendOutcome, Committed, IdGenerator, LogBackend, LogWriter, PruneReport, RetentionPolicy,
+    Stamp, StateOp, StoreError, prune_cut,
 };
 use super::{EventQuery, NewEvent};
 use crate::event::Event;
@@ -485,7 +485,7 @@ impl LogBackend for SqliteBackend {
             conn,
             last_seq,
             last_ingested,
-            ids: ulid::Generator::new(),
+            ids: IdGenerator::default(),
             checkpointer,
             _lock: lock,
         }))
@@ -504,6 +504,18 @@ impl LogBackend for SqliteBackend {
             self.count_rows(events.len());
             Ok(events)
         })
+    }
+
+    /// The database file and its write-ahead log.
+    fn size_bytes(&self) -> Result<u64, StoreError> {
+        Ok(["", "-wal"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut p = self.inner.path.as_os_str().to_owned();
+                p.push(suffix);
+                std::fs::metadata(p).ok().map(|m| m.len())
+            })
+            .sum())
     }
 
     fn rows_read(&self) -> u64 {
@@ -715,25 +727,11 @@ struct SqliteWriter {
     /// Ingest stamps never go backwards, so that "ingested before T" is a
     /// prefix of the log even if the wall clock steps back.
     last_ingested: i64,
-    ids: ulid::Generator,
+    ids: IdGenerator,
     checkpointer: Checkpointer,
     /// Dropped last: the database is closed before another writer may
     /// open it.
     _lock: WriterLock,
-}
-
-impl SqliteWriter {
-    fn generate_id(&mut self, now: i64) -> String {
-        let at = UNIX_EPOCH + Duration::from_millis(now.max(0) as u64);
-        match self.ids.generate_from_datetime(at) {
-            Ok(id) => id.to_string(),
-            // 2^80 ids in one millisecond: start a fresh random sequence.
-            Err(_) => {
-                self.ids = ulid::Generator::new();
-                ulid::Ulid::from_datetime(at).to_string()
-            }
-        }
-    }
 }
 
 impl SqliteWriter {
@@ -807,7 +805,7 @@ impl SqliteWriter {
                     .map(|mut e| match e.id.take() {
                         Some(id) => (e, id, true),
                         None => {
-                            let id = self.generate_id(now);
+                            let id = self.ids.generate(now);
                             (e, id, false)
                         }
                     })
@@ -1006,61 +1004,39 @@ impl LogWriter for SqliteWriter {
             return Ok(PruneReport::default());
         };
         let last = self.last_seq as i64;
-        // The last seq the policy wants gone (0: nothing).
-        let mut cut = 0i64;
-        if let Some(max) = policy.max_events {
-            cut = cut.max(last - max.min(i64::MAX as u64) as i64);
-        }
-        if let Some(age) = policy.max_age {
-            let cutoff = now.saturating_sub(age.as_millis() as i64);
-            // Ingest stamps grow with seq: walk from the oldest.
-            let by_age: Option<i64> = tx
-                .query_row(
+        let by_age = match policy.max_age {
+            Some(age) => {
+                let cutoff = now.saturating_sub(age.as_millis() as i64);
+                // Ingest stamps grow with seq: walk from the oldest.
+                tx.query_row(
                     "SELECT MAX(seq) FROM (
                         SELECT seq, ingested_at FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2
                      ) WHERE ingested_at < ?3",
                     params![first, max_rows as i64, cutoff],
-                    |r| r.get(0),
+                    |r| r.get::<_, Option<i64>>(0),
                 )
-                .map_err(err("prune"))?;
-            cut = cut.max(by_age.unwrap_or(0));
-        }
-        let mut held_by_pin = false;
-        if let Some(low) = low
-            && cut >= low
-        {
-            cut = low - 1;
-            held_by_pin = true;
-        }
-        let more = cut >= first + max_rows as i64;
-        cut = cut.min(first + max_rows as i64 - 1);
+                .map_err(err("prune"))?
+            }
+            None => None,
+        };
+        let cut = prune_cut(policy, first, last, by_age, low, max_rows);
         let mut deleted = 0;
-        if cut >= first {
+        if cut.cut >= first {
             tx.execute(
                 "INSERT OR REPLACE INTO dedupe_tombstones (tenant, id, seq, ingested_at)
                  SELECT tenant, id, seq, ingested_at FROM events
                  WHERE seq BETWEEN ?1 AND ?2 AND ingested_at >= ?3",
-                params![first, cut, window_start],
+                params![first, cut.cut, window_start],
             )
             .map_err(err("prune tombstones"))?;
             deleted = tx
                 .execute(
                     "DELETE FROM events WHERE seq BETWEEN ?1 AND ?2",
-                    params![first, cut],
+                    params![first, cut.cut],
                 )
                 .map_err(err("prune events"))? as u64;
         }
         tx.commit().map_err(err("prune"))?;
-        let first_seq = if cut >= first {
-            (cut < last).then_some(cut as u64 + 1)
-        } else {
-            Some(first as u64)
-        };
-        Ok(PruneReport {
-            deleted,
-            first_seq,
-            held_by_pin,
-            more,
-        })
+        Ok(cut.report(first, last, deleted))
     }
 }

@@ -227,8 +227,92 @@ pub trait LogBackend: Send + Sync + 'static {
     /// O(k log n) for k seqs, whatever lies between them.
     fn read_seqs(&self, tenant: &str, seqs: &[u64]) -> Result<Vec<Event>, StoreError>;
 
+    /// The bytes the store takes on disk (tables, indexes, journal).
+    fn size_bytes(&self) -> Result<u64, StoreError>;
+
     /// Event rows read so far, when the store counts them (a cost meter).
     fn rows_read(&self) -> u64 {
         0
+    }
+}
+
+/// Ids for events sent without one: ULIDs, time-sortable, from the
+/// writer's clock.
+#[derive(Debug, Default)]
+pub struct IdGenerator(ulid::Generator);
+
+impl IdGenerator {
+    /// A new id for an event ingested at `now` (ms).
+    pub fn generate(&mut self, now: i64) -> String {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(now.max(0) as u64);
+        match self.0.generate_from_datetime(at) {
+            Ok(id) => id.to_string(),
+            // 2^80 ids in one millisecond: start a fresh random sequence.
+            Err(_) => {
+                self.0 = ulid::Generator::new();
+                ulid::Ulid::from_datetime(at).to_string()
+            }
+        }
+    }
+}
+
+/// Where one pruning pass cuts the log: every event with a seq at most
+/// `cut` goes (none when `cut` is below the first seq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneCut {
+    /// The last seq deleted.
+    pub cut: i64,
+    /// A pin kept events the policy wanted gone.
+    pub held_by_pin: bool,
+    /// More is due than this pass deletes.
+    pub more: bool,
+}
+
+/// Where to cut a log whose seqs run `first..=last`: what `policy` wants
+/// gone (`by_age`: the last seq old enough, among the first `max_rows`),
+/// held below the lowest pin `low`, at most `max_rows` events per pass.
+pub fn prune_cut(
+    policy: &RetentionPolicy,
+    first: i64,
+    last: i64,
+    by_age: Option<i64>,
+    low: Option<i64>,
+    max_rows: u64,
+) -> PruneCut {
+    let max_rows = max_rows.min(i64::MAX as u64) as i64;
+    let mut cut = 0i64;
+    if let Some(max) = policy.max_events {
+        cut = cut.max(last - max.min(i64::MAX as u64) as i64);
+    }
+    cut = cut.max(by_age.unwrap_or(0));
+    let mut held_by_pin = false;
+    if let Some(low) = low
+        && cut >= low
+    {
+        cut = low - 1;
+        held_by_pin = true;
+    }
+    let more = cut >= first.saturating_add(max_rows);
+    PruneCut {
+        cut: cut.min(first.saturating_add(max_rows) - 1),
+        held_by_pin,
+        more,
+    }
+}
+
+impl PruneCut {
+    /// The report of a pass that cut here and deleted `deleted` events.
+    pub fn report(&self, first: i64, last: i64, deleted: u64) -> PruneReport {
+        let first_seq = if self.cut >= first {
+            (self.cut < last).then_some(self.cut as u64 + 1)
+        } else {
+            Some(first as u64)
+        };
+        PruneReport {
+            deleted,
+            first_seq,
+            held_by_pin: self.held_by_pin,
+            more: self.more,
+        }
     }
 }

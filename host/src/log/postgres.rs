@@ -1,0 +1,1186 @@
+//! The server-grade store: PostgreSQL.
+//!
+//! The same two traits as the embedded store, on tables in the
+//! connection's current schema: the first schema of its `search_path`
+//! that exists, or, when none does, the first one named (created then).
+//! One database can so hold several independent Sluice stores. The schema
+//! is versioned in `schema_version` and migrated forward at open, under
+//! an advisory lock so that nodes starting together migrate once; a
+//! store whose schema is newer than this build is refused.
+//!
+//! **Seq.** The log's head (last seq, last ingest stamp) is one row,
+//! `log_head`, locked (`FOR UPDATE`) by every append transaction and
+//! updated before it commits. Appends therefore commit one after another
+//! in seq order: a reader that sees seq `n` committed has every seq below
+//! it committed too, and seqs stay gap-free whichever process writes. (A
+//! `bigserial` would not do: sequences hand out numbers that commit out
+//! of order, and a reader could pass a seq that commits later.) Ingest
+//! stamps come from the same row, so they never decrease along seq either.
+//!
+//! **One writing node, for now.** The writer holds a session advisory
+//! lock named after the schema for as long as it is open; a second writer
+//! is refused at once with an error naming the holder (its
+//! `application_name`, address and start), and the lock goes with the
+//! holder's connection, so a killed node never blocks the next start.
+//!
+//! The store's calls are blocking, like SQLite's: each runs its queries
+//! on a small runtime of the store's own ([`Bridge`]), so it may be called
+//! from any thread, inside an async runtime or not.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+
+use super::sqlite::Durability;
+use super::store::{
+    AppendOutcome, Committed, IdGenerator, LogBackend, LogWriter, PruneReport, RetentionPolicy,
+    Stamp, StateOp, StoreError, prune_cut,
+};
+use super::{EventQuery, NewEvent};
+use crate::event::Event;
+
+/// Schema migrations, applied in order; the index is the version - 1.
+const MIGRATIONS: &[&str] = &[
+    // 1: the log's head, events, dedupe tombstones, retention pins and
+    // engine state. Keys compare bytewise (`COLLATE "C"`), as the engine
+    // expects of ranges and prefixes, whatever the database's locale.
+    r#"CREATE TABLE log_head (
+        id integer PRIMARY KEY CHECK (id = 1),
+        seq bigint NOT NULL,
+        ingested bigint NOT NULL
+    );
+    INSERT INTO log_head (id, seq, ingested) VALUES (1, 0, 0);
+    CREATE TABLE events (
+        seq bigint PRIMARY KEY,
+        tenant text COLLATE "C" NOT NULL,
+        id text COLLATE "C" NOT NULL,
+        source text COLLATE "C" NOT NULL,
+        kind text COLLATE "C" NOT NULL,
+        time bigint NOT NULL,
+        ingested_at bigint NOT NULL,
+        payload text NOT NULL,
+        hops integer NOT NULL DEFAULT 0
+    );
+    CREATE INDEX events_by_id ON events (tenant, id);
+    CREATE INDEX events_by_tenant ON events (tenant, seq);
+    CREATE INDEX events_by_kind ON events (tenant, kind, seq);
+    CREATE INDEX events_by_source ON events (tenant, source, seq);
+    CREATE INDEX events_by_time ON events (tenant, time);
+    CREATE TABLE dedupe_tombstones (
+        tenant text COLLATE "C" NOT NULL,
+        id text COLLATE "C" NOT NULL,
+        seq bigint NOT NULL,
+        ingested_at bigint NOT NULL,
+        PRIMARY KEY (tenant, id)
+    );
+    CREATE TABLE pins (
+        owner text COLLATE "C" PRIMARY KEY,
+        min_seq bigint NOT NULL
+    );
+    CREATE TABLE state (
+        ns text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        value bytea NOT NULL,
+        PRIMARY KEY (ns, key)
+    );"#,
+];
+
+/// Connections the readers share (the writer has one of its own).
+const READERS: usize = 16;
+
+/// Runs the store's queries on a runtime of its own, for callers that
+/// block: a call spawns its future there and waits on a plain channel, so
+/// it works on any thread, including a worker of another runtime.
+struct Bridge {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bridge")
+    }
+}
+
+impl Bridge {
+    fn new() -> Result<Self, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sluice-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::new("start the PostgreSQL client", e))?;
+        Ok(Self { rt: Some(rt) })
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        context: &str,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| StoreError::new(context, "the store is closed"))?;
+        rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .map_err(|_| StoreError::new(context, "the PostgreSQL client stopped"))
+    }
+}
+
+impl Drop for Bridge {
+    /// Stop without waiting: the store may be dropped inside another
+    /// runtime, where waiting is not allowed.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    bridge: Bridge,
+    pool: Pool,
+    /// How the writer connects (the pool's readers connect the same way).
+    config: tokio_postgres::Config,
+    /// The schema holding the tables.
+    schema: String,
+    /// The URL without its password, for messages.
+    shown: String,
+    durability: Durability,
+    rows_read: AtomicU64,
+}
+
+fn pg(context: &str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
+    move |e| StoreError::new(context, describe(&e))
+}
+
+/// A PostgreSQL error with its server message (the driver's own display
+/// says only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+fn pool_err(context: &str) -> impl Fn(deadpool_postgres::PoolError) -> StoreError + '_ {
+    move |e| match e {
+        deadpool_postgres::PoolError::Backend(e) => StoreError::new(context, describe(&e)),
+        other => StoreError::new(context, other),
+    }
+}
+
+/// `name` quoted as an SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The first entry of a `search_path` setting (`"$user"` stands for the
+/// session user's name).
+fn first_schema(search_path: &str, user: &str) -> String {
+    let first = search_path.split(',').next().unwrap_or("").trim();
+    let unquoted = if first.len() >= 2 && first.starts_with('"') && first.ends_with('"') {
+        first[1..first.len() - 1].replace("\"\"", "\"")
+    } else {
+        first.to_owned()
+    };
+    match unquoted.as_str() {
+        "$user" => user.to_owned(),
+        "" => "public".to_owned(),
+        _ => unquoted,
+    }
+}
+
+impl PostgresBackend {
+    /// Connect to the database at `url` (a libpq-style URL or key=value
+    /// string), creating and migrating the store's tables as needed.
+    /// Fails with a clear error when the database cannot be reached or
+    /// its schema is newer than this build knows.
+    pub fn open(url: &str, durability: Durability) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::new("PostgreSQL URL", describe(&e)))?;
+        if config.get_application_name().is_none() {
+            config.application_name(format!("sluice pid {}", std::process::id()));
+        }
+        config.connect_timeout(Duration::from_secs(10));
+        let shown = shown_url(&config);
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(READERS)
+            .build()
+            .map_err(|e| StoreError::new("PostgreSQL pool", e))?;
+        let bridge = Bridge::new()?;
+        let context = format!("open {shown}");
+        let schema = {
+            let pool = pool.clone();
+            let context = context.clone();
+            bridge.run("open", async move { prepare(&pool, &context).await })??
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                bridge,
+                pool,
+                config,
+                schema,
+                shown,
+                durability,
+                rows_read: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The schema holding the store's tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Run `f` with a pooled connection, on the store's runtime.
+    fn with_conn<T, F, Fut>(&self, context: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send,
+    {
+        let pool = self.inner.pool.clone();
+        self.inner.bridge.run(context, async move {
+            let conn = pool.get().await.map_err(pool_err(context))?;
+            f(conn).await
+        })?
+    }
+
+    fn count_rows(&self, n: usize) {
+        self.inner.rows_read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// The URL to show in messages: no password.
+fn shown_url(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        config.get_user().unwrap_or(""),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+/// Find (creating when missing) the schema of the store and migrate it.
+async fn prepare(pool: &Pool, context: &str) -> Result<String, StoreError> {
+    let mut conn = pool.get().await.map_err(pool_err(context))?;
+    let row = conn
+        .query_one(
+            "SELECT current_schema(), current_setting('search_path'), session_user::text",
+            &[],
+        )
+        .await
+        .map_err(pg(context))?;
+    let schema = match row.get::<_, Option<String>>(0) {
+        Some(existing) => existing,
+        None => first_schema(row.get(1), row.get(2)),
+    };
+    let tx = conn.transaction().await.map_err(pg(context))?;
+    // Nodes starting together migrate one after another.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&lock_key("migrate", &schema)],
+    )
+    .await
+    .map_err(pg(context))?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.schema_version (
+             version integer PRIMARY KEY,
+             applied_at bigint NOT NULL
+         );",
+        schema = quote_ident(&schema)
+    ))
+    .await
+    .map_err(pg(context))?;
+    let current: i32 = tx
+        .query_one(
+            &format!(
+                "SELECT COALESCE(MAX(version), 0) FROM {}.schema_version",
+                quote_ident(&schema)
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg(context))?
+        .get(0);
+    let known = MIGRATIONS.len() as i32;
+    if current > known {
+        return Err(StoreError::new(
+            context,
+            format!(
+                "schema {schema} is at version {current}, newer than this build knows \
+                 ({known}); run a newer sluice"
+            ),
+        ));
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    tx.batch_execute(&format!("SET LOCAL search_path = {}", quote_ident(&schema)))
+        .await
+        .map_err(pg(context))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i32 + 1;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| StoreError::new(format!("migration {version}"), describe(&e)))?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+            &[&version, &now],
+        )
+        .await
+        .map_err(pg(context))?;
+    }
+    tx.commit().await.map_err(pg(context))?;
+    Ok(schema)
+}
+
+/// An advisory lock's key: `what` within `schema`.
+fn lock_key(what: &str, schema: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("sluice {what} {schema}"));
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// The columns of an event row, in [`row_to_event`]'s order.
+const EVENT_COLUMNS: &str = "seq, tenant, id, source, kind, time, payload, hops, ingested_at";
+
+fn row_to_event(r: &tokio_postgres::Row) -> Event {
+    Event {
+        seq: r.get::<_, i64>(0) as u64,
+        tenant: r.get(1),
+        id: r.get(2),
+        source: r.get(3),
+        kind: r.get(4),
+        time: r.get(5),
+        payload: r.get(6),
+        hops: r.get::<_, i32>(7) as u32,
+        ingested: r.get(8),
+    }
+}
+
+/// One argument of a built query.
+#[derive(Debug, Clone)]
+enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+impl Arg {
+    fn as_sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Arg::Int(i) => i,
+            Arg::Text(s) => s,
+        }
+    }
+}
+
+fn select_sql(schema: &str, q: &EventQuery) -> (String, Vec<Arg>) {
+    let mut sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM {}.events WHERE true",
+        quote_ident(schema)
+    );
+    let mut args = Vec::new();
+    let mut push = |clause: &str, arg: Arg| {
+        args.push(arg);
+        sql.push_str(&format!(" AND {clause} ${}", args.len()));
+    };
+    if let Some(t) = &q.tenant {
+        push("tenant =", Arg::Text(t.clone()));
+    }
+    if let Some(s) = &q.source {
+        push("source =", Arg::Text(s.clone()));
+    }
+    if let Some(k) = &q.kind {
+        push("kind =", Arg::Text(k.clone()));
+    }
+    if let Some(after) = q.after_seq {
+        push("seq >", Arg::Int(after.min(i64::MAX as u64) as i64));
+    }
+    if let Some(until) = q.until_seq {
+        push("seq <=", Arg::Int(until.min(i64::MAX as u64) as i64));
+    }
+    if let Some(since) = q.since {
+        push("time >=", Arg::Int(since));
+    }
+    if let Some(until) = q.until {
+        push("time <", Arg::Int(until));
+    }
+    args.push(Arg::Int(q.limit.min(i64::MAX as usize) as i64));
+    let order = if q.newest_first { "DESC" } else { "ASC" };
+    sql.push_str(&format!(" ORDER BY seq {order} LIMIT ${}", args.len()));
+    (sql, args)
+}
+
+/// The upper bound of the keys starting with `prefix` (bytewise), when
+/// there is one that is still text: the prefix with its last character
+/// incremented. `None` for `""` or a last character at the top of its
+/// range.
+fn prefix_upper(prefix: &str) -> Option<String> {
+    let last = prefix.chars().next_back()?;
+    let next = char::from_u32(last as u32 + 1)?;
+    let mut upper = prefix[..prefix.len() - last.len_utf8()].to_owned();
+    upper.push(next);
+    Some(upper)
+}
+
+impl LogBackend for PostgresBackend {
+    /// Take the schema's writer lock (refused at once, naming the holder,
+    /// while another writer has it) and open the writer on a connection of
+    /// its own, which holds the lock until the writer is dropped.
+    fn open_writer(&self) -> Result<Box<dyn LogWriter>, StoreError> {
+        let mut writer = PostgresWriter {
+            store: self.clone(),
+            conn: None,
+            last_seq: 0,
+            last_ingested: 0,
+            ids: IdGenerator::default(),
+        };
+        let conn = writer.connect()?;
+        let schema = quote_ident(&self.inner.schema);
+        let (conn, head) = self.inner.bridge.run("open the writer", async move {
+            let head = conn
+                .query_one(
+                    &format!("SELECT seq, ingested FROM {schema}.log_head WHERE id = 1"),
+                    &[],
+                )
+                .await
+                .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1)))
+                .map_err(pg("open the writer"));
+            (conn, head)
+        })?;
+        (writer.last_seq, writer.last_ingested) = head?;
+        writer.conn = Some(conn);
+        Ok(Box::new(writer))
+    }
+
+    fn read(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        let (sql, args) = select_sql(&self.inner.schema, query);
+        let events = self.with_conn("read events", move |conn| async move {
+            let stmt = conn.prepare_cached(&sql).await.map_err(pg("read events"))?;
+            let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(Arg::as_sql).collect();
+            let rows = conn.query(&stmt, &refs).await.map_err(pg("read events"))?;
+            Ok(rows.iter().map(row_to_event).collect::<Vec<_>>())
+        })?;
+        self.count_rows(events.len());
+        Ok(events)
+    }
+
+    /// The store's tables and indexes (not the database's write-ahead
+    /// log, which PostgreSQL shares among databases).
+    fn size_bytes(&self) -> Result<u64, StoreError> {
+        let schema = self.inner.schema.clone();
+        self.with_conn("measure the store", move |conn| async move {
+            let row = conn
+                .query_one(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relkind = 'r'",
+                    &[&schema],
+                )
+                .await
+                .map_err(pg("measure the store"))?;
+            Ok(row.get::<_, i64>(0).max(0) as u64)
+        })
+    }
+
+    fn rows_read(&self) -> u64 {
+        self.inner.rows_read.load(Ordering::Relaxed)
+    }
+
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        let sql = format!(
+            "SELECT seq FROM {}.log_head WHERE id = 1",
+            quote_ident(&self.inner.schema)
+        );
+        self.with_conn("last seq", move |conn| async move {
+            let row = conn.query_one(&sql, &[]).await.map_err(pg("last seq"))?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn state_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let sql = format!(
+            "SELECT value FROM {}.state WHERE ns = $1 AND key = $2",
+            quote_ident(&self.inner.schema)
+        );
+        let (ns, key) = (ns.to_owned(), key.to_owned());
+        self.with_conn("read state", move |conn| async move {
+            let stmt = conn.prepare_cached(&sql).await.map_err(pg("read state"))?;
+            let row = conn
+                .query_opt(&stmt, &[&ns, &key])
+                .await
+                .map_err(pg("read state"))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn state_scan(&self, ns: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let schema = quote_ident(&self.inner.schema);
+        let ns = ns.to_owned();
+        let prefix = prefix.to_owned();
+        self.with_conn("scan state", move |conn| async move {
+            let rows = match (prefix.is_empty(), prefix_upper(&prefix)) {
+                (true, _) => {
+                    let sql =
+                        format!("SELECT key, value FROM {schema}.state WHERE ns = $1 ORDER BY key");
+                    let stmt = conn.prepare_cached(&sql).await.map_err(pg("scan state"))?;
+                    conn.query(&stmt, &[&ns]).await
+                }
+                (false, Some(upper)) => {
+                    let sql = format!(
+                        "SELECT key, value FROM {schema}.state
+                         WHERE ns = $1 AND key >= $2 AND key < $3 ORDER BY key"
+                    );
+                    let stmt = conn.prepare_cached(&sql).await.map_err(pg("scan state"))?;
+                    conn.query(&stmt, &[&ns, &prefix, &upper]).await
+                }
+                (false, None) => {
+                    let sql = format!(
+                        "SELECT key, value FROM {schema}.state
+                         WHERE ns = $1 AND starts_with(key, $2) ORDER BY key"
+                    );
+                    let stmt = conn.prepare_cached(&sql).await.map_err(pg("scan state"))?;
+                    conn.query(&stmt, &[&ns, &prefix]).await
+                }
+            }
+            .map_err(pg("scan state"))?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn read_seqs(&self, tenant: &str, seqs: &[u64]) -> Result<Vec<Event>, StoreError> {
+        let seqs: Vec<i64> = seqs
+            .iter()
+            .map(|&s| s.min(i64::MAX as u64) as i64)
+            .collect();
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM {}.events
+             WHERE seq = ANY($1) AND tenant = $2 ORDER BY seq",
+            quote_ident(&self.inner.schema)
+        );
+        let tenant = tenant.to_owned();
+        let events = self.with_conn("read events by seq", move |conn| async move {
+            let stmt = conn
+                .prepare_cached(&sql)
+                .await
+                .map_err(pg("read events by seq"))?;
+            let rows = conn
+                .query(&stmt, &[&seqs, &tenant])
+                .await
+                .map_err(pg("read events by seq"))?;
+            Ok(rows.iter().map(row_to_event).collect::<Vec<_>>())
+        })?;
+        self.count_rows(events.len());
+        Ok(events)
+    }
+
+    fn low_water(&self) -> Result<Option<u64>, StoreError> {
+        let sql = format!(
+            "SELECT MIN(min_seq) FROM {}.pins",
+            quote_ident(&self.inner.schema)
+        );
+        self.with_conn("read pins", move |conn| async move {
+            let row = conn.query_one(&sql, &[]).await.map_err(pg("read pins"))?;
+            Ok(row.get::<_, Option<i64>>(0).map(|s| s as u64))
+        })
+    }
+}
+
+/// The writer: one connection of its own, which holds the schema's writer
+/// lock. A lost connection is opened again (and the lock taken again) at
+/// the next write; the write that found it lost fails, with nothing of it
+/// committed.
+struct PostgresWriter {
+    store: PostgresBackend,
+    conn: Option<tokio_postgres::Client>,
+    /// The head of the log as of this writer's last commit (the head row
+    /// is the truth: each transaction reads it again).
+    last_seq: u64,
+    last_ingested: i64,
+    ids: IdGenerator,
+}
+
+impl PostgresWriter {
+    /// Open the writer's connection and take the writer lock.
+    fn connect(&self) -> Result<tokio_postgres::Client, StoreError> {
+        let inner = &self.store.inner;
+        let config = inner.config.clone();
+        let schema = inner.schema.clone();
+        let shown = inner.shown.clone();
+        let synchronous = match inner.durability {
+            Durability::Full => "on",
+            Durability::Normal => "off",
+        };
+        inner.bridge.run("open the writer", async move {
+            let context = "open the writer";
+            let (client, connection) = config.connect(NoTls).await.map_err(pg(context))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %describe(&e), "the log writer's PostgreSQL connection ended");
+                }
+            });
+            client
+                .batch_execute(&format!(
+                    "SET synchronous_commit = {synchronous}; SET search_path = {}",
+                    quote_ident(&schema)
+                ))
+                .await
+                .map_err(pg(context))?;
+            let key = lock_key("writer", &schema);
+            let locked: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await
+                .map_err(pg(context))?
+                .get(0);
+            if !locked {
+                let holder = client
+                    .query_opt(
+                        "SELECT a.application_name, COALESCE(host(a.client_addr), 'local socket'),
+                                to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                           AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
+                        &[&key],
+                    )
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|r| {
+                        format!(
+                            "{} from {}, since {}",
+                            r.get::<_, String>(0),
+                            r.get::<_, String>(1),
+                            r.get::<_, String>(2)
+                        )
+                    })
+                    .unwrap_or_else(|| "another connection".to_owned());
+                return Err(StoreError::new(
+                    context,
+                    format!("schema {schema} of {shown} is in use by another sluice node ({holder})"),
+                ));
+            }
+            Ok(client)
+        })?
+    }
+
+    /// One transaction; on failure, a connection that went away is
+    /// dropped so the next write opens a new one.
+    fn write(
+        &mut self,
+        groups: Vec<Vec<NewEvent>>,
+        ops: Vec<StateOp>,
+        now: Stamp,
+        dedupe_window: Duration,
+    ) -> Result<Committed, StoreError> {
+        let mut conn = match self.conn.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect()?,
+        };
+        // Ids first: the generator is the writer's.
+        let at = now.at.max(self.last_ingested);
+        let groups: Vec<Vec<(NewEvent, String, bool)>> = groups
+            .into_iter()
+            .map(|group| {
+                group
+                    .into_iter()
+                    .map(|mut e| match e.id.take() {
+                        Some(id) => (e, id, true),
+                        None => (e, self.ids.generate(at), false),
+                    })
+                    .collect()
+            })
+            .collect();
+        let (conn, result) = self.store.inner.bridge.run("append", async move {
+            let result = write_tx(&mut conn, groups, ops, now, dedupe_window).await;
+            (conn, result)
+        })?;
+        if !conn.is_closed() {
+            self.conn = Some(conn);
+        }
+        let (committed, last_seq, last_ingested) = result?;
+        self.last_seq = last_seq;
+        self.last_ingested = last_ingested;
+        Ok(committed)
+    }
+}
+
+/// Rows of consecutive state ops of one kind, written in one statement.
+enum Run {
+    Put(Vec<String>, Vec<String>, Vec<Vec<u8>>),
+    Delete(Vec<String>, Vec<String>),
+}
+
+/// The append transaction: lock the head, dedupe, insert the events,
+/// apply the state ops, move the head, commit. Returns what was committed
+/// and the new head.
+async fn write_tx(
+    conn: &mut tokio_postgres::Client,
+    groups: Vec<Vec<(NewEvent, String, bool)>>,
+    ops: Vec<StateOp>,
+    now: Stamp,
+    dedupe_window: Duration,
+) -> Result<(Committed, u64, i64), StoreError> {
+    let tx = conn.transaction().await.map_err(pg("append"))?;
+    let head = tx
+        .query_one(
+            "SELECT seq, ingested FROM log_head WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(pg("append"))?;
+    let (last_seq, last_ingested) = (head.get::<_, i64>(0) as u64, head.get::<_, i64>(1));
+    let follow = now.follow_event_time;
+    let now = now.at.max(last_ingested);
+    let window_start = now.saturating_sub(dedupe_window.as_millis() as i64);
+
+    // Every client id of the request, looked up at once: the newest event
+    // with it, else its tombstone.
+    let (tenants, ids): (Vec<&str>, Vec<&str>) = groups
+        .iter()
+        .flatten()
+        .filter(|(_, _, given)| *given)
+        .map(|(e, id, _)| (e.tenant.as_str(), id.as_str()))
+        .unzip();
+    let mut seen: HashMap<(String, String), (u64, i64)> = HashMap::new();
+    if !tenants.is_empty() {
+        let rows = tx
+            .query(
+                "SELECT k.tenant, k.id, e.seq, e.ingested_at, 0 AS source
+                 FROM unnest($1::text[], $2::text[]) AS k(tenant, id)
+                 CROSS JOIN LATERAL (
+                     SELECT seq, ingested_at FROM events
+                     WHERE tenant = k.tenant AND id = k.id ORDER BY seq DESC LIMIT 1
+                 ) e
+                 UNION ALL
+                 SELECT t.tenant, t.id, t.seq, t.ingested_at, 1
+                 FROM unnest($1::text[], $2::text[]) AS k(tenant, id)
+                 JOIN dedupe_tombstones t ON t.tenant = k.tenant AND t.id = k.id",
+                &[&tenants, &ids],
+            )
+            .await
+            .map_err(pg("dedupe lookup"))?;
+        // A stored event wins over a tombstone (it is newer).
+        for r in rows.iter().filter(|r| r.get::<_, i32>(4) == 1) {
+            seen.insert((r.get(0), r.get(1)), (r.get::<_, i64>(2) as u64, r.get(3)));
+        }
+        for r in rows.iter().filter(|r| r.get::<_, i32>(4) == 0) {
+            seen.insert((r.get(0), r.get(1)), (r.get::<_, i64>(2) as u64, r.get(3)));
+        }
+    }
+
+    let mut stamp = now;
+    let mut next = last_seq + 1;
+    let mut committed = Committed::default();
+    let mut columns = EventColumns::default();
+    for group in groups {
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut ids = Vec::with_capacity(group.len());
+        for (e, id, given) in group {
+            if given
+                && let Some(&(seq, at)) = seen.get(&(e.tenant.clone(), id.clone()))
+                && at >= window_start
+            {
+                outcomes.push(AppendOutcome::Duplicate(seq));
+                ids.push(id);
+                continue;
+            }
+            if follow && let Some(t) = e.time {
+                stamp = stamp.max(t);
+            }
+            let event = Event {
+                seq: next,
+                id,
+                tenant: e.tenant,
+                source: e.source,
+                kind: e.kind,
+                time: e.time.unwrap_or(stamp),
+                ingested: stamp,
+                payload: e.payload,
+                hops: e.hops,
+            };
+            if given {
+                // A later copy in the same request is a duplicate of this.
+                seen.insert((event.tenant.clone(), event.id.clone()), (next, stamp));
+            }
+            columns.push(&event);
+            outcomes.push(AppendOutcome::Accepted(next));
+            ids.push(event.id.clone());
+            committed.stored.push(Arc::new(event));
+            next += 1;
+        }
+        committed.outcomes.push(outcomes);
+        committed.ids.push(ids);
+    }
+    if !committed.stored.is_empty() {
+        columns.insert(&tx).await?;
+        tx.execute(
+            "UPDATE log_head SET seq = $1, ingested = $2 WHERE id = 1",
+            &[&((next - 1) as i64), &stamp],
+        )
+        .await
+        .map_err(pg("append"))?;
+    }
+    apply_ops(&tx, ops).await?;
+    tx.commit().await.map_err(pg("commit"))?;
+    Ok((committed, next - 1, stamp.max(last_ingested)))
+}
+
+/// Events to insert, column by column (one `INSERT … SELECT unnest(…)`).
+#[derive(Default)]
+struct EventColumns {
+    seq: Vec<i64>,
+    tenant: Vec<String>,
+    id: Vec<String>,
+    source: Vec<String>,
+    kind: Vec<String>,
+    time: Vec<i64>,
+    ingested: Vec<i64>,
+    payload: Vec<String>,
+    hops: Vec<i32>,
+}
+
+impl EventColumns {
+    fn push(&mut self, e: &Event) {
+        self.seq.push(e.seq as i64);
+        self.tenant.push(e.tenant.clone());
+        self.id.push(e.id.clone());
+        self.source.push(e.source.clone());
+        self.kind.push(e.kind.clone());
+        self.time.push(e.time);
+        self.ingested.push(e.ingested);
+        self.payload.push(e.payload.clone());
+        self.hops.push(e.hops.min(i32::MAX as u32) as i32);
+    }
+
+    async fn insert(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+        tx.execute(
+            "INSERT INTO events (seq, tenant, id, source, kind, time, ingested_at, payload, hops)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::bigint[], $7::bigint[], $8::text[], $9::integer[])",
+            &[
+                &self.seq,
+                &self.tenant,
+                &self.id,
+                &self.source,
+                &self.kind,
+                &self.time,
+                &self.ingested,
+                &self.payload,
+                &self.hops,
+            ],
+        )
+        .await
+        .map_err(pg("insert events"))?;
+        Ok(())
+    }
+}
+
+/// Apply state ops in order; runs of puts (and of deletes) go in one
+/// statement each.
+async fn apply_ops(
+    tx: &tokio_postgres::Transaction<'_>,
+    ops: Vec<StateOp>,
+) -> Result<(), StoreError> {
+    let mut run: Option<Run> = None;
+    for op in ops {
+        match (op, &mut run) {
+            (StateOp::Put { ns, key, value }, Some(Run::Put(n, k, v))) => {
+                n.push(ns);
+                k.push(key);
+                v.push(value);
+            }
+            (StateOp::Delete { ns, key }, Some(Run::Delete(n, k))) => {
+                n.push(ns);
+                k.push(key);
+            }
+            (op, _) => {
+                if let Some(done) = run.take() {
+                    flush(tx, done).await?;
+                }
+                match op {
+                    StateOp::Put { ns, key, value } => {
+                        run = Some(Run::Put(vec![ns], vec![key], vec![value]));
+                    }
+                    StateOp::Delete { ns, key } => run = Some(Run::Delete(vec![ns], vec![key])),
+                    other => apply_one(tx, other).await?,
+                }
+            }
+        }
+    }
+    if let Some(done) = run {
+        flush(tx, done).await?;
+    }
+    Ok(())
+}
+
+async fn flush(tx: &tokio_postgres::Transaction<'_>, run: Run) -> Result<(), StoreError> {
+    match run {
+        Run::Put(ns, keys, values) => {
+            // One statement may not update a row twice: the last put of a
+            // key wins, as it would one statement at a time.
+            let mut last: HashMap<(&str, &str), usize> = HashMap::new();
+            for (i, (n, k)) in ns.iter().zip(&keys).enumerate() {
+                last.insert((n.as_str(), k.as_str()), i);
+            }
+            let mut keep: Vec<usize> = last.into_values().collect();
+            keep.sort_unstable();
+            let ns: Vec<&str> = keep.iter().map(|&i| ns[i].as_str()).collect();
+            let k: Vec<&str> = keep.iter().map(|&i| keys[i].as_str()).collect();
+            let v: Vec<&[u8]> = keep.iter().map(|&i| values[i].as_slice()).collect();
+            tx.execute(
+                "INSERT INTO state (ns, key, value)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+                 ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
+                &[&ns, &k, &v],
+            )
+            .await
+            .map_err(pg("apply state"))?;
+        }
+        Run::Delete(ns, keys) => {
+            tx.execute(
+                "DELETE FROM state s USING unnest($1::text[], $2::text[]) AS d(ns, key)
+                 WHERE s.ns = d.ns AND s.key = d.key",
+                &[&ns, &keys],
+            )
+            .await
+            .map_err(pg("apply state"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn apply_one(tx: &tokio_postgres::Transaction<'_>, op: StateOp) -> Result<(), StoreError> {
+    let result = match op {
+        StateOp::Put { .. } | StateOp::Delete { .. } => unreachable!("batched in runs"),
+        StateOp::DeletePrefix { ns, prefix } => match prefix_upper(&prefix) {
+            _ if prefix.is_empty() => tx.execute("DELETE FROM state WHERE ns = $1", &[&ns]).await,
+            Some(upper) => {
+                tx.execute(
+                    "DELETE FROM state WHERE ns = $1 AND key >= $2 AND key < $3",
+                    &[&ns, &prefix, &upper],
+                )
+                .await
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM state WHERE ns = $1 AND starts_with(key, $2)",
+                    &[&ns, &prefix],
+                )
+                .await
+            }
+        },
+        StateOp::DeleteRange { ns, from, to } => {
+            tx.execute(
+                "DELETE FROM state WHERE ns = $1 AND key >= $2 AND key < $3",
+                &[&ns, &from, &to],
+            )
+            .await
+        }
+        StateOp::Clear { ns } => tx.execute("DELETE FROM state WHERE ns = $1", &[&ns]).await,
+        StateOp::Pin {
+            owner,
+            min_seq: Some(seq),
+        } => {
+            tx.execute(
+                "INSERT INTO pins (owner, min_seq) VALUES ($1, $2)
+                 ON CONFLICT (owner) DO UPDATE SET min_seq = excluded.min_seq",
+                &[&owner, &(seq.min(i64::MAX as u64) as i64)],
+            )
+            .await
+        }
+        StateOp::Pin {
+            owner,
+            min_seq: None,
+        } => {
+            tx.execute("DELETE FROM pins WHERE owner = $1", &[&owner])
+                .await
+        }
+    };
+    result.map(drop).map_err(pg("apply state"))
+}
+
+impl LogWriter for PostgresWriter {
+    fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    fn last_ingested(&self) -> i64 {
+        self.last_ingested
+    }
+
+    fn append(
+        &mut self,
+        groups: Vec<Vec<NewEvent>>,
+        now: Stamp,
+        dedupe_window: Duration,
+    ) -> Result<Committed, StoreError> {
+        self.write(groups, Vec::new(), now, dedupe_window)
+    }
+
+    fn transact(
+        &mut self,
+        events: Vec<NewEvent>,
+        ops: Vec<StateOp>,
+        now: Stamp,
+        dedupe_window: Duration,
+    ) -> Result<Committed, StoreError> {
+        self.write(vec![events], ops, now, dedupe_window)
+    }
+
+    fn prune(
+        &mut self,
+        policy: &RetentionPolicy,
+        now: i64,
+        dedupe_window: Duration,
+        max_rows: u64,
+    ) -> Result<PruneReport, StoreError> {
+        let mut conn = match self.conn.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect()?,
+        };
+        let policy = policy.clone();
+        let (conn, result) = self.store.inner.bridge.run("prune", async move {
+            let result = prune_tx(&mut conn, &policy, now, dedupe_window, max_rows).await;
+            (conn, result)
+        })?;
+        if !conn.is_closed() {
+            self.conn = Some(conn);
+        }
+        result
+    }
+}
+
+async fn prune_tx(
+    conn: &mut tokio_postgres::Client,
+    policy: &RetentionPolicy,
+    now: i64,
+    dedupe_window: Duration,
+    max_rows: u64,
+) -> Result<PruneReport, StoreError> {
+    let context = "prune";
+    let tx = conn.transaction().await.map_err(pg(context))?;
+    let row = tx
+        .query_one(
+            "SELECT (SELECT MIN(seq) FROM events), (SELECT MIN(min_seq) FROM pins),
+                    (SELECT seq FROM log_head WHERE id = 1)",
+            &[],
+        )
+        .await
+        .map_err(pg(context))?;
+    let (first, low, last): (Option<i64>, Option<i64>, i64) = (row.get(0), row.get(1), row.get(2));
+    let window_start = now.saturating_sub(dedupe_window.as_millis() as i64);
+    tx.execute(
+        "DELETE FROM dedupe_tombstones WHERE ingested_at < $1",
+        &[&window_start],
+    )
+    .await
+    .map_err(pg("prune tombstones"))?;
+    let Some(first) = first else {
+        tx.commit().await.map_err(pg(context))?;
+        return Ok(PruneReport::default());
+    };
+    let by_age = match policy.max_age {
+        Some(age) => {
+            let cutoff = now.saturating_sub(age.as_millis() as i64);
+            // Ingest stamps grow with seq: walk from the oldest.
+            tx.query_one(
+                "SELECT MAX(seq) FROM (
+                     SELECT seq, ingested_at FROM events WHERE seq >= $1 ORDER BY seq LIMIT $2
+                 ) oldest WHERE ingested_at < $3",
+                &[&first, &(max_rows.min(i64::MAX as u64) as i64), &cutoff],
+            )
+            .await
+            .map_err(pg(context))?
+            .get::<_, Option<i64>>(0)
+        }
+        None => None,
+    };
+    let cut = prune_cut(policy, first, last, by_age, low, max_rows);
+    let mut deleted = 0;
+    if cut.cut >= first {
+        tx.execute(
+            "INSERT INTO dedupe_tombstones (tenant, id, seq, ingested_at)
+             SELECT tenant, id, seq, ingested_at FROM events
+             WHERE seq BETWEEN $1 AND $2 AND ingested_at >= $3
+             ON CONFLICT (tenant, id) DO UPDATE
+                 SET seq = excluded.seq, ingested_at = excluded.ingested_at",
+            &[&first, &cut.cut, &window_start],
+        )
+        .await
+        .map_err(pg("prune tombstones"))?;
+        deleted = tx
+            .execute(
+                "DELETE FROM events WHERE seq BETWEEN $1 AND $2",
+                &[&first, &cut.cut],
+            )
+            .await
+            .map_err(pg("prune events"))?;
+    }
+    tx.commit().await.map_err(pg(context))?;
+    Ok(cut.report(first, last, deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_schema_of_a_search_path() {
+        assert_eq!(first_schema("\"$user\", public", "ann"), "ann");
+        assert_eq!(first_schema("t_1, public", "ann"), "t_1");
+        assert_eq!(first_schema("\"My \"\"S\"\"\", x", "ann"), "My \"S\"");
+        assert_eq!(first_schema("", "ann"), "public");
+    }
+
+    #[test]
+    fn prefixes_have_a_text_upper_bound() {
+        assert_eq!(prefix_upper("ab"), Some("ac".to_owned()));
+        assert_eq!(prefix_upper("fire/é"), Some("fire/ê".to_owned()));
+        assert_eq!(prefix_upper(""), None);
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}
