@@ -2,7 +2,7 @@
 # Run every test: unit, integration (real components, the real binary) and
 # doc tests on the embedded SQLite store (the tests about PostgreSQL itself
 # start a throwaway cluster of their own), then the suites that touch the
-# store (log, engine, conformance, server, crash) again on a throwaway
+# store (log, engine, conformance, server, ingest crashes) again on a throwaway
 # PostgreSQL, which this script starts and stops. Installs the
 # wasm32-wasip2 target and PostgreSQL first if they are missing.
 set -euo pipefail
@@ -18,5 +18,5 @@ rmdir "$pg"
 url=$(scripts/pg.sh start "$pg" --fast)
 echo "the store suites again, on PostgreSQL ($url)" >&2
 SLUICE_TEST_POSTGRES=$url cargo test -p sluice --test all -- \
-    log:: engine:: conformance:: server:: dispatch:: crash:: deploy:: timing:: core:: \
+    log:: engine:: conformance:: server:: dispatch:: crash::acknowledged deploy:: timing:: core:: \
     --skip sqlite_

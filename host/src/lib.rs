@@ -14,7 +14,8 @@
 //!
 //! - [`api`]: `sluice serve` — HTTP handlers that parse, call the layer
 //!   below and map its error: ingest, reads, the SSE feed, rules, fires,
-//!   tenants, metrics, a generated OpenAPI document.
+//!   tenants, metrics, a generated OpenAPI document; on several nodes,
+//!   [`api::cluster`] sends a rule's requests to its node.
 //! - [`cli`]: the `sluice` command line (the binary is a thin shell).
 //!   - [`cli::client`]: the commands that talk to a running server.
 //! - [`offline`]: `sluice test` — input in, report out; rules run through
@@ -29,6 +30,8 @@
 //!   - [`engine::rule`]: a manifest and component made into a driver of
 //!     its kind.
 //!   - [`engine::job`]: running a fire's handler.
+//!   - [`engine::cluster`]: several nodes on one PostgreSQL store —
+//!     heartbeats, leases, rendezvous hashing, hand-over.
 //! - [`triggers`]: the sans-IO rule core, the kinds, the fire pipeline.
 //!   - [`triggers::core`]: a rule's trigger state and pure functions over
 //!     it — plan (time order), writes, fire outcomes, poison events,
@@ -48,9 +51,11 @@
 //!   - [`runtime::cache`], [`runtime::limits`]; `runtime/stdio.rs` carries
 //!     guest output into the logs.
 //! - [`log`]: the durable event log — group-committed ingest with dedupe
-//!   and ingest stamps, queries, the feed, retention, the state store, one
-//!   writing process per database.
-//!   - [`log::validate`], [`log::store`], [`log::sqlite`].
+//!   and ingest stamps, queries, the feed, retention, the state store.
+//!   - [`log::store`]: the storage traits; [`log::sqlite`] (embedded, one
+//!     writing process) and [`log::postgres`] (shared by several nodes,
+//!     with their leases).
+//!   - [`log::validate`].
 //! - [`event`], [`verdict`], [`records`], [`names`], [`time`], [`clock`]:
 //!   the shared vocabulary — events, what a rule says of one, the engine's
 //!   ids and records, the name rule, times, the engine clock.

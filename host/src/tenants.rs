@@ -201,6 +201,8 @@ pub struct Tenants {
     log: EventLog,
     inner: RwLock<Inner>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// Local changes so far (a reload that raced one is dropped).
+    changes: std::sync::atomic::AtomicU64,
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -223,6 +225,30 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> LogError {
 impl Tenants {
     /// Load tenants and tokens from `log`'s database.
     pub fn load(log: EventLog) -> Result<Self, LogError> {
+        let inner = Self::read_store(&log)?;
+        Ok(Self {
+            log,
+            inner: RwLock::new(inner),
+            buckets: Mutex::new(HashMap::new()),
+            changes: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Read tenants and tokens again: on a store several nodes share,
+    /// another node may have created, changed or revoked them.
+    pub fn reload(&self) -> Result<(), LogError> {
+        // A change made here while the store was read would be lost by
+        // taking what was read: then the next reload takes it instead.
+        let before = self.changes.load(std::sync::atomic::Ordering::Acquire);
+        let inner = Self::read_store(&self.log)?;
+        let mut current = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if self.changes.load(std::sync::atomic::Ordering::Acquire) == before {
+            *current = inner;
+        }
+        Ok(())
+    }
+
+    fn read_store(log: &EventLog) -> Result<Inner, LogError> {
         let mut inner = Inner::default();
         for (k, v) in log.state_scan(NS_TENANTS)? {
             let t: Tenant = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
@@ -235,19 +261,20 @@ impl Tenants {
         if let Some(h) = log.state_get(NS_ADMIN, ADMIN_KEY)? {
             inner.admin = <[u8; 32]>::try_from(h.as_slice()).ok();
         }
-        Ok(Self {
-            log,
-            inner: RwLock::new(inner),
-            buckets: Mutex::new(HashMap::new()),
-        })
+        Ok(inner)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The tenants and tokens, to change them (counted, see
+    /// [`Self::reload`]).
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        guard
     }
 
     /// Make `token` the admin token (stored hashed).

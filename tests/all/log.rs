@@ -640,7 +640,7 @@ fn names_store(path: &std::path::Path) -> String {
 }
 
 #[test]
-fn a_second_writer_is_refused_naming_the_database_and_the_holder() {
+fn sqlite_a_second_writer_is_refused_naming_the_database_and_the_holder() {
     let f = open();
     let path = f.dir.path().join("log.db");
     f.log
@@ -668,7 +668,7 @@ fn a_second_writer_is_refused_naming_the_database_and_the_holder() {
 }
 
 #[test]
-fn closing_the_log_releases_the_database() {
+fn sqlite_closing_the_log_releases_the_database() {
     let f = open();
     let path = f.dir.path().join("log.db");
     f.log
@@ -690,7 +690,7 @@ fn closing_the_log_releases_the_database() {
 }
 
 #[test]
-fn a_killed_writer_process_does_not_block_the_next() {
+fn sqlite_a_killed_writer_process_does_not_block_the_next() {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
 

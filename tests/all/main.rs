@@ -1,6 +1,7 @@
 //! Sluice's integration tests: one binary, a module per area.
 
 mod cli;
+mod cluster;
 mod conformance;
 mod core;
 mod crash;

@@ -99,7 +99,10 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Passing (a rule between nodes); the client retries.
+            tracing::info!(code = self.code, "{}", self.message);
+        } else if self.status.is_server_error() {
             tracing::error!(code = self.code, "{}", self.message);
         }
         let body = ErrorBody {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -95,8 +96,10 @@ async fn open_fires(app: &App, tenant: &str, rule: &str, dead: bool) -> Vec<Fire
 pub async fn list(
     TenantAuth(tenant): TenantAuth,
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
     query: Result<Query<FiresQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<FireView>>, ApiError> {
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let q = super::error::query(query)?;
     let statuses: &[&str] = match q.status.as_deref() {
         None => &["pending", "dead"],
@@ -144,6 +147,26 @@ pub async fn list(
                 }
             }
             _ => out.extend(recorded(&app, &tenant, q.rule.as_deref(), status, limit).await?),
+        }
+    }
+    let mut out: Vec<serde_json::Value> = out
+        .into_iter()
+        .map(|f| serde_json::to_value(f).unwrap_or_default())
+        .collect();
+    // On several nodes the pending fires and dead letters of a rule are
+    // its node's to tell (completed and failed ones are in the log, read
+    // here).
+    if app.cluster.is_some() && !super::cluster::forwarded(&headers) {
+        let asked = uri.path_and_query().map_or("/v1/fires", |p| p.as_str());
+        for answer in super::cluster::ask_others(&app, &headers, asked).await {
+            out.extend(
+                answer
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|f| matches!(f["status"].as_str(), Some("pending" | "dead")))
+                    .cloned(),
+            );
         }
     }
     Ok(Json(out))
@@ -243,9 +266,56 @@ pub async fn show(
     TenantAuth(tenant): TenantAuth,
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<FireView>, ApiError> {
-    let (_, f, dead) = find(&app, &tenant, &id).await?;
-    Ok(Json(from_record(f, if dead { "dead" } else { "pending" })))
+    req: OnAnyNode,
+) -> Result<Response, ApiError> {
+    let (_, f, dead) = match find(&app, &tenant, &id).await {
+        Err(e) => return req.elsewhere(&app, e).await,
+        Ok(found) => found,
+    };
+    Ok(Json(from_record(f, if dead { "dead" } else { "pending" })).into_response())
+}
+
+/// A request about a fire, which on several nodes only the node running
+/// its rule can answer: one this node cannot answer (404) goes to the
+/// others.
+#[derive(Debug)]
+pub struct OnAnyNode {
+    method: axum::http::Method,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for OnAnyNode {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            method: parts.method.clone(),
+            headers: parts.headers.clone(),
+            uri: parts.uri.clone(),
+        })
+    }
+}
+
+impl OnAnyNode {
+    /// `e` if it is not a 404 or no other node knows better; else what
+    /// the node that does answered.
+    async fn elsewhere(&self, app: &App, e: ApiError) -> Result<Response, ApiError> {
+        if e.status != axum::http::StatusCode::NOT_FOUND {
+            return Err(e);
+        }
+        let path = self
+            .uri
+            .path_and_query()
+            .map_or(self.uri.path(), |p| p.as_str());
+        match super::cluster::try_others(app, self.method.clone(), &self.headers, path).await {
+            Some(r) => Ok(r),
+            None => Err(e),
+        }
+    }
 }
 
 /// One of the tenant's dead letters: (rule, record); a pending fire of
@@ -270,14 +340,18 @@ pub async fn redrive(
     TenantAuth(tenant): TenantAuth,
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<FireView>, ApiError> {
-    let (rule, f) = dead_letter(&app, &tenant, &id).await?;
+    req: OnAnyNode,
+) -> Result<Response, ApiError> {
+    let (rule, f) = match dead_letter(&app, &tenant, &id).await {
+        Err(e) => return req.elsewhere(&app, e).await,
+        Ok(found) => found,
+    };
     app.deploys
         .engine
         .redrive(&tenant, &rule, &id)
         .await
         .map_err(|e| ApiError::control(&rule, e))?;
-    Ok(Json(from_record(f, "pending")))
+    Ok(Json(from_record(f, "pending")).into_response())
 }
 
 /// Discard a dead letter (recorded on the feed).
@@ -290,12 +364,16 @@ pub async fn discard(
     TenantAuth(tenant): TenantAuth,
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<FireView>, ApiError> {
-    let (rule, f) = dead_letter(&app, &tenant, &id).await?;
+    req: OnAnyNode,
+) -> Result<Response, ApiError> {
+    let (rule, f) = match dead_letter(&app, &tenant, &id).await {
+        Err(e) => return req.elsewhere(&app, e).await,
+        Ok(found) => found,
+    };
     app.deploys
         .engine
         .discard_dead(&tenant, &rule, &id)
         .await
         .map_err(|e| ApiError::control(&rule, e))?;
-    Ok(Json(from_record(f, "discarded")))
+    Ok(Json(from_record(f, "discarded")).into_response())
 }

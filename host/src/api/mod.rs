@@ -25,6 +25,7 @@
 // mistakes for needless paths.
 #![allow(unused_qualifications)]
 
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod feed;
@@ -52,8 +53,9 @@ use self::error::ApiError;
 use self::tenants::{AdminAuth, Tenants};
 use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use crate::engine::Engine;
+use crate::engine::cluster::{Cluster, ClusterConfig};
 use crate::engine::deploy::Deployments;
-use crate::log::{Durability, EventLimits, EventLog, LogConfig, Store};
+use crate::log::{Durability, EventLimits, EventLog, LogConfig, PostgresBackend, Store};
 use crate::runtime::{Runtime, RuntimeConfig};
 
 /// How a server runs.
@@ -83,6 +85,12 @@ pub struct ServerConfig {
     pub event_limits: EventLimits,
     /// Pruning of old events, if any (a pass a minute).
     pub retention: Option<crate::log::RetentionPolicy>,
+    /// On a shared store (PostgreSQL): how long a rule's lease lasts
+    /// without renewal.
+    pub lease_ttl: Duration,
+    /// On a shared store: the URL other nodes reach this one at (default:
+    /// `http://` and the listen address).
+    pub advertise: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +107,8 @@ impl Default for ServerConfig {
             manual_clock: None,
             event_limits: EventLimits::default(),
             retention: None,
+            lease_ttl: Duration::from_secs(10),
+            advertise: None,
         }
     }
 }
@@ -112,7 +122,7 @@ pub struct App {
     pub log: EventLog,
     /// Deployments: the engine running every tenant's rules, the registry
     /// of what runs, the deploy saga.
-    pub deploys: Deployments,
+    pub deploys: Arc<Deployments>,
     /// Loads components.
     pub runtime: Runtime,
     /// Tenants and tokens.
@@ -125,6 +135,8 @@ pub struct App {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// True once the server is shutting down (ends feeds).
     pub shutdown: watch::Receiver<bool>,
+    /// This node's part in a cluster (a shared store), if any.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl App {
@@ -299,8 +311,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/fires/{id}/redrive", post(fires::redrive))
         .route("/v1/feed", get(feed::feed))
         .route("/v1/clock", get(clock_get).post(clock_move))
+        .route("/v1/cluster", get(cluster::show))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            cluster::route_to_owner,
+        ))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(app)
 }
@@ -366,8 +383,29 @@ pub async fn serve(
         .with_context(|| format!("listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (stop, shutdown) = watch::channel(false);
+    let cluster = match &config.store {
+        Store::Postgres(url) => {
+            let store = PostgresBackend::open(url, config.durability)?;
+            let node = ClusterConfig {
+                node: ClusterConfig::new_node_id(),
+                addr: config
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}")),
+                ttl: config.lease_ttl,
+            };
+            log.require_leases();
+            let cluster = tokio::task::spawn_blocking(move || Cluster::join(store, node)).await??;
+            tracing::info!(node = %cluster.node(), "joined the cluster");
+            Some(cluster)
+        }
+        Store::Sqlite(_) => None,
+    };
     let app = Arc::new(App {
-        deploys: Deployments::new(Engine::new(log.clone(), clock.clone()), runtime.clone()),
+        deploys: Arc::new(Deployments::new(
+            Engine::new(log.clone(), clock.clone()),
+            runtime.clone(),
+        )),
         metrics: metrics::install(),
         config,
         log,
@@ -375,9 +413,47 @@ pub async fn serve(
         tenants,
         clock,
         manual,
-        shutdown,
+        shutdown: shutdown.clone(),
+        cluster: cluster.clone(),
     });
-    let started = app.deploys.restore(|t| app.quotas(t)).await?;
+    let started = match &cluster {
+        // Rules start as this node takes their leases.
+        Some(cluster) => {
+            // A first tick before requests come: the rules this node
+            // should run and nobody holds (a restart after a clean stop)
+            // run from the start.
+            let quotas = |t: &str| app.quotas(t);
+            if let Err(e) = cluster.tick(&app.deploys, &quotas).await {
+                tracing::warn!(error = %e, "first cluster tick failed; retrying");
+            }
+            let (app2, cluster2) = (app.clone(), cluster.clone());
+            tokio::spawn(cluster2.run(
+                app.deploys.clone(),
+                move |t| app2.quotas(t),
+                shutdown.clone(),
+            ));
+            let app3 = app.clone();
+            let mut stopping = shutdown.clone();
+            let every = cluster.config().tick();
+            tokio::spawn(async move {
+                // Tenants and tokens another node changed.
+                while !*stopping.borrow() {
+                    let app = app3.clone();
+                    if let Ok(Err(e)) =
+                        tokio::task::spawn_blocking(move || app.tenants.reload()).await
+                    {
+                        tracing::warn!(error = %e, "could not reload tenants");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stopping.changed() => {}
+                    }
+                }
+            });
+            app.deploys.engine.running().len()
+        }
+        None => app.deploys.restore(|t| app.quotas(t)).await?,
+    };
     if let Some(policy) = app.config.retention.clone() {
         app.log.spawn_retention(policy, Duration::from_secs(60));
     }
@@ -399,6 +475,9 @@ pub async fn serve(
             ?grace,
             "handlers still running after the grace period: their fires stay pending and run after the next start"
         );
+    }
+    if let Some(cluster) = &app.cluster {
+        cluster.leave(&app.deploys).await;
     }
     app.log.clone().close();
     tracing::info!("stopped");

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, events, feed, fires, rules, tenants};
+use super::{cluster, error, events, feed, fires, rules, tenants};
 
 /// The API's description.
 #[derive(OpenApi)]
@@ -17,7 +17,7 @@ use super::{error, events, feed, fires, rules, tenants};
         rules::deploy, rules::list, rules::show, rules::undeploy, rules::pause, rules::resume,
         fires::list, fires::show, fires::redrive, fires::discard,
         feed::feed,
-        super::clock_get, super::clock_move,
+        super::clock_get, super::clock_move, cluster::show,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&Security),
@@ -27,7 +27,7 @@ use super::{error, events, feed, fires, rules, tenants};
         (name = "rules", description = "Deploy, swap, inspect, pause and remove rules"),
         (name = "fires", description = "Pending fires and dead letters"),
         (name = "feed", description = "The live feed (Server-Sent Events)"),
-        (name = "admin", description = "The engine clock"),
+        (name = "admin", description = "The engine clock; the nodes sharing a PostgreSQL store"),
     )
 )]
 struct ApiDoc;

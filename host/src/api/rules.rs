@@ -59,8 +59,12 @@ pub struct RuleView {
     pub deployed_at: i64,
     /// `active`, `paused`, `suspended` or `failed` (could not start, or
     /// the engine failed while running it; see `last_error`). A resume or
-    /// a redeploy brings a failed rule back.
+    /// a redeploy brings a failed rule back. On several nodes, `unowned`
+    /// for the moment between one node giving a rule up and another
+    /// taking it.
     pub status: String,
+    /// On several nodes: the node running the rule.
+    pub node: Option<String>,
     /// Why the rule is suspended.
     pub suspended_reason: Option<String>,
     /// The manifest, as parsed (trigger, limits, retry, …).
@@ -187,6 +191,8 @@ pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
     let s = status.clone().unwrap_or_default();
     let broken = broken.or_else(|| s.failed.clone());
     let state = match (&status, &broken) {
+        // On several nodes: running nowhere for the moment.
+        (None, None) if app.cluster.is_some() => "unowned",
         (None, _) | (_, Some(_)) => "failed",
         (Some(s), _) if s.suspended.is_some() => "suspended",
         (Some(s), _) if s.paused => "paused",
@@ -202,6 +208,7 @@ pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
         digest: d.digest.clone(),
         deployed_at: d.deployed_at,
         status: state.into(),
+        node: app.cluster.as_ref().map(|c| c.node().to_owned()),
         suspended_reason: s.suspended.clone(),
         manifest: manifest.map_or(serde_json::Value::Null, |m| {
             serde_json::to_value(m).unwrap_or_default()
@@ -233,10 +240,50 @@ fn no_rule(name: &str) -> ApiError {
 pub async fn list(
     TenantAuth(tenant): TenantAuth,
     State(app): State<Arc<App>>,
-) -> Result<Json<Vec<RuleView>>, ApiError> {
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let deployed = app.deploys.registry.list_tenant(&tenant)?;
+    let as_json = |v: RuleView| serde_json::to_value(v).unwrap_or_default();
+    let Some(cluster) = app.cluster.clone() else {
+        let mut out = Vec::new();
+        for d in deployed {
+            out.push(as_json(view(&app, &d).await));
+        }
+        return Ok(Json(out));
+    };
+    // Each node shows the rules it holds; the node asked merges them,
+    // and shows a rule nobody holds as `unowned`.
+    let mut shown: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for d in &deployed {
+        if app.log.lease(&tenant, &d.name).is_some() {
+            shown.insert(d.name.clone(), as_json(view(&app, d).await));
+        }
+    }
+    if super::cluster::forwarded(&headers) {
+        return Ok(Json(shown.into_values().collect()));
+    }
+    for answer in super::cluster::ask_others(&app, &headers, "/v1/rules").await {
+        for v in answer.as_array().into_iter().flatten() {
+            if let Some(name) = v["name"].as_str() {
+                shown.entry(name.to_owned()).or_insert_with(|| v.clone());
+            }
+        }
+    }
     let mut out = Vec::new();
-    for d in app.deploys.registry.list_tenant(&tenant)? {
-        out.push(view(&app, &d).await);
+    for d in &deployed {
+        match shown.remove(&d.name) {
+            Some(v) => out.push(v),
+            None => {
+                let mut v = view(&app, d).await;
+                v.status = "unowned".into();
+                v.node = None;
+                v.last_error = Some(format!(
+                    "no node holds the rule's lease right now; one takes it within {} ms",
+                    cluster.config().ttl.as_millis()
+                ));
+                out.push(as_json(v));
+            }
+        }
     }
     Ok(Json(out))
 }

@@ -565,20 +565,38 @@ pub fn rules(conn: &Conn, cmd: Option<&RulesCmd>, as_json: bool) -> anyhow::Resu
                 print_json(&v);
                 return Ok(());
             }
+            let rules: Vec<&Value> = v.as_array().into_iter().flatten().collect();
+            // The node column shows on several nodes only.
+            let nodes = rules.iter().any(|r| r["node"].is_string());
+            let node = |r: &Value| {
+                if nodes {
+                    format!(" {}", r["node"].as_str().unwrap_or("-"))
+                } else {
+                    String::new()
+                }
+            };
             println!(
-                "{:<24} {:>7} {:<9} {:<10} {:>8} {:>8} {:>6}",
-                "NAME", "VERSION", "KIND", "STATUS", "CURSOR", "PENDING", "DEAD"
+                "{:<24} {:>7} {:<9} {:<10} {:>8} {:>8} {:>6}{}",
+                "NAME",
+                "VERSION",
+                "KIND",
+                "STATUS",
+                "CURSOR",
+                "PENDING",
+                "DEAD",
+                if nodes { " NODE" } else { "" }
             );
-            for r in v.as_array().into_iter().flatten() {
+            for r in rules {
                 println!(
-                    "{:<24} {:>7} {:<9} {:<10} {:>8} {:>8} {:>6}",
+                    "{:<24} {:>7} {:<9} {:<10} {:>8} {:>8} {:>6}{}",
                     r["name"].as_str().unwrap_or_default(),
                     r["version"].to_string(),
                     r["kind"].as_str().unwrap_or_default(),
                     r["status"].as_str().unwrap_or_default(),
                     r["cursor"].to_string(),
                     r["pending_fires"].to_string(),
-                    r["dead_letters"].to_string()
+                    r["dead_letters"].to_string(),
+                    node(r)
                 );
             }
         }
@@ -597,6 +615,63 @@ pub fn rules(conn: &Conn, cmd: Option<&RulesCmd>, as_json: bool) -> anyhow::Resu
                 &format!("/v1/rules/{}?drain={}", encode(name), encode(drain)),
             ))?;
             println!("{name} undeployed (drain = {drain})");
+        }
+    }
+    Ok(())
+}
+
+/// `sluice cluster`: one line per node — id, address, live, seconds since
+/// its heartbeat, how many rules it runs — then the rules by node.
+pub fn cluster(conn: &Conn, as_json: bool) -> anyhow::Result<()> {
+    let client = Client::new(conn)?;
+    let v = client.get("/v1/cluster")?;
+    if as_json {
+        print_json(&v);
+        return Ok(());
+    }
+    let newest = v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["heartbeat"].as_i64())
+        .max()
+        .unwrap_or(0);
+    println!(
+        "{:<16} {:<28} {:<5} {:>10} {:>6}",
+        "NODE", "ADDRESS", "LIVE", "HEARTBEAT", "RULES"
+    );
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let me = if n["id"] == v["node"] {
+            " (this one)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<16} {:<28} {:<5} {:>9.1}s {:>6}{me}",
+            n["id"].as_str().unwrap_or_default(),
+            n["addr"].as_str().unwrap_or_default(),
+            if n["live"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            (newest - n["heartbeat"].as_i64().unwrap_or(newest)) as f64 / 1000.0,
+            n["rules"].as_array().map_or(0, Vec::len)
+        );
+    }
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let rules: Vec<&str> = n["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !rules.is_empty() {
+            println!(
+                "{}: {}",
+                n["id"].as_str().unwrap_or_default(),
+                rules.join(" ")
+            );
         }
     }
     Ok(())

@@ -42,6 +42,14 @@ enum Command {
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: String,
+        /// On PostgreSQL: how long a rule's lease lasts without renewal
+        /// (a killed node's rules move to another after about this).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        lease_ttl: std::time::Duration,
+        /// On PostgreSQL: the URL other nodes reach this one at (default:
+        /// http:// and the listen address).
+        #[arg(long, env = "SLUICE_ADVERTISE")]
+        advertise: Option<String>,
         /// Where compiled components are cached (default: <db>.cache, or
         /// ./sluice.cache with --store).
         #[arg(long, env = "SLUICE_CACHE_DIR")]
@@ -121,6 +129,15 @@ enum Command {
         /// Only this rule's.
         #[arg(long)]
         rule: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// The nodes sharing a PostgreSQL store: heartbeats and the rules
+    /// each runs (admin token).
+    Cluster {
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -251,6 +268,8 @@ pub fn main() -> ExitCode {
         Command::Serve {
             store,
             listen,
+            lease_ttl,
+            advertise,
             cache_dir,
             durability,
             log_format: _,
@@ -275,6 +294,8 @@ pub fn main() -> ExitCode {
                 }
             },
             listen,
+            lease_ttl,
+            advertise,
             cache_dir,
             durability,
             heartbeat,
@@ -312,6 +333,7 @@ pub fn main() -> ExitCode {
         } => client::fires(&conn, cmd.as_ref(), dead, rule.as_deref(), json)
             .map(|()| ExitCode::SUCCESS),
         Command::Tenants { cmd, conn } => client::tenants(&conn, &cmd).map(|()| ExitCode::SUCCESS),
+        Command::Cluster { json, conn } => client::cluster(&conn, json).map(|()| ExitCode::SUCCESS),
         Command::Eval {
             rule,
             events,
@@ -763,6 +785,12 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let store = args.store.store().map_err(|e| anyhow::anyhow!(e))?;
+    if matches!(store, Store::Postgres(_)) {
+        bail!(
+            "sluice run owns every rule it runs, which a PostgreSQL store shares between \
+             nodes: run rules there with sluice serve --store (sluice ingest works on either)"
+        );
+    }
     let log = EventLog::open_store(&store, args.durability, LogConfig::default(), clock.clone())
         .with_context(|| format!("open {store}"))?;
     let tokio = tokio::runtime::Runtime::new()?;

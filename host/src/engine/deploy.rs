@@ -453,31 +453,68 @@ impl Deployments {
     pub async fn restore(&self, quotas: impl Fn(&str) -> Quotas) -> Result<usize, DeployError> {
         let mut started = 0;
         for d in self.registry.list()? {
-            let result: Result<(), String> = async {
-                let bytes = self
-                    .registry
-                    .component(&d.digest)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("component {} is missing", d.digest))?;
-                let manifest =
-                    Manifest::parse(&d.manifest).map_err(|e| format!("manifest: {e}"))?;
-                let rule = self
-                    .load(&d.tenant, bytes.into(), manifest, &quotas(&d.tenant))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                self.engine.deploy(rule).await.map_err(|e| e.to_string())
-            }
-            .await;
-            match result {
-                Ok(()) => started += 1,
-                Err(e) => {
-                    tracing::error!(tenant = %d.tenant, rule = %d.name, error = %e, "rule could not start");
-                    self.set_broken(&d.tenant, &d.name, Some(e));
-                }
+            if self.start_locked(&d, &quotas(&d.tenant)).await {
+                started += 1;
             }
         }
         Ok(started)
+    }
+
+    /// Start one deployed rule here (a node that took its lease), under
+    /// its tenant's lock. False when it is not deployed, already runs, or
+    /// could not start (then it shows as failed, with why).
+    pub async fn start(&self, tenant: &str, name: &str, quotas: &Quotas) -> bool {
+        let lock = self.lock(tenant);
+        let _lifecycle = lock.lock().await;
+        if self.engine.status(tenant, name).is_some() {
+            return false;
+        }
+        match self.registry.get(tenant, name) {
+            Ok(Some(d)) => self.start_locked(&d, quotas).await,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!(%tenant, rule = %name, error = %e, "could not read the deployment");
+                false
+            }
+        }
+    }
+
+    /// Stop one rule here without undeploying it (a node handing it over),
+    /// under its tenant's lock. False when it did not run here.
+    pub async fn stop(&self, tenant: &str, name: &str) -> bool {
+        let lock = self.lock(tenant);
+        let _lifecycle = lock.lock().await;
+        self.set_broken(tenant, name, None);
+        self.engine.stop(tenant, name).await.is_some()
+    }
+
+    async fn start_locked(&self, d: &Deployment, quotas: &Quotas) -> bool {
+        let result: Result<(), String> = async {
+            let bytes = self
+                .registry
+                .component(&d.digest)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("component {} is missing", d.digest))?;
+            let manifest = Manifest::parse(&d.manifest).map_err(|e| format!("manifest: {e}"))?;
+            let rule = self
+                .load(&d.tenant, bytes.into(), manifest, quotas)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            self.engine.deploy(rule).await.map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.set_broken(&d.tenant, &d.name, None);
+                true
+            }
+            Err(e) => {
+                tracing::error!(tenant = %d.tenant, rule = %d.name, error = %e, "rule could not start");
+                self.set_broken(&d.tenant, &d.name, Some(e));
+                false
+            }
+        }
     }
 
     /// The log the deployments live in.

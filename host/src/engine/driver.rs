@@ -782,7 +782,11 @@ pub fn commit(
         return Ok(AppendReport::default());
     }
     tracing::trace!(%tenant, rule = %name, records = writes.records.len(), ops = writes.ops.len(), "commit");
-    Ok(log.transact_blocking(writes.records, writes.ops)?)
+    let mut ops = writes.ops;
+    if let Some(fence) = log.fence(tenant, name)? {
+        ops.insert(0, fence);
+    }
+    Ok(log.transact_blocking(writes.records, ops)?)
 }
 
 /// Check, before anything changes, that the rule's stored state is of

@@ -21,6 +21,7 @@
 //! - [`rule`]: a manifest and component made into a driver of its kind.
 //! - [`registry`]: which rules a server runs, kept beside their state.
 
+pub mod cluster;
 pub mod deploy;
 pub mod driver;
 pub mod job;
@@ -422,25 +423,48 @@ impl Engine {
     /// finish and commit first). Its durable state stays. False when no
     /// such rule runs.
     pub async fn undeploy(&self, tenant: &str, name: &str) -> bool {
+        match self.stop(tenant, name).await {
+            Some(rule) => {
+                let record = rule.describe();
+                record_lifecycle(
+                    &self.log,
+                    &self.clock,
+                    &rule.spec,
+                    "rule.undeployed",
+                    record,
+                )
+                .await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stop a rule here and wait until its task has ended, recording
+    /// nothing: its state stays, for this node or another to run it again
+    /// (a hand-over). What was running, or `None` when no such rule runs.
+    pub async fn stop(&self, tenant: &str, name: &str) -> Option<Deployable> {
         let key = (tenant.to_owned(), name.to_owned());
-        let Some(slot) = self.slot(&key, false) else {
-            return false;
-        };
+        let slot = self.slot(&key, false)?;
         let removed = slot.lock().await.take();
         self.statuses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
-        match removed {
-            Some(d) => {
-                let record = d.rule.describe();
-                let spec = d.rule.spec.clone();
-                stop_and_join(d).await;
-                record_lifecycle(&self.log, &self.clock, &spec, "rule.undeployed", record).await;
-                true
-            }
-            None => false,
-        }
+        let d = removed?;
+        let rule = d.rule.clone();
+        stop_and_join(d).await;
+        Some(rule)
+    }
+
+    /// Every rule running here, as (tenant, name).
+    pub fn running(&self) -> Vec<(String, String)> {
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Undeploy a rule, draining its open windows and buffers: with

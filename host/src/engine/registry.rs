@@ -95,7 +95,10 @@ impl Registry {
     /// its component, in one transaction; the previous version's
     /// component goes when nothing else uses it.
     pub async fn put(&self, deployment: &Deployment, component: &[u8]) -> Result<(), LogError> {
-        let ops = self.put_ops(deployment, component)?;
+        let mut ops = self.put_ops(deployment, component)?;
+        if let Some(fence) = self.log.fence(&deployment.tenant, &deployment.name)? {
+            ops.insert(0, fence);
+        }
         self.log.transact(Vec::new(), ops).await.map(drop)
     }
 
@@ -142,6 +145,9 @@ impl Registry {
             ns: NS_RULES.into(),
             key: k.clone(),
         }];
+        if let Some(fence) = self.log.fence(tenant, name)? {
+            ops.insert(0, fence);
+        }
         if !self.used_elsewhere(&old.digest, &k)? {
             ops.push(StateOp::Delete {
                 ns: NS_COMPONENTS.into(),

@@ -23,8 +23,8 @@ pub mod sqlite;
 pub mod store;
 pub mod validate;
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -300,6 +300,14 @@ impl Ring {
 
     fn push(&self, stored: &[Arc<Event>]) {
         let mut ring = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        // Commits made by other processes on a shared store are not in the
+        // ring: after such a gap it starts afresh (readers take the gap
+        // from the store).
+        if let (Some(last), Some(first)) = (ring.back(), stored.first())
+            && first.seq != last.seq + 1
+        {
+            ring.clear();
+        }
         for e in stored {
             if ring.len() == self.capacity {
                 ring.pop_front();
@@ -320,7 +328,8 @@ impl Ring {
     ) -> Option<(Vec<Arc<Event>>, u64)> {
         let ring = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let first = ring.front()?.seq;
-        if from < first {
+        let last = ring.back()?.seq;
+        if from < first || from > last {
             return None;
         }
         let mut out = Vec::new();
@@ -354,6 +363,23 @@ struct Shared {
     clock: SharedClock,
     /// Writer transactions that failed.
     failed_writes: AtomicU64,
+    /// The rules this node holds leases on, when rules are owned by leases
+    /// (several nodes on one store); `None` when this process owns every
+    /// rule.
+    leases: Mutex<Option<HashMap<(String, String), Lease>>>,
+    /// Set when the writer has stopped: the follower stops too.
+    closed: AtomicBool,
+}
+
+/// A lease this node holds on a rule: writes for the rule carry it, and a
+/// shared store commits them only while the lease is still this node's at
+/// this epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// This node's id.
+    pub node: String,
+    /// The lease's epoch when this node took it.
+    pub epoch: u64,
 }
 
 /// The event log. Cheap to clone; clones share the writer.
@@ -395,12 +421,24 @@ impl EventLog {
             floor: Mutex::new(writer.last_ingested()),
             clock,
             failed_writes: AtomicU64::new(0),
+            leases: Mutex::new(None),
+            closed: AtomicBool::new(false),
         });
+        if shared.backend.shared() {
+            let weak = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("sluice-log-follow".into())
+                .spawn(move || follow(weak))
+                .map_err(|e| StoreError::new("start the follower thread", e))?;
+        }
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("sluice-log-writer".into())
-            .spawn(move || run_writer(&mut *writer, rx, &thread_shared, &config))
+            .spawn(move || {
+                run_writer(&mut *writer, rx, &thread_shared, &config);
+                thread_shared.closed.store(true, Ordering::Release);
+            })
             .map_err(|e| StoreError::new("start the writer thread", e))?;
         Ok(Self {
             tx,
@@ -604,6 +642,21 @@ impl EventLog {
         if stamp >= want {
             return (stamp, last);
         }
+        if self.shared.backend.shared() {
+            // Other processes write too: the floor is the store's.
+            let at = self.shared.clock.now_millis();
+            match self.shared.backend.raise_floor(at) {
+                Ok((seq, stamp)) => {
+                    self.shared.advance(seq, stamp);
+                    return (stamp, seq);
+                }
+                Err(e) => {
+                    // Known only up to what was seen: deadlines wait.
+                    tracing::warn!(error = %e, "could not seal the log");
+                    return (stamp, last);
+                }
+            }
+        }
         let mut floor = self.shared.floor.lock().unwrap_or_else(|e| e.into_inner());
         *floor = (*floor).max(self.shared.clock.now_millis());
         (*floor, self.last_seq())
@@ -612,6 +665,67 @@ impl EventLog {
     /// The ingest stamp of the last commit (0 for an empty log).
     pub fn last_stamp(&self) -> i64 {
         self.shared.stamp.load(Ordering::Acquire)
+    }
+
+    /// From now on, rules are owned by leases: a write for a rule carries
+    /// its lease ([`Self::fence`]), and a write for a rule this node holds
+    /// no lease on is refused. Called once by a node that shares its store.
+    pub fn require_leases(&self) {
+        let mut leases = self.shared.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases.get_or_insert_with(HashMap::new);
+    }
+
+    /// Record (or, with `None`, forget) the lease this node holds on a
+    /// rule.
+    pub fn set_lease(&self, tenant: &str, rule: &str, lease: Option<Lease>) {
+        let mut leases = self.shared.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = leases.as_mut() {
+            let key = (tenant.to_owned(), rule.to_owned());
+            match lease {
+                Some(l) => map.insert(key, l),
+                None => map.remove(&key),
+            };
+        }
+    }
+
+    /// The lease this node holds on a rule, if rules are owned by leases.
+    pub fn lease(&self, tenant: &str, rule: &str) -> Option<Lease> {
+        let leases = self.shared.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases
+            .as_ref()
+            .and_then(|m| m.get(&(tenant.to_owned(), rule.to_owned())).cloned())
+    }
+
+    /// Every lease this node holds, as (tenant, rule, lease).
+    pub fn leases(&self) -> Vec<(String, String, Lease)> {
+        let leases = self.shared.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases
+            .iter()
+            .flatten()
+            .map(|((t, r), l)| (t.clone(), r.clone(), l.clone()))
+            .collect()
+    }
+
+    /// The fence a write for `tenant`/`rule` must carry: none when this
+    /// process owns every rule, the rule's lease when rules are owned by
+    /// leases; refused when this node holds no lease on it.
+    pub fn fence(&self, tenant: &str, rule: &str) -> Result<Option<StateOp>, LogError> {
+        let leases = self.shared.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(map) = leases.as_ref() else {
+            return Ok(None);
+        };
+        match map.get(&(tenant.to_owned(), rule.to_owned())) {
+            Some(l) => Ok(Some(StateOp::Fence {
+                tenant: tenant.to_owned(),
+                rule: rule.to_owned(),
+                node: l.node.clone(),
+                epoch: l.epoch,
+            })),
+            None => Err(LogError::Store(StoreError::new(
+                store::FENCED,
+                format!("rule {tenant}/{rule} is not this node's: it holds no lease on it"),
+            ))),
+        }
     }
 
     /// Follow the highest committed seq: changes on every commit.
@@ -663,6 +777,50 @@ impl EventLog {
         {
             drop(slot);
             let _ = handle.join();
+        }
+    }
+}
+
+impl Shared {
+    /// Move the committed mark and the stamp forward (never back: on a
+    /// shared store the follower and the writer both move them).
+    fn advance(&self, seq: u64, stamp: i64) {
+        self.committed.send_if_modified(|c| {
+            let moved = seq > *c;
+            if moved {
+                *c = seq;
+            }
+            moved
+        });
+        self.stamp.fetch_max(stamp, Ordering::AcqRel);
+    }
+}
+
+/// How often a process on a shared store looks for commits made by
+/// others.
+const FOLLOW_EVERY: Duration = Duration::from_millis(20);
+
+/// Follow the head of a shared store until the log is gone.
+fn follow(shared: std::sync::Weak<Shared>) {
+    let mut failing = false;
+    loop {
+        std::thread::sleep(FOLLOW_EVERY);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        match shared.backend.head() {
+            Ok((seq, stamp)) => {
+                failing = false;
+                shared.advance(seq, stamp);
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "could not follow the log's head");
+            }
+            Err(_) => {}
         }
     }
 }
@@ -851,10 +1009,7 @@ fn publish(
     match result {
         Ok(committed) => {
             shared.ring.push(&committed.stored);
-            shared.committed.send_replace(writer.last_seq());
-            shared
-                .stamp
-                .store(writer.last_ingested(), Ordering::Release);
+            shared.advance(writer.last_seq(), writer.last_ingested());
             Ok(committed
                 .outcomes
                 .into_iter()

@@ -17,11 +17,15 @@
 //! of order, and a reader could pass a seq that commits later.) Ingest
 //! stamps come from the same row, so they never decrease along seq either.
 //!
-//! **One writing node, for now.** The writer holds a session advisory
-//! lock named after the schema for as long as it is open; a second writer
-//! is refused at once with an error naming the holder (its
-//! `application_name`, address and start), and the lock goes with the
-//! holder's connection, so a killed node never blocks the next start.
+//! **Several writers.** Every process on the store has a writer of its
+//! own; the head row orders their commits. A process learns of commits
+//! made elsewhere by polling the head ([`LogBackend::head`]), and seals the
+//! log for a deadline by raising the head's stamp
+//! ([`LogBackend::raise_floor`]), which every later commit, by any process,
+//! stamps at least. Which process runs a rule is decided by leases (the
+//! `leases` table, see `engine/cluster.rs`); a transaction made under a
+//! lease carries a [`StateOp::Fence`] and commits nothing once the lease
+//! has moved on.
 //!
 //! The store's calls are blocking, like SQLite's: each runs its queries
 //! on a small runtime of the store's own ([`Bridge`]), so it may be called
@@ -89,6 +93,26 @@ const MIGRATIONS: &[&str] = &[
         value bytea NOT NULL,
         PRIMARY KEY (ns, key)
     );"#,
+    // 2: the nodes sharing the store and the leases by which they own
+    // rules (times on the database's clock).
+    r#"CREATE TABLE nodes (
+        id text COLLATE "C" PRIMARY KEY,
+        addr text NOT NULL,
+        started timestamptz NOT NULL DEFAULT now(),
+        heartbeat timestamptz NOT NULL DEFAULT now(),
+        stopping boolean NOT NULL DEFAULT false
+    );
+    CREATE TABLE leases (
+        tenant text COLLATE "C" NOT NULL,
+        rule text COLLATE "C" NOT NULL,
+        node text COLLATE "C",
+        epoch bigint NOT NULL DEFAULT 0,
+        expires timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (tenant, rule)
+    );
+    CREATE INDEX leases_by_node ON leases (node);
+    ALTER TABLE events ADD COLUMN lease_node text;
+    ALTER TABLE events ADD COLUMN lease_epoch bigint;"#,
 ];
 
 /// Connections the readers share (the writer has one of its own).
@@ -160,8 +184,6 @@ struct Inner {
     config: tokio_postgres::Config,
     /// The schema holding the tables.
     schema: String,
-    /// The URL without its password, for messages.
-    shown: String,
     durability: Durability,
     rows_read: AtomicU64,
 }
@@ -256,7 +278,6 @@ impl PostgresBackend {
                 pool,
                 config,
                 schema,
-                shown,
                 durability,
                 rows_read: AtomicU64::new(0),
             }),
@@ -468,9 +489,8 @@ fn prefix_upper(prefix: &str) -> Option<String> {
 }
 
 impl LogBackend for PostgresBackend {
-    /// Take the schema's writer lock (refused at once, naming the holder,
-    /// while another writer has it) and open the writer on a connection of
-    /// its own, which holds the lock until the writer is dropped.
+    /// Open a writer on a connection of its own. Several may write at once,
+    /// in this process or others: the head row orders their commits.
     fn open_writer(&self) -> Result<Box<dyn LogWriter>, StoreError> {
         let mut writer = PostgresWriter {
             store: self.clone(),
@@ -529,6 +549,50 @@ impl LogBackend for PostgresBackend {
 
     fn rows_read(&self) -> u64 {
         self.inner.rows_read.load(Ordering::Relaxed)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn head(&self) -> Result<(u64, i64), StoreError> {
+        let sql = format!(
+            "SELECT seq, ingested FROM {}.log_head WHERE id = 1",
+            quote_ident(&self.inner.schema)
+        );
+        self.with_conn("read the head", move |conn| async move {
+            let stmt = conn
+                .prepare_cached(&sql)
+                .await
+                .map_err(pg("read the head"))?;
+            let row = conn
+                .query_one(&stmt, &[])
+                .await
+                .map_err(pg("read the head"))?;
+            Ok((row.get::<_, i64>(0) as u64, row.get(1)))
+        })
+    }
+
+    /// Raise the head's stamp: the head row is locked by every append, so
+    /// an append either committed before (its seq is at or below the head
+    /// returned) or stamps at least `at`.
+    fn raise_floor(&self, at: i64) -> Result<(u64, i64), StoreError> {
+        let sql = format!(
+            "UPDATE {}.log_head SET ingested = GREATEST(ingested, $1) WHERE id = 1
+             RETURNING seq, ingested",
+            quote_ident(&self.inner.schema)
+        );
+        self.with_conn("raise the floor", move |conn| async move {
+            let stmt = conn
+                .prepare_cached(&sql)
+                .await
+                .map_err(pg("raise the floor"))?;
+            let row = conn
+                .query_one(&stmt, &[&at])
+                .await
+                .map_err(pg("raise the floor"))?;
+            Ok((row.get::<_, i64>(0) as u64, row.get(1)))
+        })
     }
 
     fn last_seq(&self) -> Result<u64, StoreError> {
@@ -630,10 +694,9 @@ impl LogBackend for PostgresBackend {
     }
 }
 
-/// The writer: one connection of its own, which holds the schema's writer
-/// lock. A lost connection is opened again (and the lock taken again) at
-/// the next write; the write that found it lost fails, with nothing of it
-/// committed.
+/// The writer: one connection of its own. A lost connection is opened
+/// again at the next write; the write that found it lost fails, with
+/// nothing of it committed.
 struct PostgresWriter {
     store: PostgresBackend,
     conn: Option<tokio_postgres::Client>,
@@ -645,12 +708,11 @@ struct PostgresWriter {
 }
 
 impl PostgresWriter {
-    /// Open the writer's connection and take the writer lock.
+    /// Open the writer's connection.
     fn connect(&self) -> Result<tokio_postgres::Client, StoreError> {
         let inner = &self.store.inner;
         let config = inner.config.clone();
         let schema = inner.schema.clone();
-        let shown = inner.shown.clone();
         let synchronous = match inner.durability {
             Durability::Full => "on",
             Durability::Normal => "off",
@@ -670,39 +732,6 @@ impl PostgresWriter {
                 ))
                 .await
                 .map_err(pg(context))?;
-            let key = lock_key("writer", &schema);
-            let locked: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-                .await
-                .map_err(pg(context))?
-                .get(0);
-            if !locked {
-                let holder = client
-                    .query_opt(
-                        "SELECT a.application_name, COALESCE(host(a.client_addr), 'local socket'),
-                                to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-                         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                           AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
-                        &[&key],
-                    )
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|r| {
-                        format!(
-                            "{} from {}, since {}",
-                            r.get::<_, String>(0),
-                            r.get::<_, String>(1),
-                            r.get::<_, String>(2)
-                        )
-                    })
-                    .unwrap_or_else(|| "another connection".to_owned());
-                return Err(StoreError::new(
-                    context,
-                    format!("schema {schema} of {shown} is in use by another sluice node ({holder})"),
-                ));
-            }
             Ok(client)
         })?
     }
@@ -765,6 +794,44 @@ async fn write_tx(
     dedupe_window: Duration,
 ) -> Result<(Committed, u64, i64), StoreError> {
     let tx = conn.transaction().await.map_err(pg("append"))?;
+    // Fences first: a node that lost a lease commits nothing, and waits
+    // for nobody's head lock to find out. `FOR SHARE` holds the lease row
+    // until the commit, so a take-over waits for this transaction.
+    let (fences, ops): (Vec<StateOp>, Vec<StateOp>) = ops
+        .into_iter()
+        .partition(|op| matches!(op, StateOp::Fence { .. }));
+    // The lease events are written under, kept on them (an audit: along
+    // seq, a rule's epochs never go back).
+    let mut under: (Option<String>, Option<i64>) = (None, None);
+    for fence in fences {
+        let StateOp::Fence {
+            tenant,
+            rule,
+            node,
+            epoch,
+        } = fence
+        else {
+            continue;
+        };
+        let held = tx
+            .query_opt(
+                "SELECT 1 FROM leases WHERE tenant = $1 AND rule = $2 AND node = $3 AND epoch = $4
+                 FOR SHARE",
+                &[&tenant, &rule, &node, &(epoch as i64)],
+            )
+            .await
+            .map_err(pg("fence"))?;
+        under = (Some(node.clone()), Some(epoch as i64));
+        if held.is_none() {
+            return Err(StoreError::new(
+                super::store::FENCED,
+                format!(
+                    "the lease of rule {tenant}/{rule} is no longer node {node}'s at epoch {epoch}; \
+                     nothing was written"
+                ),
+            ));
+        }
+    }
     let head = tx
         .query_one(
             "SELECT seq, ingested FROM log_head WHERE id = 1 FOR UPDATE",
@@ -856,7 +923,7 @@ async fn write_tx(
         committed.ids.push(ids);
     }
     if !committed.stored.is_empty() {
-        columns.insert(&tx).await?;
+        columns.insert(&tx, &under).await?;
         tx.execute(
             "UPDATE log_head SET seq = $1, ingested = $2 WHERE id = 1",
             &[&((next - 1) as i64), &stamp],
@@ -896,11 +963,17 @@ impl EventColumns {
         self.hops.push(e.hops.min(i32::MAX as u32) as i32);
     }
 
-    async fn insert(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    async fn insert(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        (node, epoch): &(Option<String>, Option<i64>),
+    ) -> Result<(), StoreError> {
         tx.execute(
-            "INSERT INTO events (seq, tenant, id, source, kind, time, ingested_at, payload, hops)
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::bigint[], $7::bigint[], $8::text[], $9::integer[])",
+            "INSERT INTO events (seq, tenant, id, source, kind, time, ingested_at, payload, hops,
+                                 lease_node, lease_epoch)
+             SELECT *, $10::text, $11::bigint
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::bigint[], $7::bigint[], $8::text[], $9::integer[])",
             &[
                 &self.seq,
                 &self.tenant,
@@ -911,6 +984,8 @@ impl EventColumns {
                 &self.ingested,
                 &self.payload,
                 &self.hops,
+                node,
+                epoch,
             ],
         )
         .await
@@ -995,7 +1070,9 @@ async fn flush(tx: &tokio_postgres::Transaction<'_>, run: Run) -> Result<(), Sto
 
 async fn apply_one(tx: &tokio_postgres::Transaction<'_>, op: StateOp) -> Result<(), StoreError> {
     let result = match op {
-        StateOp::Put { .. } | StateOp::Delete { .. } => unreachable!("batched in runs"),
+        StateOp::Put { .. } | StateOp::Delete { .. } | StateOp::Fence { .. } => {
+            unreachable!("batched in runs, or checked first")
+        }
         StateOp::DeletePrefix { ns, prefix } => match prefix_upper(&prefix) {
             _ if prefix.is_empty() => tx.execute("DELETE FROM state WHERE ns = $1", &[&ns]).await,
             Some(upper) => {
@@ -1162,6 +1239,293 @@ async fn prune_tx(
     }
     tx.commit().await.map_err(pg(context))?;
     Ok(cut.report(first, last, deleted))
+}
+
+/// A node sharing the store, as the `nodes` table has it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeRow {
+    /// The node's id.
+    pub id: String,
+    /// Where it serves the API (`http://host:port`).
+    pub addr: String,
+    /// When it joined (ms since the epoch, the database's clock).
+    pub started: i64,
+    /// Its last heartbeat (ms since the epoch, the database's clock).
+    pub heartbeat: i64,
+    /// Whether its heartbeat is within the lease time-to-live and it is
+    /// not shutting down.
+    pub live: bool,
+}
+
+/// A rule's lease, as the `leases` table has it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseRow {
+    /// The rule's tenant.
+    pub tenant: String,
+    /// The rule.
+    pub rule: String,
+    /// The node holding it (`None`: released).
+    pub node: Option<String>,
+    /// Bumped at every take-over: the fencing token.
+    pub epoch: u64,
+    /// Milliseconds until it expires (negative: expired).
+    pub expires_in: i64,
+}
+
+/// Milliseconds of an interval, for SQL.
+fn ttl_ms(ttl: Duration) -> i64 {
+    ttl.as_millis().min(i64::MAX as u128) as i64
+}
+
+const MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// Nodes and leases: how several processes share the rules of one store
+/// (see `engine/cluster.rs`). Times are the database's, so nodes' clocks
+/// need not agree.
+impl PostgresBackend {
+    fn run_sql<T, F, Fut>(&self, context: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object, String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send,
+    {
+        let schema = quote_ident(&self.inner.schema);
+        self.with_conn(context, move |conn| async move {
+            f(conn, schema).await.map_err(pg(context))
+        })
+    }
+
+    /// Join (or rejoin) as node `id`, serving at `addr`.
+    pub fn join(&self, id: &str, addr: &str) -> Result<(), StoreError> {
+        let (id, addr) = (id.to_owned(), addr.to_owned());
+        self.run_sql("join the cluster", move |conn, s| async move {
+            conn.execute(
+                &format!(
+                    "INSERT INTO {s}.nodes (id, addr) VALUES ($1, $2)
+                     ON CONFLICT (id) DO UPDATE
+                         SET addr = excluded.addr, heartbeat = now(), stopping = false"
+                ),
+                &[&id, &addr],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    /// Beat node `id`'s heart and list every node, live or not (nodes
+    /// silent for a day are forgotten).
+    pub fn heartbeat(&self, id: &str, ttl: Duration) -> Result<Vec<NodeRow>, StoreError> {
+        let id = id.to_owned();
+        let ttl = ttl_ms(ttl);
+        self.run_sql("heartbeat", move |conn, s| async move {
+            conn.execute(
+                &format!("UPDATE {s}.nodes SET heartbeat = clock_timestamp() WHERE id = $1"),
+                &[&id],
+            )
+            .await?;
+            conn.execute(
+                &format!(
+                    "DELETE FROM {s}.nodes WHERE heartbeat < clock_timestamp() - interval '1 day'"
+                ),
+                &[],
+            )
+            .await?;
+            let rows = conn
+                .query(
+                    &format!(
+                        "SELECT id, addr,
+                                (extract(epoch from started) * 1000)::bigint,
+                                (extract(epoch from heartbeat) * 1000)::bigint,
+                                NOT stopping AND heartbeat > clock_timestamp() - make_interval(secs => $1::bigint / 1000.0)
+                         FROM {s}.nodes ORDER BY id"
+                    ),
+                    &[&ttl],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| NodeRow {
+                    id: r.get(0),
+                    addr: r.get(1),
+                    started: r.get(2),
+                    heartbeat: r.get(3),
+                    live: r.get(4),
+                })
+                .collect())
+        })
+    }
+
+    /// Every lease.
+    pub fn leases(&self) -> Result<Vec<LeaseRow>, StoreError> {
+        self.run_sql("read leases", move |conn, s| async move {
+            let rows = conn
+                .query(
+                    &format!(
+                        "SELECT tenant, rule, node, epoch,
+                                (extract(epoch from expires - clock_timestamp()) * 1000)::bigint
+                         FROM {s}.leases ORDER BY tenant, rule"
+                    ),
+                    &[],
+                )
+                .await?;
+            Ok(rows.iter().map(lease_row).collect())
+        })
+    }
+
+    /// The lease of one rule, if it has one.
+    pub fn lease_of(&self, tenant: &str, rule: &str) -> Result<Option<LeaseRow>, StoreError> {
+        let (tenant, rule) = (tenant.to_owned(), rule.to_owned());
+        self.run_sql("read a lease", move |conn, s| async move {
+            let row = conn
+                .query_opt(
+                    &format!(
+                        "SELECT tenant, rule, node, epoch,
+                                (extract(epoch from expires - clock_timestamp()) * 1000)::bigint
+                         FROM {s}.leases WHERE tenant = $1 AND rule = $2"
+                    ),
+                    &[&tenant, &rule],
+                )
+                .await?;
+            Ok(row.as_ref().map(lease_row))
+        })
+    }
+
+    /// Take the lease of a rule for `node` if nobody holds it (released,
+    /// expired or never taken): the epoch it now has, bumped so that the
+    /// previous holder's writes are refused. `None` while another node
+    /// holds it.
+    pub fn acquire(
+        &self,
+        tenant: &str,
+        rule: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        let (tenant, rule, node) = (tenant.to_owned(), rule.to_owned(), node.to_owned());
+        let ttl = ttl_ms(ttl);
+        self.run_sql("take a lease", move |conn, s| async move {
+            let row = conn
+                .query_opt(
+                    &format!(
+                        "INSERT INTO {s}.leases AS l (tenant, rule, node, epoch, expires)
+                         VALUES ($1, $2, $3, 1, clock_timestamp() + make_interval(secs => $4::bigint / 1000.0))
+                         ON CONFLICT (tenant, rule) DO UPDATE
+                             SET node = excluded.node, epoch = l.epoch + 1, expires = excluded.expires
+                             WHERE l.node IS NULL OR l.expires < clock_timestamp()
+                         RETURNING epoch"
+                    ),
+                    &[&tenant, &rule, &node, &ttl],
+                )
+                .await?;
+            Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+        })
+    }
+
+    /// Extend the leases `node` holds (rule, epoch); the ones it still
+    /// holds come back, the others were lost.
+    pub fn renew(
+        &self,
+        node: &str,
+        held: &[(String, String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let node = node.to_owned();
+        let ttl = ttl_ms(ttl);
+        let tenants: Vec<String> = held.iter().map(|h| h.0.clone()).collect();
+        let rules: Vec<String> = held.iter().map(|h| h.1.clone()).collect();
+        let epochs: Vec<i64> = held.iter().map(|h| h.2 as i64).collect();
+        self.run_sql("renew leases", move |conn, s| async move {
+            let rows = conn
+                .query(
+                    &format!(
+                        "UPDATE {s}.leases AS l
+                         SET expires = clock_timestamp() + make_interval(secs => $5::bigint / 1000.0)
+                         FROM unnest($2::text[], $3::text[], $4::bigint[]) AS h(tenant, rule, epoch)
+                         WHERE l.node = $1 AND l.tenant = h.tenant AND l.rule = h.rule
+                           AND l.epoch = h.epoch
+                         RETURNING l.tenant, l.rule"
+                    ),
+                    &[&node, &tenants, &rules, &epochs, &ttl],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    /// Give a lease up, so that another node takes it at once.
+    pub fn release(
+        &self,
+        tenant: &str,
+        rule: &str,
+        node: &str,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        let (tenant, rule, node) = (tenant.to_owned(), rule.to_owned(), node.to_owned());
+        self.run_sql("release a lease", move |conn, s| async move {
+            conn.execute(
+                &format!(
+                    "UPDATE {s}.leases SET node = NULL, expires = clock_timestamp()
+                     WHERE tenant = $1 AND rule = $2 AND node = $3 AND epoch = $4"
+                ),
+                &[&tenant, &rule, &node, &(epoch as i64)],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    /// Forget the lease of a rule that is gone (undeployed).
+    pub fn drop_lease(&self, tenant: &str, rule: &str) -> Result<(), StoreError> {
+        let (tenant, rule) = (tenant.to_owned(), rule.to_owned());
+        self.run_sql("drop a lease", move |conn, s| async move {
+            conn.execute(
+                &format!("DELETE FROM {s}.leases WHERE tenant = $1 AND rule = $2"),
+                &[&tenant, &rule],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    /// Leave: release every lease `node` holds and say it is stopping.
+    pub fn leave(&self, node: &str) -> Result<(), StoreError> {
+        let node = node.to_owned();
+        self.run_sql("leave the cluster", move |conn, s| async move {
+            conn.execute(
+                &format!(
+                    "UPDATE {s}.leases SET node = NULL, expires = clock_timestamp() WHERE node = $1"
+                ),
+                &[&node],
+            )
+            .await?;
+            conn.execute(
+                &format!("UPDATE {s}.nodes SET stopping = true WHERE id = $1"),
+                &[&node],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    /// The database's clock (ms since the epoch).
+    pub fn db_now(&self) -> Result<i64, StoreError> {
+        self.run_sql("read the clock", move |conn, _| async move {
+            Ok(conn.query_one(&format!("SELECT {MS}"), &[]).await?.get(0))
+        })
+    }
+}
+
+fn lease_row(r: &tokio_postgres::Row) -> LeaseRow {
+    LeaseRow {
+        tenant: r.get(0),
+        rule: r.get(1),
+        node: r.get(2),
+        epoch: r.get::<_, i64>(3) as u64,
+        expires_in: r.get(4),
+    }
 }
 
 #[cfg(test)]

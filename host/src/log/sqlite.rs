@@ -932,6 +932,9 @@ impl SqliteWriter {
                     owner,
                     min_seq: None,
                 } => ("DELETE FROM pins WHERE owner = ?1", vec![Box::new(owner)]),
+                // One process writes this database (its writer lock says
+                // so): nobody else can hold a rule's lease.
+                StateOp::Fence { .. } => continue,
             };
             tx.prepare_cached(sql)
                 .and_then(|mut stmt| stmt.execute(params_from_iter(args.iter())))

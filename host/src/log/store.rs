@@ -22,7 +22,17 @@ pub struct StoreError {
     pub message: String,
 }
 
+/// The context of a [`StoreError`] that refused a write made under a
+/// lease this node no longer holds.
+pub const FENCED: &str = "fenced";
+
 impl StoreError {
+    /// Whether a write was refused because its lease is no longer this
+    /// node's (nothing of it was committed).
+    pub fn is_fenced(&self) -> bool {
+        self.context == FENCED
+    }
+
     /// A store error with context.
     pub fn new(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
         Self {
@@ -93,6 +103,20 @@ pub enum StateOp {
     Clear {
         /// Namespace.
         ns: String,
+    },
+    /// Commit the transaction only while `node` holds the lease of
+    /// `tenant`/`rule` at `epoch` (a store shared by several nodes checks
+    /// this first and refuses the whole transaction otherwise; a store one
+    /// process owns has nothing to check).
+    Fence {
+        /// The rule's tenant.
+        tenant: String,
+        /// The rule.
+        rule: String,
+        /// This node.
+        node: String,
+        /// The lease's epoch when this node took it.
+        epoch: u64,
     },
     /// Keep events from `min_seq` on against retention for `owner`;
     /// `None` releases the owner's pin.
@@ -226,6 +250,30 @@ pub trait LogBackend: Send + Sync + 'static {
     /// that are missing or another tenant's are left out). Costs
     /// O(k log n) for k seqs, whatever lies between them.
     fn read_seqs(&self, tenant: &str, seqs: &[u64]) -> Result<Vec<Event>, StoreError>;
+
+    /// Whether several processes write this store at once (each with a
+    /// writer of its own): then commits made elsewhere are followed by
+    /// polling [`Self::head`], and [`Self::raise_floor`] seals the log.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// The committed head of the log: its last seq and the lowest stamp a
+    /// later commit may give.
+    fn head(&self) -> Result<(u64, i64), StoreError> {
+        Ok((self.last_seq()?, 0))
+    }
+
+    /// Make every later commit, by any process, stamp at least `at`;
+    /// returns the head as of then (every event stamped lower is at or
+    /// below its seq). Only a [shared](Self::shared) store needs it.
+    fn raise_floor(&self, at: i64) -> Result<(u64, i64), StoreError> {
+        let _ = at;
+        Err(StoreError::new(
+            "raise the floor",
+            "this store has one writer; its writer keeps the floor",
+        ))
+    }
 
     /// The bytes the store takes on disk (tables, indexes, journal).
     fn size_bytes(&self) -> Result<u64, StoreError>;

@@ -37,7 +37,7 @@ impl Rows {
                     self.0.retain(|k, _| k < from || k >= to);
                 }
                 StateOp::Clear { .. } => self.0.clear(),
-                StateOp::Pin { .. } => {}
+                StateOp::Pin { .. } | StateOp::Fence { .. } => {}
             }
         }
     }

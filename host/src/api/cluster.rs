@@ -1,0 +1,308 @@
+//! Several nodes, one API: every node answers every route. A request
+//! about one rule goes to the node holding the rule's lease (forwarded
+//! as it came, token included, and answered as that node answers); a
+//! listing asks every live node for the rules it holds and merges the
+//! answers. A forwarded request carries [`FORWARDED`] and is answered
+//! where it lands, never forwarded again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::App;
+use super::error::{ApiError, ErrorBody};
+use super::tenants::AdminAuth;
+use crate::engine::cluster::{ClusterView, Owner};
+use crate::tenants::Caller;
+
+/// The header a forwarded request carries: the forwarding node's id.
+pub const FORWARDED: &str = "x-sluice-forwarded";
+
+fn client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client")
+    })
+}
+
+/// The rule a path is about: `/v1/rules/{name}` and its `pause` and
+/// `resume`.
+fn rule_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/rules/")?;
+    let name = rest
+        .strip_suffix("/pause")
+        .or_else(|| rest.strip_suffix("/resume"))
+        .unwrap_or(rest);
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// The tenant a request's bearer token belongs to.
+fn tenant_of(app: &App, headers: &HeaderMap) -> Option<String> {
+    let token = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    match app.tenants.authenticate(token.trim())? {
+        Caller::Tenant(t) => Some(t),
+        Caller::Admin => None,
+    }
+}
+
+/// Whether a request was forwarded here by another node.
+pub fn forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(FORWARDED)
+}
+
+/// Send a request about one rule to the node holding its lease.
+pub async fn route_to_owner(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let Some(cluster) = app.cluster.clone() else {
+        return next.run(req).await;
+    };
+    let Some(rule) = rule_of(req.uri().path()).map(str::to_owned) else {
+        return next.run(req).await;
+    };
+    if forwarded(req.headers()) {
+        return next.run(req).await;
+    }
+    // No tenant: the handler answers 401 / 403.
+    let Some(tenant) = tenant_of(&app, req.headers()) else {
+        return next.run(req).await;
+    };
+    // A read of a rule nobody holds takes no lease.
+    if req.method() == Method::GET && cluster.holder(&tenant, &rule).is_none() {
+        return next.run(req).await;
+    }
+    // The body is read first: it may have to go to another node, or to a
+    // second one, and a refusal is answered after the upload, never in
+    // the middle of it.
+    let (parts, body) = req.into_parts();
+    let limit = app
+        .config
+        .max_component_bytes
+        .max(app.config.max_body_bytes)
+        + (1 << 20);
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::bad_request("invalid_body", format!("body: {e}")).into_response();
+        }
+    };
+    // A node that stopped beating (killed) holds its leases until they
+    // expire: wait that long for the rule to be taken, here or elsewhere.
+    let deadline = std::time::Instant::now() + cluster.config().ttl + Duration::from_secs(2);
+    loop {
+        let routed = {
+            let (app, tenant, rule) = (app.clone(), tenant.clone(), rule.clone());
+            tokio::task::spawn_blocking(move || {
+                app.cluster
+                    .as_ref()
+                    .expect("cluster")
+                    .route(&app.deploys, &tenant, &rule)
+            })
+            .await
+        };
+        let waited_enough = std::time::Instant::now() >= deadline;
+        match routed {
+            Ok(Ok(Owner::Here)) => {
+                // A deployed rule whose lease was just taken runs before
+                // the request is handled (a swap takes over a running
+                // version, a pause pauses it).
+                if app.deploys.engine.status(&tenant, &rule).is_none()
+                    && app.deploys.broken(&tenant, &rule).is_none()
+                {
+                    app.deploys
+                        .start(&tenant, &rule, &app.quotas(&tenant))
+                        .await;
+                }
+                return next.run(Request::from_parts(parts, Body::from(body))).await;
+            }
+            Ok(Ok(Owner::There { addr, live, .. })) if live || waited_enough => {
+                match forward(&app, &addr, &parts, body.clone()).await {
+                    Ok(answer) => return answer,
+                    Err(e) if waited_enough => return unavailable(format!("rule {rule}: {e}")),
+                    Err(_) => {}
+                }
+            }
+            Ok(Ok(Owner::There { .. })) => {}
+            Ok(Err(e)) if waited_enough => return unavailable(format!("rule {rule}: {e}")),
+            Err(e) if waited_enough => return unavailable(format!("rule {rule}: {e}")),
+            Ok(Err(_)) | Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn unavailable(message: String) -> Response {
+    let mut r =
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "rule_moving", message).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Forward a request as it came to the node at `addr`: what it answered,
+/// or why it could not be reached.
+async fn forward(
+    app: &App,
+    addr: &str,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, String> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let mut out = client().request(parts.method.clone(), format!("{addr}{path}"));
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
+        if let Some(v) = parts.headers.get(&name) {
+            out = out.header(name, v);
+        }
+    }
+    let node = app.cluster.as_ref().map_or("", |c| c.node());
+    out = out.header(FORWARDED, node).body(body);
+    let answer = out
+        .send()
+        .await
+        .map_err(|e| format!("the rule's node {addr} could not be reached: {e}"))?;
+    let status = answer.status();
+    let mut headers = HeaderMap::new();
+    for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+        if let Some(v) = answer.headers().get(&name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    let bytes = answer
+        .bytes()
+        .await
+        .map_err(|e| format!("the rule's node {addr} did not finish answering: {e}"))?;
+    Ok((status, headers, Body::from(bytes)).into_response())
+}
+
+/// Ask every other live node the same GET (as a forwarded request: each
+/// answers for the rules it holds) and collect the JSON answers that
+/// succeeded.
+pub async fn ask_others(
+    app: &App,
+    headers: &HeaderMap,
+    path_and_query: &str,
+) -> Vec<serde_json::Value> {
+    let Some(cluster) = &app.cluster else {
+        return Vec::new();
+    };
+    let view = {
+        let cluster = cluster.clone();
+        match tokio::task::spawn_blocking(move || cluster.view()).await {
+            Ok(Ok(v)) => v,
+            _ => return Vec::new(),
+        }
+    };
+    let mut asks = Vec::new();
+    for node in view
+        .nodes
+        .iter()
+        .filter(|n| n.live && n.id != cluster.node())
+    {
+        let mut req = client()
+            .get(format!("{}{path_and_query}", node.addr))
+            .header(FORWARDED, cluster.node());
+        if let Some(v) = headers.get(header::AUTHORIZATION) {
+            req = req.header(header::AUTHORIZATION, v);
+        }
+        asks.push(async move {
+            match req.send().await {
+                Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(node = %node.id, error = %e, "a node did not answer");
+                    None
+                }
+            }
+        });
+    }
+    futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The nodes sharing this server's store, their heartbeats and the rules
+/// each holds.
+#[utoipa::path(get, operation_id = "cluster_show", path = "/v1/cluster", tag = "admin",
+    responses((status = 200, body = ClusterView), (status = 404, body = ErrorBody)),
+    security(("admin" = [])))]
+pub async fn show(
+    _: AdminAuth,
+    State(app): State<Arc<App>>,
+) -> Result<axum::Json<ClusterView>, ApiError> {
+    let cluster = app.cluster.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_a_cluster",
+            "this server runs alone on an SQLite store; nodes share a PostgreSQL store (--store postgres://…)",
+        )
+    })?;
+    let view = tokio::task::spawn_blocking(move || cluster.view())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(axum::Json(view))
+}
+
+/// Send the same request (no body) to the other live nodes in turn: the
+/// first answer that is not 404 (the one node that holds what it names),
+/// or `None`.
+pub async fn try_others(
+    app: &App,
+    method: Method,
+    headers: &HeaderMap,
+    path_and_query: &str,
+) -> Option<Response> {
+    let cluster = app.cluster.as_ref()?;
+    if forwarded(headers) {
+        return None;
+    }
+    let view = {
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || cluster.view())
+            .await
+            .ok()?
+            .ok()?
+    };
+    for node in view
+        .nodes
+        .iter()
+        .filter(|n| n.live && n.id != cluster.node())
+    {
+        let mut req = client()
+            .request(method.clone(), format!("{}{path_and_query}", node.addr))
+            .header(FORWARDED, cluster.node());
+        if let Some(v) = headers.get(header::AUTHORIZATION) {
+            req = req.header(header::AUTHORIZATION, v);
+        }
+        let Ok(answer) = req.send().await else {
+            continue;
+        };
+        if answer.status() == StatusCode::NOT_FOUND {
+            continue;
+        }
+        let status = answer.status();
+        let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+        let bytes = answer.bytes().await.ok()?;
+        let mut r = (status, Body::from(bytes)).into_response();
+        if let Some(ct) = content_type {
+            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        return Some(r);
+    }
+    None
+}
