@@ -383,6 +383,70 @@ fn three_nodes_lose_nothing_through_kills_pauses_and_restarts() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
 
+    // Deleting a tenant undeploys its rules on the nodes that run them.
+    let beta = {
+        let v: Value = http()
+            .post(format!("{url}/v1/tenants"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"name": "beta"}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["token"]["token"].as_str().unwrap().to_owned()
+    };
+    until("every node knows beta", Duration::from_secs(10), || {
+        nodes.iter().all(|n| {
+            http()
+                .get(format!("{}/v1/rules", n.url))
+                .bearer_auth(&beta)
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        })
+    });
+    for name in ["one", "two", "three", "four"] {
+        let r = deploy(
+            &url,
+            &beta,
+            name,
+            &batch(1).replace("\"b\"", &format!("{name:?}")),
+        );
+        assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    }
+    until("beta's rules to spread", Duration::from_secs(10), || {
+        let v: Value = http()
+            .get(format!("{url}/v1/rules"))
+            .bearer_auth(&beta)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let on: HashSet<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["node"].as_str())
+            .collect();
+        on.len() > 1
+    });
+    let r = http()
+        .delete(format!("{url}/v1/tenants/beta?drain=discard"))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    assert_eq!(
+        sql(
+            &store,
+            &format!(
+                "SELECT count(*) FROM {schema}.state WHERE ns = 'sluice:rules' AND key LIKE 'beta/%'"
+            )
+        )[0]
+        .get::<_, i64>(0),
+        0,
+        "beta's rules are gone"
+    );
+
     // Checked in SQL.
     let s = &schema;
     let one = |q: &str| -> i64 { sql(&store, q)[0].get(0) };

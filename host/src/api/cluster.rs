@@ -23,6 +23,10 @@ use crate::tenants::Caller;
 /// The header a forwarded request carries: the forwarding node's id.
 pub const FORWARDED: &str = "x-sluice-forwarded";
 
+/// On a forwarded admin request: the tenant it acts for (a tenant's
+/// deletion undeploying its rules on the nodes that run them).
+pub const FOR_TENANT: &str = "x-sluice-tenant";
+
 fn client() -> &'static reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     CLIENT.get_or_init(|| {
@@ -185,6 +189,71 @@ async fn forward(
         .await
         .map_err(|e| format!("the rule's node {addr} did not finish answering: {e}"))?;
     Ok((status, headers, Body::from(bytes)).into_response())
+}
+
+/// Undeploy `tenant`'s rule `rule` on the node that runs it (here, or
+/// forwarded with the admin's token, acting for the tenant).
+pub async fn undeploy_anywhere(
+    app: &Arc<App>,
+    tenant: &str,
+    rule: &str,
+    drain: crate::engine::Drain,
+    admin: Option<&HeaderValue>,
+) -> Result<(), ApiError> {
+    let cluster = app.cluster.clone().expect("a cluster");
+    let deadline = std::time::Instant::now() + cluster.config().ttl + Duration::from_secs(2);
+    loop {
+        let routed = {
+            let (app, tenant, rule) = (app.clone(), tenant.to_owned(), rule.to_owned());
+            tokio::task::spawn_blocking(move || {
+                app.cluster
+                    .as_ref()
+                    .expect("cluster")
+                    .route(&app.deploys, &tenant, &rule)
+            })
+            .await
+            .map_err(ApiError::internal)?
+        };
+        let waited_enough = std::time::Instant::now() >= deadline;
+        match routed {
+            Ok(Owner::Here) => {
+                if app.deploys.engine.status(tenant, rule).is_none() {
+                    app.deploys.start(tenant, rule, &app.quotas(tenant)).await;
+                }
+                return Ok(app.deploys.undeploy(tenant, rule, drain).await?);
+            }
+            Ok(Owner::There { addr, live, .. }) if live || waited_enough => {
+                let mut req = client()
+                    .delete(format!("{addr}/v1/rules/{rule}?drain={}", drain.name()))
+                    .header(FORWARDED, cluster.node())
+                    .header(FOR_TENANT, tenant);
+                if let Some(v) = admin {
+                    req = req.header(header::AUTHORIZATION, v);
+                }
+                match req.send().await {
+                    Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => {
+                        return Ok(());
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        return Err(ApiError::internal(format!(
+                            "undeploy {rule} on {addr}: {status} {text}"
+                        )));
+                    }
+                    Err(e) if waited_enough => {
+                        return Err(ApiError::internal(format!(
+                            "undeploy {rule} on {addr}: {e}"
+                        )));
+                    }
+                    Err(_) => {}
+                }
+            }
+            Err(e) if waited_enough => return Err(ApiError::internal(e)),
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Ask every other live node the same GET (as a forwarded request: each

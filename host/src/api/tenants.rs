@@ -66,6 +66,17 @@ impl FromRequestParts<Arc<App>> for TenantAuth {
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         match caller(parts, app)? {
             Caller::Tenant(t) => Ok(Self(t)),
+            // Another node deleting a tenant undeploys its rules where
+            // they run, acting for the tenant with the admin's request.
+            Caller::Admin
+                if super::cluster::forwarded(&parts.headers)
+                    && let Some(t) = parts
+                        .headers
+                        .get(super::cluster::FOR_TENANT)
+                        .and_then(|v| v.to_str().ok()) =>
+            {
+                Ok(Self(t.to_owned()))
+            }
             Caller::Admin => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "tenant_token_needed",
@@ -214,6 +225,7 @@ pub struct DeleteTenantQuery {
 pub async fn delete(
     _: AdminAuth,
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
     Path(tenant): Path<String>,
     query: Result<
         axum::extract::Query<DeleteTenantQuery>,
@@ -229,8 +241,18 @@ pub async fn delete(
         .ok_or_else(|| ApiError::not_found(format_args!("tenant {tenant:?}")))?;
     // Runs to its end even if the client goes away.
     let (app2, t) = (app.clone(), tenant.clone());
+    let admin = headers.get(axum::http::header::AUTHORIZATION).cloned();
     tokio::spawn(async move {
-        app2.deploys.undeploy_tenant(&t, drain).await?;
+        match &app2.cluster {
+            // Each rule is undeployed by the node that runs it.
+            Some(_) => {
+                for d in app2.deploys.registry.list_tenant(&t)? {
+                    super::cluster::undeploy_anywhere(&app2, &t, &d.name, drain, admin.as_ref())
+                        .await?;
+                }
+            }
+            None => app2.deploys.undeploy_tenant(&t, drain).await?,
+        }
         app2.tenants.delete(&t, app2.now()).await?;
         Ok::<_, ApiError>(())
     })
