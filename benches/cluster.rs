@@ -25,7 +25,8 @@
 //! `SLUICE_BENCH_PEER` (default 1 000 000) sets the peer workload's events;
 //! `SLUICE_BENCH_EVENTS` (default 200 000) sets the ingest runs' length,
 //! `SLUICE_BENCH_BACKLOG` (default 1 000 events a tenant) the backlog,
-//! `SLUICE_BENCH_CPU` (default 0.3) each node's CPU share, and
+//! `SLUICE_BENCH_CPU` (default 0.3) each node's CPU share,
+//! `SLUICE_BENCH_NODES` (default `1,2,3`) the cluster sizes, and
 //! `SLUICE_BENCH_ROUNDS` (default 5) the take-over rounds.
 
 #[path = "common.rs"]
@@ -442,8 +443,8 @@ fn rules(
 
 // ---- 2. scale -----------------------------------------------------------
 
-/// Set up 30 tenants × 10 rules and a backlog in `store`; the tokens.
-fn prepare_backlog(store: &str, cache: &Path, per_tenant: u64) -> Vec<(String, String)> {
+/// Set up 30 tenants × 10 rules in `store`; the tokens.
+fn prepare_rules(store: &str, cache: &Path) -> Vec<(String, String)> {
     let node = Node::start(store, cache, "10s", None);
     let mut tokens = Vec::new();
     for t in 0..30 {
@@ -454,10 +455,14 @@ fn prepare_backlog(store: &str, cache: &Path, per_tenant: u64) -> Vec<(String, S
         }
         tokens.push((tenant, token));
     }
-    // Stop the node first: the backlog waits for the nodes measured.
-    node.signal("-TERM");
     let mut node = node;
+    node.signal("-TERM");
     node.child.wait().unwrap();
+    tokens
+}
+
+/// Append a backlog of `per_tenant` events a tenant, interleaved.
+fn append_backlog(store: &str, tokens: &[(String, String)], per_tenant: u64) {
     let log = EventLog::open_store(
         &Store::Postgres(store.to_owned()),
         Durability::Normal,
@@ -467,14 +472,13 @@ fn prepare_backlog(store: &str, cache: &Path, per_tenant: u64) -> Vec<(String, S
     .unwrap();
     let mut n = 0;
     for _ in 0..per_tenant / 100 {
-        for (tenant, _) in &tokens {
+        for (tenant, _) in tokens {
             let events = (n..n + 100).map(|i| merged(tenant, i)).collect();
             log.append_blocking(events).unwrap();
             n += 100;
         }
     }
     log.close();
-    tokens
 }
 
 fn scale(pg: &Postgres, rows: &mut Vec<[String; 3]>) {
@@ -486,18 +490,42 @@ fn scale(pg: &Postgres, rows: &mut Vec<[String; 3]>) {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let mut rates = Vec::new();
-    for nodes in 1..=3usize {
+    let counts: Vec<usize> = std::env::var("SLUICE_BENCH_NODES")
+        .unwrap_or_else(|_| "1,2,3".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    for nodes in counts {
         let store = pg.store(&format!("scale_{nodes}"));
-        let tokens = prepare_backlog(&store, &cache, per_tenant);
-        let end: u64 = sql(&store, &format!("SELECT seq FROM scale_{nodes}.log_head"))[0]
-            .get::<_, i64>(0) as u64;
-        let pg_before = pg.cpu_seconds();
-        let start = Instant::now();
+        let tokens = prepare_rules(&store, &cache);
+        // The nodes start and share the rules out before the backlog comes.
         let running: Vec<Node> = (0..nodes)
             .map(|i| Node::start(&store, &cache, "10s", Some((share, i))))
             .collect();
+        let spread = Instant::now();
         loop {
+            let all = rules(&running[0].url, &tokens);
+            let on: HashSet<&String> = all.values().map(|(node, _, _)| node).collect();
+            if all.len() == 300
+                && on.len() == nodes
+                && all.values().all(|(_, status, _)| status == "active")
+            {
+                break;
+            }
+            assert!(
+                spread.elapsed() < Duration::from_secs(300),
+                "the rules did not spread"
+            );
             std::thread::sleep(Duration::from_millis(500));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let pg_before = pg.cpu_seconds();
+        let start = Instant::now();
+        append_backlog(&store, &tokens, per_tenant);
+        let end: u64 = sql(&store, &format!("SELECT seq FROM scale_{nodes}.log_head"))[0]
+            .get::<_, i64>(0) as u64;
+        loop {
+            std::thread::sleep(Duration::from_millis(1000));
             let all = rules(&running[0].url, &tokens);
             if all.len() == 300 && all.values().all(|(_, _, cursor)| *cursor >= end) {
                 break;

@@ -17,6 +17,8 @@ sluice="$CARGO_TARGET_DIR/debug/sluice"
 scripts/pg.sh install
 
 work=$(mktemp -d)
+# The database belongs to the postgres user when this runs as root.
+chmod 755 "$work"
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

@@ -80,6 +80,11 @@ start)
     fi
     if [ "$(id -u)" = 0 ]; then
         chown postgres: "$dir"
+        if ! runuser -u postgres -- test -w "$dir"; then
+            echo "pg.sh: the postgres user cannot reach $dir: make its parent" \
+                "directories traversable (chmod o+x) or choose another place" >&2
+            exit 1
+        fi
     fi
     as_owner "$bin/initdb" -D "$dir/data" -U sluice -A trust -E UTF8 --locale=C \
         >"$dir/initdb.log" 2>&1 || {

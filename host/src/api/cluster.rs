@@ -124,7 +124,7 @@ pub async fn route_to_owner(State(app): State<Arc<App>>, req: Request, next: Nex
                     && app.deploys.broken(&tenant, &rule).is_none()
                 {
                     app.deploys
-                        .start(&tenant, &rule, &app.quotas(&tenant))
+                        .start(&tenant, &rule, app.quotas(&tenant))
                         .await;
                 }
                 return next.run(Request::from_parts(parts, Body::from(body))).await;
@@ -218,7 +218,7 @@ pub async fn undeploy_anywhere(
         match routed {
             Ok(Owner::Here) => {
                 if app.deploys.engine.status(tenant, rule).is_none() {
-                    app.deploys.start(tenant, rule, &app.quotas(tenant)).await;
+                    app.deploys.start(tenant, rule, app.quotas(tenant)).await;
                 }
                 return Ok(app.deploys.undeploy(tenant, rule, drain).await?);
             }
@@ -267,21 +267,11 @@ pub async fn ask_others(
     let Some(cluster) = &app.cluster else {
         return Vec::new();
     };
-    let view = {
-        let cluster = cluster.clone();
-        match tokio::task::spawn_blocking(move || cluster.view()).await {
-            Ok(Ok(v)) => v,
-            _ => return Vec::new(),
-        }
-    };
     let mut asks = Vec::new();
-    for node in view
-        .nodes
-        .iter()
-        .filter(|n| n.live && n.id != cluster.node())
-    {
+    // The live nodes as of the last tick.
+    for (id, addr) in cluster.peers() {
         let mut req = client()
-            .get(format!("{}{path_and_query}", node.addr))
+            .get(format!("{addr}{path_and_query}"))
             .header(FORWARDED, cluster.node());
         if let Some(v) = headers.get(header::AUTHORIZATION) {
             req = req.header(header::AUTHORIZATION, v);
@@ -291,7 +281,7 @@ pub async fn ask_others(
                 Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
                 Ok(_) => None,
                 Err(e) => {
-                    tracing::warn!(node = %node.id, error = %e, "a node did not answer");
+                    tracing::warn!(node = %id, error = %e, "a node did not answer");
                     None
                 }
             }
@@ -340,20 +330,9 @@ pub async fn try_others(
     if forwarded(headers) {
         return None;
     }
-    let view = {
-        let cluster = cluster.clone();
-        tokio::task::spawn_blocking(move || cluster.view())
-            .await
-            .ok()?
-            .ok()?
-    };
-    for node in view
-        .nodes
-        .iter()
-        .filter(|n| n.live && n.id != cluster.node())
-    {
+    for (_, addr) in cluster.peers() {
         let mut req = client()
-            .request(method.clone(), format!("{}{path_and_query}", node.addr))
+            .request(method.clone(), format!("{addr}{path_and_query}"))
             .header(FORWARDED, cluster.node());
         if let Some(v) = headers.get(header::AUTHORIZATION) {
             req = req.header(header::AUTHORIZATION, v);

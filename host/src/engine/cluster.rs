@@ -264,9 +264,20 @@ impl Cluster {
         }
     }
 
+    /// The other live nodes as of the last tick: (id, address).
+    pub fn peers(&self) -> Vec<(String, String)> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|n| n.live && n.id != self.config.node)
+            .map(|n| (n.id.clone(), n.addr.clone()))
+            .collect()
+    }
+
     /// The nodes and who holds what.
     pub fn view(&self) -> Result<ClusterView, StoreError> {
-        let nodes = self.store.heartbeat(self.node(), self.config.ttl)?;
+        let nodes = self.store.nodes(self.config.ttl)?;
         let leases = self.store.leases()?;
         let mut rules: HashMap<String, Vec<String>> = HashMap::new();
         for l in leases {
@@ -375,6 +386,10 @@ impl Cluster {
             .map(|l| ((l.tenant.clone(), l.rule.clone()), l))
             .collect();
         let mut wanted = HashSet::new();
+        // Starts and hand-overs run together once the leases are settled:
+        // a node joining takes a share of hundreds of rules in one tick.
+        let mut starts = Vec::new();
+        let mut hand_overs = Vec::new();
         for d in &deployed {
             let key = (d.tenant.clone(), d.name.clone());
             wanted.insert(key.clone());
@@ -401,7 +416,7 @@ impl Cluster {
                     if let Some(epoch) = taken {
                         tracing::info!(tenant = %d.tenant, rule = %d.name, epoch, "took the rule's lease");
                         log.set_lease(&d.tenant, &d.name, Some(self.lease(epoch)));
-                        deploys.start(&d.tenant, &d.name, &quotas(&d.tenant)).await;
+                        starts.push(d);
                     }
                 }
                 (true, Some(_)) => {
@@ -410,16 +425,23 @@ impl Cluster {
                     if deploys.engine.status(&d.tenant, &d.name).is_none()
                         && deploys.broken(&d.tenant, &d.name).is_none()
                     {
-                        deploys.start(&d.tenant, &d.name, &quotas(&d.tenant)).await;
+                        starts.push(d);
                     }
                 }
                 (false, Some(lease)) => {
                     tracing::info!(tenant = %d.tenant, rule = %d.name, to = ?desired, "handing the rule over");
-                    self.hand_over(deploys, &d.tenant, &d.name, lease).await;
+                    hand_overs.push(self.hand_over(deploys, &d.tenant, &d.name, lease));
                 }
                 (false, None) => {}
             }
         }
+        futures_util::future::join_all(hand_overs).await;
+        futures_util::future::join_all(
+            starts
+                .into_iter()
+                .map(|d| deploys.start(&d.tenant, &d.name, quotas(&d.tenant))),
+        )
+        .await;
         // Leases of rules no longer deployed (undeployed here, or taken
         // by a request for a rule that never was): gone with the rule.
         let claimed: HashSet<(String, String)> = {

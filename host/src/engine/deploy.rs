@@ -463,14 +463,14 @@ impl Deployments {
     /// Start one deployed rule here (a node that took its lease), under
     /// its tenant's lock. False when it is not deployed, already runs, or
     /// could not start (then it shows as failed, with why).
-    pub async fn start(&self, tenant: &str, name: &str, quotas: &Quotas) -> bool {
+    pub async fn start(&self, tenant: &str, name: &str, quotas: Quotas) -> bool {
         let lock = self.lock(tenant);
         let _lifecycle = lock.lock().await;
         if self.engine.status(tenant, name).is_some() {
             return false;
         }
         match self.registry.get(tenant, name) {
-            Ok(Some(d)) => self.start_locked(&d, quotas).await,
+            Ok(Some(d)) => self.start_locked(&d, &quotas).await,
             Ok(None) => false,
             Err(e) => {
                 tracing::error!(%tenant, rule = %name, error = %e, "could not read the deployment");

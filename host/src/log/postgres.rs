@@ -763,8 +763,9 @@ impl PostgresWriter {
                     .collect()
             })
             .collect();
+        let head = (self.last_seq, self.last_ingested);
         let (conn, result) = self.store.inner.bridge.run("append", async move {
-            let result = write_tx(&mut conn, groups, ops, now, dedupe_window).await;
+            let result = write_tx(&mut conn, groups, ops, now, dedupe_window, head).await;
             (conn, result)
         })?;
         if !conn.is_closed() {
@@ -792,6 +793,7 @@ async fn write_tx(
     ops: Vec<StateOp>,
     now: Stamp,
     dedupe_window: Duration,
+    known_head: (u64, i64),
 ) -> Result<(Committed, u64, i64), StoreError> {
     let tx = conn.transaction().await.map_err(pg("append"))?;
     // Fences first: a node that lost a lease commits nothing, and waits
@@ -831,6 +833,18 @@ async fn write_tx(
                 ),
             ));
         }
+    }
+    // State alone (a rule's step, no records) takes no seq: it leaves the
+    // head alone, and so never waits for another node's append.
+    if groups.iter().all(Vec::is_empty) {
+        apply_ops(&tx, ops).await?;
+        tx.commit().await.map_err(pg("commit"))?;
+        let committed = Committed {
+            outcomes: groups.iter().map(|_| Vec::new()).collect(),
+            ids: groups.iter().map(|_| Vec::new()).collect(),
+            stored: Vec::new(),
+        };
+        return Ok((committed, known_head.0, known_head.1));
     }
     let head = tx
         .query_one(
@@ -1330,28 +1344,17 @@ impl PostgresBackend {
                 &[],
             )
             .await?;
-            let rows = conn
-                .query(
-                    &format!(
-                        "SELECT id, addr,
-                                (extract(epoch from started) * 1000)::bigint,
-                                (extract(epoch from heartbeat) * 1000)::bigint,
-                                NOT stopping AND heartbeat > clock_timestamp() - make_interval(secs => $1::bigint / 1000.0)
-                         FROM {s}.nodes ORDER BY id"
-                    ),
-                    &[&ttl],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| NodeRow {
-                    id: r.get(0),
-                    addr: r.get(1),
-                    started: r.get(2),
-                    heartbeat: r.get(3),
-                    live: r.get(4),
-                })
-                .collect())
+            let rows = conn.query(&nodes_sql(&s), &[&ttl]).await?;
+            Ok(rows.iter().map(node_row).collect())
+        })
+    }
+
+    /// Every node, live or not (a read: no heartbeat).
+    pub fn nodes(&self, ttl: Duration) -> Result<Vec<NodeRow>, StoreError> {
+        let ttl = ttl_ms(ttl);
+        self.run_sql("read nodes", move |conn, s| async move {
+            let rows = conn.query(&nodes_sql(&s), &[&ttl]).await?;
+            Ok(rows.iter().map(node_row).collect())
         })
     }
 
@@ -1515,6 +1518,27 @@ impl PostgresBackend {
         self.run_sql("read the clock", move |conn, _| async move {
             Ok(conn.query_one(&format!("SELECT {MS}"), &[]).await?.get(0))
         })
+    }
+}
+
+/// Every node, live (`$1`: the lease TTL in ms) or not.
+fn nodes_sql(schema: &str) -> String {
+    format!(
+        "SELECT id, addr,
+                (extract(epoch from started) * 1000)::bigint,
+                (extract(epoch from heartbeat) * 1000)::bigint,
+                NOT stopping AND heartbeat > clock_timestamp() - make_interval(secs => $1::bigint / 1000.0)
+         FROM {schema}.nodes ORDER BY id"
+    )
+}
+
+fn node_row(r: &tokio_postgres::Row) -> NodeRow {
+    NodeRow {
+        id: r.get(0),
+        addr: r.get(1),
+        started: r.get(2),
+        heartbeat: r.get(3),
+        live: r.get(4),
     }
 }
 
