@@ -123,9 +123,7 @@ pub async fn route_to_owner(State(app): State<Arc<App>>, req: Request, next: Nex
                 if app.deploys.engine.status(&tenant, &rule).is_none()
                     && app.deploys.broken(&tenant, &rule).is_none()
                 {
-                    app.deploys
-                        .start(&tenant, &rule, app.quotas(&tenant))
-                        .await;
+                    app.deploys.start(&tenant, &rule, app.quotas(&tenant)).await;
                 }
                 return next.run(Request::from_parts(parts, Body::from(body))).await;
             }
