@@ -563,3 +563,70 @@ fn three_nodes_lose_nothing_through_kills_pauses_and_restarts() {
         n.stop();
     }
 }
+
+#[test]
+fn concurrent_deploys_on_several_nodes_keep_the_rule_quota() {
+    let store = crate::pg_store("quota");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&store, &cache)).collect();
+    let v: Value = http()
+        .post(format!("{}/v1/tenants", nodes[0].url))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "acme", "quotas": {"max_rules": 2}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = v["token"]["token"].as_str().unwrap().to_owned();
+    until(
+        "every node knows the tenant",
+        Duration::from_secs(10),
+        || {
+            nodes.iter().all(|n| {
+                http()
+                    .get(format!("{}/v1/rules", n.url))
+                    .bearer_auth(&token)
+                    .send()
+                    .is_ok_and(|r| r.status().is_success())
+            })
+        },
+    );
+    // Six new rules at once, sent to all three nodes.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let (url, token) = (nodes[i % 3].url.clone(), token.clone());
+                s.spawn(move || {
+                    let name = format!("r{i}");
+                    let manifest = format!(
+                        "name = \"{name}\"\nversion = 1\n[trigger.batch]\ncount = 5\nwindow = \"1h\"\n"
+                    );
+                    deploy(&url, &token, &name, &manifest).status().as_u16()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 422).count(),
+        4,
+        "{statuses:?}"
+    );
+    let listed: Value = http()
+        .get(format!("{}/v1/rules", nodes[2].url))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    for n in nodes {
+        n.stop();
+    }
+}

@@ -74,16 +74,52 @@ pub async fn route_to_owner(State(app): State<Arc<App>>, req: Request, next: Nex
     let Some(rule) = rule_of(req.uri().path()).map(str::to_owned) else {
         return next.run(req).await;
     };
-    if forwarded(req.headers()) {
-        return next.run(req).await;
-    }
     // No tenant: the handler answers 401 / 403.
     let Some(tenant) = tenant_of(&app, req.headers()) else {
         return next.run(req).await;
     };
-    // A read of a rule nobody holds takes no lease.
-    if req.method() == Method::GET && cluster.holder(&tenant, &rule).is_none() {
+    if forwarded(req.headers()) {
+        // Sent here to be handled here: a change to a rule this node holds
+        // no lease on (a new rule sent to its tenant's home) takes it
+        // first, if it is free; it never goes further.
+        if req.method() != Method::GET && app.log.lease(&tenant, &rule).is_none() {
+            let (app2, t, r) = (app.clone(), tenant.clone(), rule.clone());
+            let routed = tokio::task::spawn_blocking(move || {
+                app2.cluster
+                    .as_ref()
+                    .expect("cluster")
+                    .route(&app2.deploys, &t, &r)
+            })
+            .await;
+            if !matches!(routed, Ok(Ok(Owner::Here))) {
+                return unavailable(format!("rule {rule} is changing hands; try again"));
+            }
+        }
         return next.run(req).await;
+    }
+    // A read of a rule nobody holds takes no lease.
+    let held = cluster.holder(&tenant, &rule).is_some();
+    if req.method() == Method::GET && !held {
+        return next.run(req).await;
+    }
+    // A new rule is deployed on its tenant's home node, where the
+    // tenant's lock makes its rule count and quota checks one at a time.
+    let new_rule = req.method() == Method::PUT
+        && !held
+        && matches!(app.deploys.registry.get(&tenant, &rule), Ok(None));
+    if new_rule && let Some(addr) = cluster.home(&tenant) {
+        let (parts, body) = req.into_parts();
+        let limit = app
+            .config
+            .max_component_bytes
+            .max(app.config.max_body_bytes)
+            + (1 << 20);
+        return match axum::body::to_bytes(body, limit).await {
+            Ok(body) => forward(&app, &addr, &parts, body)
+                .await
+                .unwrap_or_else(|e| unavailable(format!("rule {rule}: {e}"))),
+            Err(e) => ApiError::bad_request("invalid_body", format!("body: {e}")).into_response(),
+        };
     }
     // The body is read first: it may have to go to another node, or to a
     // second one, and a refusal is answered after the upload, never in

@@ -264,6 +264,25 @@ impl Cluster {
         }
     }
 
+    /// Where `tenant`'s new rules are deployed when that is another node:
+    /// its home among the live nodes (rendezvous hashing of the tenant),
+    /// so that one node's tenant lock orders them. `None`: here.
+    pub fn home(&self, tenant: &str) -> Option<String> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.live)
+            .map(|n| n.id.as_str())
+            .collect();
+        if !live.contains(&self.node()) {
+            live.push(self.node());
+        }
+        let home = rendezvous(&live, &format!("tenant:{tenant}"))?;
+        (home != self.node())
+            .then(|| nodes.iter().find(|n| n.id == home).map(|n| n.addr.clone()))
+            .flatten()
+    }
+
     /// The other live nodes as of the last tick: (id, address).
     pub fn peers(&self) -> Vec<(String, String)> {
         self.nodes
