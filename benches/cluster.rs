@@ -31,7 +31,7 @@
 
 #[path = "common.rs"]
 mod common;
-use common::{env_or, percentile};
+use common::{env_or, percentile, timed};
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -572,19 +572,6 @@ fn write_peer_events(path: &Path, n: u64) {
             "title": "Refactor the ingestion pipeline to batch writes", "author": "octocat"}});
         writeln!(out, "{line}").unwrap();
     }
-}
-
-/// Run `cmd` with `input` on stdin; how long it took.
-fn timed(cmd: &mut Command, input: &Path) -> Duration {
-    let start = Instant::now();
-    let status = cmd
-        .stdin(std::fs::File::open(input).unwrap())
-        .stdout(Stdio::null())
-        .env("SLUICE_LOG", "warn")
-        .status()
-        .unwrap();
-    assert!(status.success(), "{cmd:?} failed");
-    start.elapsed()
 }
 
 fn peer(pg: &Postgres, rows: &mut Vec<[String; 3]>) {

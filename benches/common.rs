@@ -31,3 +31,17 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Run `cmd` with `input` on stdin and its output dropped (logs at
+/// `warn`); how long it took. Panics if it fails.
+pub fn timed(cmd: &mut std::process::Command, input: &std::path::Path) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    let status = cmd
+        .stdin(std::fs::File::open(input).unwrap())
+        .stdout(std::process::Stdio::null())
+        .env("SLUICE_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{cmd:?} failed");
+    start.elapsed()
+}

@@ -18,10 +18,11 @@
 
 #[path = "common.rs"]
 mod common;
+use common::timed;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,18 +56,6 @@ fn write_events(path: &Path, n: u64, timed: bool) {
         }
         writeln!(out, "{line}").unwrap();
     }
-}
-
-fn timed(cmd: &mut Command, input: &Path) -> Duration {
-    let start = Instant::now();
-    let status = cmd
-        .stdin(std::fs::File::open(input).unwrap())
-        .stdout(Stdio::null())
-        .env("SLUICE_LOG", "warn")
-        .status()
-        .unwrap();
-    assert!(status.success(), "{cmd:?} failed");
-    start.elapsed()
 }
 
 /// Count the events of `kind` in a database, through the library.

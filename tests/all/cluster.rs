@@ -112,6 +112,34 @@ fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Create a tenant through the first node and wait until every node
+/// knows it (nodes read tenants again every tick); its token.
+fn tenant(nodes: &[Node], name: &str, quotas: Value) -> String {
+    let v: Value = http()
+        .post(format!("{}/v1/tenants", nodes[0].url))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": name, "quotas": quotas}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = v["token"]["token"].as_str().unwrap().to_owned();
+    until(
+        "every node knows the tenant",
+        Duration::from_secs(10),
+        || {
+            nodes.iter().all(|n| {
+                http()
+                    .get(format!("{}/v1/rules", n.url))
+                    .bearer_auth(&token)
+                    .send()
+                    .is_ok_and(|r| r.status().is_success())
+            })
+        },
+    );
+    token
+}
+
 /// Sends events to whichever nodes are up, retrying a request that failed
 /// on another node; remembers every id acknowledged.
 struct Ingest {
@@ -215,30 +243,7 @@ fn three_nodes_lose_nothing_through_kills_pauses_and_restarts() {
     let urls = Arc::new(Mutex::new(
         nodes.iter().map(|n| n.url.clone()).collect::<Vec<_>>(),
     ));
-    let first = nodes[0].url.clone();
-    let tenant: Value = http()
-        .post(format!("{first}/v1/tenants"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "acme"}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let token = tenant["token"]["token"].as_str().unwrap().to_owned();
-    // Nodes learn of the tenant within a tick.
-    until(
-        "every node knows the tenant",
-        Duration::from_secs(10),
-        || {
-            nodes.iter().all(|n| {
-                http()
-                    .get(format!("{}/v1/rules", n.url))
-                    .bearer_auth(&token)
-                    .send()
-                    .is_ok_and(|r| r.status().is_success())
-            })
-        },
-    );
+    let token = tenant(&nodes, "acme", json!({}));
     let batch = |v: u32| {
         format!(
             "name = \"b\"\nversion = {v}\n[trigger.batch]\ncount = 5\nwindow = \"1h\"\nexpire = \"fire\"\n"
@@ -384,26 +389,7 @@ fn three_nodes_lose_nothing_through_kills_pauses_and_restarts() {
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
 
     // Deleting a tenant undeploys its rules on the nodes that run them.
-    let beta = {
-        let v: Value = http()
-            .post(format!("{url}/v1/tenants"))
-            .bearer_auth(ADMIN)
-            .json(&json!({"name": "beta"}))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        v["token"]["token"].as_str().unwrap().to_owned()
-    };
-    until("every node knows beta", Duration::from_secs(10), || {
-        nodes.iter().all(|n| {
-            http()
-                .get(format!("{}/v1/rules", n.url))
-                .bearer_auth(&beta)
-                .send()
-                .is_ok_and(|r| r.status().is_success())
-        })
-    });
+    let beta = tenant(&nodes, "beta", json!({}));
     for name in ["one", "two", "three", "four"] {
         let r = deploy(
             &url,
@@ -570,28 +556,7 @@ fn concurrent_deploys_on_several_nodes_keep_the_rule_quota() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let nodes: Vec<Node> = (0..3).map(|_| Node::start(&store, &cache)).collect();
-    let v: Value = http()
-        .post(format!("{}/v1/tenants", nodes[0].url))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "acme", "quotas": {"max_rules": 2}}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let token = v["token"]["token"].as_str().unwrap().to_owned();
-    until(
-        "every node knows the tenant",
-        Duration::from_secs(10),
-        || {
-            nodes.iter().all(|n| {
-                http()
-                    .get(format!("{}/v1/rules", n.url))
-                    .bearer_auth(&token)
-                    .send()
-                    .is_ok_and(|r| r.status().is_success())
-            })
-        },
-    );
+    let token = tenant(&nodes, "acme", json!({"max_rules": 2}));
     // Six new rules at once, sent to all three nodes.
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6)

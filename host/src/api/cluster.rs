@@ -82,18 +82,11 @@ pub async fn route_to_owner(State(app): State<Arc<App>>, req: Request, next: Nex
         // Sent here to be handled here: a change to a rule this node holds
         // no lease on (a new rule sent to its tenant's home) takes it
         // first, if it is free; it never goes further.
-        if req.method() != Method::GET && app.log.lease(&tenant, &rule).is_none() {
-            let (app2, t, r) = (app.clone(), tenant.clone(), rule.clone());
-            let routed = tokio::task::spawn_blocking(move || {
-                app2.cluster
-                    .as_ref()
-                    .expect("cluster")
-                    .route(&app2.deploys, &t, &r)
-            })
-            .await;
-            if !matches!(routed, Ok(Ok(Owner::Here))) {
-                return unavailable(format!("rule {rule} is changing hands; try again"));
-            }
+        if req.method() != Method::GET
+            && app.log.lease(&tenant, &rule).is_none()
+            && !matches!(owner(&app, &tenant, &rule).await, Ok(Owner::Here))
+        {
+            return unavailable(format!("rule {rule} is changing hands; try again"));
         }
         return next.run(req).await;
     }
@@ -107,20 +100,6 @@ pub async fn route_to_owner(State(app): State<Arc<App>>, req: Request, next: Nex
     let new_rule = req.method() == Method::PUT
         && !held
         && matches!(app.deploys.registry.get(&tenant, &rule), Ok(None));
-    if new_rule && let Some(addr) = cluster.home(&tenant) {
-        let (parts, body) = req.into_parts();
-        let limit = app
-            .config
-            .max_component_bytes
-            .max(app.config.max_body_bytes)
-            + (1 << 20);
-        return match axum::body::to_bytes(body, limit).await {
-            Ok(body) => forward(&app, &addr, &parts, body)
-                .await
-                .unwrap_or_else(|e| unavailable(format!("rule {rule}: {e}"))),
-            Err(e) => ApiError::bad_request("invalid_body", format!("body: {e}")).into_response(),
-        };
-    }
     // The body is read first: it may have to go to another node, or to a
     // second one, and a refusal is answered after the upload, never in
     // the middle of it.
@@ -136,47 +115,59 @@ pub async fn route_to_owner(State(app): State<Arc<App>>, req: Request, next: Nex
             return ApiError::bad_request("invalid_body", format!("body: {e}")).into_response();
         }
     };
+    if new_rule && let Some(addr) = cluster.home(&tenant) {
+        return forward(&app, &addr, &parts, body)
+            .await
+            .unwrap_or_else(|e| unavailable(format!("rule {rule}: {e}")));
+    }
     // A node that stopped beating (killed) holds its leases until they
     // expire: wait that long for the rule to be taken, here or elsewhere.
     let deadline = std::time::Instant::now() + cluster.config().ttl + Duration::from_secs(2);
     loop {
-        let routed = {
-            let (app, tenant, rule) = (app.clone(), tenant.clone(), rule.clone());
-            tokio::task::spawn_blocking(move || {
-                app.cluster
-                    .as_ref()
-                    .expect("cluster")
-                    .route(&app.deploys, &tenant, &rule)
-            })
-            .await
-        };
+        let routed = owner(&app, &tenant, &rule).await;
         let waited_enough = std::time::Instant::now() >= deadline;
         match routed {
-            Ok(Ok(Owner::Here)) => {
-                // A deployed rule whose lease was just taken runs before
-                // the request is handled (a swap takes over a running
-                // version, a pause pauses it).
-                if app.deploys.engine.status(&tenant, &rule).is_none()
-                    && app.deploys.broken(&tenant, &rule).is_none()
-                {
-                    app.deploys.start(&tenant, &rule, app.quotas(&tenant)).await;
-                }
+            Ok(Owner::Here) => {
                 return next.run(Request::from_parts(parts, Body::from(body))).await;
             }
-            Ok(Ok(Owner::There { addr, live, .. })) if live || waited_enough => {
+            Ok(Owner::There { addr, live, .. }) if live || waited_enough => {
                 match forward(&app, &addr, &parts, body.clone()).await {
                     Ok(answer) => return answer,
                     Err(e) if waited_enough => return unavailable(format!("rule {rule}: {e}")),
                     Err(_) => {}
                 }
             }
-            Ok(Ok(Owner::There { .. })) => {}
-            Ok(Err(e)) if waited_enough => return unavailable(format!("rule {rule}: {e}")),
             Err(e) if waited_enough => return unavailable(format!("rule {rule}: {e}")),
-            Ok(Err(_)) | Err(_) => {}
+            Ok(Owner::There { .. }) | Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Where `tenant`'s rule `rule` is run ([`crate::engine::cluster::Cluster::route`],
+/// off the async threads). A deployed rule whose lease this node has just
+/// taken is started before the caller acts on it (a swap takes over a
+/// running version, a pause pauses it).
+async fn owner(app: &Arc<App>, tenant: &str, rule: &str) -> Result<Owner, String> {
+    let routed = {
+        let (app, tenant, rule) = (app.clone(), tenant.to_owned(), rule.to_owned());
+        tokio::task::spawn_blocking(move || {
+            app.cluster
+                .as_ref()
+                .expect("a cluster")
+                .route(&app.deploys, &tenant, &rule)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+    };
+    if routed == Owner::Here
+        && app.deploys.engine.status(tenant, rule).is_none()
+        && app.deploys.broken(tenant, rule).is_none()
+    {
+        app.deploys.start(tenant, rule, app.quotas(tenant)).await;
+    }
+    Ok(routed)
 }
 
 fn unavailable(message: String) -> Response {
@@ -237,25 +228,10 @@ pub async fn undeploy_anywhere(
     let cluster = app.cluster.clone().expect("a cluster");
     let deadline = std::time::Instant::now() + cluster.config().ttl + Duration::from_secs(2);
     loop {
-        let routed = {
-            let (app, tenant, rule) = (app.clone(), tenant.to_owned(), rule.to_owned());
-            tokio::task::spawn_blocking(move || {
-                app.cluster
-                    .as_ref()
-                    .expect("cluster")
-                    .route(&app.deploys, &tenant, &rule)
-            })
-            .await
-            .map_err(ApiError::internal)?
-        };
+        let routed = owner(app, tenant, rule).await;
         let waited_enough = std::time::Instant::now() >= deadline;
         match routed {
-            Ok(Owner::Here) => {
-                if app.deploys.engine.status(tenant, rule).is_none() {
-                    app.deploys.start(tenant, rule, app.quotas(tenant)).await;
-                }
-                return Ok(app.deploys.undeploy(tenant, rule, drain).await?);
-            }
+            Ok(Owner::Here) => return Ok(app.deploys.undeploy(tenant, rule, drain).await?),
             Ok(Owner::There { addr, live, .. }) if live || waited_enough => {
                 let mut req = client()
                     .delete(format!("{addr}/v1/rules/{rule}?drain={}", drain.name()))

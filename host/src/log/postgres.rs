@@ -43,7 +43,7 @@ use tokio_postgres::types::ToSql;
 
 use super::sqlite::Durability;
 use super::store::{
-    AppendOutcome, Committed, IdGenerator, LogBackend, LogWriter, PruneReport, RetentionPolicy,
+    Appender, Committed, IdGenerator, LogBackend, LogWriter, Pending, PruneReport, RetentionPolicy,
     Stamp, StateOp, StoreError, prune_cut,
 };
 use super::{EventQuery, NewEvent};
@@ -735,47 +735,6 @@ impl PostgresWriter {
             Ok(client)
         })?
     }
-
-    /// One transaction; on failure, a connection that went away is
-    /// dropped so the next write opens a new one.
-    fn write(
-        &mut self,
-        groups: Vec<Vec<NewEvent>>,
-        ops: Vec<StateOp>,
-        now: Stamp,
-        dedupe_window: Duration,
-    ) -> Result<Committed, StoreError> {
-        let mut conn = match self.conn.take() {
-            Some(c) if !c.is_closed() => c,
-            _ => self.connect()?,
-        };
-        // Ids first: the generator is the writer's.
-        let at = now.at.max(self.last_ingested);
-        let groups: Vec<Vec<(NewEvent, String, bool)>> = groups
-            .into_iter()
-            .map(|group| {
-                group
-                    .into_iter()
-                    .map(|mut e| match e.id.take() {
-                        Some(id) => (e, id, true),
-                        None => (e, self.ids.generate(at), false),
-                    })
-                    .collect()
-            })
-            .collect();
-        let head = (self.last_seq, self.last_ingested);
-        let (conn, result) = self.store.inner.bridge.run("append", async move {
-            let result = write_tx(&mut conn, groups, ops, now, dedupe_window, head).await;
-            (conn, result)
-        })?;
-        if !conn.is_closed() {
-            self.conn = Some(conn);
-        }
-        let (committed, last_seq, last_ingested) = result?;
-        self.last_seq = last_seq;
-        self.last_ingested = last_ingested;
-        Ok(committed)
-    }
 }
 
 /// Rows of consecutive state ops of one kind, written in one statement.
@@ -787,9 +746,9 @@ enum Run {
 /// The append transaction: lock the head, dedupe, insert the events,
 /// apply the state ops, move the head, commit. Returns what was committed
 /// and the new head.
-async fn write_tx(
+async fn append_tx(
     conn: &mut tokio_postgres::Client,
-    groups: Vec<Vec<(NewEvent, String, bool)>>,
+    groups: Vec<Vec<Pending>>,
     ops: Vec<StateOp>,
     now: Stamp,
     dedupe_window: Duration,
@@ -854,17 +813,15 @@ async fn write_tx(
         .await
         .map_err(pg("append"))?;
     let (last_seq, last_ingested) = (head.get::<_, i64>(0) as u64, head.get::<_, i64>(1));
-    let follow = now.follow_event_time;
-    let now = now.at.max(last_ingested);
-    let window_start = now.saturating_sub(dedupe_window.as_millis() as i64);
+    let mut appender = Appender::new(now, last_seq, last_ingested, dedupe_window);
 
     // Every client id of the request, looked up at once: the newest event
     // with it, else its tombstone.
     let (tenants, ids): (Vec<&str>, Vec<&str>) = groups
         .iter()
         .flatten()
-        .filter(|(_, _, given)| *given)
-        .map(|(e, id, _)| (e.tenant.as_str(), id.as_str()))
+        .filter(|p| p.given)
+        .map(|p| (p.event.tenant.as_str(), p.id.as_str()))
         .unzip();
     let mut seen: HashMap<(String, String), (u64, i64)> = HashMap::new();
     if !tenants.is_empty() {
@@ -893,61 +850,36 @@ async fn write_tx(
         }
     }
 
-    let mut stamp = now;
-    let mut next = last_seq + 1;
-    let mut committed = Committed::default();
     let mut columns = EventColumns::default();
     for group in groups {
-        let mut outcomes = Vec::with_capacity(group.len());
-        let mut ids = Vec::with_capacity(group.len());
-        for (e, id, given) in group {
-            if given
-                && let Some(&(seq, at)) = seen.get(&(e.tenant.clone(), id.clone()))
-                && at >= window_start
-            {
-                outcomes.push(AppendOutcome::Duplicate(seq));
-                ids.push(id);
+        for p in group {
+            let key = p.given.then(|| (p.event.tenant.clone(), p.id.clone()));
+            let last = key.as_ref().and_then(|k| seen.get(k).copied());
+            let Some(event) = appender.take(p, last) else {
                 continue;
-            }
-            if follow && let Some(t) = e.time {
-                stamp = stamp.max(t);
-            }
-            let event = Event {
-                seq: next,
-                id,
-                tenant: e.tenant,
-                source: e.source,
-                kind: e.kind,
-                time: e.time.unwrap_or(stamp),
-                ingested: stamp,
-                payload: e.payload,
-                hops: e.hops,
             };
-            if given {
+            columns.push(event);
+            if let Some(key) = key {
                 // A later copy in the same request is a duplicate of this.
-                seen.insert((event.tenant.clone(), event.id.clone()), (next, stamp));
+                seen.insert(key, (event.seq, event.ingested));
             }
-            columns.push(&event);
-            outcomes.push(AppendOutcome::Accepted(next));
-            ids.push(event.id.clone());
-            committed.stored.push(Arc::new(event));
-            next += 1;
         }
-        committed.outcomes.push(outcomes);
-        committed.ids.push(ids);
+        appender.end_group();
     }
+    let (next_head, stamp) = appender.head();
+    let committed = appender.finish();
     if !committed.stored.is_empty() {
         columns.insert(&tx, &under).await?;
         tx.execute(
             "UPDATE log_head SET seq = $1, ingested = $2 WHERE id = 1",
-            &[&((next - 1) as i64), &stamp],
+            &[&(next_head as i64), &stamp],
         )
         .await
         .map_err(pg("append"))?;
     }
     apply_ops(&tx, ops).await?;
     tx.commit().await.map_err(pg("commit"))?;
-    Ok((committed, next - 1, stamp.max(last_ingested)))
+    Ok((committed, next_head, stamp))
 }
 
 /// Events to insert, column by column (one `INSERT … SELECT unnest(…)`).
@@ -1143,23 +1075,35 @@ impl LogWriter for PostgresWriter {
         self.last_ingested
     }
 
-    fn append(
+    /// One transaction; on failure, a connection that went away is
+    /// dropped so the next write opens a new one.
+    fn write(
         &mut self,
         groups: Vec<Vec<NewEvent>>,
-        now: Stamp,
-        dedupe_window: Duration,
-    ) -> Result<Committed, StoreError> {
-        self.write(groups, Vec::new(), now, dedupe_window)
-    }
-
-    fn transact(
-        &mut self,
-        events: Vec<NewEvent>,
         ops: Vec<StateOp>,
         now: Stamp,
         dedupe_window: Duration,
     ) -> Result<Committed, StoreError> {
-        self.write(vec![events], ops, now, dedupe_window)
+        let mut conn = match self.conn.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect()?,
+        };
+        // Ids first: the generator is the writer's (the transaction
+        // stamps from the head it reads).
+        let groups = Appender::new(now, self.last_seq, self.last_ingested, dedupe_window)
+            .pending(groups, &mut self.ids);
+        let head = (self.last_seq, self.last_ingested);
+        let (conn, result) = self.store.inner.bridge.run("append", async move {
+            let result = append_tx(&mut conn, groups, ops, now, dedupe_window, head).await;
+            (conn, result)
+        })?;
+        if !conn.is_closed() {
+            self.conn = Some(conn);
+        }
+        let (committed, last_seq, last_ingested) = result?;
+        self.last_seq = last_seq;
+        self.last_ingested = last_ingested;
+        Ok(committed)
     }
 
     fn prune(

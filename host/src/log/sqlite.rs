@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
 use super::store::{
-    AppendOutcome, Committed, IdGenerator, LogBackend, LogWriter, PruneReport, RetentionPolicy,
-    Stamp, StateOp, StoreError, prune_cut,
+    Appender, Committed, IdGenerator, LogBackend, LogWriter, PruneReport, RetentionPolicy, Stamp,
+    StateOp, StoreError, prune_cut,
 };
 use super::{EventQuery, NewEvent};
 use crate::event::Event;
@@ -735,23 +735,6 @@ struct SqliteWriter {
 }
 
 impl SqliteWriter {
-    /// One transaction: append the groups, then apply the state ops. When
-    /// an event's seq turns out to be taken, the request fails (nothing of
-    /// it is written) and the writer continues from the store's seq.
-    fn write(
-        &mut self,
-        groups: Vec<Vec<NewEvent>>,
-        ops: Vec<StateOp>,
-        now: Stamp,
-        dedupe_window: Duration,
-    ) -> Result<Committed, StoreError> {
-        match self.write_once(groups, ops, now, dedupe_window) {
-            Ok(committed) => Ok(committed),
-            Err(WriteFailure::Store(e)) => Err(e),
-            Err(WriteFailure::SeqTaken) => Err(self.resync()),
-        }
-    }
-
     /// Re-read the head of the log after finding a seq taken, and say what
     /// happened. The transaction was rolled back; from now on seqs continue
     /// after the store's, so one contradiction costs one failed request,
@@ -788,30 +771,8 @@ impl SqliteWriter {
         now: Stamp,
         dedupe_window: Duration,
     ) -> Result<Committed, WriteFailure> {
-        let follow = now.follow_event_time;
-        let now = now.at.max(self.last_ingested);
-        let window_start = now.saturating_sub(dedupe_window.as_millis() as i64);
-        // Ingest stamps never decrease along seq; on a virtual clock an
-        // event's own time (when later) is its stamp.
-        let mut stamp = now;
-        let mut next = self.last_seq + 1;
-        let mut committed = Committed::default();
-        // Generate ids first: the generator borrows `self` mutably.
-        let mut groups: Vec<Vec<(NewEvent, String, bool)>> = groups
-            .into_iter()
-            .map(|group| {
-                group
-                    .into_iter()
-                    .map(|mut e| match e.id.take() {
-                        Some(id) => (e, id, true),
-                        None => {
-                            let id = self.ids.generate(now);
-                            (e, id, false)
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
+        let mut appender = Appender::new(now, self.last_seq, self.last_ingested, dedupe_window);
+        let groups = appender.pending(groups, &mut self.ids);
         let tx = self.conn.transaction().map_err(err("append"))?;
         {
             let mut find = tx
@@ -831,43 +792,25 @@ impl SqliteWriter {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .map_err(err("append"))?;
-            for group in groups.drain(..) {
-                let mut outcomes = Vec::with_capacity(group.len());
-                let mut ids = Vec::with_capacity(group.len());
-                for (e, id, given) in group {
-                    if given {
+            for group in groups {
+                for p in group {
+                    let seen = if p.given {
                         let lookup = |stmt: &mut rusqlite::CachedStatement<'_>| {
-                            stmt.query_row(params![e.tenant, id], |r| {
-                                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                            stmt.query_row(params![p.event.tenant, p.id], |r| {
+                                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?))
                             })
                             .optional()
                             .map_err(err("dedupe lookup"))
                         };
-                        let seen = match lookup(&mut find)? {
+                        match lookup(&mut find)? {
                             Some(hit) => Some(hit),
                             None => lookup(&mut find_tomb)?,
-                        };
-                        if let Some((seq, at)) = seen
-                            && at >= window_start
-                        {
-                            outcomes.push(AppendOutcome::Duplicate(seq as u64));
-                            ids.push(id);
-                            continue;
                         }
-                    }
-                    if follow && let Some(t) = e.time {
-                        stamp = stamp.max(t);
-                    }
-                    let event = Event {
-                        seq: next,
-                        id,
-                        tenant: e.tenant,
-                        source: e.source,
-                        kind: e.kind,
-                        time: e.time.unwrap_or(stamp),
-                        ingested: stamp,
-                        payload: e.payload,
-                        hops: e.hops,
+                    } else {
+                        None
+                    };
+                    let Some(event) = appender.take(p, seen) else {
+                        continue;
                     };
                     insert
                         .execute(params![
@@ -888,13 +831,8 @@ impl SqliteWriter {
                                 WriteFailure::Store(StoreError::new("insert event", e))
                             }
                         })?;
-                    outcomes.push(AppendOutcome::Accepted(next));
-                    ids.push(event.id.clone());
-                    committed.stored.push(Arc::new(event));
-                    next += 1;
                 }
-                committed.outcomes.push(outcomes);
-                committed.ids.push(ids);
+                appender.end_group();
             }
         }
         for op in ops {
@@ -941,6 +879,8 @@ impl SqliteWriter {
                 .map_err(err("apply state"))?;
         }
         tx.commit().map_err(err("commit"))?;
+        (self.last_seq, self.last_ingested) = appender.head();
+        let committed = appender.finish();
         // Rows and their five index entries, roughly.
         let written: usize = committed
             .stored
@@ -948,8 +888,6 @@ impl SqliteWriter {
             .map(|e| 2 * (e.id.len() + e.source.len() + e.kind.len()) + e.payload.len() + 160)
             .sum();
         self.checkpointer.committed(written + 4096);
-        self.last_seq = next - 1;
-        self.last_ingested = stamp;
         Ok(committed)
     }
 }
@@ -963,23 +901,21 @@ impl LogWriter for SqliteWriter {
         self.last_ingested
     }
 
-    fn append(
+    /// One transaction. When an event's seq turns out to be taken, the
+    /// request fails (nothing of it is written) and the writer continues
+    /// from the store's seq.
+    fn write(
         &mut self,
         groups: Vec<Vec<NewEvent>>,
-        now: Stamp,
-        dedupe_window: Duration,
-    ) -> Result<Committed, StoreError> {
-        self.write(groups, Vec::new(), now, dedupe_window)
-    }
-
-    fn transact(
-        &mut self,
-        events: Vec<NewEvent>,
         ops: Vec<StateOp>,
         now: Stamp,
         dedupe_window: Duration,
     ) -> Result<Committed, StoreError> {
-        self.write(vec![events], ops, now, dedupe_window)
+        match self.write_once(groups, ops, now, dedupe_window) {
+            Ok(committed) => Ok(committed),
+            Err(WriteFailure::Store(e)) => Err(e),
+            Err(WriteFailure::SeqTaken) => Err(self.resync()),
+        }
     }
 
     fn prune(

@@ -185,29 +185,42 @@ pub trait LogWriter: Send {
     /// later event is stamped at least this.
     fn last_ingested(&self) -> i64;
 
-    /// Append groups of events (one group per ingest request) in one
-    /// transaction. Seqs continue gap-free from [`Self::last_seq`]. An event
+    /// Append groups of events (one group per ingest request) and apply
+    /// `ops`, all in one transaction: either everything is written or
+    /// nothing is. Seqs continue gap-free from [`Self::last_seq`]. An event
     /// with an id already stored for its tenant, ingested at or after
     /// `now - dedupe_window`, is a duplicate. An event without an id gets a
     /// generated, time-sortable one; an event without a time gets its
-    /// ingest stamp.
+    /// ingest stamp. (See [`Appender`], which does this bookkeeping for a
+    /// store.)
+    fn write(
+        &mut self,
+        groups: Vec<Vec<NewEvent>>,
+        ops: Vec<StateOp>,
+        now: Stamp,
+        dedupe_window: Duration,
+    ) -> Result<Committed, StoreError>;
+
+    /// [`Self::write`] of ingest groups alone.
     fn append(
         &mut self,
         groups: Vec<Vec<NewEvent>>,
         now: Stamp,
         dedupe_window: Duration,
-    ) -> Result<Committed, StoreError>;
+    ) -> Result<Committed, StoreError> {
+        self.write(groups, Vec::new(), now, dedupe_window)
+    }
 
-    /// Append `events` (as [`Self::append`] does, one group) and apply
-    /// `ops`, all in one transaction: either everything is written or
-    /// nothing is.
+    /// [`Self::write`] of one group of events with state ops.
     fn transact(
         &mut self,
         events: Vec<NewEvent>,
         ops: Vec<StateOp>,
         now: Stamp,
         dedupe_window: Duration,
-    ) -> Result<Committed, StoreError>;
+    ) -> Result<Committed, StoreError> {
+        self.write(vec![events], ops, now, dedupe_window)
+    }
 
     /// Delete what `policy` allows (at most `max_rows` events per pass).
     /// Events deleted while still inside the dedupe window leave a
@@ -281,6 +294,130 @@ pub trait LogBackend: Send + Sync + 'static {
     /// Event rows read so far, when the store counts them (a cost meter).
     fn rows_read(&self) -> u64 {
         0
+    }
+}
+
+/// An event of an append, its id settled: the client's (`given`), or
+/// one generated.
+#[derive(Debug)]
+pub struct Pending {
+    /// The event.
+    pub event: NewEvent,
+    /// Its id.
+    pub id: String,
+    /// Whether the client gave the id (only those are deduplicated).
+    pub given: bool,
+}
+
+/// The bookkeeping of one append transaction that every store shares:
+/// ingest stamps (never decreasing along seq; on a virtual clock an
+/// event's own later time), seqs, the dedupe window, and what was
+/// committed. The store looks duplicates up its own way and inserts the
+/// events [`Self::take`] hands it.
+#[derive(Debug)]
+pub struct Appender {
+    follow: bool,
+    stamp: i64,
+    window_start: i64,
+    next: u64,
+    outcomes: Vec<AppendOutcome>,
+    ids: Vec<String>,
+    committed: Committed,
+}
+
+impl Appender {
+    /// An append after `last_seq`, whose stamps are at least
+    /// `last_ingested`.
+    pub fn new(now: Stamp, last_seq: u64, last_ingested: i64, dedupe_window: Duration) -> Self {
+        let at = now.at.max(last_ingested);
+        Self {
+            follow: now.follow_event_time,
+            stamp: at,
+            window_start: at.saturating_sub(dedupe_window.as_millis() as i64),
+            next: last_seq + 1,
+            outcomes: Vec::new(),
+            ids: Vec::new(),
+            committed: Committed::default(),
+        }
+    }
+
+    /// The groups' events with their ids: the client's, or generated from
+    /// `ids` at this append's stamp.
+    pub fn pending(&self, groups: Vec<Vec<NewEvent>>, ids: &mut IdGenerator) -> Vec<Vec<Pending>> {
+        groups
+            .into_iter()
+            .map(|group| {
+                group
+                    .into_iter()
+                    .map(|mut event| match event.id.take() {
+                        Some(id) => Pending {
+                            event,
+                            id,
+                            given: true,
+                        },
+                        None => Pending {
+                            id: ids.generate(self.stamp),
+                            event,
+                            given: false,
+                        },
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Take one event, `seen` being the (seq, stamp) its id was last
+    /// stored at: a duplicate within the window is reported as such
+    /// (`None`); otherwise the stored event, to insert.
+    pub fn take(&mut self, p: Pending, seen: Option<(u64, i64)>) -> Option<&Event> {
+        if p.given
+            && let Some((seq, at)) = seen
+            && at >= self.window_start
+        {
+            self.outcomes.push(AppendOutcome::Duplicate(seq));
+            self.ids.push(p.id);
+            return None;
+        }
+        if self.follow
+            && let Some(t) = p.event.time
+        {
+            self.stamp = self.stamp.max(t);
+        }
+        let e = p.event;
+        let event = Event {
+            seq: self.next,
+            id: p.id,
+            tenant: e.tenant,
+            source: e.source,
+            kind: e.kind,
+            time: e.time.unwrap_or(self.stamp),
+            ingested: self.stamp,
+            payload: e.payload,
+            hops: e.hops,
+        };
+        self.outcomes.push(AppendOutcome::Accepted(self.next));
+        self.ids.push(event.id.clone());
+        self.next += 1;
+        self.committed.stored.push(Arc::new(event));
+        self.committed.stored.last().map(|e| &**e)
+    }
+
+    /// The current group (one ingest request) is complete.
+    pub fn end_group(&mut self) {
+        self.committed
+            .outcomes
+            .push(std::mem::take(&mut self.outcomes));
+        self.committed.ids.push(std::mem::take(&mut self.ids));
+    }
+
+    /// The last seq and stamp given (the head after the commit).
+    pub fn head(&self) -> (u64, i64) {
+        (self.next - 1, self.stamp)
+    }
+
+    /// What the transaction committed.
+    pub fn finish(self) -> Committed {
+        self.committed
     }
 }
 
