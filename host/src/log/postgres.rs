@@ -708,6 +708,16 @@ struct PostgresWriter {
 }
 
 impl PostgresWriter {
+    /// Keep the connection for the next write unless the write failed in
+    /// a way that may have lost it (the driver can notice a terminated
+    /// connection only after the error): then the next write opens a new
+    /// one. A refused fence says nothing against the connection.
+    fn keep(&mut self, conn: tokio_postgres::Client, failed: Option<&StoreError>) {
+        if !conn.is_closed() && failed.is_none_or(StoreError::is_fenced) {
+            self.conn = Some(conn);
+        }
+    }
+
     /// Open the writer's connection.
     fn connect(&self) -> Result<tokio_postgres::Client, StoreError> {
         let inner = &self.store.inner;
@@ -1097,9 +1107,7 @@ impl LogWriter for PostgresWriter {
             let result = append_tx(&mut conn, groups, ops, now, dedupe_window, head).await;
             (conn, result)
         })?;
-        if !conn.is_closed() {
-            self.conn = Some(conn);
-        }
+        self.keep(conn, result.as_ref().err());
         let (committed, last_seq, last_ingested) = result?;
         self.last_seq = last_seq;
         self.last_ingested = last_ingested;
@@ -1122,9 +1130,7 @@ impl LogWriter for PostgresWriter {
             let result = prune_tx(&mut conn, &policy, now, dedupe_window, max_rows).await;
             (conn, result)
         })?;
-        if !conn.is_closed() {
-            self.conn = Some(conn);
-        }
+        self.keep(conn, result.as_ref().err());
         result
     }
 }
