@@ -172,6 +172,70 @@ impl Trigger {
             Trigger::Schedule(_) => "schedule",
         }
     }
+
+    /// The trigger in words: "batches of 10 per partition, or after 1h".
+    pub fn describe(&self) -> String {
+        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        match self {
+            Trigger::Batch(b) => {
+                let expired = match b.expire {
+                    Expire::Fire => "fires what it has",
+                    Expire::Discard => "is discarded",
+                };
+                let window = if b.debounce {
+                    let mut w = format!("{} after its last event", d(&b.window));
+                    if let Some(max) = &b.max_wait {
+                        w.push_str(&format!(" (at most {} after its first)", d(max)));
+                    }
+                    w
+                } else {
+                    format!("{} after it opens", d(&b.window))
+                };
+                format!(
+                    "batches of {} per partition; a window still short {window} {expired}",
+                    b.count
+                )
+            }
+            Trigger::Dwell(t) => {
+                let reactions: Vec<String> = t
+                    .reactions
+                    .iter()
+                    .map(|r| match r.when {
+                        ReactionTime::After(a) => format!("{:?} once after {}", r.label, d(&a)),
+                        ReactionTime::Every(e) => format!("{:?} every {}", r.label, d(&e)),
+                    })
+                    .collect();
+                let mut text = format!("per partition, while a member: {}", reactions.join(", "));
+                if let Some(max) = &t.max_dwell {
+                    text.push_str(&format!("; members leave after {}", d(max)));
+                }
+                text
+            }
+            Trigger::Schedule(s) => {
+                let overlap = match s.overlap {
+                    Overlap::Skip => "a tick is skipped while the previous one runs",
+                    Overlap::BufferOne => "one tick waits while the previous one runs",
+                    Overlap::BufferAll => "ticks queue while the previous one runs",
+                    Overlap::CancelPrevious => "a tick cancels the previous one",
+                    Overlap::AllowAll => "ticks run side by side",
+                };
+                let missed = match s.catch_up {
+                    CatchUp::Skip => "missed ticks are skipped".to_owned(),
+                    CatchUp::Latest => "only the latest missed tick runs".to_owned(),
+                    CatchUp::All => format!("missed ticks within {} run", d(&s.catch_up_window)),
+                };
+                let empty = if s.skip_empty {
+                    "; empty ticks do not fire"
+                } else {
+                    ""
+                };
+                format!(
+                    "on cron {:?} ({}); {overlap}; {missed}{empty}",
+                    s.cron, s.timezone
+                )
+            }
+        }
+    }
 }
 
 /// `[trigger.batch]`.

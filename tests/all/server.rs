@@ -889,6 +889,10 @@ fn every_route_needs_a_token_and_hides_other_tenants() {
         (reqwest::Method::DELETE, "/v1/rules/bad".into()),
         (reqwest::Method::POST, "/v1/rules/bad/pause".into()),
         (reqwest::Method::POST, "/v1/rules/bad/resume".into()),
+        (reqwest::Method::GET, "/v1/rules/bad/partitions".into()),
+        (reqwest::Method::GET, "/v1/rules/bad/history".into()),
+        (reqwest::Method::GET, "/v1/stats".into()),
+        (reqwest::Method::GET, "/v1/whoami".into()),
         (reqwest::Method::GET, "/v1/fires".into()),
         (reqwest::Method::GET, format!("/v1/fires/{dead}")),
         (reqwest::Method::POST, format!("/v1/fires/{dead}/redrive")),
@@ -942,7 +946,7 @@ fn every_route_needs_a_token_and_hides_other_tenants() {
                 && (p.contains("/bad") || p.contains(&dead) || p.ends_with(&format!("/{seq}")))
         })
         .collect();
-    assert_eq!(theirs.len(), 8);
+    assert_eq!(theirs.len(), 10);
     for (method, path) in theirs {
         let r = server.req(method.clone(), path, Some(&b)).send().unwrap();
         assert_eq!(r.status(), 404, "beta: {method} {path}");
@@ -1763,4 +1767,181 @@ fn a_swap_killed_midway_comes_back_with_its_record() {
         );
         running = now;
     }
+}
+
+fn digest_manifest(version: u32, count: u32) -> String {
+    format!(
+        "name = \"digest\"\nversion = {version}\n[trigger.batch]\ncount = {count}\nwindow = \"1h\"\nexpire = \"fire\"\n[retry]\nmax_attempts = 1\n"
+    )
+}
+
+fn merge(repo: &str, number: u64) -> Value {
+    json!({"source": "github", "kind": "pull_request.merged",
+        "payload": {"repo": repo, "number": number, "title": format!("PR {number}")}})
+}
+
+#[test]
+fn the_dashboards_routes_show_a_fire_whole_a_rules_partitions_history_and_stats() {
+    let f = Fixture::new();
+    let (server, token) = f.acme();
+    server.deployed(
+        &token,
+        "digest",
+        &digest_manifest(1, 2),
+        components::PR_DIGEST,
+    );
+    // Two merges close acme/api's window; acme/web and acme/ops stay open.
+    server.emit(
+        &token,
+        &[
+            merge("acme/api", 1),
+            merge("acme/web", 2),
+            merge("acme/api", 3),
+            merge("acme/ops", 4),
+        ],
+    );
+    server.until("the digest", || {
+        server
+            .get("/v1/fires?status=completed", &token)
+            .as_array()
+            .is_some_and(|f| f.len() == 1)
+    });
+    let id = server.get("/v1/fires?status=completed", &token)[0]["fire_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The fire, whole: its batch, records, outputs and the guest's logs.
+    let fire = server.get(&format!("/v1/fires/{id}"), &token);
+    assert_eq!(fire["status"], "completed", "{fire}");
+    assert_eq!(fire["partition"], "acme/api");
+    assert_eq!(fire["reason"], "count-reached");
+    assert_eq!(fire["batch_size"], 2);
+    let numbers: Vec<&Value> = fire["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["payload"]["number"])
+        .collect();
+    assert_eq!(numbers, [&json!(1), &json!(3)]);
+    assert_eq!(fire["outputs"].as_array().unwrap().len(), 1);
+    assert_eq!(fire["outputs"][0]["source"], "rule:digest");
+    let kinds: Vec<&str> = fire["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["fire.completed"]);
+    let logs = fire["logs"].as_array().unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.as_str().unwrap().starts_with("info: digest for acme/api")),
+        "{logs:?}"
+    );
+    let missing = server
+        .req(reqwest::Method::GET, "/v1/fires/f_nope", Some(&token))
+        .send()
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // The open partitions, in key order, a page at a time.
+    let first = server.get("/v1/rules/digest/partitions?limit=1", &token);
+    assert_eq!(first["total"], 2, "{first}");
+    assert_eq!(first["partitions"][0]["partition"], "acme/ops");
+    assert_eq!(first["partitions"][0]["state"]["events"], 1);
+    let opened = first["partitions"][0]["state"]["opened_at"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        first["partitions"][0]["deadline"].as_i64(),
+        Some(opened + 3_600_000)
+    );
+    assert_eq!(first["next_after"], "acme/ops");
+    let second = server.get("/v1/rules/digest/partitions?limit=1&after=acme/ops", &token);
+    assert_eq!(second["partitions"][0]["partition"], "acme/web");
+    assert!(second["next_after"].is_null(), "{second}");
+    assert_eq!(second["next_ticks"], json!([]));
+    for bad in ["limit=0", "limit=1001", "limit=x", "after=a&nope=1"] {
+        let r = server
+            .req(
+                reqwest::Method::GET,
+                &format!("/v1/rules/digest/partitions?{bad}"),
+                Some(&token),
+            )
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r = server
+        .req(
+            reqwest::Method::GET,
+            "/v1/rules/nope/partitions",
+            Some(&token),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // The trigger in words; a swap in the history.
+    let rule = server.get("/v1/rules/digest", &token);
+    assert_eq!(
+        rule["trigger_text"],
+        "batches of 2 per partition; a window still short 1h after it opens fires what it has"
+    );
+    assert_eq!(server.get("/v1/rules/digest/history", &token), json!([]));
+    let r = server.deploy(
+        &token,
+        "digest",
+        &digest_manifest(2, 3),
+        components::PR_DIGEST,
+    );
+    assert_eq!(r.status(), 200);
+    let history = server.get("/v1/rules/digest/history", &token);
+    assert_eq!(history[0]["kind"], "rule.swapped", "{history}");
+    assert_eq!(history[0]["payload"]["version"], 2);
+    assert_eq!(history[0]["payload"]["previous"]["version"], 1);
+
+    // The last minutes: ingest and fires, by rule.
+    let stats = server.get("/v1/stats?minutes=5", &token);
+    assert_eq!(stats["minutes"].as_array().unwrap().len(), 5);
+    let sum = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(sum(&stats["ingest"]), 4, "{stats}");
+    assert_eq!(stats["rules"][0]["rule"], "digest");
+    assert_eq!(sum(&stats["rules"][0]["fires"]), 1);
+    let r = server
+        .req(reqwest::Method::GET, "/v1/stats?minutes=61", Some(&token))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Who a token is; the page itself needs none.
+    assert_eq!(
+        server.get("/v1/whoami", &token),
+        json!({"role": "tenant", "tenant": "acme"})
+    );
+    assert_eq!(server.get("/v1/whoami", ADMIN)["role"], "admin");
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/vendor/uplot.min.js", "text/javascript"),
+    ] {
+        let r = server.req(reqwest::Method::GET, path, None).send().unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with(kind), "{path}: {ct}");
+        assert!(r.headers().contains_key("content-security-policy"));
+    }
+    let r = server
+        .req(reqwest::Method::GET, "/ui/../Cargo.toml", None)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    server.stop();
 }

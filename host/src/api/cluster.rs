@@ -44,6 +44,7 @@ fn rule_of(path: &str) -> Option<&str> {
     let name = rest
         .strip_suffix("/pause")
         .or_else(|| rest.strip_suffix("/resume"))
+        .or_else(|| rest.strip_suffix("/partitions"))
         .unwrap_or(rest);
     (!name.is_empty() && !name.contains('/')).then_some(name)
 }

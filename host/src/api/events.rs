@@ -156,6 +156,7 @@ pub async fn ingest(
     let n = events.len();
     let report = app.log.append(events).await?;
     metrics::counter!("sluice_ingest_events_total", "tenant" => tenant.clone()).increment(n as u64);
+    app.deploys.engine.stats().ingested(&tenant, n as u64);
     metrics::counter!("sluice_ingest_bytes_total", "tenant" => tenant).increment(body.len() as u64);
     let results = report
         .outcomes

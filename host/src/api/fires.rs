@@ -11,7 +11,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::App;
 use super::error::{ApiError, ErrorBody};
+use super::events::EventView;
 use super::tenants::TenantAuth;
+use crate::event::Event;
 use crate::log::EventQuery;
 use crate::records::ENGINE_SOURCE;
 use crate::triggers::fires::FireRecord;
@@ -257,10 +259,99 @@ async fn find(app: &App, tenant: &str, id: &str) -> Result<(String, FireRecord, 
     )))
 }
 
-/// One pending fire or dead letter.
+/// Events of a fire's batch shown with it, at most.
+const BATCH_SHOWN: usize = 100;
+
+/// A fire whole: where it stands, its batch, its engine records (each
+/// attempt), its outputs and the guest's last log lines.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FireDetail {
+    /// The fire (`status` also `cancelled`, or `discarded` for a dead
+    /// letter dropped).
+    #[serde(flatten)]
+    pub fire: FireView,
+    /// The first 100 events of its batch, in log order (the batch of a
+    /// fire completed before this field was recorded is not known).
+    pub events: Vec<EventView>,
+    /// How many events its batch has.
+    pub batch_size: usize,
+    /// Its engine records, oldest first: `fire.failed` (with the error,
+    /// the guest backtrace, stderr and log lines), `fire.dead_lettered`,
+    /// `fire.completed`, `fire.cancelled`, `outputs.dropped`.
+    pub records: Vec<EventView>,
+    /// What its handler emitted, as appended to the log.
+    pub outputs: Vec<EventView>,
+    /// The guest's last lines (stdout, stderr, `log`) during the attempt
+    /// that completed it, each named by where it went.
+    pub logs: Vec<String>,
+}
+
+/// A fire's engine records and outputs: the tenant's events whose id
+/// starts with the fire's (found on the id index, however long the log).
+async fn fire_events(app: &App, tenant: &str, id: &str) -> Result<Vec<Event>, ApiError> {
+    let query = EventQuery {
+        id_prefix: Some(crate::records::engine_id(format_args!("{id}."))),
+        ..EventQuery::tenant(tenant, 10_000)
+    };
+    let log = app.log.clone();
+    Ok(tokio::task::spawn_blocking(move || log.query(&query))
+        .await
+        .map_err(ApiError::internal)??)
+}
+
+/// A fire no longer open, as its records tell it.
+fn from_records(id: &str, records: &[&Event]) -> Option<FireView> {
+    let status_of = |kind: &str| match kind {
+        "fire.completed" => Some("completed"),
+        "fire.cancelled" => Some("cancelled"),
+        "fire.dead_lettered" => Some("discarded"),
+        "fire.failed" => Some("failed"),
+        _ => None,
+    };
+    let last = records
+        .iter()
+        .rev()
+        .find(|e| status_of(&e.kind).is_some())?;
+    let payload =
+        |e: &Event| serde_json::from_str::<serde_json::Value>(&e.payload).unwrap_or_default();
+    let p = payload(last);
+    let first = records
+        .iter()
+        .map(|e| payload(e))
+        .find(|p| p["seqs"].is_array());
+    let attempts = records
+        .iter()
+        .filter(|e| e.kind.starts_with("fire."))
+        .count();
+    Some(FireView {
+        fire_id: id.to_owned(),
+        rule: p["rule"].as_str().unwrap_or_default().to_owned(),
+        status: status_of(&last.kind).unwrap_or_default().to_owned(),
+        partition: records
+            .iter()
+            .map(|e| payload(e))
+            .find_map(|p| p["partition"].as_str().map(str::to_owned)),
+        reason: first.as_ref().map(|p| p["reason"].clone()),
+        seqs: first
+            .as_ref()
+            .and_then(|p| serde_json::from_value(p["seqs"].clone()).ok()),
+        attempts: p["attempt"]
+            .as_u64()
+            .or(p["attempts"].as_u64())
+            .map(|a| a as u32)
+            .or(Some(attempts as u32)),
+        retry_at: None,
+        error: p["error"].as_str().map(str::to_owned),
+        at: last.time,
+        record_seq: Some(last.seq),
+    })
+}
+
+/// One fire, whole: a pending fire or dead letter, or one that completed,
+/// failed or was cancelled (from its engine records).
 #[utoipa::path(get, operation_id = "fires_show", path = "/v1/fires/{id}", tag = "fires",
     params(("id" = String, Path)),
-    responses((status = 200, body = FireView), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = FireDetail), (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]
 pub async fn show(
     TenantAuth(tenant): TenantAuth,
@@ -268,11 +359,50 @@ pub async fn show(
     Path(id): Path<String>,
     req: OnAnyNode,
 ) -> Result<Response, ApiError> {
-    let (_, f, dead) = match find(&app, &tenant, &id).await {
-        Err(e) => return req.elsewhere(&app, e).await,
-        Ok(found) => found,
+    let open = find(&app, &tenant, &id).await;
+    let all = fire_events(&app, &tenant, &id).await?;
+    let (outputs, records): (Vec<&Event>, Vec<&Event>) =
+        all.iter().partition(|e| e.source != ENGINE_SOURCE);
+    let fire = match open {
+        Ok((_, f, dead)) => from_record(f, if dead { "dead" } else { "pending" }),
+        Err(e) => {
+            let done = records
+                .iter()
+                .any(|r| matches!(r.kind.as_str(), "fire.completed" | "fire.cancelled"));
+            // Still open on the node running its rule?
+            if !done && (records.is_empty() || app.cluster.is_some()) {
+                match req.elsewhere(&app, e).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(e) if records.is_empty() => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            from_records(&id, &records)
+                .ok_or_else(|| ApiError::not_found(format_args!("fire {id:?}")))?
+        }
     };
-    Ok(Json(from_record(f, if dead { "dead" } else { "pending" })).into_response())
+    let seqs = fire.seqs.clone().unwrap_or_default();
+    let shown: Vec<u64> = seqs.iter().copied().take(BATCH_SHOWN).collect();
+    let (log, t) = (app.log.clone(), tenant.clone());
+    let events = tokio::task::spawn_blocking(move || log.read_seqs(&t, &shown))
+        .await
+        .map_err(ApiError::internal)??;
+    let logs = records
+        .iter()
+        .rev()
+        .find(|r| r.kind == "fire.completed")
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.payload).ok())
+        .and_then(|p| serde_json::from_value(p["logs"].clone()).ok())
+        .unwrap_or_default();
+    Ok(Json(FireDetail {
+        fire,
+        batch_size: seqs.len(),
+        events: events.iter().map(EventView::from).collect(),
+        records: records.into_iter().map(EventView::from).collect(),
+        outputs: outputs.into_iter().map(EventView::from).collect(),
+        logs,
+    })
+    .into_response())
 }
 
 /// A request about a fire, which on several nodes only the node running

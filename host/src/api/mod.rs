@@ -3,8 +3,8 @@
 //! The server owns the log (one writing process per database), the
 //! runtime (with its on-disk compile cache), the engine, the deploy
 //! registry (rules come back at start-up with their state) and the
-//! tenants. Every route but `/healthz`, `/metrics` and
-//! `/v1/openapi.json` needs a bearer token: the admin token for
+//! tenants. Every route but the dashboard (`/`, `/ui/*`), `/healthz`,
+//! `/metrics` and `/v1/openapi.json` needs a bearer token: the admin token for
 //! `/v1/tenants*` (and the manual clock), a tenant's token for the rest.
 //! A tenant sees only its own events, rules, fires and feed: another
 //! tenant's object answers 404 like a missing one.
@@ -12,12 +12,14 @@
 //! Errors are `{"error": {"code", "message"}}`, whatever layer answers
 //! (handlers, extractors, body limits, routing).
 //!
+//! - [`dashboard`]: the page at `/`, its assets embedded.
 //! - [`error`]: the error shape.
 //! - [`tenants`]: tenants, tokens, quotas, authentication, admin routes.
 //! - [`events`]: ingest and reads of the log.
 //! - [`rules`]: deploy and hot swap, show, undeploy, pause, resume.
 //! - [`fires`]: pending fires, dead letters, re-drive, discard.
 //! - [`feed`]: the live feed over SSE.
+//! - [`stats`]: the tenant's recent activity per minute (charts).
 //! - [`metrics`]: Prometheus text.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers.
 
@@ -26,6 +28,7 @@
 #![allow(unused_qualifications)]
 
 pub mod cluster;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod feed;
@@ -33,6 +36,7 @@ pub mod fires;
 pub mod metrics;
 pub mod openapi;
 pub mod rules;
+pub mod stats;
 pub mod tenants;
 
 use std::net::SocketAddr;
@@ -280,9 +284,12 @@ pub fn router(app: Arc<App>) -> Router {
     let deploy = put(rules::deploy).layer(DefaultBodyLimit::max(app.config.max_component_bytes));
     let max_body = app.config.max_body_bytes;
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/ui/{*file}", get(dashboard::asset))
         .route("/healthz", get(events::healthz))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/whoami", get(tenants::whoami))
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
         .route(
             "/v1/tenants/{tenant}",
@@ -306,10 +313,13 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/rules/{name}/pause", post(rules::pause))
         .route("/v1/rules/{name}/resume", post(rules::resume))
+        .route("/v1/rules/{name}/partitions", get(rules::partitions))
+        .route("/v1/rules/{name}/history", get(rules::history))
         .route("/v1/fires", get(fires::list))
         .route("/v1/fires/{id}", get(fires::show).delete(fires::discard))
         .route("/v1/fires/{id}/redrive", post(fires::redrive))
         .route("/v1/feed", get(feed::feed))
+        .route("/v1/stats", get(stats::show))
         .route("/v1/clock", get(clock_get).post(clock_move))
         .route("/v1/cluster", get(cluster::show))
         .fallback(fallback)

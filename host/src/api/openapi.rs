@@ -4,19 +4,20 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{cluster, error, events, feed, fires, rules, tenants};
+use super::{cluster, error, events, feed, fires, rules, stats, tenants};
 
 /// The API's description.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Sluice", description = "A WebAssembly-scripted rules engine: tenants deploy rules (Wasm components), send events, and follow fires and outputs on the feed."),
     paths(
-        tenants::create, tenants::list, tenants::show, tenants::delete, tenants::set_quotas,
+        tenants::whoami, tenants::create, tenants::list, tenants::show, tenants::delete, tenants::set_quotas,
         tenants::create_token, tenants::list_tokens, tenants::revoke_token,
         events::ingest, events::list, events::show,
         rules::deploy, rules::list, rules::show, rules::undeploy, rules::pause, rules::resume,
+        rules::partitions, rules::history,
         fires::list, fires::show, fires::redrive, fires::discard,
-        feed::feed,
+        feed::feed, stats::show,
         super::clock_get, super::clock_move, cluster::show,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),

@@ -53,6 +53,9 @@ pub struct RuleView {
     pub version: u32,
     /// `batch`, `dwell` or `schedule`.
     pub kind: String,
+    /// The trigger in words ("batches of 10 per partition; a window still
+    /// short 1h after it opens fires what it has").
+    pub trigger_text: Option<String>,
     /// SHA-256 of the component.
     pub digest: String,
     /// When this version was deployed (ms since the epoch).
@@ -205,6 +208,7 @@ pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
             .as_ref()
             .map_or("unknown", |m| m.trigger.kind())
             .into(),
+        trigger_text: manifest.as_ref().map(|m| m.trigger.describe()),
         digest: d.digest.clone(),
         deployed_at: d.deployed_at,
         status: state.into(),
@@ -396,4 +400,186 @@ pub async fn resume(
     Path(name): Path<String>,
 ) -> Result<Json<RuleView>, ApiError> {
     control(&app, &tenant, &name, false).await
+}
+
+/// A page of a rule's open partitions.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionsQuery {
+    /// Start after this partition key (the `next_after` of the page
+    /// before); absent: from the start, the global partition first.
+    pub after: Option<String>,
+    /// Partitions on the page (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+}
+
+/// One open partition.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartitionView {
+    /// The partition key (absent: the rule's global partition).
+    pub partition: Option<String>,
+    /// Its next deadline (ms since the epoch): a window's expiry, a dwell
+    /// reaction, a forced leave.
+    pub deadline: Option<i64>,
+    /// Its state: for a batch window `events`, `opened_at`, `first_seq`,
+    /// `last_seq`; for a dwell partition `member`, `epoch`, `since`,
+    /// `first_seq`, `last_seq`; for a schedule `events` since the last
+    /// tick.
+    #[schema(value_type = Object)]
+    pub state: serde_json::Value,
+}
+
+/// A page of a rule's open partitions, in key order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartitionPage {
+    /// Open partitions in all.
+    pub total: usize,
+    /// This page.
+    pub partitions: Vec<PartitionView>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next_after: Option<String>,
+    /// For a schedule: its next ticks (ms since the epoch, at most 5).
+    pub next_ticks: Vec<i64>,
+}
+
+/// A page of a rule's open partitions (windows, memberships, buffers)
+/// with their deadlines; for a schedule, also its next ticks. A rule may
+/// hold millions: page with `after`.
+#[utoipa::path(get, operation_id = "rules_partitions", path = "/v1/rules/{name}/partitions", tag = "rules",
+    params(("name" = String, Path), PartitionsQuery),
+    responses((status = 200, body = PartitionPage), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("tenant" = [])))]
+pub async fn partitions(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    query: Result<Query<PartitionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PartitionPage>, ApiError> {
+    let q = super::error::query(query)?;
+    let limit = match q.limit {
+        None => 100,
+        Some(n @ 1..=1000) => n,
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit: {n} is out of range (1 to 1000)"),
+            ));
+        }
+    };
+    app.deploys
+        .registry
+        .get(&tenant, &name)?
+        .ok_or_else(|| no_rule(&name))?;
+    let page = app
+        .deploys
+        .engine
+        .inspect(&tenant, &name, q.after, limit)
+        .await
+        .map_err(|e| ApiError::control(&name, e))?;
+    Ok(Json(PartitionPage {
+        total: page.total,
+        partitions: page
+            .partitions
+            .into_iter()
+            .map(|p| PartitionView {
+                partition: p.partition,
+                deadline: p.deadline,
+                state: p.state,
+            })
+            .collect(),
+        next_after: page.next_after,
+        next_ticks: page.next_ticks,
+    }))
+}
+
+/// The engine records of a rule's life, newest first.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Records at most (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+}
+
+/// Kinds of the records about a rule's life.
+const LIFE: [&str; 5] = [
+    "rule.swapped",
+    "rule.reset",
+    "rule.failed",
+    "rule.suspended",
+    "rule.undeployed",
+];
+
+/// A rule's history, newest first: swaps (each with the version before,
+/// `previous`), resets, failures of its task and suspensions.
+#[utoipa::path(get, operation_id = "rules_history", path = "/v1/rules/{name}/history", tag = "rules",
+    params(("name" = String, Path), HistoryQuery),
+    responses((status = 200, body = Vec<super::events::EventView>), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("tenant" = [])))]
+pub async fn history(
+    TenantAuth(tenant): TenantAuth,
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<super::events::EventView>>, ApiError> {
+    let q = super::error::query(query)?;
+    let limit = match q.limit {
+        None => 50,
+        Some(n @ 1..=1000) => n,
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit: {n} is out of range (1 to 1000)"),
+            ));
+        }
+    };
+    app.deploys
+        .registry
+        .get(&tenant, &name)?
+        .ok_or_else(|| no_rule(&name))?;
+    let log = app.log.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
+        // Newest first, per kind, on the (tenant, kind, seq) index; these
+        // records are few next to the log.
+        for kind in LIFE {
+            let mut before = None::<u64>;
+            let mut of_kind = 0;
+            loop {
+                let page = log.query(&crate::log::EventQuery {
+                    source: Some(crate::records::ENGINE_SOURCE.into()),
+                    kind: Some(kind.into()),
+                    until_seq: before.map(|b| b.saturating_sub(1)),
+                    newest_first: true,
+                    ..crate::log::EventQuery::tenant(&tenant, 1_000)
+                })?;
+                let full = page.len() == 1_000;
+                before = page.last().map(|e| e.seq);
+                for e in page {
+                    let about = serde_json::from_str::<serde_json::Value>(&e.payload)
+                        .is_ok_and(|p| p["rule"].as_str() == Some(name.as_str()));
+                    if about && of_kind < limit {
+                        of_kind += 1;
+                        found.push(e);
+                    }
+                }
+                if !full || of_kind == limit || before <= Some(1) {
+                    break;
+                }
+            }
+        }
+        found.sort_by_key(|e| std::cmp::Reverse(e.seq));
+        found.truncate(limit);
+        Ok::<_, crate::log::LogError>(found)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(Json(
+        found.iter().map(super::events::EventView::from).collect(),
+    ))
 }

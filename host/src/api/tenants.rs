@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::{App, body_json};
@@ -103,6 +103,35 @@ impl FromRequestParts<Arc<App>> for AdminAuth {
             )),
         }
     }
+}
+
+/// Who a token acts for.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    /// `tenant` or `admin`.
+    pub role: String,
+    /// The tenant, for a tenant's token.
+    pub tenant: Option<String>,
+}
+
+/// Who the token acts for: a tenant (which) or the admin.
+#[utoipa::path(get, operation_id = "whoami", path = "/v1/whoami", tag = "tenants",
+    responses((status = 200, body = WhoAmI), (status = 401, body = super::error::ErrorBody)),
+    security(("tenant" = []), ("admin" = [])))]
+pub async fn whoami(
+    State(app): State<Arc<App>>,
+    parts: axum::http::request::Parts,
+) -> Result<Json<WhoAmI>, ApiError> {
+    Ok(Json(match caller(&parts, &app)? {
+        Caller::Tenant(t) => WhoAmI {
+            role: "tenant".into(),
+            tenant: Some(t),
+        },
+        Caller::Admin => WhoAmI {
+            role: "admin".into(),
+            tenant: None,
+        },
+    }))
 }
 
 /// Create a tenant and its first token.

@@ -444,6 +444,7 @@ impl Deployments {
         for d in self.registry.list_tenant(tenant)? {
             self.undeploy_locked(tenant, &d.name, drain).await?;
         }
+        self.engine.stats().forget(tenant);
         Ok(())
     }
 

@@ -29,7 +29,9 @@ use crate::runtime::{CallErrorKind, LoadedRule, RuleInstance};
 use crate::triggers::Kind;
 pub use crate::triggers::core::Input;
 use crate::triggers::core::control::{dead_letters, parse_dead};
-use crate::triggers::core::{CoreError, RuleCore, RuleSpec, SelectFailure, Step, Writes};
+use crate::triggers::core::{
+    CoreError, Inspection, RuleCore, RuleSpec, SelectFailure, Step, Writes,
+};
 use crate::triggers::fires::{FireAttempt, FireOutcome, FireRecord};
 use crate::triggers::state as key;
 use crate::verdict::Verdict;
@@ -58,6 +60,14 @@ pub enum Request {
     Pending,
     /// Save the counters.
     SaveCounters,
+    /// A page of the open partitions after a key (`None`: from the
+    /// start), and a schedule's next ticks.
+    Inspect {
+        /// Start after this partition key.
+        after: Option<String>,
+        /// Partitions on the page, at most.
+        limit: usize,
+    },
 }
 
 /// What a request answers.
@@ -67,7 +77,12 @@ pub enum Answer {
     Status(Box<RuleStatus>),
     /// Fires (dead letters, or pending ones), oldest first.
     Fires(Vec<FireRecord>),
+    /// A page of the open partitions.
+    Inspection(Box<Inspection>),
 }
+
+/// A schedule's next ticks shown by [`Request::Inspect`].
+const NEXT_TICKS: usize = 5;
 
 /// How fires run.
 pub trait Runner {
@@ -488,6 +503,10 @@ impl<K: Kind> Driver<K> {
             Request::SaveCounters => {
                 self.commit(self.core.save_counters())?;
             }
+            Request::Inspect { after, limit } => {
+                let page = self.core.inspect(after.as_deref(), *limit, NEXT_TICKS);
+                return Ok(Answer::Inspection(Box::new(page)));
+            }
         }
         Ok(Answer::Status(Box::new(self.status())))
     }
@@ -516,14 +535,14 @@ impl<K: Kind> Driver<K> {
     pub fn dead_letters(&mut self) -> Result<Vec<FireRecord>, CoreError> {
         match self.serve(&Request::DeadLetters, 0)? {
             Answer::Fires(f) => Ok(f),
-            Answer::Status(_) => unreachable!("a listing answers with fires"),
+            _ => unreachable!("a listing answers with fires"),
         }
     }
 
     fn status_of(&mut self, request: Request, now: i64) -> Result<RuleStatus, CoreError> {
         match self.serve(&request, now)? {
             Answer::Status(s) => Ok(*s),
-            Answer::Fires(_) => unreachable!("a control request answers with the status"),
+            _ => unreachable!("a control request answers with the status"),
         }
     }
 

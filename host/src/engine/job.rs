@@ -66,6 +66,7 @@ impl FireJob {
             Err(e) => Err(NotRun(e.to_string())),
         };
         let mut input_hops = 0;
+        let mut logs = Vec::new();
         let result = events.and_then(|events: Vec<Event>| {
             input_hops = events.iter().map(|e| e.hops).max().unwrap_or(0);
             let pack = crate::runtime::event_pack(&events).map_err(NotRun)?;
@@ -77,10 +78,10 @@ impl FireJob {
                 attempt: self.attempt,
                 events: pack,
             };
-            Ok(self
-                .rule
-                .instance()
-                .handle_batch(&batch)
+            let mut instance = self.rule.instance();
+            let answer = instance.handle_batch(&batch);
+            logs = instance.handler_logs().to_vec();
+            Ok(answer
                 .map(|emits| {
                     emits
                         .into_iter()
@@ -98,6 +99,7 @@ impl FireJob {
             now: self.now,
             input_hops,
             result,
+            logs,
         }
     }
 }

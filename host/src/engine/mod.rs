@@ -20,6 +20,8 @@
 //! - `task.rs`: a rule's task.
 //! - [`rule`]: a manifest and component made into a driver of its kind.
 //! - [`registry`]: which rules a server runs, kept beside their state.
+//! - [`stats`]: recent activity per minute (fires, latency, lateness,
+//!   ingest) for the dashboard's charts.
 
 pub mod cluster;
 pub mod deploy;
@@ -27,6 +29,7 @@ pub mod driver;
 pub mod job;
 pub mod registry;
 pub mod rule;
+pub mod stats;
 mod task;
 
 use std::collections::HashMap;
@@ -40,7 +43,7 @@ use self::rule::{Deployable, RuleStatus};
 use self::task::{Control, Task};
 use crate::clock::SharedClock;
 use crate::log::{EventLog, StateOp};
-use crate::triggers::core::{CoreError, RuleSpec, Writes};
+use crate::triggers::core::{CoreError, Inspection, RuleSpec, Writes};
 use crate::triggers::fires::FireRecord;
 
 /// Why a control request failed.
@@ -127,6 +130,8 @@ pub struct Engine {
     /// Counts rule status changes: a watcher wakes when any rule's status
     /// moves (see [`Engine::status_changes`]).
     changes: Arc<watch::Sender<u64>>,
+    /// Recent activity per minute.
+    stats: Arc<stats::Stats>,
 }
 
 /// Slots for rounds and handler runs: the engine's, and the tenant's
@@ -185,13 +190,19 @@ impl Engine {
     pub fn new(log: EventLog, clock: SharedClock) -> Self {
         Self {
             log,
-            clock,
             rules: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             work: Arc::new(Semaphore::new(work_permits())),
             shares: Mutex::new(HashMap::new()),
             changes: Arc::new(watch::channel(0).0),
+            stats: stats::Stats::new(clock.clone()),
+            clock,
         }
+    }
+
+    /// The engine's recent activity, per minute (the dashboard's charts).
+    pub fn stats(&self) -> &Arc<stats::Stats> {
+        &self.stats
     }
 
     /// Follow rule status changes: the receiver sees a change each time a
@@ -405,6 +416,7 @@ impl Engine {
             work: self.work_of(&key.0),
             rule: rule.clone(),
             changes: self.changes.clone(),
+            stats: self.stats.clone(),
         };
         let task = tokio::spawn(task.run(core));
         self.statuses
@@ -589,7 +601,7 @@ impl Engine {
         match self.request(tenant, name, request).await? {
             // The task published the rule's status before it answered.
             Answer::Status(s) => Ok(*s),
-            Answer::Fires(_) => unreachable!("a control request answers with the status"),
+            _ => unreachable!("a control request answers with the status"),
         }
     }
 
@@ -601,7 +613,7 @@ impl Engine {
     ) -> Result<Vec<FireRecord>, ControlError> {
         match self.request(tenant, name, request).await? {
             Answer::Fires(f) => Ok(f),
-            Answer::Status(_) => unreachable!("a listing answers with fires"),
+            _ => unreachable!("a listing answers with fires"),
         }
     }
 
@@ -655,6 +667,24 @@ impl Engine {
         name: &str,
     ) -> Result<Vec<FireRecord>, ControlError> {
         self.fires_request(tenant, name, Request::Pending).await
+    }
+
+    /// A page of a rule's open partitions after the key `after`, with
+    /// their state and deadlines (and a schedule's next ticks).
+    pub async fn inspect(
+        &self,
+        tenant: &str,
+        name: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Inspection, ControlError> {
+        match self
+            .request(tenant, name, Request::Inspect { after, limit })
+            .await?
+        {
+            Answer::Inspection(page) => Ok(*page),
+            _ => unreachable!("an inspection answers with partitions"),
+        }
     }
 
     /// The component a deployed rule runs (its fuel meter included).

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use super::driver::{Driven, Observer, Reply, Request, RoundIn, Runner};
 use super::job::FireJob;
 use super::rule::{Deployable, RuleStatus};
+use super::stats::Stats;
 use super::{Work, record_lifecycle};
 use crate::clock::SharedClock;
 use crate::log::EventLog;
@@ -38,36 +39,59 @@ const COUNTERS_EVERY: Duration = Duration::from_secs(30);
 /// A request with where its answer goes.
 pub(super) type Control = (Request, Option<Reply>);
 
-/// The metric labels of a rule.
-type Labels = [(String, String); 2];
-
-fn labels(core: &dyn Driven) -> Labels {
-    let spec = core.spec();
-    [
-        ("tenant".to_owned(), spec.tenant.clone()),
-        ("rule".to_owned(), spec.name.clone()),
-    ]
+/// Where a rule's measures go: `/metrics` (with the rule's labels) and
+/// the engine's recent activity ([`Stats`]).
+#[derive(Clone)]
+struct Meter {
+    labels: [(String, String); 2],
+    stats: Arc<Stats>,
 }
 
-/// Run a fire's handler, timing it for `/metrics`.
-fn run_timed(job: FireJob, labels: &Labels) -> FireAttempt {
+impl Meter {
+    fn of(core: &dyn Driven, stats: &Arc<Stats>) -> Self {
+        let spec = core.spec();
+        Self {
+            labels: [
+                ("tenant".to_owned(), spec.tenant.clone()),
+                ("rule".to_owned(), spec.name.clone()),
+            ],
+            stats: stats.clone(),
+        }
+    }
+
+    fn handled(&self, took: Duration, ok: bool) {
+        metrics::histogram!("sluice_handler_seconds", &self.labels).record(took.as_secs_f64());
+        let [(_, tenant), (_, rule)] = &self.labels;
+        self.stats.handled(tenant, rule, took, ok);
+    }
+
+    fn late(&self, late_ms: i64) {
+        metrics::histogram!("sluice_timer_lateness_seconds", &self.labels)
+            .record(late_ms as f64 / 1000.0);
+        let [(_, tenant), (_, rule)] = &self.labels;
+        self.stats.late(tenant, rule, late_ms);
+    }
+}
+
+/// Run a fire's handler, timing it.
+fn run_timed(job: FireJob, meter: &Meter) -> FireAttempt {
     let started = std::time::Instant::now();
     let attempt = job.run_guarded();
-    metrics::histogram!("sluice_handler_seconds", labels).record(started.elapsed().as_secs_f64());
+    meter.handled(started.elapsed(), matches!(attempt.result, Ok(Ok(_))));
     attempt
 }
 
 /// The engine's runner: a lone fire runs on the round's thread (a hop
 /// would only add latency); others go to the work slots.
 struct Spawner {
-    labels: Labels,
+    meter: Meter,
     jobs: Vec<FireJob>,
 }
 
 impl Runner for Spawner {
     fn run(&mut self, job: FireJob, lone: bool) -> Option<FireAttempt> {
         if lone {
-            return Some(run_timed(job, &self.labels));
+            return Some(run_timed(job, &self.meter));
         }
         self.jobs.push(job);
         None
@@ -76,15 +100,13 @@ impl Runner for Spawner {
 
 /// The engine's observer: how late deadlines are handled.
 struct Lateness<'a> {
-    labels: &'a Labels,
+    meter: &'a Meter,
 }
 
 impl Observer for Lateness<'_> {
     fn step(&mut self, _rule: &str, step: &Step, now: i64) {
         if let Some(due) = step.earliest_deadline {
-            let late = (now - due).max(0);
-            metrics::histogram!("sluice_timer_lateness_seconds", self.labels)
-                .record(late as f64 / 1000.0);
+            self.meter.late((now - due).max(0));
         }
     }
 }
@@ -101,6 +123,8 @@ pub(super) struct Task {
     pub rule: Deployable,
     /// Bumped each time the status is written.
     pub changes: Arc<watch::Sender<u64>>,
+    /// The engine's recent activity.
+    pub stats: Arc<Stats>,
 }
 
 /// Fires running in the work slots, by task id, so a run that is lost
@@ -112,12 +136,12 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(&mut self, job: FireJob, work: Work, labels: Labels) {
+    fn spawn(&mut self, job: FireJob, work: Work, meter: Meter) {
         let id = job.record.fire_id.clone();
         let handle = self.set.spawn(async move {
             let permit = work.acquire().await;
             let attempt = tokio::task::spawn_blocking(move || {
-                let a = run_timed(job, &labels);
+                let a = run_timed(job, &meter);
                 drop(permit);
                 a
             })
@@ -206,7 +230,7 @@ impl Task {
                     Err(fire) => lost.push(fire),
                 }
             }
-            let labels = labels(&*core);
+            let meter = Meter::of(&*core, &self.stats);
             let input = RoundIn {
                 now: self.clock.now_millis(),
                 finished: std::mem::take(&mut finished),
@@ -218,7 +242,7 @@ impl Task {
             let lost_now = std::mem::take(&mut lost);
             let clock = self.clock.clone();
             let permit = self.work.acquire().await;
-            let round_labels = labels.clone();
+            let round_meter = meter.clone();
             let joined = tokio::task::spawn_blocking(move || {
                 for fire in &lost_now {
                     core.lost_fire(fire);
@@ -228,14 +252,14 @@ impl Task {
                 // must not make the round work at a stale time.
                 input.now = clock.now_millis();
                 let mut spawner = Spawner {
-                    labels: round_labels.clone(),
+                    meter: round_meter.clone(),
                     jobs: Vec::new(),
                 };
                 let out = core.round(
                     input,
                     &mut spawner,
                     &mut Lateness {
-                        labels: &round_labels,
+                        meter: &round_meter,
                     },
                 );
                 drop(permit);
@@ -259,7 +283,7 @@ impl Task {
             };
             core = c;
             for job in jobs {
-                running.spawn(job, self.work.clone(), labels.clone());
+                running.spawn(job, self.work.clone(), meter.clone());
             }
             {
                 let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());

@@ -58,6 +58,9 @@ pub struct EventQuery {
     pub source: Option<String>,
     /// Only this kind.
     pub kind: Option<String>,
+    /// Only events whose id starts with this (a fire's records and
+    /// outputs: `sluice:<fire id>.`).
+    pub id_prefix: Option<String>,
     /// At most this many events.
     pub limit: usize,
     /// The newest `limit` of them, newest first (`false`: oldest first).
@@ -75,6 +78,7 @@ impl EventQuery {
             until: None,
             source: None,
             kind: None,
+            id_prefix: None,
             limit,
             newest_first: false,
         }
@@ -1132,6 +1136,7 @@ impl Subscription {
             until: None,
             source: None,
             kind: None,
+            id_prefix: None,
             limit: REPLAY_CHUNK,
             newest_first: false,
         }

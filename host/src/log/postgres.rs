@@ -44,7 +44,7 @@ use tokio_postgres::types::ToSql;
 use super::sqlite::Durability;
 use super::store::{
     Appender, Committed, IdGenerator, LogBackend, LogWriter, Pending, PruneReport, RetentionPolicy,
-    Stamp, StateOp, StoreError, prune_cut,
+    Stamp, StateOp, StoreError, prefix_upper, prune_cut,
 };
 use super::{EventQuery, NewEvent};
 use crate::event::Event;
@@ -470,22 +470,16 @@ fn select_sql(schema: &str, q: &EventQuery) -> (String, Vec<Arg>) {
     if let Some(until) = q.until {
         push("time <", Arg::Int(until));
     }
+    if let Some(prefix) = &q.id_prefix {
+        push("id >=", Arg::Text(prefix.clone()));
+        if let Some(upper) = prefix_upper(prefix) {
+            push("id <", Arg::Text(upper));
+        }
+    }
     args.push(Arg::Int(q.limit.min(i64::MAX as usize) as i64));
     let order = if q.newest_first { "DESC" } else { "ASC" };
     sql.push_str(&format!(" ORDER BY seq {order} LIMIT ${}", args.len()));
     (sql, args)
-}
-
-/// The upper bound of the keys starting with `prefix` (bytewise), when
-/// there is one that is still text: the prefix with its last character
-/// incremented. `None` for `""` or a last character at the top of its
-/// range.
-fn prefix_upper(prefix: &str) -> Option<String> {
-    let last = prefix.chars().next_back()?;
-    let next = char::from_u32(last as u32 + 1)?;
-    let mut upper = prefix[..prefix.len() - last.len_utf8()].to_owned();
-    upper.push(next);
-    Some(upper)
 }
 
 impl LogBackend for PostgresBackend {

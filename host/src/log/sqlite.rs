@@ -22,7 +22,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_ite
 
 use super::store::{
     Appender, Committed, IdGenerator, LogBackend, LogWriter, PruneReport, RetentionPolicy, Stamp,
-    StateOp, StoreError, prune_cut,
+    StateOp, StoreError, prefix_upper, prune_cut,
 };
 use super::{EventQuery, NewEvent};
 use crate::event::Event;
@@ -413,8 +413,14 @@ impl rusqlite::ToSql for Arg {
 }
 
 fn select_sql(q: &EventQuery) -> (String, Vec<Arg>) {
-    let mut sql = String::from(
-        "SELECT seq, tenant, id, source, kind, time, payload, hops, ingested_at FROM events WHERE 1 = 1",
+    // A fire's few records are found by id, however long the log.
+    let index = if q.id_prefix.is_some() && q.tenant.is_some() {
+        " INDEXED BY events_by_id"
+    } else {
+        ""
+    };
+    let mut sql = format!(
+        "SELECT seq, tenant, id, source, kind, time, payload, hops, ingested_at FROM events{index} WHERE 1 = 1",
     );
     let mut args = Vec::new();
     let mut push = |clause: &str, arg: Arg| {
@@ -441,6 +447,12 @@ fn select_sql(q: &EventQuery) -> (String, Vec<Arg>) {
     }
     if let Some(until) = q.until {
         push("time <", Arg::Int(until));
+    }
+    if let Some(prefix) = &q.id_prefix {
+        push("id >=", Arg::Text(prefix.clone()));
+        if let Some(upper) = prefix_upper(prefix) {
+            push("id <", Arg::Text(upper));
+        }
     }
     args.push(Arg::Int(q.limit.min(i64::MAX as usize) as i64));
     let order = if q.newest_first { "DESC" } else { "ASC" };

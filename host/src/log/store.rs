@@ -501,3 +501,15 @@ impl PruneCut {
         }
     }
 }
+
+/// The upper bound of the keys starting with `prefix` (bytewise), when
+/// there is one that is still text: the prefix with its last character
+/// incremented. `None` for `""` or a last character at the top of its
+/// range.
+pub(crate) fn prefix_upper(prefix: &str) -> Option<String> {
+    let last = prefix.chars().next_back()?;
+    let next = char::from_u32(last as u32 + 1)?;
+    let mut upper = prefix[..prefix.len() - last.len_utf8()].to_owned();
+    upper.push(next);
+    Some(upper)
+}

@@ -644,6 +644,7 @@ impl LoadedRule {
             rule: self.clone(),
             live: None,
             pack: empty_pack(),
+            logs: Vec::new(),
         }
     }
 
@@ -769,6 +770,8 @@ pub struct RuleInstance {
     live: Option<Live>,
     /// Reused between `select` calls to avoid reallocating.
     pack: wit::EventPack,
+    /// The last lines the guest wrote during the last handler call.
+    logs: Vec<String>,
 }
 
 impl fmt::Debug for RuleInstance {
@@ -819,6 +822,9 @@ impl RuleInstance {
         live.store.data().output.begin_call();
         let result = f(&live.bindings, &mut live.store);
         live.store.data().output.end_call();
+        if !keep_instance {
+            self.logs = live.store.data().output.tail();
+        }
         self.rule.spent(&live.store);
         match result {
             Ok(value) => {
@@ -966,6 +972,12 @@ impl RuleInstance {
             ));
         }
         Ok(())
+    }
+
+    /// The last lines (at most 16) the guest wrote during the last handler
+    /// call, to stdout, stderr or `log`, each named by where it went.
+    pub fn handler_logs(&self) -> &[String] {
+        &self.logs
     }
 
     /// Run the handler on a fresh instance (no state survives from an

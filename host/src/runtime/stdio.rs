@@ -21,8 +21,11 @@ use super::bindings::wit_host::Level;
 
 /// Longest line kept; the rest of a longer line is cut.
 const MAX_LINE: usize = 4 << 10;
-/// Lines of stderr kept for error reports.
+/// Lines of stderr kept for error reports, and lines of any stream kept
+/// for a fire's record.
 const TAIL_LINES: usize = 16;
+/// Longest line kept in a call's log tail (the record of a fire).
+const TAIL_LINE: usize = 512;
 
 /// Which guest stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,9 @@ struct State {
     dropped: usize,
     partial: [Vec<u8>; 2],
     stderr_tail: VecDeque<String>,
+    /// The call's last lines of every stream, named by it (`stdout: …`,
+    /// `info: …`).
+    tail: VecDeque<String>,
 }
 
 /// The output side of one store: shared by its stdout, stderr and `log`.
@@ -66,6 +72,7 @@ impl GuestOutput {
                 dropped: 0,
                 partial: [Vec::new(), Vec::new()],
                 stderr_tail: VecDeque::new(),
+                tail: VecDeque::new(),
             })),
         }
     }
@@ -89,6 +96,7 @@ impl GuestOutput {
         s.used = 0;
         s.dropped = 0;
         s.stderr_tail.clear();
+        s.tail.clear();
     }
 
     /// End a call: flush unterminated lines and report what was dropped.
@@ -115,6 +123,12 @@ impl GuestOutput {
         self.lock().stderr_tail.iter().cloned().collect()
     }
 
+    /// The last lines the guest wrote during this call, to any stream or
+    /// through `log`, each named by where it went (`stderr: boom`).
+    pub(crate) fn tail(&self) -> Vec<String> {
+        self.lock().tail.iter().cloned().collect()
+    }
+
     /// The `log` import.
     pub(crate) fn log(&self, level: Level, message: &str) {
         let mut s = self.lock();
@@ -122,6 +136,14 @@ impl GuestOutput {
             return;
         }
         let message = truncate(message);
+        let name = match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        s.keep(name, message);
         let (tenant, rule) = (&s.label.tenant, &s.label.rule);
         match level {
             Level::Trace => tracing::trace!(%tenant, %rule, "{message}"),
@@ -170,6 +192,7 @@ impl State {
             stream = stream.name(),
             "{text}"
         );
+        self.keep(stream.name(), text);
         if stream == Stream::Stderr {
             if self.stderr_tail.len() == TAIL_LINES {
                 self.stderr_tail.pop_front();
@@ -179,11 +202,26 @@ impl State {
     }
 }
 
+impl State {
+    /// Keep a line in the call's tail.
+    fn keep(&mut self, stream: &str, text: &str) {
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail
+            .push_back(format!("{stream}: {}", truncate_to(text, TAIL_LINE)));
+    }
+}
+
 fn truncate(s: &str) -> &str {
-    if s.len() <= MAX_LINE {
+    truncate_to(s, MAX_LINE)
+}
+
+fn truncate_to(s: &str, max: usize) -> &str {
+    if s.len() <= max {
         return s;
     }
-    let mut end = MAX_LINE;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -271,6 +309,27 @@ mod tests {
             out.stderr_tail(),
             vec!["thread panicked at src/lib.rs:3:5:", "boom!"]
         );
+    }
+
+    #[test]
+    fn keeps_the_last_lines_of_every_stream_named() {
+        let out = output(1 << 20);
+        out.begin_call();
+        out.write(Stream::Stdout, b"hello\n");
+        out.log(Level::Warn, "careful");
+        out.write(Stream::Stderr, b"oops");
+        out.end_call();
+        assert_eq!(
+            out.tail(),
+            vec!["stdout: hello", "warn: careful", "stderr: oops"]
+        );
+        out.begin_call();
+        for i in 0..40 {
+            out.log(Level::Info, &format!("line {i}"));
+        }
+        let tail = out.tail();
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert_eq!(tail.last().map(String::as_str), Some("info: line 39"));
     }
 
     #[test]

@@ -158,6 +158,11 @@ impl Kind for Batch {
     type State = Window;
     type Change = WindowChange;
 
+    fn describe(&self, w: &Window) -> serde_json::Value {
+        serde_json::json!({"events": w.seqs.len(), "opened_at": w.opened_at,
+            "first_seq": w.first_seq(), "last_seq": w.seqs.last()})
+    }
+
     fn on_event(
         &self,
         base: Option<&Window>,

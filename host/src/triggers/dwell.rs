@@ -193,6 +193,14 @@ impl Kind for Dwell {
     type State = Member;
     type Change = MemberChange;
 
+    fn describe(&self, m: &Member) -> serde_json::Value {
+        match m {
+            Member::In(s) => serde_json::json!({"member": true, "epoch": s.epoch,
+                "since": s.since, "first_seq": s.first, "last_seq": s.last}),
+            Member::Out { epoch } => serde_json::json!({"member": false, "epoch": epoch}),
+        }
+    }
+
     fn on_event(
         &self,
         base: Option<&Member>,

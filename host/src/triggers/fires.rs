@@ -427,6 +427,9 @@ pub struct FireAttempt {
     /// The handler's answer; `Err(NotRun)` when it did not run (the host
     /// could not read the fire's events: not the rule's failure).
     pub result: Result<Result<Vec<Output>, HandlerError>, NotRun>,
+    /// The last lines the guest wrote during the call (at most 16, each
+    /// named by its stream: `stdout: …`, `info: …`).
+    pub logs: Vec<String>,
 }
 
 impl FireAttempt {
@@ -438,6 +441,7 @@ impl FireAttempt {
             now,
             input_hops: 0,
             result: Err(NotRun(why.into())),
+            logs: Vec::new(),
         }
     }
 }
@@ -571,6 +575,7 @@ mod tests {
             now: 1_000,
             input_hops: hops,
             result: Ok(result),
+            logs: Vec::new(),
         }
     }
 

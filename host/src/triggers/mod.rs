@@ -374,6 +374,9 @@ pub trait Kind: Send + std::fmt::Debug + 'static {
     ) {
     }
 
+    /// A partition's state as the API shows it (a JSON object).
+    fn describe(&self, state: &Self::State) -> serde_json::Value;
+
     /// Fires of one partition run one at a time, in order (the default).
     /// `false` lets them overlap (`overlap = "allow-all"`), up to the
     /// rule's concurrency.

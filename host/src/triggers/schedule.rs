@@ -168,6 +168,11 @@ impl Kind for Schedule {
     type State = Buffer;
     type Change = Buffered;
 
+    fn describe(&self, b: &Buffer) -> serde_json::Value {
+        serde_json::json!({"events": b.seqs.len(), "first_seq": b.seqs.first(),
+            "last_seq": b.seqs.last()})
+    }
+
     fn on_event(&self, base: Option<&Buffer>, c: &mut Buffered, event: Kept, _out: &mut KindOut) {
         if base.is_none() && c.from.is_none() {
             c.from = Some(event.seq);

@@ -82,7 +82,8 @@ impl<K: Kind> RuleCore<K> {
                 return (Writes::default(), plan);
             }
         };
-        let (record, attempt, now) = (&attempt.record, attempt.attempt, attempt.now);
+        let whole = attempt;
+        let (record, now) = (&attempt.record, attempt.now);
         let first = record.first_seq();
         let firsts: Vec<u64> = first.into_iter().collect();
         let mut outputs = 0;
@@ -99,7 +100,7 @@ impl<K: Kind> RuleCore<K> {
                     records.extend(self.output_events(record, emitted, *hops, now));
                     outputs = emitted.len();
                 }
-                records.push(self.fire_completed(record, attempt, emitted.len(), now));
+                records.push(self.fire_completed(whole, emitted.len()));
                 Writes {
                     records,
                     ops: vec![
@@ -114,7 +115,7 @@ impl<K: Kind> RuleCore<K> {
                 at,
                 error,
             } => Writes {
-                records: vec![self.fire_failed(record, attempt, error, *at, now)],
+                records: vec![self.fire_failed(whole, error, *at)],
                 ops: vec![self.put(
                     key::fire_key(updated.order, &record.fire_id),
                     serde_json::to_vec(updated).expect("a fire serialises"),
@@ -139,7 +140,7 @@ impl<K: Kind> RuleCore<K> {
                     ops.push(self.put(key::SUSPENDED, why.clone().into_bytes()));
                 }
                 Writes {
-                    records: vec![self.fire_dead_lettered(record, attempt, error, now)],
+                    records: vec![self.fire_dead_lettered(whole, error)],
                     ops,
                 }
             }

@@ -252,6 +252,30 @@ pub struct Counters {
     pub ticks_missed: u64,
 }
 
+/// One open partition, as [`RuleCore::inspect`] shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionInfo {
+    /// The partition key (`None`: the global partition).
+    pub partition: Option<String>,
+    /// Its next deadline (ms), if it has one.
+    pub deadline: Option<i64>,
+    /// Its state, as the kind describes it (events buffered, membership).
+    pub state: serde_json::Value,
+}
+
+/// A page of a rule's open partitions.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Inspection {
+    /// Open partitions in all.
+    pub total: usize,
+    /// The page, in key order.
+    pub partitions: Vec<PartitionInfo>,
+    /// The key to ask the next page after, when there is one.
+    pub next_after: Option<String>,
+    /// For a schedule: its next ticks (ms).
+    pub next_ticks: Vec<i64>,
+}
+
 /// A rule's durable trigger state, in memory.
 #[derive(Debug)]
 pub struct RuleCore<K: Kind> {
@@ -439,6 +463,60 @@ impl<K: Kind> RuleCore<K> {
     /// Partitions with state.
     pub fn partitions(&self) -> usize {
         self.parts.len()
+    }
+
+    /// A page of the open partitions in key order (the global partition
+    /// first), after `after` (`None`: from the start), with their state
+    /// and deadline; and for kinds with ticks, the next `ticks` ticks.
+    /// Costs one pass over the partitions, not a sort of them all.
+    pub fn inspect(&self, after: Option<&str>, limit: usize, ticks: usize) -> Inspection {
+        let mut page: std::collections::BinaryHeap<&Option<String>> =
+            std::collections::BinaryHeap::with_capacity(limit + 1);
+        for p in self.parts.keys() {
+            let wanted = match (after, p) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(k)) => k.as_str() > a,
+            };
+            if !wanted {
+                continue;
+            }
+            page.push(p);
+            if page.len() > limit {
+                page.pop();
+            }
+        }
+        let keys = page.into_sorted_vec();
+        let more = keys.len() == limit && {
+            let last = keys.last().copied().cloned().flatten();
+            self.parts.keys().any(|p| match (&last, p) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(l), Some(k)) => k > l,
+            })
+        };
+        let partitions = keys
+            .into_iter()
+            .map(|p| PartitionInfo {
+                partition: p.clone(),
+                deadline: self.timers.deadline_of(p),
+                state: self.kind.describe(&self.parts[p]),
+            })
+            .collect::<Vec<_>>();
+        let mut next_ticks = Vec::new();
+        let mut at = self.next_tick;
+        while let Some(t) = at.filter(|_| next_ticks.len() < ticks) {
+            next_ticks.push(t);
+            at = self.kind.next_tick(t);
+        }
+        Inspection {
+            total: self.parts.len(),
+            next_after: more
+                .then(|| partitions.last().and_then(|p| p.partition.clone()))
+                .flatten(),
+            partitions,
+            next_ticks,
+        }
     }
 
     /// The earliest deadline: a partition's, or the next tick.

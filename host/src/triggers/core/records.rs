@@ -13,8 +13,24 @@ use serde_json::json;
 use super::{Missed, NoteRecord, Plan, RuleCore};
 use crate::event::NewEvent;
 use crate::records::{engine_id, engine_record, fire_id, partition_part};
-use crate::triggers::fires::{FireRecord, Output};
+use crate::triggers::fires::{FireAttempt, FireRecord, Output};
 use crate::triggers::{Kind, Note};
+
+/// The guest's backtrace, stderr and log lines of a failed attempt, in
+/// its record.
+fn failure_details(attempt: &FireAttempt, payload: &mut serde_json::Value) {
+    if let Ok(Err(e)) = &attempt.result {
+        if let Some(bt) = &e.backtrace {
+            payload["backtrace"] = json!(bt);
+        }
+        if !e.stderr.is_empty() {
+            payload["stderr"] = json!(e.stderr);
+        }
+    }
+    if !attempt.logs.is_empty() {
+        payload["logs"] = json!(attempt.logs);
+    }
+}
 
 /// Records of one kind are grouped this many items at most (closing a
 /// million windows is not a million events).
@@ -175,52 +191,55 @@ impl<K: Kind> RuleCore<K> {
         )
     }
 
-    pub(super) fn fire_completed(
-        &self,
-        record: &FireRecord,
-        attempt: u32,
-        outputs: usize,
-        at: i64,
-    ) -> NewEvent {
+    /// A fire completed: what it was about (its batch, by seq; its
+    /// reason) and the guest's last log lines, so the fire can be shown
+    /// once it has left the outbox.
+    pub(super) fn fire_completed(&self, attempt: &FireAttempt, outputs: usize) -> NewEvent {
+        let record = &attempt.record;
+        let mut payload = json!({"rule": record.rule, "fire_id": record.fire_id,
+            "partition": record.partition, "attempt": attempt.attempt, "outputs": outputs,
+            "reason": record.reason, "seqs": record.seqs, "created_at": record.created_at});
+        if !attempt.logs.is_empty() {
+            payload["logs"] = json!(attempt.logs);
+        }
         self.record(
             Self::fire_record_id(record, "done"),
             "fire.completed",
-            at,
-            json!({"rule": record.rule, "fire_id": record.fire_id,
-                "partition": record.partition, "attempt": attempt, "outputs": outputs}),
+            attempt.now,
+            payload,
         )
     }
 
+    /// A failed attempt that will be retried, with the guest's backtrace
+    /// and last output when it has them.
     pub(super) fn fire_failed(
         &self,
-        record: &FireRecord,
-        attempt: u32,
+        attempt: &FireAttempt,
         error: &str,
         retry_at: i64,
-        at: i64,
     ) -> NewEvent {
+        let record = &attempt.record;
+        let mut payload = json!({"rule": record.rule, "fire_id": record.fire_id,
+            "attempt": attempt.attempt, "error": error, "retry_at": retry_at});
+        failure_details(attempt, &mut payload);
         self.record(
-            Self::fire_record_id(record, &format!("a{attempt}")),
+            Self::fire_record_id(record, &format!("a{}", attempt.attempt)),
             "fire.failed",
-            at,
-            json!({"rule": record.rule, "fire_id": record.fire_id,
-                "attempt": attempt, "error": error, "retry_at": retry_at}),
+            attempt.now,
+            payload,
         )
     }
 
-    pub(super) fn fire_dead_lettered(
-        &self,
-        record: &FireRecord,
-        attempt: u32,
-        error: &str,
-        at: i64,
-    ) -> NewEvent {
+    pub(super) fn fire_dead_lettered(&self, attempt: &FireAttempt, error: &str) -> NewEvent {
+        let record = &attempt.record;
+        let mut payload = json!({"rule": record.rule, "fire_id": record.fire_id,
+            "attempts": attempt.attempt, "error": error});
+        failure_details(attempt, &mut payload);
         self.record(
             Self::fire_record_id(record, "dead"),
             "fire.dead_lettered",
-            at,
-            json!({"rule": record.rule, "fire_id": record.fire_id,
-                "attempts": attempt, "error": error}),
+            attempt.now,
+            payload,
         )
     }
 

@@ -209,6 +209,7 @@ fn a_fire_completes_once_and_its_writes_carry_the_outputs() {
         attempt: 1,
         now: 5 * S,
         input_hops: 0,
+        logs: vec!["stdout: hi".into()],
         result: Ok(Ok(vec![Output {
             kind: "digest".into(),
             payload: "{}".into(),
@@ -254,6 +255,7 @@ fn failures_retry_then_dead_letter_and_trip_the_breaker() {
             attempt: n,
             now,
             input_hops: 0,
+            logs: Vec::new(),
             result: Ok(Err(HandlerError {
                 message: "boom".into(),
                 fatal: false,
