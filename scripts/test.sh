@@ -3,8 +3,9 @@
 # doc tests on the embedded SQLite store (the tests about PostgreSQL itself
 # start a throwaway cluster of their own), then the suites that touch the
 # store (log, engine, conformance, server, ingest crashes) again on a throwaway
-# PostgreSQL, which this script starts and stops. Installs the
-# wasm32-wasip2 target and PostgreSQL first if they are missing.
+# PostgreSQL, which this script starts and stops; then the dashboard in
+# Chromium (scripts/dashboard-test.sh). Installs the wasm32-wasip2 target,
+# PostgreSQL and Chromium first if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -20,3 +21,6 @@ echo "the store suites again, on PostgreSQL ($url)" >&2
 SLUICE_TEST_POSTGRES=$url cargo test -p sluice --test all -- \
     log:: engine:: conformance:: server:: dispatch:: crash::acknowledged deploy:: timing:: core:: \
     --skip sqlite_
+
+echo "the dashboard in Chromium" >&2
+scripts/dashboard-test.sh

@@ -14,8 +14,10 @@
 //!
 //! - [`api`]: `sluice serve` — HTTP handlers that parse, call the layer
 //!   below and map its error: ingest, reads, the SSE feed, rules, fires,
-//!   tenants, metrics, a generated OpenAPI document; on several nodes,
-//!   [`api::cluster`] sends a rule's requests to its node.
+//!   tenants, metrics, recent activity ([`api::stats`]), a generated
+//!   OpenAPI document; on several nodes, [`api::cluster`] sends a rule's
+//!   requests to its node. [`api::dashboard`] serves the page at `/`
+//!   (`host/dashboard/`, compiled in), a client of the same API.
 //! - [`cli`]: the `sluice` command line (the binary is a thin shell).
 //!   - [`cli::client`]: the commands that talk to a running server.
 //! - [`offline`]: `sluice test` — input in, report out; rules run through
@@ -32,6 +34,8 @@
 //!   - [`engine::job`]: running a fire's handler.
 //!   - [`engine::cluster`]: several nodes on one PostgreSQL store —
 //!     heartbeats, leases, rendezvous hashing, hand-over.
+//!   - [`engine::stats`]: the last hour per minute (fires, latency,
+//!     lateness, ingest) for the dashboard's charts.
 //! - [`triggers`]: the sans-IO rule core, the kinds, the fire pipeline.
 //!   - [`triggers::core`]: a rule's trigger state and pure functions over
 //!     it — plan (time order), writes, fire outcomes, poison events,
@@ -49,7 +53,8 @@
 //!   sandbox with per-call limits; the only place that touches wasmtime.
 //!   - [`runtime::bindings`]: the one `bindgen!` site; the WIT types.
 //!   - [`runtime::cache`], [`runtime::limits`]; `runtime/stdio.rs` carries
-//!     guest output into the logs.
+//!     guest output into the logs and keeps a handler call's last lines
+//!     for its fire's record.
 //! - [`log`]: the durable event log — group-committed ingest with dedupe
 //!   and ingest stamps, queries, the feed, retention, the state store.
 //!   - [`log::store`]: the storage traits; [`log::sqlite`] (embedded, one

@@ -175,7 +175,7 @@ impl Trigger {
 
     /// The trigger in words: "batches of 10 per partition, or after 1h".
     pub fn describe(&self) -> String {
-        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        let d = |d: &Duration| crate::time::human(*d);
         match self {
             Trigger::Batch(b) => {
                 let expired = match b.expire {
@@ -1134,6 +1134,37 @@ fn check_select(raw: RawSelect) -> Result<SelectPolicy, Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn triggers_are_said_in_words() {
+        let said = |text: &str| {
+            Manifest::parse(&format!("name = \"x\"\nversion = 1\n{text}"))
+                .unwrap()
+                .trigger
+                .describe()
+        };
+        assert_eq!(
+            said("[trigger.batch]\ncount = 10\nwindow = \"1h\"\nexpire = \"discard\"\n"),
+            "batches of 10 per partition; a window still short 1h after it opens is discarded"
+        );
+        assert_eq!(
+            said(
+                "[trigger.batch]\ncount = 5\nwindow = \"10m\"\ndebounce = true\nmax_wait = \"1h\"\n"
+            ),
+            "batches of 5 per partition; a window still short 10m after its last event \
+             (at most 1h after its first) fires what it has"
+        );
+        assert_eq!(
+            said(
+                "[trigger.dwell]\nmax_dwell = \"30d\"\n[[trigger.dwell.reactions]]\nlabel = \"idle\"\nafter = \"7d\"\n[[trigger.dwell.reactions]]\nlabel = \"nag\"\nevery = \"1d\"\n"
+            ),
+            "per partition, while a member: \"idle\" once after 7d, \"nag\" every 1d; members leave after 30d"
+        );
+        assert_eq!(
+            said("[trigger.schedule]\ncron = \"0 * * * *\"\ntimezone = \"Europe/Berlin\"\n"),
+            "on cron \"0 * * * *\" (Europe/Berlin); a tick is skipped while the previous one runs; missed ticks are skipped"
+        );
+    }
 
     #[test]
     fn sizes() {

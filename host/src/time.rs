@@ -12,6 +12,29 @@ pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A duration as people write it in a manifest: `7d`, `1h 30m`, `500ms`.
+pub fn human(d: Duration) -> String {
+    const UNITS: [(&str, u128); 5] = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ];
+    let mut left = d.as_millis();
+    if left == 0 {
+        return "0s".into();
+    }
+    let mut parts = Vec::new();
+    for (unit, ms) in UNITS {
+        if left >= ms {
+            parts.push(format!("{}{unit}", left / ms));
+            left %= ms;
+        }
+    }
+    parts.join(" ")
+}
+
 /// A time written as RFC 3339 (`2026-01-01T12:00:00Z`) or as whole
 /// milliseconds since the epoch. The error says what was seen.
 pub fn parse(text: &str) -> Result<i64, String> {
@@ -54,6 +77,17 @@ pub fn rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_written() {
+        let h = |ms: u64| human(Duration::from_millis(ms));
+        assert_eq!(h(0), "0s");
+        assert_eq!(h(500), "500ms");
+        assert_eq!(h(3_600_000), "1h");
+        assert_eq!(h(5_400_000), "1h 30m");
+        assert_eq!(h(7 * 86_400_000), "7d");
+        assert_eq!(h(86_400_000 + 1_800_000), "1d 30m");
+    }
 
     #[test]
     fn one_parser_for_every_front_door() {

@@ -381,3 +381,45 @@ fn ticks_missed_while_not_running_follow_the_catch_up_policy() {
     );
     assert_eq!(b.core.counters().ticks_missed, 3);
 }
+
+#[test]
+fn inspection_pages_partitions_in_key_order_with_their_deadlines() {
+    let mut b = Bench::new(batch(10, 60), 0);
+    let keys = ["e", "b", "d", "a", "c"];
+    let events: Vec<Event> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| ev(i as u64 + 1, k, 1_000 * i as i64))
+        .collect();
+    b.step(&events, 10_000);
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = b.core.inspect(after.as_deref(), 2, 5);
+        assert_eq!(page.total, 5);
+        assert!(page.partitions.len() <= 2);
+        for p in &page.partitions {
+            let key = p.partition.clone().unwrap();
+            let opened = p.state["opened_at"].as_i64().unwrap();
+            assert_eq!(p.deadline, Some(opened + 60_000), "{key}");
+            assert_eq!(p.state["events"], 1);
+            seen.push(key);
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a", "b", "c", "d", "e"]);
+    assert!(b.core.inspect(Some("e"), 2, 5).partitions.is_empty());
+    // A batch rule has no ticks.
+    assert!(b.core.inspect(None, 2, 5).next_ticks.is_empty());
+}
+
+#[test]
+fn inspection_shows_a_schedules_next_ticks() {
+    let b = Bench::new(schedule(CatchUp::Skip), 0);
+    let page = b.core.inspect(None, 10, 3);
+    assert_eq!(page.next_ticks.len(), 3);
+    assert!(page.next_ticks.windows(2).all(|w| w[0] < w[1]));
+}
