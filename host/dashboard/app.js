@@ -787,6 +787,10 @@
       const focused = document.activeElement?.dataset?.index;
       const rows = [];
       for (let i = first; i < last; i++) rows.push(rowFor(items[i], i));
+      if (!items.length) {
+        rows.push(h('p', { class: 'empty', role: 'listitem' }, paused ? 'Paused.'
+          : f.from ? 'Nothing matches yet.' : 'Waiting for what comes next (set "From seq" to replay the log from a seq).'));
+      }
       spacer.replaceChildren(...rows);
       if (focused !== undefined && !list.contains(document.activeElement)) {
         spacer.querySelector(`[data-index="${focused}"]`)?.focus({ preventScroll: true });
@@ -884,13 +888,17 @@
   const DASHES = [[], [6, 3], [2, 2], [10, 4, 2, 4], [1, 3], [8, 8], [4, 1], [12, 2]];
 
   function chart(box, title, xs, series, unit) {
-    const width = Math.max(280, box.clientWidth || 600);
+    const style = getComputedStyle(box);
+    const inner = box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    const width = Math.max(260, Math.floor(inner) || 560);
     const opts = {
       title, width, height: 220,
       scales: { x: { time: true } },
       axes: [{}, { label: unit, size: 60 }],
       series: [{ label: 'minute' }, ...series.map((s, i) => ({
         label: s.label, stroke: PALETTE[i % PALETTE.length], dash: DASHES[i % DASHES.length], width: 2, spanGaps: false,
+        // A minute alone (no neighbour to draw a line to) still shows.
+        points: { show: true, size: 5, fill: PALETTE[i % PALETTE.length] },
       }))],
     };
     const data = [xs.map((m) => m / 1000), ...series.map((s) => s.values)];
@@ -908,7 +916,7 @@
 
   async function chartsView(root) {
     document.title = 'Charts · Sluice';
-    const box = h('div', { class: 'cards' });
+    const box = h('div', { class: 'cards charts' });
     root.append(h('h1', {}, 'Charts (the last hour, per minute)'), box);
     const draw = async () => {
       const s = await api('/v1/stats?minutes=60');

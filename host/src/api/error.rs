@@ -148,6 +148,24 @@ pub fn query<T>(
         .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
 }
 
+/// A count from the query (`limit`, `minutes`): `default` when absent,
+/// else within 1 to `max`; out of range, an error naming the field.
+pub fn bounded(
+    field: &str,
+    value: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("{field}: {n} must be 1 to {max}"),
+        )),
+    }
+}
+
 impl ApiError {
     /// A control request to `rule` (pause, resume, re-drive …) that failed:
     /// a rule not running now (being swapped or stopped, or it could not

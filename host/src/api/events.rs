@@ -227,13 +227,7 @@ pub async fn list(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventPage>, ApiError> {
     let q = super::error::query(query)?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 10_000 {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit: {limit} must be 1 to 10000"),
-        ));
-    }
+    let limit = super::error::bounded("limit", q.limit, 100, 10_000)?;
     let query = EventQuery {
         after_seq: q.after_seq,
         since: q

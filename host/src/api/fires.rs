@@ -116,13 +116,7 @@ pub async fn list(
             ));
         }
     };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 10_000 {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit: {limit} must be 1 to 10000"),
-        ));
-    }
+    let limit = super::error::bounded("limit", q.limit, 100, 10_000)?;
     let rules: Vec<String> = match &q.rule {
         Some(r) => {
             if app.deploys.registry.get(&tenant, r)?.is_none() {

@@ -459,16 +459,7 @@ pub async fn partitions(
     query: Result<Query<PartitionsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<PartitionPage>, ApiError> {
     let q = super::error::query(query)?;
-    let limit = match q.limit {
-        None => 100,
-        Some(n @ 1..=1000) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("limit: {n} is out of range (1 to 1000)"),
-            ));
-        }
-    };
+    let limit = super::error::bounded("limit", q.limit, 100, 1000)?;
     app.deploys
         .registry
         .get(&tenant, &name)?
@@ -528,16 +519,7 @@ pub async fn history(
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<super::events::EventView>>, ApiError> {
     let q = super::error::query(query)?;
-    let limit = match q.limit {
-        None => 50,
-        Some(n @ 1..=1000) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("limit: {n} is out of range (1 to 1000)"),
-            ));
-        }
-    };
+    let limit = super::error::bounded("limit", q.limit, 50, 1000)?;
     app.deploys
         .registry
         .get(&tenant, &name)?

@@ -39,16 +39,7 @@ pub async fn show(
     query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TenantSeries>, ApiError> {
     let q = super::error::query(query)?;
-    let minutes = match q.minutes {
-        None => MINUTES,
-        Some(n @ 1..=MINUTES) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("minutes: {n} is out of range (1 to {MINUTES})"),
-            ));
-        }
-    };
+    let minutes = super::error::bounded("minutes", q.minutes, MINUTES, MINUTES)?;
     let mut series = app.deploys.engine.stats().series(&tenant, minutes);
     if app.cluster.is_some() && !super::cluster::forwarded(&headers) {
         let asked = uri.path_and_query().map_or("/v1/stats", |p| p.as_str());
