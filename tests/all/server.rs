@@ -430,6 +430,20 @@ fn tenants_deploy_emit_tail_and_inspect() {
                 ids.insert(id),
                 "{method} {path}: operationId missing or repeated"
             );
+            // The refusals every route shares are listed where they apply.
+            let schemes = op["security"].as_array().map_or(0, Vec::len);
+            let has = |code: &str| op["responses"][code].is_object();
+            if schemes > 0 {
+                assert!(has("401"), "{method} {path}: 401 not listed");
+            }
+            if schemes == 1 {
+                assert!(has("403"), "{method} {path}: 403 not listed");
+            }
+            if op["parameters"].as_array().is_some_and(|p| !p.is_empty())
+                || op["requestBody"].is_object()
+            {
+                assert!(has("400"), "{method} {path}: 400 not listed");
+            }
             for p in op["parameters"].as_array().into_iter().flatten() {
                 let name = p["name"].as_str().unwrap();
                 let want = if path.contains(&format!("{{{name}}}")) {
@@ -444,6 +458,24 @@ fn tenants_deploy_emit_tail_and_inspect() {
                 );
             }
         }
+    }
+    // What the document bounds, the server refuses past the bound.
+    let fires = &doc["paths"]["/v1/fires"]["get"]["parameters"];
+    assert!(fires.to_string().contains("FireStatusParam"), "{fires}");
+    assert_eq!(
+        doc["components"]["schemas"]["FireStatusParam"]["enum"],
+        json!(["pending", "dead", "completed", "failed"])
+    );
+    for path in [
+        "/v1/events?after_seq=9223372036854775808",
+        "/v1/feed?after_seq=9223372036854775808",
+        "/v1/events?limit=10001",
+    ] {
+        let r = server
+            .req(reqwest::Method::GET, path, Some(token.as_str()))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
     }
     for path in [
         "/v1/events",

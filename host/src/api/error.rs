@@ -166,6 +166,20 @@ pub fn bounded(
     }
 }
 
+/// A seq from the query, at most the largest the stores keep.
+pub fn seq(field: &str, value: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match value {
+        Some(n) if n > super::openapi::MAX_SEQ => Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "{field}: {n} is past the largest seq, {}",
+                super::openapi::MAX_SEQ
+            ),
+        )),
+        v => Ok(v),
+    }
+}
+
 impl ApiError {
     /// A control request to `rule` (pause, resume, re-drive …) that failed:
     /// a rule not running now (being swapped or stopped, or it could not

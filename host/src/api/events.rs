@@ -188,16 +188,24 @@ pub async fn ingest(
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events after this seq.
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_u64)]
     pub after_seq: Option<u64>,
     /// Only events at or after this time (RFC 3339, or ms since the epoch).
+    #[param(
+        pattern = r"^([0-9]{1,16}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     pub since: Option<String>,
     /// Only events before this time (RFC 3339, or ms since the epoch).
+    #[param(
+        pattern = r"^([0-9]{1,16}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     pub until: Option<String>,
     /// Only this source.
     pub source: Option<String>,
     /// Only this kind.
     pub kind: Option<String>,
     /// At most this many (default 100, at most 10 000).
+    #[param(minimum = 1, maximum = 10_000)]
     pub limit: Option<usize>,
 }
 
@@ -229,7 +237,7 @@ pub async fn list(
     let q = super::error::query(query)?;
     let limit = super::error::bounded("limit", q.limit, 100, 10_000)?;
     let query = EventQuery {
-        after_seq: q.after_seq,
+        after_seq: super::error::seq("after_seq", q.after_seq)?,
         since: q
             .since
             .as_deref()

@@ -31,6 +31,7 @@ use crate::records::ENGINE_SOURCE;
 pub struct FeedQuery {
     /// Start after this seq (default 0: the whole log). A `Last-Event-ID`
     /// header takes precedence.
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_u64)]
     pub after_seq: Option<u64>,
     /// Only this source (`rule:<name>` for a rule's outputs, `sluice` for
     /// engine records).
@@ -78,7 +79,7 @@ fn wanted(q: &FeedQuery, e: &Event) -> bool {
 
 /// Follow the tenant's log: replay from the cursor, then live.
 #[utoipa::path(get, operation_id = "feed_feed", path = "/v1/feed", tag = "feed", params(FeedQuery,
-        ("Last-Event-ID" = Option<u64>, Header, description = "resume after this seq")),
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_u64, description = "resume after this seq")),
     responses((status = 200, content_type = "text/event-stream", description = "SSE: id = seq, event = event | output | fire | error | record, data = the event as JSON"),
         (status = 400, body = ErrorBody)),
     security(("tenant" = [])))]
@@ -112,7 +113,9 @@ pub async fn feed(
         })
         .map(|t| t.trim().to_owned())
         .unwrap_or_default();
-    let after = resume.or(q.after_seq).unwrap_or_else(|| {
+    let resume = super::error::seq("Last-Event-ID", resume)?;
+    let after_seq = super::error::seq("after_seq", q.after_seq)?;
+    let after = resume.or(after_seq).unwrap_or_else(|| {
         if q.live == Some(true) {
             app.log.last_seq()
         } else {

@@ -75,9 +75,11 @@ pub struct FiresQuery {
     pub rule: Option<String>,
     /// `pending`, `dead`, `completed`, `failed`; default: pending and
     /// dead.
+    #[param(value_type = Option<super::openapi::FireStatusParam>)]
     pub status: Option<String>,
     /// At most this many completed or failed ones (default 100, at most
     /// 10 000), newest last.
+    #[param(minimum = 1, maximum = 10_000)]
     pub limit: Option<usize>,
 }
 

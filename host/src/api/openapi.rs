@@ -6,6 +6,37 @@ use utoipa::{Modify, OpenApi};
 
 use super::{cluster, error, events, feed, fires, rules, stats, tenants};
 
+/// `drain` as the document spells it (the handlers parse the text and
+/// name a bad value).
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum DrainParam {
+    /// Open windows fire (reason drained) and pending fires run.
+    Fire,
+    /// They are dropped and reported.
+    Discard,
+}
+
+/// `status` of `GET /v1/fires`, as the document spells it.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum FireStatusParam {
+    /// Waiting, retrying or running.
+    Pending,
+    /// In the dead-letter list.
+    Dead,
+    /// Completed, from the engine's records.
+    Completed,
+    /// Failed attempts, from the engine's records.
+    Failed,
+}
+
+/// The largest seq a cursor may name (the stores keep seqs as 64-bit
+/// signed integers).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
 /// The API's description.
 #[derive(OpenApi)]
 #[openapi(
@@ -20,8 +51,8 @@ use super::{cluster, error, events, feed, fires, rules, stats, tenants};
         feed::feed, stats::show,
         super::clock_get, super::clock_move, cluster::show,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
-    modifiers(&Security),
+    components(schemas(error::ErrorBody, error::ErrorDetail, DrainParam, FireStatusParam)),
+    modifiers(&Security, &Refusals),
     tags(
         (name = "tenants", description = "Tenants, tokens and quotas (admin token)"),
         (name = "events", description = "Ingest and read the tenant's log"),
@@ -51,6 +82,71 @@ impl Modify for Security {
                         .build(),
                 ),
             );
+        }
+    }
+}
+
+/// The refusals every route shares, listed on each operation as the
+/// server answers them: 401 and 403 on every route that takes a token,
+/// 400 on every route that reads a query, a path or a body.
+struct Refusals;
+
+impl Modify for Refusals {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let schemes: Vec<String> = op
+                    .security
+                    .iter()
+                    .flatten()
+                    .filter_map(|r| serde_json::to_value(r).ok())
+                    .filter_map(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+                    .flatten()
+                    .collect();
+                let responses = &mut op.responses.responses;
+                let mut add = |code: &str, what: &str| {
+                    responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(what).into());
+                };
+                if !schemes.is_empty() {
+                    add("401", "No token, or one that is unknown or revoked.");
+                }
+                // A route for both kinds of token refuses neither.
+                if schemes.len() == 1 {
+                    add(
+                        "403",
+                        "A token of the other kind: the admin token on a tenant's route, or a tenant's on an admin route.",
+                    );
+                }
+                let reads = op.parameters.as_ref().is_some_and(|p| !p.is_empty())
+                    || op.request_body.is_some();
+                if reads {
+                    add(
+                        "400",
+                        "A malformed query, path or body; the message names the field.",
+                    );
+                }
+            }
         }
     }
 }

@@ -115,7 +115,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 /// Wasm component). A bad upload changes nothing; the running version
 /// carries on.
 #[utoipa::path(put, operation_id = "rules_deploy", path = "/v1/rules/{name}", tag = "rules",
-    params(("name" = String, Path), DeployQuery),
+    params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$"), DeployQuery),
     request_body(content_type = "multipart/form-data", content = Object,
         description = "fields manifest (rule.toml) and component (.wasm)"),
     responses((status = 200, body = Deployed), (status = 201, body = Deployed),
@@ -294,7 +294,7 @@ pub async fn list(
 
 /// One rule: version, trigger, status, counters, last error.
 #[utoipa::path(get, operation_id = "rules_show", path = "/v1/rules/{name}", tag = "rules",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$")),
     responses((status = 200, body = RuleView), (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]
 pub async fn show(
@@ -318,6 +318,7 @@ pub struct UndeployQuery {
     /// `fire` (default): open windows and buffers fire now (reason
     /// drained) and pending fires run; `discard`: they are dropped and
     /// reported (`windows.discarded`).
+    #[param(value_type = Option<super::openapi::DrainParam>)]
     pub drain: Option<String>,
 }
 
@@ -332,7 +333,7 @@ pub struct Undeployed {
 
 /// Undeploy a rule, draining its open windows as asked.
 #[utoipa::path(delete, operation_id = "rules_undeploy", path = "/v1/rules/{name}", tag = "rules",
-    params(("name" = String, Path), UndeployQuery),
+    params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$"), UndeployQuery),
     responses((status = 200, body = Undeployed), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]
@@ -378,7 +379,7 @@ async fn control(
 
 /// Pause a rule: nothing of it runs until it is resumed; its events wait.
 #[utoipa::path(post, operation_id = "rules_pause", path = "/v1/rules/{name}/pause", tag = "rules",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$")),
     responses((status = 200, body = RuleView), (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]
 pub async fn pause(
@@ -391,7 +392,7 @@ pub async fn pause(
 
 /// Resume a paused or suspended rule.
 #[utoipa::path(post, operation_id = "rules_resume", path = "/v1/rules/{name}/resume", tag = "rules",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$")),
     responses((status = 200, body = RuleView), (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]
 pub async fn resume(
@@ -448,7 +449,7 @@ pub struct PartitionPage {
 /// with their deadlines; for a schedule, also its next ticks. A rule may
 /// hold millions: page with `after`.
 #[utoipa::path(get, operation_id = "rules_partitions", path = "/v1/rules/{name}/partitions", tag = "rules",
-    params(("name" = String, Path), PartitionsQuery),
+    params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$"), PartitionsQuery),
     responses((status = 200, body = PartitionPage), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("tenant" = [])))]
@@ -508,7 +509,7 @@ const LIFE: [&str; 5] = [
 /// A rule's history, newest first: swaps (each with the version before,
 /// `previous`), resets, failures of its task and suspensions.
 #[utoipa::path(get, operation_id = "rules_history", path = "/v1/rules/{name}/history", tag = "rules",
-    params(("name" = String, Path), HistoryQuery),
+    params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$"), HistoryQuery),
     responses((status = 200, body = Vec<super::events::EventView>), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("tenant" = [])))]

@@ -241,6 +241,7 @@ pub async fn revoke_token(
 pub struct DeleteTenantQuery {
     /// What the tenant's rules do with open windows as they are
     /// undeployed: `fire` (default) or `discard`.
+    #[param(value_type = Option<super::openapi::DrainParam>)]
     pub drain: Option<String>,
 }
 
