@@ -1977,3 +1977,54 @@ fn the_dashboards_routes_show_a_fire_whole_a_rules_partitions_history_and_stats(
     assert_eq!(r.status(), 404);
     server.stop();
 }
+
+#[test]
+fn metrics_can_sit_behind_a_token_or_on_an_address_of_their_own() {
+    let f = Fixture::new();
+    let server = Server::start_with(&f.db(), &["--metrics-token", "scrape-me"]);
+    let tenant = server.tenant("acme");
+    let scrape = |token: Option<&str>| {
+        server
+            .req(reqwest::Method::GET, "/metrics", token)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(scrape(None), 401);
+    assert_eq!(scrape(Some("wrong")), 401);
+    assert_eq!(
+        scrape(Some(&tenant)),
+        401,
+        "a tenant reads no one's metrics"
+    );
+    assert_eq!(scrape(Some("scrape-me")), 200);
+    assert_eq!(scrape(Some(ADMIN)), 200);
+    server.stop();
+
+    // On an address of its own, the API's answers 404 and says where.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let at = format!("127.0.0.1:{port}");
+    let server = Server::start_with(&f.db(), &["--metrics-listen", &at]);
+    let r = server
+        .req(reqwest::Method::GET, "/metrics", None)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains(&at),
+        "{body}"
+    );
+    let text = reqwest::blocking::get(format!("http://{at}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(text.contains("sluice_log_last_seq"), "{text}");
+    let health = reqwest::blocking::get(format!("http://{at}/healthz")).unwrap();
+    assert_eq!(health.status(), 200);
+    server.stop();
+}

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::App;
+use super::error::ApiError;
 
 /// Histogram buckets (seconds) for latencies: 100 µs to 60 s.
 const BUCKETS: &[f64] = &[
@@ -78,8 +79,61 @@ fn describe() {
     describe_gauge!("sluice_rules", "Deployed rules by status.");
 }
 
+/// The routes of the separate metrics address (`--metrics-listen`).
+pub fn router(app: Arc<App>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(super::events::healthz))
+        .with_state(app)
+}
+
+/// `/metrics` on the API's address: there unless it has an address of its
+/// own.
+pub async fn metrics_on_api(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(at) = &app.config.metrics_listen {
+        return ApiError::not_found(format_args!(
+            "/metrics here: it is served on {at} (--metrics-listen)"
+        ))
+        .into_response();
+    }
+    metrics(State(app), headers).await
+}
+
+/// Whether a scrape may read: no metrics token set, or the request
+/// carries it (or the admin token).
+fn allowed(app: &App, headers: &axum::http::HeaderMap) -> bool {
+    let Some(want) = &app.config.metrics_token else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or_default();
+    use subtle::ConstantTimeEq;
+    let same: bool = given.as_bytes().ct_eq(want.trim().as_bytes()).into();
+    same || app.tenants.authenticate(given) == Some(crate::tenants::Caller::Admin)
+}
+
 /// Prometheus text.
-pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+pub async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
+    if !allowed(&app, &headers) {
+        return ApiError::unauthorized(
+            "/metrics needs the metrics token (--metrics-token) or the admin token: send Authorization: Bearer <token>",
+        )
+        .into_response();
+    }
+    render(&app).await.into_response()
+}
+
+async fn render(app: &Arc<App>) -> impl IntoResponse {
     let Some(handle) = &app.metrics else {
         return (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -94,7 +148,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     metrics::gauge!("sluice_log_bytes").set(size as f64);
     let mut by_status = std::collections::BTreeMap::<&str, u64>::new();
     for d in app.deploys.registry.list().unwrap_or_default() {
-        let view = super::rules::view(&app, &d).await;
+        let view = super::rules::view(app, &d).await;
         *by_status.entry(leak_status(&view.status)).or_default() += 1;
         let labels = [("tenant", d.tenant.clone()), ("rule", d.name.clone())];
         let c = &view.counters;

@@ -69,6 +69,10 @@ pub struct ServerConfig {
     pub store: Store,
     /// The address to listen on (`127.0.0.1:0` picks a free port).
     pub listen: String,
+    /// Serve `/metrics` (and `/healthz`) on this address, not the API's.
+    pub metrics_listen: Option<String>,
+    /// A bearer token `/metrics` asks for (the admin token is taken too).
+    pub metrics_token: Option<String>,
     /// Where compiled components are cached (default: `<db>.cache`).
     pub cache_dir: Option<PathBuf>,
     /// Commit durability.
@@ -102,6 +106,8 @@ impl Default for ServerConfig {
         Self {
             store: Store::Sqlite(PathBuf::from("sluice.db")),
             listen: "127.0.0.1:7878".into(),
+            metrics_listen: None,
+            metrics_token: None,
             cache_dir: None,
             durability: Durability::Full,
             heartbeat: Duration::from_secs(15),
@@ -287,7 +293,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(dashboard::index))
         .route("/ui/{*file}", get(dashboard::asset))
         .route("/healthz", get(events::healthz))
-        .route("/metrics", get(metrics::metrics))
+        .route("/metrics", get(metrics::metrics_on_api))
         .route("/v1/openapi.json", get(openapi_json))
         .route("/v1/whoami", get(tenants::whoami))
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
@@ -391,6 +397,14 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
+    let metrics_listener = match &config.metrics_listen {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("listen for /metrics on {at}"))?,
+        ),
+        None => None,
+    };
     let addr = listener.local_addr()?;
     let (stop, shutdown) = watch::channel(false);
     let cluster = match &config.store {
@@ -470,6 +484,20 @@ pub async fn serve(
     let signalled = signals()?;
     tracing::info!(%addr, rules = started, "sluice serving");
     ready(addr, generated.as_deref());
+    if let Some(listener) = metrics_listener {
+        let at = listener.local_addr()?;
+        tracing::info!(%at, "serving /metrics");
+        let mut stopping = shutdown.clone();
+        let routes = metrics::router(app.clone());
+        tokio::spawn(async move {
+            let served = axum::serve(listener, routes).with_graceful_shutdown(async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            });
+            if let Err(e) = served.await {
+                tracing::warn!(error = %e, "the /metrics listener failed");
+            }
+        });
+    }
     let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
         signalled.await;
         tracing::info!("shutting down: no new requests; running handlers get a grace period");

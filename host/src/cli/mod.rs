@@ -80,6 +80,14 @@ enum Command {
         /// Keep at most this many of the newest events (same exception).
         #[arg(long)]
         retain_events: Option<u64>,
+        /// Serve /metrics (and /healthz) on this address instead of the
+        /// API's: it names tenants and rules, so keep it private.
+        #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
+        /// Ask scrapers for this bearer token on /metrics (the admin
+        /// token is taken too).
+        #[arg(long, env = "SLUICE_METRICS_TOKEN", hide_env_values = true)]
+        metrics_token: Option<String>,
     },
     /// Deploy a rule to a server, or swap in a new version: DIR (with
     /// rule.toml and the component) or a .wasm with --manifest.
@@ -278,6 +286,8 @@ pub fn main() -> ExitCode {
             max_body,
             manual_clock,
             retain,
+            metrics_listen,
+            metrics_token,
             retain_events,
         } => serve(crate::api::ServerConfig {
             retention: (retain.is_some() || retain_events.is_some()).then_some(
@@ -294,6 +304,8 @@ pub fn main() -> ExitCode {
                 }
             },
             listen,
+            metrics_listen,
+            metrics_token: metrics_token.filter(|t| !t.trim().is_empty()),
             lease_ttl,
             advertise,
             cache_dir,
