@@ -30,6 +30,9 @@ pub enum TenantError {
     /// The name breaks the name rule.
     #[error("{0}")]
     InvalidName(String),
+    /// A request that cannot be carried out as asked.
+    #[error("{0}")]
+    Invalid(String),
     /// The store failed.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -136,6 +139,41 @@ pub struct Tenant {
     pub deleted_at: Option<i64>,
 }
 
+/// What a tenant's token may do. A token has one or more; one made
+/// without saying has all three.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Send events (`POST /v1/events`): for webhook senders.
+    Ingest,
+    /// Read the tenant's events, rules, fires, feed and stats: for
+    /// dashboards.
+    Read,
+    /// Change rules: deploy, swap, undeploy, pause, resume; re-drive and
+    /// discard dead letters.
+    Deploy,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 3] = [Scope::Ingest, Scope::Read, Scope::Deploy];
+
+    /// Its name as the API spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Read => "read",
+            Scope::Deploy => "deploy",
+        }
+    }
+}
+
+fn all_scopes() -> Vec<Scope> {
+    Scope::ALL.to_vec()
+}
+
 /// A token as stored (hash only) and shown (without the hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
@@ -147,6 +185,9 @@ pub struct TokenInfo {
     pub created_at: i64,
     /// When it was revoked, if it was.
     pub revoked_at: Option<i64>,
+    /// What it may do (a token stored before scopes existed may do all).
+    #[serde(default = "all_scopes")]
+    pub scopes: Vec<Scope>,
     #[serde(skip_serializing_if = "String::is_empty", default)]
     #[schema(ignore)]
     hash: String,
@@ -307,6 +348,17 @@ impl Tenants {
         format!("sluice_admin_{}", random_hex(32))
     }
 
+    /// What a tenant's `token` may do (`None`: not a valid tenant token).
+    pub fn scopes(&self, token: &str) -> Option<Vec<Scope>> {
+        let inner = self.read();
+        let rest = token.strip_prefix("sluice_")?;
+        let (id, _) = rest.split_once('_')?;
+        let t = inner.tokens.get(id)?;
+        let stored = hex::decode(&t.hash).unwrap_or_default();
+        let matches: bool = hash(token).as_slice().ct_eq(&stored).into();
+        (matches && t.revoked_at.is_none()).then(|| t.scopes.clone())
+    }
+
     /// Who `token` is.
     pub fn authenticate(&self, token: &str) -> Option<Caller> {
         let inner = self.read();
@@ -413,7 +465,7 @@ impl Tenants {
             quotas,
             deleted_at: None,
         };
-        let (info, token) = Self::mint(name, now);
+        let (info, token) = Self::mint(name, now, &Scope::ALL);
         self.log
             .transact(
                 Vec::new(),
@@ -461,25 +513,39 @@ impl Tenants {
         Ok(tenant)
     }
 
-    fn mint(tenant: &str, now: i64) -> (TokenInfo, NewToken) {
+    fn mint(tenant: &str, now: i64, scopes: &[Scope]) -> (TokenInfo, NewToken) {
         let id = random_hex(8);
         let token = format!("sluice_{id}_{}", random_hex(32));
+        let mut scopes = scopes.to_vec();
+        scopes.sort();
+        scopes.dedup();
         let info = TokenInfo {
             id: id.clone(),
             tenant: tenant.to_owned(),
             created_at: now,
             revoked_at: None,
+            scopes,
             hash: hex::encode(hash(&token)),
         };
         (info, NewToken { id, token })
     }
 
-    /// A new token for `tenant`.
-    pub async fn new_token(&self, tenant: &str, now: i64) -> Result<NewToken, TenantError> {
+    /// A new token for `tenant` that may do `scopes` (at least one).
+    pub async fn new_token(
+        &self,
+        tenant: &str,
+        now: i64,
+        scopes: &[Scope],
+    ) -> Result<NewToken, TenantError> {
         if self.get(tenant).is_none() {
             return Err(TenantError::NotFound(format!("tenant {tenant:?}")));
         }
-        let (info, token) = Self::mint(tenant, now);
+        if scopes.is_empty() {
+            return Err(TenantError::Invalid(
+                "scopes: give at least one of ingest, read and deploy".into(),
+            ));
+        }
+        let (info, token) = Self::mint(tenant, now, scopes);
         self.put_token(&info).await?;
         self.write().tokens.insert(info.id.clone(), info);
         Ok(token)

@@ -2028,3 +2028,142 @@ fn metrics_can_sit_behind_a_token_or_on_an_address_of_their_own() {
     assert_eq!(health.status(), 200);
     server.stop();
 }
+
+#[test]
+fn token_scopes_are_enforced_on_every_tenant_route() {
+    let f = Fixture::new();
+    let (server, full) = f.acme_with_echo();
+    let token_with = |scopes: Value| -> String {
+        let r = server
+            .req(
+                reqwest::Method::POST,
+                "/v1/tenants/acme/tokens",
+                Some(ADMIN),
+            )
+            .json(&json!({ "scopes": scopes }))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let ingest = token_with(json!(["ingest"]));
+    let read = token_with(json!(["read"]));
+    let deploy = token_with(json!(["deploy"]));
+    // Every route a tenant's token opens, as the OpenAPI document has it,
+    // with the scope it needs.
+    let table: Vec<(&str, &str, &str)> = vec![
+        ("POST", "/v1/events", "ingest"),
+        ("GET", "/v1/events", "read"),
+        ("GET", "/v1/events/{seq}", "read"),
+        ("GET", "/v1/rules", "read"),
+        ("GET", "/v1/rules/{name}", "read"),
+        ("PUT", "/v1/rules/{name}", "deploy"),
+        ("DELETE", "/v1/rules/{name}", "deploy"),
+        ("POST", "/v1/rules/{name}/pause", "deploy"),
+        ("POST", "/v1/rules/{name}/resume", "deploy"),
+        ("GET", "/v1/rules/{name}/partitions", "read"),
+        ("GET", "/v1/rules/{name}/history", "read"),
+        ("GET", "/v1/fires", "read"),
+        ("GET", "/v1/fires/{id}", "read"),
+        ("POST", "/v1/fires/{id}/redrive", "deploy"),
+        ("DELETE", "/v1/fires/{id}", "deploy"),
+        ("GET", "/v1/feed", "read"),
+        ("GET", "/v1/stats", "read"),
+    ];
+    let doc: Value = server
+        .req(reqwest::Method::GET, "/v1/openapi.json", None)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let schemes = op["security"].to_string();
+            if schemes.contains("tenant") && !schemes.contains("admin") {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let listed: BTreeSet<(String, String)> = table
+        .iter()
+        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(listed, documented, "the table covers every tenant route");
+    for (method, template, need) in &table {
+        let path = template
+            .replace("{seq}", "1")
+            .replace("{name}", "echo")
+            .replace("{id}", "f_none");
+        for (scope, token) in [("ingest", &ingest), ("read", &read), ("deploy", &deploy)] {
+            if scope == *need {
+                continue;
+            }
+            let r = server
+                .req(method.parse().unwrap(), &path, Some(token.as_str()))
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 403, "{method} {path} with a {scope} token");
+            let body: Value = r.json().unwrap();
+            assert_eq!(body["error"]["code"], "scope_needed", "{body}");
+            assert!(
+                body["error"]["message"].as_str().unwrap().contains(need),
+                "{body}"
+            );
+        }
+    }
+    // What a scope allows, it allows: an ingest token sends, a read token
+    // reads, a deploy token pauses and resumes; nothing was changed above.
+    server.emit(&ingest, &[ev("a", "scoped-1")]);
+    assert_eq!(server.get("/v1/rules/echo", &read)["status"], "active");
+    let r = server
+        .req(reqwest::Method::POST, "/v1/rules/echo/pause", Some(&deploy))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(server.get("/v1/rules/echo", &full)["status"], "paused");
+    // A token needs a scope, and only known ones.
+    for bad in [
+        json!({"scopes": []}),
+        json!({"scopes": ["write"]}),
+        json!({"nope": 1}),
+    ] {
+        let r = server
+            .req(
+                reqwest::Method::POST,
+                "/v1/tenants/acme/tokens",
+                Some(ADMIN),
+            )
+            .json(&bad)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let tokens = server.get("/v1/tenants/acme/tokens", ADMIN);
+    let scopes: Vec<&Value> = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["scopes"])
+        .collect();
+    assert_eq!(scopes[0], &json!(["ingest", "read", "deploy"]));
+    assert!(scopes.contains(&&json!(["ingest"])));
+    // The CLI makes scoped tokens too.
+    let out = server.cli(
+        ADMIN,
+        &[
+            "tenants", "tokens", "acme", "create", "--scope", "ingest", "--scope", "read",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let made = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let r = server
+        .req(reqwest::Method::POST, "/v1/rules/echo/resume", Some(&made))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    server.stop();
+}

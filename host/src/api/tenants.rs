@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::{App, body_json};
 pub use crate::tenants::{
-    Caller, CreateTenant, CreatedTenant, NewToken, Quotas, Tenant, TenantError, Tenants, TokenInfo,
+    Caller, CreateTenant, CreatedTenant, NewToken, Quotas, Scope, Tenant, TenantError, Tenants,
+    TokenInfo,
 };
 
 impl From<TenantError> for ApiError {
@@ -21,6 +22,7 @@ impl From<TenantError> for ApiError {
             TenantError::NotFound(what) => ApiError::not_found(what),
             TenantError::Exists(m) => ApiError::conflict("tenant_exists", m),
             TenantError::InvalidName(m) => ApiError::bad_request("invalid_name", m),
+            TenantError::Invalid(m) => ApiError::bad_request("invalid_body", m),
             TenantError::Log(e) => e.into(),
         }
     }
@@ -56,7 +58,21 @@ fn caller(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
         .ok_or_else(|| ApiError::unauthorized("the token is unknown or revoked"))
 }
 
-/// A request made with a tenant's token: the tenant's name.
+/// The scope a tenant's request needs: sending events needs `ingest`,
+/// any read `read`, any change `deploy`. One table for every route.
+pub fn scope_for(method: &axum::http::Method, path: &str) -> Scope {
+    use axum::http::Method;
+    if *method == Method::POST && path == "/v1/events" {
+        Scope::Ingest
+    } else if *method == Method::GET || *method == Method::HEAD {
+        Scope::Read
+    } else {
+        Scope::Deploy
+    }
+}
+
+/// A request made with a tenant's token (one whose scopes allow the
+/// route): the tenant's name.
 #[derive(Debug, Clone)]
 pub struct TenantAuth(pub String);
 
@@ -65,7 +81,25 @@ impl FromRequestParts<Arc<App>> for TenantAuth {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         match caller(parts, app)? {
-            Caller::Tenant(t) => Ok(Self(t)),
+            Caller::Tenant(t) => {
+                let need = scope_for(&parts.method, parts.uri.path());
+                let has = app.tenants.scopes(bearer(parts)?).unwrap_or_default();
+                if has.contains(&need) {
+                    return Ok(Self(t));
+                }
+                let names: Vec<&str> = has.iter().map(|s| s.name()).collect();
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "scope_needed",
+                    format!(
+                        "{} {} needs a token with the {} scope; this one has {}",
+                        parts.method,
+                        parts.uri.path(),
+                        need.name(),
+                        names.join(", ")
+                    ),
+                ))
+            }
             // Another node deleting a tenant undeploys its rules where
             // they run, acting for the tenant with the admin's request.
             Caller::Admin
@@ -191,17 +225,35 @@ pub async fn set_quotas(
     Ok(Json(app.tenants.set_quotas(&tenant, quotas).await?))
 }
 
-/// A new token for a tenant.
+/// `POST /v1/tenants/{tenant}/tokens`: what the new token may do.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// Its scopes (default: all three). An ingest-only token for a
+    /// webhook sender, a read-only one for a dashboard.
+    #[schema(min_items = 1)]
+    pub scopes: Option<Vec<Scope>>,
+}
+
+/// A new token for a tenant, with the scopes asked for (no body: all).
 #[utoipa::path(post, operation_id = "tenants_create_token", path = "/v1/tenants/{tenant}/tokens", tag = "tenants",
-    params(("tenant" = String, Path)),
+    params(("tenant" = String, Path)), request_body(content = Option<CreateToken>, content_type = "application/json"),
     responses((status = 201, body = NewToken), (status = 404, body = super::error::ErrorBody)),
     security(("admin" = [])))]
 pub async fn create_token(
     _: AdminAuth,
     State(app): State<Arc<App>>,
     Path(tenant): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
-    let token = app.tenants.new_token(&tenant, app.now()).await?;
+    let scopes = if body.iter().all(u8::is_ascii_whitespace) {
+        Scope::ALL.to_vec()
+    } else {
+        body_json::<CreateToken>(&body)?
+            .scopes
+            .unwrap_or_else(|| Scope::ALL.to_vec())
+    };
+    let token = app.tenants.new_token(&tenant, app.now(), &scopes).await?;
     Ok((StatusCode::CREATED, Json(token)))
 }
 

@@ -784,7 +784,12 @@ pub enum TokenCmd {
     /// List the tenant's tokens.
     Ls,
     /// Make a new token; it is printed this once.
-    Create,
+    Create {
+        /// What it may do: ingest (send events), read, deploy (change
+        /// rules). Repeat for several; default: all three.
+        #[arg(long = "scope", value_parser = ["ingest", "read", "deploy"])]
+        scopes: Vec<String>,
+    },
     /// Revoke a token; it stops working at once.
     Revoke {
         /// The token's id.
@@ -818,8 +823,9 @@ pub fn tenants(conn: &Conn, cmd: &TenantsCmd) -> anyhow::Result<()> {
             let base = format!("/v1/tenants/{}/tokens", encode(name));
             match action.as_ref().unwrap_or(&TokenCmd::Ls) {
                 TokenCmd::Ls => print_json(&client.get(&base)?),
-                TokenCmd::Create => {
-                    let v = client.post(&base, None)?;
+                TokenCmd::Create { scopes } => {
+                    let body = (!scopes.is_empty()).then(|| json!({"scopes": scopes}));
+                    let v = client.post(&base, body)?;
                     println!("{}", v["token"].as_str().unwrap_or_default());
                 }
                 TokenCmd::Revoke { id } => {
