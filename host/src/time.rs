@@ -54,8 +54,15 @@ pub fn parse_value(value: &Value) -> Result<i64, String> {
         Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| t.timestamp_millis())
             .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp: {e}")),
+        // A whole number written with a fraction (`346.0`) is still whole,
+        // as JSON Schema's `integer` has it.
         Value::Number(n) => n
             .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
             .ok_or_else(|| format!("{n} is not a whole number of milliseconds")),
         other => Err(format!(
             "must be an RFC 3339 string or milliseconds, got {}",
@@ -77,6 +84,13 @@ pub fn rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_numbers_may_carry_a_zero_fraction() {
+        assert_eq!(parse_value(&serde_json::json!(346.0)), Ok(346));
+        assert!(parse_value(&serde_json::json!(346.5)).is_err());
+        assert_eq!(parse_value(&serde_json::json!(7)), Ok(7));
+    }
 
     #[test]
     fn durations_read_as_written() {

@@ -282,7 +282,7 @@ async fn clock_move(
 }
 
 async fn openapi_json() -> impl IntoResponse {
-    axum::Json(openapi::document())
+    axum::Json(openapi::document_json())
 }
 
 /// The routes over `app`.

@@ -151,6 +151,51 @@ impl Modify for Refusals {
     }
 }
 
+/// A name field of an event (`id`, `source`, `kind`): 1 to 256
+/// characters, no control characters, not only white space.
+const EVENT_NAME: &str = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$";
+
+/// An event's `time` as text: RFC 3339 (years 1971 to 9998, so that no
+/// offset takes it out of range; a number is sent as a number).
+const EVENT_TIME: &str = r"^((197[1-9]|19[89][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$";
+
+/// The ingest body as the server reads it: what the derive cannot say
+/// (reserved values are `not`s).
+fn event_in() -> serde_json::Value {
+    let name = serde_json::json!({"type": "string", "minLength": 1, "maxLength": 256,
+        "pattern": EVENT_NAME});
+    serde_json::json!({
+        "type": "object",
+        "description": "One event. `source` may not be `sluice` or start with `rule:`, nor `id` with `sluice:` (the engine's).",
+        "required": ["source", "kind", "payload"],
+        "additionalProperties": false,
+        "properties": {
+            "id": {"oneOf": [{"type": "null"},
+                {"allOf": [name, {"not": {"pattern": "^sluice:"}}]}]},
+            "source": {"allOf": [name, {"not": {"enum": ["sluice"]}},
+                {"not": {"pattern": "^rule:"}}]},
+            "kind": name,
+            "time": {"oneOf": [{"type": "null"},
+                {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_999_i64},
+                {"type": "string", "pattern": EVENT_TIME}]},
+            "payload": {"type": "object", "description": "At most 256 KiB as JSON text."}
+        }
+    })
+}
+
+/// The document as served: [`document`] with the ingest body's schema.
+pub fn document_json() -> serde_json::Value {
+    let mut doc = serde_json::to_value(document()).unwrap_or_default();
+    doc["components"]["schemas"]["EventIn"] = event_in();
+    doc["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"] = serde_json::json!({
+        "oneOf": [
+            {"$ref": "#/components/schemas/EventIn"},
+            {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/EventIn"}}
+        ]
+    });
+    doc
+}
+
 /// The document.
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()

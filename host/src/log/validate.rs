@@ -16,15 +16,15 @@ use crate::records::{ENGINE_ID_PREFIX, ENGINE_SOURCE, RULE_SOURCE_PREFIX};
 pub struct EventLimits {
     /// Most bytes of a payload, as JSON text.
     pub max_payload_bytes: usize,
-    /// Most bytes of `id`, `source` and `kind`, each.
-    pub max_name_bytes: usize,
+    /// Most characters of `id`, `source` and `kind`, each.
+    pub max_name_chars: usize,
 }
 
 impl Default for EventLimits {
     fn default() -> Self {
         Self {
             max_payload_bytes: 256 << 10,
-            max_name_bytes: 256,
+            max_name_chars: 256,
         }
     }
 }
@@ -101,6 +101,9 @@ pub fn parse_batch(
     if trimmed.starts_with('[') {
         let items: Vec<Value> = serde_json::from_str(body)
             .map_err(|e| err("events", format!("not a valid JSON array: {e}")))?;
+        if items.is_empty() {
+            return Err(err("events", "the request holds no events"));
+        }
         return items
             .into_iter()
             .enumerate()
@@ -222,13 +225,13 @@ fn name(field: &str, value: Value, limits: &EventLimits) -> Result<String, Valid
     if s.trim().is_empty() {
         return Err(err(field, "must not be empty"));
     }
-    if s.len() > limits.max_name_bytes {
+    let chars = s.chars().count();
+    if chars > limits.max_name_chars {
         return Err(err(
             field,
             format!(
-                "{} bytes is over the limit of {} bytes",
-                s.len(),
-                limits.max_name_bytes
+                "{chars} characters is over the limit of {} characters",
+                limits.max_name_chars
             ),
         ));
     }
@@ -363,7 +366,7 @@ mod tests {
     fn oversized_fields_are_rejected() {
         let limits = EventLimits {
             max_payload_bytes: 20,
-            max_name_bytes: 4,
+            max_name_chars: 4,
         };
         let big = r#"{"source":"s","kind":"k","payload":{"data":"0123456789abcdef"}}"#;
         let e = parse_event("t", big, &limits).unwrap_err();
@@ -377,7 +380,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "source: 5 bytes is over the limit of 4 bytes"
+            "source: 5 characters is over the limit of 4 characters"
         );
     }
 
