@@ -219,6 +219,15 @@ impl Server {
         }
     }
 
+    /// The status of a request with no body.
+    fn status(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> u16 {
+        self.req(method, path, token)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// Wait until `f` holds (the engine works in the background).
     fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -1907,25 +1916,24 @@ fn the_dashboards_routes_show_a_fire_whole_a_rules_partitions_history_and_stats(
     assert!(second["next_after"].is_null(), "{second}");
     assert_eq!(second["next_ticks"], json!([]));
     for bad in ["limit=0", "limit=1001", "limit=x", "after=a&nope=1"] {
-        let r = server
-            .req(
+        assert_eq!(
+            server.status(
                 reqwest::Method::GET,
                 &format!("/v1/rules/digest/partitions?{bad}"),
-                Some(&token),
-            )
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 400, "{bad}");
+                Some(&token)
+            ),
+            400,
+            "{bad}"
+        );
     }
-    let r = server
-        .req(
+    assert_eq!(
+        server.status(
             reqwest::Method::GET,
             "/v1/rules/nope/partitions",
-            Some(&token),
-        )
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 404);
+            Some(&token)
+        ),
+        404
+    );
 
     // The trigger in words; a swap in the history.
     let rule = server.get("/v1/rules/digest", &token);
@@ -1959,11 +1967,10 @@ fn the_dashboards_routes_show_a_fire_whole_a_rules_partitions_history_and_stats(
     assert_eq!(sum(&stats["ingest"]), 4, "{stats}");
     assert_eq!(stats["rules"][0]["rule"], "digest");
     assert_eq!(sum(&stats["rules"][0]["fires"]), 1);
-    let r = server
-        .req(reqwest::Method::GET, "/v1/stats?minutes=61", Some(&token))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(
+        server.status(reqwest::Method::GET, "/v1/stats?minutes=61", Some(&token)),
+        400
+    );
 
     // Who a token is; the page itself needs none.
     assert_eq!(
@@ -1982,11 +1989,10 @@ fn the_dashboards_routes_show_a_fire_whole_a_rules_partitions_history_and_stats(
         assert!(ct.starts_with(kind), "{path}: {ct}");
         assert!(r.headers().contains_key("content-security-policy"));
     }
-    let r = server
-        .req(reqwest::Method::GET, "/ui/../Cargo.toml", None)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(
+        server.status(reqwest::Method::GET, "/ui/../Cargo.toml", None),
+        404
+    );
     server.stop();
 }
 
@@ -2131,11 +2137,10 @@ fn token_scopes_are_enforced_on_every_tenant_route() {
     // reads, a deploy token pauses and resumes; nothing was changed above.
     server.emit(&ingest, &[ev("a", "scoped-1")]);
     assert_eq!(server.get("/v1/rules/echo", &read)["status"], "active");
-    let r = server
-        .req(reqwest::Method::POST, "/v1/rules/echo/pause", Some(&deploy))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        server.status(reqwest::Method::POST, "/v1/rules/echo/pause", Some(&deploy)),
+        200
+    );
     assert_eq!(server.get("/v1/rules/echo", &full)["status"], "paused");
     // A token needs a scope, and only known ones.
     for bad in [
@@ -2177,10 +2182,9 @@ fn token_scopes_are_enforced_on_every_tenant_route() {
     );
     assert!(out.status.success(), "{out:?}");
     let made = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let r = server
-        .req(reqwest::Method::POST, "/v1/rules/echo/resume", Some(&made))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(
+        server.status(reqwest::Method::POST, "/v1/rules/echo/resume", Some(&made)),
+        403
+    );
     server.stop();
 }
