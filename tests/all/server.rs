@@ -219,6 +219,14 @@ impl Server {
         }
     }
 
+    /// The OpenAPI document the server serves.
+    fn openapi(&self) -> Value {
+        ok(self
+            .req(reqwest::Method::GET, "/v1/openapi.json", None)
+            .send()
+            .unwrap())
+    }
+
     /// The status of a request with no body.
     fn status(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> u16 {
         self.req(method, path, token)
@@ -424,12 +432,7 @@ fn tenants_deploy_emit_tail_and_inspect() {
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
-    let doc: Value = server
-        .req(reqwest::Method::GET, "/v1/openapi.json", None)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let doc = server.openapi();
     // Every operation has its own id; query parameters are in the query.
     let mut ids = BTreeSet::new();
     for (path, ops) in doc["paths"].as_object().unwrap() {
@@ -2091,12 +2094,7 @@ fn token_scopes_are_enforced_on_every_tenant_route() {
         ("GET", "/v1/feed", "read"),
         ("GET", "/v1/stats", "read"),
     ];
-    let doc: Value = server
-        .req(reqwest::Method::GET, "/v1/openapi.json", None)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let doc = server.openapi();
     let mut documented = BTreeSet::new();
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
