@@ -4,8 +4,9 @@
 # start a throwaway cluster of their own), then the suites that touch the
 # store (log, engine, conformance, server, ingest crashes) again on a throwaway
 # PostgreSQL, which this script starts and stops; then the dashboard in
-# Chromium (scripts/dashboard-test.sh). Installs the wasm32-wasip2 target,
-# PostgreSQL and Chromium first if they are missing.
+# Chromium (scripts/dashboard-test.sh) and the API against its OpenAPI
+# document (scripts/api-check.sh). Installs the wasm32-wasip2 target,
+# PostgreSQL, Chromium and schemathesis first if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -24,3 +25,6 @@ SLUICE_TEST_POSTGRES=$url cargo test -p sluice --test all -- \
 
 echo "the dashboard in Chromium" >&2
 scripts/dashboard-test.sh
+
+echo "the API against its OpenAPI document" >&2
+scripts/api-check.sh

@@ -43,27 +43,66 @@ const NS_TOKENS: &str = "sluice:tokens";
 const NS_ADMIN: &str = "sluice:admin";
 const ADMIN_KEY: &str = "token";
 
+/// The largest quota (2⁵³ − 1: exact in every JSON reader).
+const MAX_QUOTA: u64 = 9_007_199_254_740_991;
+
+/// A whole number for a quota: JSON Schema's `integer` takes `6015.0`
+/// too, and so does the server (a fraction or a negative is refused).
+fn whole<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..9.0e15).contains(f))
+            .map(|f| f as u64)
+    });
+    let whole = whole.filter(|w| *w <= MAX_QUOTA).ok_or_else(|| {
+        D::Error::custom(format!("{n} is not a whole number from 0 to {MAX_QUOTA}"))
+    })?;
+    T::try_from(whole).map_err(|_| D::Error::custom(format!("{whole} is out of range")))
+}
+
 /// What a tenant may use. Every field has a default; a request that sets
 /// some keeps the defaults of the others.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Quotas {
     /// Rules deployed at once.
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub max_rules: usize,
     /// The most fuel per call a rule may ask for (`[limits] fuel`).
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub max_fuel: u64,
     /// The longest deadline per call a rule may ask for, in ms.
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub max_deadline_ms: u64,
     /// The most linear memory a rule may ask for, in bytes.
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub max_memory_bytes: u64,
     /// The most fires of one rule running at once (`[concurrency] max`).
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 4_294_967_295_u64)]
     pub max_concurrency: u32,
     /// Partitions with open state per rule; an event that would open one
     /// more is skipped and recorded (`event.skipped`, reason `quota`).
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub max_partitions_per_rule: usize,
     /// Events ingested per second, sustained.
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 4_294_967_295_u64)]
     pub ingest_per_second: u32,
     /// Events ingested at once above the sustained rate.
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 4_294_967_295_u64)]
     pub ingest_burst: u32,
 }
 
@@ -216,6 +255,7 @@ pub struct CreatedTenant {
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// 1 to 64 characters of a-z, 0-9, `-` and `_`, starting with a letter.
+    #[schema(pattern = r"^[a-z][a-z0-9_-]{0,63}$")]
     pub name: String,
     /// Quotas; defaults for what is left out.
     #[serde(default)]

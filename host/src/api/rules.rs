@@ -110,13 +110,26 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::bad_request("invalid_form", format!("multipart body: {}", e.body_text()))
 }
 
+/// The deploy form, as the document describes it (the handler reads the
+/// multipart fields itself, and refuses any other field).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct DeployForm {
+    /// `rule.toml`.
+    manifest: String,
+    /// The Wasm component.
+    #[schema(value_type = String, format = Binary)]
+    component: Vec<u8>,
+}
+
 /// Deploy a rule or swap in a new version. The body is a multipart form
 /// with a `manifest` field (`rule.toml`) and a `component` field (the
 /// Wasm component). A bad upload changes nothing; the running version
 /// carries on.
 #[utoipa::path(put, operation_id = "rules_deploy", path = "/v1/rules/{name}", tag = "rules",
     params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$"), DeployQuery),
-    request_body(content_type = "multipart/form-data", content = Object,
+    request_body(content_type = "multipart/form-data", content = DeployForm,
         description = "fields manifest (rule.toml) and component (.wasm)"),
     responses((status = 200, body = Deployed), (status = 201, body = Deployed),
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),

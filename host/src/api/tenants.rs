@@ -249,8 +249,8 @@ pub async fn create_token(
     let scopes = if body.iter().all(u8::is_ascii_whitespace) {
         Scope::ALL.to_vec()
     } else {
-        body_json::<CreateToken>(&body)?
-            .scopes
+        body_json::<Option<CreateToken>>(&body)?
+            .and_then(|b| b.scopes)
             .unwrap_or_else(|| Scope::ALL.to_vec())
     };
     let token = app.tenants.new_token(&tenant, app.now(), &scopes).await?;
