@@ -232,7 +232,11 @@ pub async fn undeploy_anywhere(
         let routed = owner(app, tenant, rule).await;
         let waited_enough = std::time::Instant::now() >= deadline;
         match routed {
-            Ok(Owner::Here) => return Ok(app.deploys.undeploy(tenant, rule, drain).await?),
+            Ok(Owner::Here) => match app.deploys.undeploy(tenant, rule, drain).await {
+                // The rule changed hands meanwhile: ask again who has it.
+                Err(e) if !waited_enough && moved(&e.to_string()) => {}
+                done => return Ok(done?),
+            },
             Ok(Owner::There { addr, live, .. }) if live || waited_enough => {
                 let mut req = client()
                     .delete(format!("{addr}/v1/rules/{rule}?drain={}", drain.name()))
@@ -248,9 +252,12 @@ pub async fn undeploy_anywhere(
                     Ok(r) => {
                         let status = r.status();
                         let text = r.text().await.unwrap_or_default();
-                        return Err(ApiError::internal(format!(
-                            "undeploy {rule} on {addr}: {status} {text}"
-                        )));
+                        let moving = status == StatusCode::SERVICE_UNAVAILABLE || moved(&text);
+                        if waited_enough || !moving {
+                            return Err(ApiError::internal(format!(
+                                "undeploy {rule} on {addr}: {status} {text}"
+                            )));
+                        }
                     }
                     Err(e) if waited_enough => {
                         return Err(ApiError::internal(format!(
@@ -265,6 +272,12 @@ pub async fn undeploy_anywhere(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether a refusal says the rule changed hands while it was being
+/// handled (its lease moved: the write was fenced).
+fn moved(error: &str) -> bool {
+    error.contains("fenced") || error.contains("rule_moving")
 }
 
 /// Ask every other live node the same GET (as a forwarded request: each
