@@ -33,7 +33,7 @@ use sluice::log::{Durability, EventLog, LogConfig, NewEvent};
 use sluice::manifest::{BatchTrigger, Expire};
 use sluice::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
 use sluice::triggers::batch::Batch;
-use sluice::triggers::core::RuleSpec;
+use sluice::triggers::core::{RuleSpec, Start};
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::{REPO_SUMMARY, SLOW_DIGEST};
 
@@ -205,7 +205,7 @@ fn fire_cost(rt: &Runtime, partitions: u64) -> (Duration, u64) {
     };
     let now = 1_767_225_600_000;
     let spec = RuleSpec::with_defaults("bench", "repo-summary");
-    let mut core = Driver::open(&log, spec, Batch::from(&trigger), rule, now, false).unwrap();
+    let mut core = Driver::open(&log, spec, Batch::from(&trigger), rule, now, Start::Cold).unwrap();
     while core.step(now, 4_096).unwrap().read > 0 {}
     let ids: Vec<String> = core.pending_fires().map(str::to_owned).collect();
     let measured = ids.len().min(200);

@@ -33,7 +33,7 @@ use sluice::log::{Durability, EventLog, EventQuery, LogConfig, NewEvent};
 use sluice::manifest::{DwellTrigger, Manifest, Reaction, ReactionTime};
 use sluice::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
 use sluice::triggers::FireReason;
-use sluice::triggers::core::RuleSpec;
+use sluice::triggers::core::{RuleSpec, Start};
 use sluice::triggers::dwell::Dwell;
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::ECHO;
@@ -121,7 +121,7 @@ fn memberships(rt: &Runtime) {
     let log = open_log(&dir, "dwell.db");
     let now = SystemClock.now_millis();
     let hour = dwell(Duration::from_secs(3600));
-    let mut core = Driver::open(&log, spec(), hour, rule(), now, false).unwrap();
+    let mut core = Driver::open(&log, spec(), hour, rule(), now, Start::Cold).unwrap();
     let started = Instant::now();
     while core.step(now, 8_192).unwrap().read > 0 {}
     let stepped = started.elapsed();
@@ -136,7 +136,7 @@ fn memberships(rt: &Runtime) {
     let reload = Instant::now();
     let after = Duration::from_millis((SystemClock.now_millis() + 5_000 - t0).max(0) as u64);
     let now = SystemClock.now_millis();
-    let mut core = Driver::open(&log, spec(), dwell(after), rule(), now, false).unwrap();
+    let mut core = Driver::open(&log, spec(), dwell(after), rule(), now, Start::Cold).unwrap();
     let reloaded = reload.elapsed();
     let per_member = rss_bytes().saturating_sub(before) as f64 / N as f64;
     let mut late = Vec::with_capacity(N as usize);

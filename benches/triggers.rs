@@ -26,7 +26,7 @@ use sluice::log::{Durability, EventLog, FeedItem, LogConfig, NewEvent, StateOp};
 use sluice::manifest::{BatchTrigger, Expire};
 use sluice::runtime::{Limits, LoadedRule, RuleLabel, Runtime, RuntimeConfig};
 use sluice::triggers::batch::Batch;
-use sluice::triggers::core::RuleSpec;
+use sluice::triggers::core::{RuleSpec, Start};
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::{HOSTILE, JSON_KEY};
 
@@ -233,7 +233,7 @@ fn timer_lateness(rt: &Runtime) {
     }
     let before = rss_bytes();
     let now = SystemClock.now_millis();
-    let mut d = Driver::open(&log, spec.0, spec.1, spec.2, now, false).unwrap();
+    let mut d = Driver::open(&log, spec.0, spec.1, spec.2, now, Start::Cold).unwrap();
     let per_window = (rss_bytes().saturating_sub(before)) as f64 / WINDOWS as f64;
     let mut late = Vec::with_capacity(WINDOWS as usize);
     while let Some(next) = d.next_deadline() {

@@ -36,6 +36,8 @@
 //!     heartbeats, leases, rendezvous hashing, hand-over.
 //!   - [`engine::stats`]: the last hour per minute (fires, latency,
 //!     lateness, ingest) for the dashboard's charts.
+//!   - [`engine::alive`]: liveness marks — until when a node is known to
+//!     have run, so that a restart knows when its outage began.
 //! - [`triggers`]: the sans-IO rule core, the kinds, the fire pipeline.
 //!   - [`triggers::core`]: a rule's trigger state and pure functions over
 //!     it — plan (time order), writes, fire outcomes, poison events,
@@ -61,6 +63,8 @@
 //!     writing process) and [`log::postgres`] (shared by several nodes,
 //!     with their leases).
 //!   - [`log::validate`].
+//! - [`crash`]: the crash points tests stop the process at (only in a
+//!   build with the `failpoints` feature).
 //! - [`event`], [`verdict`], [`records`], [`names`], [`time`], [`clock`]:
 //!   the shared vocabulary — events, what a rule says of one, the engine's
 //!   ids and records, the name rule, times, the engine clock.
@@ -70,6 +74,7 @@
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod crash;
 pub mod engine;
 pub mod event;
 pub mod log;

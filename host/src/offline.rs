@@ -47,7 +47,7 @@ use crate::log::validate::{EventLimits, parse_event_value};
 use crate::log::{Durability, EventLog, LogConfig, NewEvent, Store};
 use crate::manifest::Manifest;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::triggers::core::Step;
+use crate::triggers::core::{Start, Step};
 use crate::triggers::fires::{FireAttempt, FireOutcome};
 use crate::triggers::{FireReason, Note};
 use crate::verdict::Verdict;
@@ -423,15 +423,16 @@ impl Run<'_> {
     fn start(&mut self) -> anyhow::Result<()> {
         if !self.started {
             self.started = true;
-            self.open_rules()?;
+            self.open_rules(Start::Cold)?;
         }
         Ok(())
     }
 
-    fn open_rules(&mut self) -> anyhow::Result<()> {
+    /// Open every rule at the clock's time, as `start` says.
+    fn open_rules(&mut self, start: Start) -> anyhow::Result<()> {
         let now = self.clock.now_millis();
         for d in &self.deployables {
-            self.rules.push(d.clone().open(&self.log, now, false)?);
+            self.rules.push(d.clone().open(&self.log, now, start)?);
         }
         self.settle()
     }
@@ -448,9 +449,11 @@ impl Run<'_> {
             }
             // Stop every rule (in `sluice test` no handler is mid-run), let
             // the time pass, start them again from what is committed.
+            // They were known to run until now: the outage is the time
+            // that passes.
             self.rules.clear();
             self.clock.set(target);
-            return self.open_rules();
+            return self.open_rules(Start::After(now));
         }
         let Some(name) = arg.as_str() else {
             anyhow::bail!("{arg} is not a rule name");

@@ -14,7 +14,7 @@ use sluice::log::{EventLog, EventQuery, NewEvent};
 use sluice::manifest::{BatchTrigger, Expire, Manifest, RetryPolicy};
 use sluice::runtime::Limits;
 use sluice::triggers::batch::Batch;
-use sluice::triggers::core::RuleSpec;
+use sluice::triggers::core::{RuleSpec, Start};
 use sluice_test_components::component_bytes;
 use sluice_test_components::components::{ECHO, HOSTILE, PR_DIGEST, SLOW_DIGEST};
 
@@ -36,7 +36,15 @@ fn pr_digest(h: &Harness, log: &EventLog, count: u32) -> Driver<Batch> {
     let spec = RuleSpec::with_defaults("acme", "pr-digest");
     let rule = h.load(PR_DIGEST, Limits::default());
     let now = h.clock.now_millis();
-    Driver::open(log, spec, Batch::from(&trigger(count)), rule, now, false).unwrap()
+    Driver::open(
+        log,
+        spec,
+        Batch::from(&trigger(count)),
+        rule,
+        now,
+        Start::Cold,
+    )
+    .unwrap()
 }
 
 /// Rows a fire reads, with `partitions` interleaved round-robin.

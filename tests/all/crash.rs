@@ -499,7 +499,10 @@ fn schedules_survive_sigkill_and_catch_up_without_a_tick_twice() {
     let manifest = dir.path().join("rule.toml");
     std::fs::write(
         &manifest,
-        "name = \"echo\"\nversion = 1\n\n[trigger.schedule]\ncron = \"* * * * * *\"\ntimezone = \"UTC\"\ncatch_up = \"all\"\ncatch_up_window = \"1h\"\n",
+        // Every tick runs (`buffer-all`): with the default `skip`, a tick
+        // due while the previous fire still runs is skipped, which depends
+        // on how fast the handler is, not on the crashes.
+        "name = \"echo\"\nversion = 1\n\n[trigger.schedule]\ncron = \"* * * * * *\"\ntimezone = \"UTC\"\ncatch_up = \"all\"\ncatch_up_window = \"1h\"\noverlap = \"buffer-all\"\n",
     )
     .unwrap();
     let db = dir.path().join("sched.db");

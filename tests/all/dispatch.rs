@@ -13,7 +13,7 @@ use sluice::records::ENGINE_SOURCE;
 use sluice::runtime::LoadedRule;
 use sluice::triggers::FireReason;
 use sluice::triggers::batch::Batch;
-use sluice::triggers::core::RuleSpec;
+use sluice::triggers::core::{RuleSpec, Start};
 use sluice::triggers::fires::FireOutcome;
 use sluice_test_components::components::{HOSTILE, PR_DIGEST};
 
@@ -41,7 +41,7 @@ fn open(log: &EventLog, r: BatchRule) -> Driver<Batch> {
     let mut spec = RuleSpec::with_defaults("acme", &r.name);
     spec.retry = r.retry;
     let now = r.now;
-    Driver::open(log, spec, Batch::from(&r.batcher), r.rule, now, false).unwrap()
+    Driver::open(log, spec, Batch::from(&r.batcher), r.rule, now, Start::Cold).unwrap()
 }
 
 fn spec(h: &Harness, expire: Expire) -> BatchRule {
@@ -480,7 +480,7 @@ fn a_poison_event_can_suspend_the_rule_instead() {
         Batch::from(&trigger),
         rule(),
         now,
-        false,
+        Start::Cold,
     )
     .unwrap();
     log.append_blocking(kind_events(&["fine", "panic", "fine"], "s"))
@@ -496,6 +496,6 @@ fn a_poison_event_can_suspend_the_rule_instead() {
     assert_eq!(d.cursor(), 1, "the poison event and what follows wait");
     assert_eq!(engine_kinds(&log), vec!["rule.suspended"]);
     // The suspension is durable.
-    let again = Driver::open(&log, spec, Batch::from(&trigger), rule(), now, false).unwrap();
+    let again = Driver::open(&log, spec, Batch::from(&trigger), rule(), now, Start::Cold).unwrap();
     assert!(again.suspended().is_some());
 }

@@ -460,7 +460,12 @@ async fn undeploy_drains_open_windows_by_firing_or_discarding_them() {
             .collect();
         last = *log.append(events).await.unwrap().seqs.last().unwrap();
         wait_cursor(&engine, name, last).await;
-        assert!(engine.undeploy_drain("acme", name, drain).await.unwrap());
+        assert!(
+            engine
+                .undeploy_drain("acme", name, drain, None, Vec::new())
+                .await
+                .unwrap()
+        );
         assert!(engine.status("acme", name).is_none());
         let outputs = log
             .query(&sluice::log::EventQuery {

@@ -9,6 +9,7 @@ mod deploy;
 mod dispatch;
 mod engine;
 mod examples;
+mod failpoints;
 mod languages;
 mod load;
 mod log;

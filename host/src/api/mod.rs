@@ -91,8 +91,10 @@ pub struct ServerConfig {
     pub manual_clock: Option<i64>,
     /// Limits of ingested events.
     pub event_limits: EventLimits,
-    /// Pruning of old events, if any (a pass a minute).
+    /// Pruning of old events, if any (a pass every `retention_every`).
     pub retention: Option<crate::log::RetentionPolicy>,
+    /// How often a retention pass runs.
+    pub retention_every: Duration,
     /// On a shared store (PostgreSQL): how long a rule's lease lasts
     /// without renewal.
     pub lease_ttl: Duration,
@@ -117,6 +119,7 @@ impl Default for ServerConfig {
             manual_clock: None,
             event_limits: EventLimits::default(),
             retention: None,
+            retention_every: Duration::from_secs(60),
             lease_ttl: Duration::from_secs(10),
             advertise: None,
         }
@@ -153,6 +156,20 @@ impl App {
     /// Engine time (ms).
     pub fn now(&self) -> i64 {
         self.clock.now_millis()
+    }
+
+    /// Mark this node known to run until `at` ([`crate::engine::alive`]).
+    pub async fn mark_alive_at(&self, at: i64) -> Result<(), crate::log::LogError> {
+        let node = self.cluster.as_ref().map(|c| c.node().to_owned());
+        crate::engine::alive::mark(&self.log, node.as_deref(), at).await
+    }
+
+    /// [`Self::mark_alive_at`] now; a failure is logged (the next mark
+    /// tries again).
+    pub async fn mark_alive(&self) {
+        if let Err(e) = self.mark_alive_at(self.now()).await {
+            tracing::warn!(error = %e, "could not write the liveness mark");
+        }
     }
 
     /// A tenant's quotas (the defaults for an unknown one).
@@ -274,6 +291,9 @@ async fn clock_move(
             format!("to: {to} is before the clock's {now}: the clock does not go back"),
         ));
     }
+    // Marked before the clock moves: the engine is known to run until
+    // `to` once anything happens at `to`.
+    app.mark_alive_at(to).await?;
     clock.set(to);
     Ok(axum::Json(ClockView {
         now: to,
@@ -440,6 +460,25 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         cluster: cluster.clone(),
     });
+    // When the outage before this start began: the mark the last engine
+    // on this store left (on several nodes, each take-over reads the mark
+    // of the node it takes over from).
+    if cluster.is_none() {
+        let mark = crate::engine::alive::read(&app.log, None)?;
+        app.deploys.engine.known_running_until(mark);
+    }
+    let marking = app.manual.is_none().then(|| {
+        let (app, mut stopping) = (app.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            while !*stopping.borrow() {
+                app.mark_alive().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(crate::engine::alive::EVERY) => {}
+                    _ = stopping.changed() => {}
+                }
+            }
+        })
+    });
     let started = match &cluster {
         // Rules start as this node takes their leases.
         Some(cluster) => {
@@ -479,7 +518,7 @@ pub async fn serve(
         None => app.deploys.restore(|t| app.quotas(t)).await?,
     };
     if let Some(policy) = app.config.retention.clone() {
-        app.log.spawn_retention(policy, Duration::from_secs(60));
+        app.log.spawn_retention(policy, app.config.retention_every);
     }
     let signalled = signals()?;
     tracing::info!(%addr, rules = started, "sluice serving");
@@ -513,6 +552,11 @@ pub async fn serve(
             ?grace,
             "handlers still running after the grace period: their fires stay pending and run after the next start"
         );
+    }
+    if let Some(marking) = marking {
+        let _ = marking.await;
+        // Known to run until now: a restart counts its outage from here.
+        app.mark_alive().await;
     }
     if let Some(cluster) = &app.cluster {
         cluster.leave(&app.deploys).await;

@@ -64,7 +64,7 @@ pub struct RuleView {
     /// the engine failed while running it; see `last_error`). A resume or
     /// a redeploy brings a failed rule back. On several nodes, `unowned`
     /// for the moment between one node giving a rule up and another
-    /// taking it.
+    /// taking it. `undeploying` while an undeploy drains it.
     pub status: String,
     /// On several nodes: the node running the rule.
     pub node: Option<String>,
@@ -77,6 +77,9 @@ pub struct RuleView {
     pub cursor: u64,
     /// Fires waiting, retrying or running.
     pub pending_fires: usize,
+    /// The rule's next deadline (a window's expiry, a dwell reaction, a
+    /// schedule tick; ms), if any.
+    pub next_due: Option<i64>,
     /// Fires running now.
     pub running_fires: usize,
     /// Dead letters.
@@ -207,6 +210,8 @@ pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
     let s = status.clone().unwrap_or_default();
     let broken = broken.or_else(|| s.failed.clone());
     let state = match (&status, &broken) {
+        // Its undeploy is draining it (or will finish at the next start).
+        _ if d.draining.is_some() => "undeploying",
         // On several nodes: running nowhere for the moment.
         (None, None) if app.cluster.is_some() => "unowned",
         (None, _) | (_, Some(_)) => "failed",
@@ -232,6 +237,7 @@ pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
         }),
         cursor: s.cursor,
         pending_fires: s.pending_fires,
+        next_due: s.next_due,
         running_fires: s.running_fires,
         dead_letters: s.dead_letters,
         partitions: s.partitions,

@@ -80,6 +80,9 @@ enum Command {
         /// Keep at most this many of the newest events (same exception).
         #[arg(long)]
         retain_events: Option<u64>,
+        /// How often retention runs (with --retain or --retain-events).
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        retain_every: std::time::Duration,
         /// Serve /metrics (and /healthz) on this address instead of the
         /// API's: it names tenants and rules, so keep it private.
         #[arg(long, env = "SLUICE_METRICS_LISTEN")]
@@ -268,6 +271,7 @@ impl StoreArgs {
 
 /// Run the command line; the process exit code is the result.
 pub fn main() -> ExitCode {
+    crate::crash::arm_from_env();
     let cli = Cli::parse();
     let json_logs =
         matches!(&cli.command, Command::Serve { log_format, .. } if log_format == "json");
@@ -289,6 +293,7 @@ pub fn main() -> ExitCode {
             metrics_listen,
             metrics_token,
             retain_events,
+            retain_every,
         } => serve(crate::api::ServerConfig {
             retention: (retain.is_some() || retain_events.is_some()).then_some(
                 crate::log::RetentionPolicy {
@@ -296,6 +301,7 @@ pub fn main() -> ExitCode {
                     max_events: retain_events,
                 },
             ),
+            retention_every: retain_every,
             store: match store.store() {
                 Ok(store) => store,
                 Err(e) => {

@@ -371,6 +371,9 @@ impl Cluster {
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 let renewed: HashSet<(String, String)> =
                     store.renew(&me, &held, ttl)?.into_iter().collect();
+                if !held.is_empty() {
+                    crate::crash::point("lease.mid_renewal");
+                }
                 let nodes = store.heartbeat(&me, ttl)?;
                 let leases = store.leases()?;
                 let deployed = registry
@@ -428,11 +431,30 @@ impl Cluster {
                         d.tenant.clone(),
                         d.name.clone(),
                     );
-                    let taken =
-                        tokio::task::spawn_blocking(move || store.acquire(&t, &r, &me, ttl))
-                            .await
-                            .map_err(|e| StoreError::new("take a lease", e))??;
-                    if let Some(epoch) = taken {
+                    // The node whose lease expired: until when it ran.
+                    let before = rows
+                        .get(&key)
+                        .and_then(|l| l.node.clone())
+                        .filter(|n| *n != me);
+                    let log2 = log.clone();
+                    let taken = tokio::task::spawn_blocking(move || {
+                        let epoch = store.acquire(&t, &r, &me, ttl)?;
+                        let mark = match (&epoch, before) {
+                            (Some(_), Some(node)) => super::alive::read(&log2, Some(&node))
+                                .map_err(|e| StoreError::new("read a liveness mark", e))?,
+                            _ => None,
+                        };
+                        Ok::<_, StoreError>(epoch.map(|e| (e, mark)))
+                    })
+                    .await
+                    .map_err(|e| StoreError::new("take a lease", e))??;
+                    if let Some((epoch, mark)) = taken {
+                        crate::crash::point("lease.mid_takeover");
+                        if let Some(at) = mark {
+                            deploys
+                                .engine
+                                .rule_known_running_until(&d.tenant, &d.name, at);
+                        }
                         tracing::info!(tenant = %d.tenant, rule = %d.name, epoch, "took the rule's lease");
                         log.set_lease(&d.tenant, &d.name, Some(self.lease(epoch)));
                         starts.push(d);

@@ -265,6 +265,16 @@ impl Deployments {
     /// already; errors for a version not raised or a quota full.
     fn check(&self, plan: &Plan) -> Result<Option<Deployed>, DeployError> {
         let previous = self.registry.get(&plan.tenant, &plan.name)?;
+        if let Some(old) = previous.as_ref().filter(|d| d.draining.is_some()) {
+            return Err(DeployError::Conflict {
+                code: "undeploying",
+                message: format!(
+                    "rule {:?} is being undeployed (drain = {}); deploy it again once that is done",
+                    old.name,
+                    old.draining.as_deref().unwrap_or_default()
+                ),
+            });
+        }
         match &previous {
             Some(old) if !plan.reset => {
                 if old.digest == plan.digest && old.manifest == plan.manifest_text {
@@ -334,6 +344,7 @@ impl Deployments {
             manifest: plan.manifest_text.clone(),
             digest: plan.digest.clone(),
             deployed_at: self.engine.clock().now_millis(),
+            draining: None,
         };
         // The registry's write and the swap's record commit together, once
         // the old version has stopped: a crash after it brings this
@@ -404,9 +415,12 @@ impl Deployments {
         ))
     }
 
-    /// Undeploy under the tenant's lock. The deployment is forgotten
-    /// first: a crash mid-drain leaves the rule's state for a later
-    /// deploy, and never brings back a rule the feed says is gone.
+    /// Undeploy under the tenant's lock. The deployment is marked as
+    /// draining first, and forgotten in the transaction that drops the
+    /// rule's state: an undeploy a crash interrupts is finished when the
+    /// rule would start again ([`Self::restore`], or the node that takes
+    /// its lease), never left half done, and never brings back a rule the
+    /// feed says is gone.
     pub async fn undeploy(
         &self,
         tenant: &str,
@@ -424,14 +438,25 @@ impl Deployments {
         name: &str,
         drain: Drain,
     ) -> Result<(), DeployError> {
-        if !self.registry.remove(tenant, name).await? {
+        if !self
+            .registry
+            .mark_draining(tenant, name, drain.name())
+            .await?
+        {
             return Err(DeployError::NoSuchRule(name.to_owned()));
         }
         self.set_broken(tenant, name, None);
-        self.engine
-            .undeploy_drain(tenant, name, drain)
+        let also = self.registry.remove_ops(tenant, name)?;
+        let drained = self
+            .engine
+            .undeploy_drain(tenant, name, drain, None, also)
             .await
             .map_err(|e| DeployError::Internal(format!("rule {name:?}: {e}")))?;
+        if !drained {
+            // Not running here (it could not start): nothing to drain;
+            // its state stays for a later deploy.
+            self.registry.remove(tenant, name).await?;
+        }
         tracing::info!(%tenant, rule = %name, ?drain, "undeployed");
         Ok(())
     }
@@ -490,18 +515,12 @@ impl Deployments {
     }
 
     async fn start_locked(&self, d: &Deployment, quotas: &Quotas) -> bool {
+        if let Some(drain) = &d.draining {
+            self.finish_undeploy(d, drain, quotas).await;
+            return false;
+        }
         let result: Result<(), String> = async {
-            let bytes = self
-                .registry
-                .component(&d.digest)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("component {} is missing", d.digest))?;
-            let manifest = Manifest::parse(&d.manifest).map_err(|e| format!("manifest: {e}"))?;
-            let rule = self
-                .load(&d.tenant, bytes.into(), manifest, quotas)
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let rule = self.load_deployment(d, quotas).await?;
             self.engine.deploy(rule).await.map_err(|e| e.to_string())
         }
         .await;
@@ -514,6 +533,53 @@ impl Deployments {
                 tracing::error!(tenant = %d.tenant, rule = %d.name, error = %e, "rule could not start");
                 self.set_broken(&d.tenant, &d.name, Some(e));
                 false
+            }
+        }
+    }
+
+    /// Load a deployed rule from the registry (its stored component and
+    /// manifest).
+    async fn load_deployment(&self, d: &Deployment, quotas: &Quotas) -> Result<Deployable, String> {
+        let bytes = self
+            .registry
+            .component(&d.digest)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("component {} is missing", d.digest))?;
+        let manifest = Manifest::parse(&d.manifest).map_err(|e| format!("manifest: {e}"))?;
+        self.load(&d.tenant, bytes.into(), manifest, quotas)
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Finish the undeploy of `d` that a crash interrupted: drain what
+    /// its state still holds and drop it, with the deployment. A rule
+    /// that can no longer be loaded is forgotten, its state left.
+    async fn finish_undeploy(&self, d: &Deployment, drain: &str, quotas: &Quotas) {
+        let result: Result<(), String> = async {
+            let drain = Drain::parse(Some(drain))?;
+            let rule = self.load_deployment(d, quotas).await?;
+            let also = self
+                .registry
+                .remove_ops(&d.tenant, &d.name)
+                .map_err(|e| e.to_string())?;
+            self.engine
+                .undeploy_drain(&d.tenant, &d.name, drain, Some(rule), also)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(tenant = %d.tenant, rule = %d.name, "finished an undeploy a restart interrupted");
+            }
+            Err(e) => {
+                tracing::error!(tenant = %d.tenant, rule = %d.name, error = %e,
+                    "could not finish an interrupted undeploy; the rule is forgotten, its state left");
+                if let Err(e) = self.registry.remove(&d.tenant, &d.name).await {
+                    tracing::error!(tenant = %d.tenant, rule = %d.name, error = %e, "could not forget the rule");
+                }
             }
         }
     }

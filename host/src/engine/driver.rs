@@ -30,7 +30,7 @@ use crate::triggers::Kind;
 pub use crate::triggers::core::Input;
 use crate::triggers::core::control::{dead_letters, parse_dead};
 use crate::triggers::core::{
-    CoreError, Inspection, RuleCore, RuleSpec, SelectFailure, Step, Writes,
+    CoreError, Inspection, RuleCore, RuleSpec, SelectFailure, Start, Step, Writes,
 };
 use crate::triggers::fires::{FireAttempt, FireOutcome, FireRecord};
 use crate::triggers::state as key;
@@ -202,16 +202,15 @@ impl<K: Kind> std::ops::Deref for Driver<K> {
 }
 
 impl<K: Kind> Driver<K> {
-    /// Load the rule's state from `log` and start it at engine time `now`
-    /// (`carry`: carrying on from a version that ran until now; see
-    /// [`RuleCore::begin`]).
+    /// Load the rule's state from `log` and start it at engine time `now`,
+    /// as `start` says (see [`RuleCore::begin`]).
     pub fn open(
         log: &EventLog,
         spec: RuleSpec,
         kind: K,
         rule: LoadedRule,
         now: i64,
-        carry: bool,
+        start: Start,
     ) -> Result<Self, CoreError> {
         let ns = key::namespace(&spec.tenant, &spec.name);
         let rows = log.state_scan(&ns)?;
@@ -223,7 +222,7 @@ impl<K: Kind> Driver<K> {
             rule,
             seen: 0,
         };
-        let (writes, begin) = driver.core.begin(now, carry);
+        let (writes, begin) = driver.core.begin(now, start);
         driver.commit(writes)?;
         driver.core.begun(begin);
         Ok(driver)
@@ -280,6 +279,13 @@ impl<K: Kind> Driver<K> {
         }
         let mut plan = self.core.plan(input);
         let writes = self.core.writes(&mut plan);
+        if plan.catches_up() {
+            crate::crash::point("schedule.catch_up.before_commit");
+        } else if plan.ticks() {
+            crate::crash::point("schedule.before_commit");
+        } else if plan.handles_deadline() {
+            crate::crash::point("timer.before_commit");
+        }
         self.commit(writes)?;
         Ok(self.core.apply(plan))
     }
@@ -434,6 +440,7 @@ impl<K: Kind> Driver<K> {
     /// Commit what a fire's run came to.
     pub fn finish_fire(&mut self, attempt: &FireAttempt) -> Result<FireOutcome, CoreError> {
         let (writes, plan) = self.core.finish(attempt);
+        crate::crash::point("fire.before_completion");
         match self.commit(writes) {
             Ok(report) => self.core.finished(plan, &report),
             Err(e) => {

@@ -23,6 +23,7 @@
 //! - [`stats`]: recent activity per minute (fires, latency, lateness,
 //!   ingest) for the dashboard's charts.
 
+pub mod alive;
 pub mod cluster;
 pub mod deploy;
 pub mod driver;
@@ -43,7 +44,7 @@ use self::rule::{Deployable, RuleStatus};
 use self::task::{Control, Task};
 use crate::clock::SharedClock;
 use crate::log::{EventLog, StateOp};
-use crate::triggers::core::{CoreError, Inspection, RuleSpec, Writes};
+use crate::triggers::core::{CoreError, Inspection, RuleSpec, Start, Writes};
 use crate::triggers::fires::FireRecord;
 
 /// Why a control request failed.
@@ -132,6 +133,16 @@ pub struct Engine {
     changes: Arc<watch::Sender<u64>>,
     /// Recent activity per minute.
     stats: Arc<stats::Stats>,
+    /// When the outage before a rule's start began, if known (see
+    /// [`alive`]): for every rule, and for rules taken over from a node.
+    outages: Mutex<Outages>,
+}
+
+/// See [`Engine::known_running_until`].
+#[derive(Debug, Default)]
+struct Outages {
+    all: Option<i64>,
+    rules: HashMap<RuleKey, i64>,
 }
 
 /// Slots for rounds and handler runs: the engine's, and the tenant's
@@ -196,7 +207,38 @@ impl Engine {
             shares: Mutex::new(HashMap::new()),
             changes: Arc::new(watch::channel(0).0),
             stats: stats::Stats::new(clock.clone()),
+            outages: Mutex::new(Outages::default()),
             clock,
+        }
+    }
+
+    /// The engine that wrote this store before was known to run until
+    /// `at` (its liveness mark, [`alive`]): rules restarted from their
+    /// state count the outage from there, not from the beginning of time.
+    pub fn known_running_until(&self, at: Option<i64>) {
+        self.outages.lock().unwrap_or_else(|e| e.into_inner()).all = at;
+    }
+
+    /// Rule `tenant`/`name`, about to be taken over from a node that was
+    /// known to run until `at`: its next start counts the outage from
+    /// there.
+    pub fn rule_known_running_until(&self, tenant: &str, name: &str, at: i64) {
+        self.outages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rules
+            .insert((tenant.to_owned(), name.to_owned()), at);
+    }
+
+    /// How rule `key` starts now (`carry`: a hot swap).
+    fn start_of(&self, key: &RuleKey, carry: bool) -> Start {
+        if carry {
+            return Start::Carry;
+        }
+        let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
+        match outages.rules.remove(key).or(outages.all) {
+            Some(at) => Start::After(at),
+            None => Start::Cold,
         }
     }
 
@@ -272,6 +314,7 @@ impl Engine {
             Some(old) => {
                 let rule = old.rule.clone();
                 stop_and_join(old).await;
+                crate::crash::point("swap.old_stopped");
                 Some(rule)
             }
             None => None,
@@ -335,7 +378,8 @@ impl Engine {
     /// Drop a (stopped) rule's state and pin; its cursor starts at the log's
     /// end. One transaction, with a `rule.reset` record.
     async fn reset(&self, key: &RuleKey, rule: &Deployable) -> Result<(), CoreError> {
-        self.drop_state(key, "rule.reset", &rule.describe()).await
+        self.drop_state(key, "rule.reset", &rule.describe(), Vec::new())
+            .await
     }
 
     /// Drop a stopped rule's state and release its pin, in one transaction
@@ -346,6 +390,7 @@ impl Engine {
         key: &RuleKey,
         kind: &str,
         payload: &serde_json::Value,
+        also: Vec<StateOp>,
     ) -> Result<(), CoreError> {
         let ns = crate::triggers::state::namespace(&key.0, &key.1);
         let last = self.log.last_seq();
@@ -357,7 +402,7 @@ impl Engine {
             now,
             payload,
         );
-        let ops = vec![
+        let mut ops = vec![
             StateOp::Clear { ns: ns.clone() },
             StateOp::Put {
                 ns: ns.clone(),
@@ -369,6 +414,7 @@ impl Engine {
                 min_seq: None,
             },
         ];
+        ops.extend(also);
         let (log, key) = (self.log.clone(), key.clone());
         let writes = Writes {
             records: vec![record],
@@ -383,7 +429,8 @@ impl Engine {
     async fn open(&self, rule: Deployable, carry: bool) -> Result<Box<dyn Driven>, CoreError> {
         let log = self.log.clone();
         let now = self.clock.now_millis();
-        joined(tokio::task::spawn_blocking(move || rule.open(&log, now, carry)).await)?
+        let start = self.start_of(&(rule.spec.tenant.clone(), rule.spec.name.clone()), carry);
+        joined(tokio::task::spawn_blocking(move || rule.open(&log, now, start)).await)?
     }
 
     /// The slots `tenant`'s rules take their work from.
@@ -479,42 +526,79 @@ impl Engine {
             .collect()
     }
 
-    /// Undeploy a rule, draining its open windows and buffers: with
-    /// [`Drain::Fire`] each fires (reason drained) and every fire still
-    /// pending runs now — retried at once up to the rule's attempts, then
-    /// dead-lettered — so nothing waits for a rule that is gone; with
-    /// [`Drain::Discard`] they are dropped and reported
-    /// (`windows.discarded`). Then the rule's state goes — what the drain
-    /// left (memberships, dead letters) is counted on the `rule.undeployed`
-    /// record — and its retention pin with it; a later deploy of the name
-    /// starts afresh at the log's end. False when no such rule runs.
+    /// Undeploy a rule, draining its open windows and buffers (see
+    /// [`Self::drain_and_drop`]): the running version is stopped and
+    /// joined first; when none runs here, `stopped` (the deployed version,
+    /// not running — an undeploy a restart interrupted) is drained
+    /// instead. `also` commits with the state's removal (the deploy
+    /// registry's row). False when there was nothing to drain.
     pub async fn undeploy_drain(
         &self,
         tenant: &str,
         name: &str,
         drain: Drain,
+        stopped: Option<Deployable>,
+        also: Vec<StateOp>,
     ) -> Result<bool, CoreError> {
         let key = (tenant.to_owned(), name.to_owned());
-        let Some(slot) = self.slot(&key, false) else {
-            return Ok(false);
+        // The slot stays locked until the state is gone: nothing starts
+        // the rule meanwhile.
+        let slot = self.slot(&key, false);
+        let mut guard = match &slot {
+            Some(slot) => Some(slot.lock().await),
+            None => None,
         };
-        let mut running = slot.lock().await;
-        let Some(deployed) = running.take() else {
-            return Ok(false);
+        let running = guard.as_mut().and_then(|g| g.take());
+        let rule = match running {
+            Some(deployed) => {
+                let rule = deployed.rule.clone();
+                stop_and_join(deployed).await;
+                rule
+            }
+            None => match stopped {
+                Some(rule) => rule,
+                None => return Ok(false),
+            },
         };
-        let rule = deployed.rule.clone();
-        stop_and_join(deployed).await;
         self.statuses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
+        self.drain_and_drop(rule, drain, also).await?;
+        drop(guard);
+        Ok(true)
+    }
+
+    /// Drain a rule that is not running and drop its state: with
+    /// [`Drain::Fire`] each open window and buffer fires (reason drained)
+    /// and every fire still pending runs now — retried at once up to the
+    /// rule's attempts, then dead-lettered — so nothing waits for a rule
+    /// that is gone; with [`Drain::Discard`] they are dropped and reported
+    /// (`windows.discarded`). Then the rule's state goes — what the drain
+    /// left (memberships, dead letters) is counted on the
+    /// `rule.undeployed` record — and its retention pin with it, in one
+    /// transaction with `also`; a later deploy of the name starts afresh
+    /// at the log's end.
+    ///
+    /// Every step commits through the rule's one write path, so a crash
+    /// midway leaves state that the same call, made again, finishes: the
+    /// drained fires are in the outbox, and those that ran are gone from
+    /// it.
+    pub async fn drain_and_drop(
+        &self,
+        rule: Deployable,
+        drain: Drain,
+        also: Vec<StateOp>,
+    ) -> Result<(), CoreError> {
+        let key = (rule.spec.tenant.clone(), rule.spec.name.clone());
         let mut record = rule.describe();
         record["drain"] = serde_json::json!(drain.name());
-        let mut core = self.open(rule.clone(), true).await?;
+        let mut core = self.open(rule, true).await?;
         let clock = self.clock.clone();
         let left = joined(
             tokio::task::spawn_blocking(move || -> Result<RuleStatus, CoreError> {
                 core.drain(clock.now_millis(), drain == Drain::Fire)?;
+                crate::crash::point("undeploy.mid_drain");
                 if drain == Drain::Fire {
                     // Every pending fire runs now, retried at once, through
                     // the one round.
@@ -549,8 +633,8 @@ impl Engine {
         // of the name starts afresh at the log's end.
         record["dropped"] = serde_json::json!({"partitions": left.partitions,
             "dead_letters": left.dead_letters, "pending_fires": left.pending_fires});
-        self.drop_state(&key, "rule.undeployed", &record).await?;
-        Ok(true)
+        self.drop_state(&key, "rule.undeployed", &record, also)
+            .await
     }
 
     /// The status of a deployed rule.

@@ -32,6 +32,12 @@ pub struct Deployment {
     pub digest: String,
     /// When this version was deployed (engine time, ms).
     pub deployed_at: i64,
+    /// Set while the rule is being undeployed (`fire` or `discard`): the
+    /// row goes in the transaction that drops the rule's state, so an
+    /// undeploy a crash interrupts is finished at the next start instead
+    /// of leaving open windows that nothing fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<String>,
 }
 
 /// The registry over a log's database.
@@ -134,25 +140,64 @@ impl Registry {
         Ok(ops)
     }
 
-    /// Forget a deployment (and its component when nothing else uses it).
-    /// False when there was none.
-    pub async fn remove(&self, tenant: &str, name: &str) -> Result<bool, LogError> {
+    /// Mark a deployment as being undeployed with `drain` (see
+    /// [`Deployment::draining`]). False when there is none.
+    pub async fn mark_draining(
+        &self,
+        tenant: &str,
+        name: &str,
+        drain: &str,
+    ) -> Result<bool, LogError> {
+        let k = key(tenant, name);
+        let Some(mut d) = self.get(tenant, name)? else {
+            return Ok(false);
+        };
+        if d.draining.as_deref() == Some(drain) {
+            return Ok(true);
+        }
+        d.draining = Some(drain.to_owned());
+        let mut ops = vec![StateOp::Put {
+            ns: NS_RULES.into(),
+            key: k,
+            value: serde_json::to_vec(&d).expect("serialisable"),
+        }];
+        if let Some(fence) = self.log.fence(tenant, name)? {
+            ops.insert(0, fence);
+        }
+        self.log.transact(Vec::new(), ops).await?;
+        Ok(true)
+    }
+
+    /// The ops that forget a deployment (and its component when nothing
+    /// else uses it), for a caller that commits them with more (an
+    /// undeploy commits them with the rule's state going).
+    pub fn remove_ops(&self, tenant: &str, name: &str) -> Result<Vec<StateOp>, LogError> {
         let k = key(tenant, name);
         let Some(old) = self.get(tenant, name)? else {
-            return Ok(false);
+            return Ok(Vec::new());
         };
         let mut ops = vec![StateOp::Delete {
             ns: NS_RULES.into(),
             key: k.clone(),
         }];
-        if let Some(fence) = self.log.fence(tenant, name)? {
-            ops.insert(0, fence);
-        }
         if !self.used_elsewhere(&old.digest, &k)? {
             ops.push(StateOp::Delete {
                 ns: NS_COMPONENTS.into(),
                 key: old.digest,
             });
+        }
+        Ok(ops)
+    }
+
+    /// Forget a deployment (and its component when nothing else uses it).
+    /// False when there was none.
+    pub async fn remove(&self, tenant: &str, name: &str) -> Result<bool, LogError> {
+        let mut ops = self.remove_ops(tenant, name)?;
+        if ops.is_empty() {
+            return Ok(false);
+        }
+        if let Some(fence) = self.log.fence(tenant, name)? {
+            ops.insert(0, fence);
         }
         self.log.transact(Vec::new(), ops).await?;
         Ok(true)

@@ -7,7 +7,7 @@ use crate::log::EventLog;
 use crate::manifest::Manifest;
 use crate::runtime::{LoadError, LoadedRule, RuleLabel, Runtime};
 use crate::triggers::Kind;
-use crate::triggers::core::{CoreError, Counters, RuleSpec};
+use crate::triggers::core::{CoreError, Counters, RuleSpec, Start};
 use crate::triggers::fires::FireAttempt;
 use crate::triggers::registry::{KindSpec, KindVisitor};
 
@@ -133,20 +133,24 @@ impl Deployable {
     }
 
     /// Open the rule's durable state on `log`; it starts running at engine
-    /// time `now` (`carry`: it carries on from a version that ran until
-    /// now, a hot swap).
-    pub fn open(self, log: &EventLog, now: i64, carry: bool) -> Result<Box<dyn Driven>, CoreError> {
+    /// time `now`, as `start` says (a first start, a restart, a hot swap).
+    pub fn open(
+        self,
+        log: &EventLog,
+        now: i64,
+        start: Start,
+    ) -> Result<Box<dyn Driven>, CoreError> {
         struct Open<'a> {
             log: &'a EventLog,
             spec: RuleSpec,
             rule: LoadedRule,
             now: i64,
-            carry: bool,
+            start: Start,
         }
         impl KindVisitor for Open<'_> {
             type Out = Result<Box<dyn Driven>, CoreError>;
             fn visit<K: Kind + Clone>(self, kind: K) -> Self::Out {
-                let d = Driver::open(self.log, self.spec, kind, self.rule, self.now, self.carry)?;
+                let d = Driver::open(self.log, self.spec, kind, self.rule, self.now, self.start)?;
                 Ok(Box::new(d))
             }
         }
@@ -155,7 +159,7 @@ impl Deployable {
             spec: self.spec,
             rule: self.rule,
             now,
-            carry,
+            start,
         })
     }
 }

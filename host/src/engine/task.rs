@@ -26,7 +26,7 @@ use super::stats::Stats;
 use super::{Work, record_lifecycle};
 use crate::clock::SharedClock;
 use crate::log::EventLog;
-use crate::triggers::core::Step;
+use crate::triggers::core::{Start, Step};
 use crate::triggers::fires::FireAttempt;
 
 /// Events a rule's task reads per round before it serves deadlines, fires
@@ -424,7 +424,7 @@ impl Task {
                     }
                     let (log, clock, rule) = (self.log.clone(), self.clock.clone(), self.rule.clone());
                     let opened = tokio::task::spawn_blocking(move || {
-                        let mut core = rule.open(&log, clock.now_millis(), true)?;
+                        let mut core = rule.open(&log, clock.now_millis(), Start::Carry)?;
                         let answer = core.serve(&Request::Resume, clock.now_millis());
                         answer.map(|a| (core, a))
                     })

@@ -977,6 +977,7 @@ fn run_writer(
         });
         match result {
             Ok(reports) => {
+                crate::crash::point("log.append.before_ack");
                 for (reply, report) in replies.into_iter().zip(reports) {
                     let _ = reply.send(Ok(report));
                 }

@@ -855,7 +855,11 @@ async fn append_tx(
     }
 
     let mut columns = EventColumns::default();
-    for group in groups {
+    let many = groups.len() > 1;
+    for (g, group) in groups.into_iter().enumerate() {
+        if many && g == 1 {
+            crate::crash::point("log.append.mid_group");
+        }
         for p in group {
             let key = p.given.then(|| (p.event.tenant.clone(), p.id.clone()));
             let last = key.as_ref().and_then(|k| seen.get(k).copied());
@@ -881,7 +885,14 @@ async fn append_tx(
         .await
         .map_err(pg("append"))?;
     }
+    let with_records = !committed.stored.is_empty();
+    if with_records && !ops.is_empty() {
+        crate::crash::point("log.transact.between_records_and_state");
+    }
     apply_ops(&tx, ops).await?;
+    if with_records {
+        crate::crash::point("log.append.before_commit");
+    }
     tx.commit().await.map_err(pg("commit"))?;
     Ok((committed, next_head, stamp))
 }
@@ -1194,6 +1205,7 @@ async fn prune_tx(
             )
             .await
             .map_err(pg("prune events"))?;
+        crate::crash::point("retention.mid_prune");
     }
     tx.commit().await.map_err(pg(context))?;
     Ok(cut.report(first, last, deleted))

@@ -804,7 +804,11 @@ impl SqliteWriter {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .map_err(err("append"))?;
-            for group in groups {
+            let many = groups.len() > 1;
+            for (g, group) in groups.into_iter().enumerate() {
+                if many && g == 1 {
+                    crate::crash::point("log.append.mid_group");
+                }
                 for p in group {
                     let seen = if p.given {
                         let lookup = |stmt: &mut rusqlite::CachedStatement<'_>| {
@@ -846,6 +850,10 @@ impl SqliteWriter {
                 }
                 appender.end_group();
             }
+        }
+        let with_records = appender.written() > 0;
+        if with_records && !ops.is_empty() {
+            crate::crash::point("log.transact.between_records_and_state");
         }
         for op in ops {
             let (sql, args): (&str, Vec<Box<dyn rusqlite::ToSql>>) = match op {
@@ -889,6 +897,9 @@ impl SqliteWriter {
             tx.prepare_cached(sql)
                 .and_then(|mut stmt| stmt.execute(params_from_iter(args.iter())))
                 .map_err(err("apply state"))?;
+        }
+        if with_records {
+            crate::crash::point("log.append.before_commit");
         }
         tx.commit().map_err(err("commit"))?;
         (self.last_seq, self.last_ingested) = appender.head();
@@ -986,6 +997,7 @@ impl LogWriter for SqliteWriter {
                     params![first, cut.cut],
                 )
                 .map_err(err("prune events"))? as u64;
+            crate::crash::point("retention.mid_prune");
         }
         tx.commit().map_err(err("prune"))?;
         Ok(cut.report(first, last, deleted))

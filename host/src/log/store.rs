@@ -410,6 +410,11 @@ impl Appender {
         self.committed.ids.push(std::mem::take(&mut self.ids));
     }
 
+    /// How many events this append stores so far.
+    pub fn written(&self) -> usize {
+        self.committed.stored.len()
+    }
+
     /// The last seq and stamp given (the head after the commit).
     pub fn head(&self) -> (u64, i64) {
         (self.next - 1, self.stamp)

@@ -12,16 +12,31 @@ use crate::triggers::state::{self as key};
 pub struct Begin {
     tick: Option<TickPosition>,
     up_since: i64,
+    outage: Option<(i64, i64)>,
+}
+
+/// How a rule starts running (see [`RuleCore::begin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A first deploy, or a start after an outage nobody knows the
+    /// beginning of: what fell due before now fell due while the rule was
+    /// not running.
+    Cold,
+    /// A restart after an outage that began at this engine time (the
+    /// engine was known to run until then): what fell due before it fell
+    /// due while the rule ran — it is handled late, not missed — and what
+    /// fell due after it was missed.
+    After(i64),
+    /// Carrying on from a version that ran until just now (a hot swap).
+    Carry,
 }
 
 impl<K: Kind> RuleCore<K> {
-    /// The rule starts running at `now`. `carry`: it carries on from a
-    /// version that ran until just now (a hot swap), so deadlines that
-    /// fell due before keep counting as fallen due while it ran;
-    /// otherwise (start-up, first deploy) they fell due while it was not
-    /// running (see [`crate::triggers::Due`]). A schedule without a
-    /// position starts counting ticks here.
-    pub fn begin(&self, now: i64, carry: bool) -> (Writes, Begin) {
+    /// The rule starts running at `now`, as `start` says: deadlines that
+    /// fell due while it was not running follow its catch-up policy (see
+    /// [`crate::triggers::Due`]); the others are handled as if on time. A
+    /// schedule without a position starts counting ticks here.
+    pub fn begin(&self, now: i64, start: Start) -> (Writes, Begin) {
         let mut ops = Vec::new();
         if !self.kind_stored {
             ops.push(self.put(key::KIND, K::NAME.into()));
@@ -34,14 +49,25 @@ impl<K: Kind> RuleCore<K> {
             ops.push(self.put(key::TICK, pos.encode()));
             pos
         });
-        let up_since = match self.up_since {
-            Some(up) if carry => up,
-            _ => {
-                ops.push(self.put(key::UP, now.to_string().into_bytes()));
-                now
-            }
+        let (up_since, outage) = match (self.up_since, start) {
+            (Some(up), Start::Carry) => (up, self.outage),
+            // Running since `up` and known to run until `since`: what
+            // fell due before `up` was missed as before, and the time
+            // from `since` to now was an outage.
+            (Some(up), Start::After(since)) if since >= up => (up, Some((since.min(now), now))),
+            _ => (now, None),
         };
-        (Writes::ops(ops), Begin { tick, up_since })
+        if self.up_since != Some(up_since) {
+            ops.push(self.put(key::UP, now.to_string().into_bytes()));
+        }
+        (
+            Writes::ops(ops),
+            Begin {
+                tick,
+                up_since,
+                outage,
+            },
+        )
     }
 
     /// Apply a committed [`Self::begin`].
@@ -51,6 +77,7 @@ impl<K: Kind> RuleCore<K> {
             self.set_tick(pos);
         }
         self.up_since = Some(b.up_since);
+        self.outage = b.outage;
         self.plan_catch_up();
     }
 
@@ -83,6 +110,7 @@ impl<K: Kind> RuleCore<K> {
         self.paused = false;
         self.fires.dead_in_a_row = 0;
         self.up_since = Some(now);
+        self.outage = None;
         self.plan_catch_up();
     }
 

@@ -49,6 +49,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rustc_hash::FxHashMap;
 
+pub use self::control::Start;
 pub use self::fire::FinishPlan;
 pub use self::plan::{Input, Plan};
 pub use self::poison::SelectFailure;
@@ -305,6 +306,13 @@ pub struct RuleCore<K: Kind> {
     /// Since when the rule runs (start-up, resume; a swap carries it):
     /// deadlines and ticks before it fell due while it was not running.
     up_since: Option<i64>,
+    /// An outage after `up_since` (from, until): a restart after the
+    /// engine was known to run until `from` (its liveness mark). What
+    /// fell due in it was missed; what fell due between `up_since` and
+    /// `from` fell due while the rule ran, and is only handled late. In
+    /// memory only: after a second restart before the rule handled what
+    /// fell due in the first outage, that outage counts as running time.
+    outage: Option<(i64, i64)>,
     /// How ticks missed before `up_since` are handled: the catch-up
     /// policy's verdict (its first tick that runs, and what it passed
     /// over).
@@ -336,6 +344,7 @@ impl<K: Kind> RuleCore<K> {
             tick: None,
             next_tick: None,
             up_since: None,
+            outage: None,
             catch_up: None,
         };
         core.fires.set_ordered(core.kind.ordered());
@@ -555,6 +564,17 @@ impl<K: Kind> RuleCore<K> {
     /// Since when the rule runs (see [`RuleCore::begin`]).
     pub fn up_since(&self) -> Option<i64> {
         self.up_since
+    }
+
+    /// When the rule started running again after a deadline or tick at
+    /// `at`, if it fell due while the rule was not running (before it
+    /// started running, or in an outage since).
+    pub(super) fn restarted_after(&self, at: i64) -> Option<i64> {
+        match (self.up_since, self.outage) {
+            (Some(up), _) if at < up => Some(up),
+            (_, Some((from, until))) if from < at && at < until => Some(until),
+            _ => None,
+        }
     }
 
     /// Counters since the rule was deployed (see [`Counters`]).

@@ -23,7 +23,7 @@ use crate::event::Event;
 use crate::records::{fire_id, partition_part};
 use crate::triggers::fires::FireRecord;
 use crate::triggers::timers::Timers;
-use crate::triggers::{Due, InFlight, Kept, Kind, KindOut, Note, Tick};
+use crate::triggers::{Due, FireReason, InFlight, Kept, Kind, KindOut, Note, Tick};
 use crate::verdict::Verdict;
 
 /// What a plan is given.
@@ -104,6 +104,31 @@ impl<K: Kind> Plan<K> {
     /// Fires the plan makes.
     pub fn fires(&self) -> &[FireRecord] {
         &self.fires
+    }
+
+    /// Whether the plan handles a partition deadline.
+    pub fn handles_deadline(&self) -> bool {
+        self.earliest_deadline.is_some()
+    }
+
+    /// Whether the plan runs a schedule tick that fires, or passes ticks
+    /// over.
+    pub fn ticks(&self) -> bool {
+        self.missed.is_some()
+            || self
+                .fires
+                .iter()
+                .any(|f| matches!(f.reason, FireReason::Schedule { .. }))
+    }
+
+    /// Whether the plan catches up ticks missed while the rule was not
+    /// running (runs or passes them over).
+    pub fn catches_up(&self) -> bool {
+        self.missed.is_some()
+            || self
+                .fires
+                .iter()
+                .any(|f| matches!(f.reason, FireReason::Schedule { catch_up: true, .. }))
     }
 
     /// Nothing to write or apply.
@@ -332,9 +357,9 @@ impl<K: Kind> RuleCore<K> {
             plan.earliest_deadline = Some(plan.earliest_deadline.map_or(at, |e| e.min(at)));
             // A deadline that fell due while the rule was not running may
             // be taken up to the restart, or the next event before it.
-            let until = match self.up_since {
-                Some(up) if at < up => up.min(next_event.unwrap_or(upto)).max(at),
-                _ => at,
+            let until = match self.restarted_after(at) {
+                Some(up) => up.min(next_event.unwrap_or(upto)).max(at),
+                None => at,
             };
             match part {
                 Some((d, p)) if d == at => {
@@ -361,7 +386,7 @@ impl<K: Kind> RuleCore<K> {
             plan.next_tick = None;
             return;
         };
-        let missed_while_down = self.up_since.is_some_and(|up| at < up);
+        let missed_while_down = self.restarted_after(at).is_some();
         let catch_up = missed_while_down
             && self
                 .catch_up

@@ -45,11 +45,21 @@ impl TickPosition {
 impl<K: Kind> RuleCore<K> {
     /// Work out the catch-up for the current position and start.
     pub(super) fn plan_catch_up(&mut self) {
-        self.catch_up = match (self.tick, self.up_since) {
-            (Some(pos), Some(up)) if self.kind.ticks() && pos.last < up => {
+        // The ticks missed: after the position, before the rule started
+        // running — or, when the position is past that, in the outage
+        // since (see `outage`).
+        let missed = match (self.tick, self.up_since, self.outage) {
+            (Some(pos), Some(up), _) if pos.last < up => Some((pos.last, up)),
+            (Some(pos), _, Some((from, until))) if pos.last.max(from) < until => {
+                Some((pos.last.max(from), until))
+            }
+            _ => None,
+        };
+        self.catch_up = match missed {
+            Some((after, up)) if self.kind.ticks() => {
                 // Ticks from the first that runs up to the start all run:
                 // the first is all a plan needs to know.
-                let mut due = self.kind.due_ticks(pos.last, up - 1, up);
+                let mut due = self.kind.due_ticks(after, up - 1, up);
                 due.run.truncate(1);
                 Some(due)
             }
