@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Run every test: unit, integration (real components, the real binary) and
-# doc tests on the embedded SQLite store (the tests about PostgreSQL itself
-# start a throwaway cluster of their own), then the suites that touch the
-# store (log, engine, conformance, server, ingest crashes) again on a throwaway
+# Run every test: unit, integration (real components, the real binary; the
+# crash points, 50 seeds each) and doc tests on the embedded SQLite store
+# (the tests about PostgreSQL itself start a throwaway cluster of their
+# own), then the suites that touch the store (log, engine, conformance,
+# server, ingest crashes, the lease crash points) again on a throwaway
 # PostgreSQL, which this script starts and stops; then the dashboard in
 # Chromium (scripts/dashboard-test.sh) and the API against its OpenAPI
 # document (scripts/api-check.sh). Installs the wasm32-wasip2 target,
@@ -21,6 +22,7 @@ url=$(scripts/pg.sh start "$pg" --fast)
 echo "the store suites again, on PostgreSQL ($url)" >&2
 SLUICE_TEST_POSTGRES=$url cargo test -p sluice --test all -- \
     log:: engine:: conformance:: server:: dispatch:: crash::acknowledged deploy:: timing:: core:: \
+    failpoints::lease_ \
     --skip sqlite_
 
 echo "the dashboard in Chromium" >&2
