@@ -10,6 +10,7 @@ mod dispatch;
 mod engine;
 mod examples;
 mod failpoints;
+mod fuzz;
 mod languages;
 mod load;
 mod log;
