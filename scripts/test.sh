@@ -5,8 +5,8 @@
 # own), then the suites that touch the store (log, engine, conformance,
 # server, ingest crashes, the lease crash points) again on a throwaway
 # PostgreSQL, which this script starts and stops; then the dashboard in
-# Chromium (scripts/dashboard-test.sh) and the API against its OpenAPI
-# document (scripts/api-check.sh). Installs the wasm32-wasip2 target,
+# Chromium (scripts/dashboard-test.sh), the API against its OpenAPI
+# document (scripts/api-check.sh) and a 2-minute soak (scripts/soak.sh). Installs the wasm32-wasip2 target,
 # PostgreSQL, Chromium and schemathesis first if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,3 +30,6 @@ scripts/dashboard-test.sh
 
 echo "the API against its OpenAPI document" >&2
 scripts/api-check.sh
+
+echo "a 2-minute soak (scripts/soak.sh 30 is the real one)" >&2
+scripts/soak.sh 2
