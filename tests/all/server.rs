@@ -1740,6 +1740,64 @@ fn retention_prunes_what_no_rule_holds() {
     server.stop();
 }
 
+/// A dead letter keeps its batch with it: retention prunes the log past
+/// its events (it used to stop at the oldest dead letter, for every
+/// tenant), and a re-drive still hands the handler that batch.
+#[test]
+fn a_dead_letter_keeps_its_batch_so_retention_prunes_past_it() {
+    let f = Fixture::new();
+    let server = Server::start_with(&f.db(), &["--retain-events", "5", "--retain-every", "50ms"]);
+    let token = server.tenant("acme");
+    let manifest = format!("{}[retry]\nmax_attempts = 1\n", echo_manifest("echo", 1, 1));
+    server.deployed(&token, "echo", &manifest, components::ECHO);
+    // Fails its first attempt: dead at once.
+    server.emit(
+        &token,
+        &[json!({"id": "doomed", "source": "app", "kind": "thing", "payload": {"key": "k", "fail": 1}})],
+    );
+    let dead = |server: &Server| server.get("/v1/fires?status=dead", &token);
+    server.until("the dead letter", || {
+        dead(&server).as_array().is_some_and(|d| d.len() == 1)
+    });
+    let id = dead(&server)[0]["fire_id"].as_str().unwrap().to_owned();
+    let noise: Vec<Value> = (0..30)
+        .map(|i| json!({"id": format!("n{i}"), "source": "app", "kind": "noise", "payload": {}}))
+        .collect();
+    server.emit(&token, &noise);
+    server.until("pruned past the dead letter's event", || {
+        let ids: Vec<String> = server.get("/v1/events?limit=100", &token)["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+        !ids.contains(&"doomed".to_owned()) && ids.len() < 20
+    });
+    // The fire still shows its batch, from what it keeps.
+    let shown = server.get(&format!("/v1/fires/{id}"), &token);
+    assert_eq!(shown["events"][0]["id"], "doomed", "{shown}");
+    // Re-driven, the handler gets the batch again (and fails again, as
+    // the event asks): never "events missing from the log".
+    server.post(&format!("/v1/fires/{id}/redrive"), &token, json!({}));
+    // (Retention keeps only the newest events: the first round's records
+    // may be gone; a re-driven round's ids carry `.r1.`.)
+    let again = || {
+        server.events(&token, "sluice").into_iter().find(|e| {
+            e["kind"] == "fire.dead_lettered" && e["id"].as_str().unwrap().contains(".r1.")
+        })
+    };
+    server.until("dead again", || again().is_some());
+    let last = again().unwrap();
+    assert!(
+        last["payload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("asked to fail"),
+        "{last}"
+    );
+    server.stop();
+}
+
 #[test]
 fn a_new_rule_reads_history_unless_it_starts_at_the_end() {
     let f = Fixture::new();

@@ -379,10 +379,33 @@ pub async fn show(
     };
     let seqs = fire.seqs.clone().unwrap_or_default();
     let shown: Vec<u64> = seqs.iter().copied().take(BATCH_SHOWN).collect();
-    let (log, t) = (app.log.clone(), tenant.clone());
-    let events = tokio::task::spawn_blocking(move || log.read_seqs(&t, &shown))
-        .await
-        .map_err(ApiError::internal)??;
+    let (log, t, rule, fire_id) = (
+        app.log.clone(),
+        tenant.clone(),
+        fire.rule.clone(),
+        fire.fire_id.clone(),
+    );
+    let events = tokio::task::spawn_blocking(move || {
+        let found = log.read_seqs(&t, &shown)?;
+        if found.len() == shown.len() {
+            return Ok(found);
+        }
+        // Pruned from the log: a dead letter keeps its batch with it.
+        let ns = crate::triggers::state::namespace(&t, &rule);
+        Ok::<_, crate::log::LogError>(
+            match log.state_get(&ns, &crate::triggers::state::kept(&fire_id))? {
+                Some(bytes) => serde_json::from_slice::<Vec<crate::event::Event>>(&bytes)
+                    .map(|mut kept| {
+                        kept.truncate(BATCH_SHOWN);
+                        kept
+                    })
+                    .unwrap_or(found),
+                None => found,
+            },
+        )
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let logs = records
         .iter()
         .rev()

@@ -29,6 +29,20 @@ pub fn install() -> Option<PrometheusHandle> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).ok()?;
     describe();
+    // Histogram samples wait in buckets until they are folded in: at each
+    // scrape, or here. Without it a server nobody scrapes keeps every
+    // handler time and every deadline's lateness it ever recorded (the
+    // soak found it).
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        })
+        .ok()?;
     Some(handle)
 }
 

@@ -9,6 +9,7 @@ use crate::runtime::bindings::wit;
 use crate::runtime::{CallError, LoadedRule};
 use crate::triggers::FireReason;
 use crate::triggers::fires::{FireAttempt, FireRecord, HandlerError, NotRun, Output};
+use crate::triggers::state as key;
 
 /// One handler run of a fire.
 #[derive(Debug)]
@@ -56,20 +57,14 @@ impl FireJob {
     /// Read the fire's events (by seq: what is interleaved with them is
     /// never read) and run the handler on a fresh instance.
     pub fn run(self) -> FireAttempt {
-        let events = match self.log.read_seqs(&self.tenant, &self.record.seqs) {
-            Ok(e) if e.len() == self.record.seqs.len() => Ok(e),
-            Ok(e) => Err(NotRun(format!(
-                "{} of its {} events are missing from the log",
-                self.record.seqs.len() - e.len(),
-                self.record.seqs.len()
-            ))),
-            Err(e) => Err(NotRun(e.to_string())),
-        };
+        let events = batch(&self.log, &self.tenant, &self.record).map_err(NotRun);
         let mut input_hops = 0;
         let mut logs = Vec::new();
+        let mut given = Vec::new();
         let result = events.and_then(|events: Vec<Event>| {
             input_hops = events.iter().map(|e| e.hops).max().unwrap_or(0);
             let pack = crate::runtime::event_pack(&events).map_err(NotRun)?;
+            given = events;
             let batch = wit::Batch {
                 fire_id: self.record.fire_id.clone(),
                 rule: self.record.rule.clone(),
@@ -100,7 +95,31 @@ impl FireJob {
             input_hops,
             result,
             logs,
+            events: given,
         }
+    }
+}
+
+/// The events of `record`'s batch: kept with it (a fire that was
+/// dead-lettered), or read from the log by seq (what is interleaved with
+/// them is never read).
+pub fn batch(log: &EventLog, tenant: &str, record: &FireRecord) -> Result<Vec<Event>, String> {
+    if record.kept {
+        let ns = key::namespace(tenant, &record.rule);
+        let bytes = log
+            .state_get(&ns, &key::kept(&record.fire_id))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the batch kept with it is missing".to_owned())?;
+        return serde_json::from_slice(&bytes).map_err(|e| format!("the batch kept with it: {e}"));
+    }
+    match log.read_seqs(tenant, &record.seqs) {
+        Ok(e) if e.len() == record.seqs.len() => Ok(e),
+        Ok(e) => Err(format!(
+            "{} of its {} events are missing from the log",
+            record.seqs.len() - e.len(),
+            record.seqs.len()
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -63,11 +63,20 @@ pub struct FireRecord {
     /// reactions, caught-up ticks) run in the order the kind made them.
     #[serde(default)]
     pub order: u64,
+    /// The batch's events are kept with the fire in the rule's state
+    /// (from when it was dead-lettered): it needs nothing from the log,
+    /// so it holds no retention pin however long it waits.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 impl FireRecord {
-    /// The lowest seq the fire needs from the log.
+    /// The lowest seq the fire needs from the log (none when its batch is
+    /// kept with it).
     pub fn first_seq(&self) -> Option<u64> {
+        if self.kept {
+            return None;
+        }
         self.seqs.first().copied()
     }
 
@@ -430,6 +439,9 @@ pub struct FireAttempt {
     /// The last lines the guest wrote during the call (at most 16, each
     /// named by its stream: `stdout: …`, `info: …`).
     pub logs: Vec<String>,
+    /// The batch's events as the handler was given them (empty when the
+    /// handler did not run): kept with the fire if it is dead-lettered.
+    pub events: Vec<crate::event::Event>,
 }
 
 impl FireAttempt {
@@ -442,6 +454,7 @@ impl FireAttempt {
             input_hops: 0,
             result: Err(NotRun(why.into())),
             logs: Vec::new(),
+            events: Vec::new(),
         }
     }
 }
@@ -576,6 +589,7 @@ mod tests {
             input_hops: hops,
             result: Ok(result),
             logs: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -647,6 +661,7 @@ mod tests {
             retry_at: None,
             last_error: None,
             redriven: 0,
+            kept: false,
             order: created_at as u64,
         }
     }

@@ -17,6 +17,7 @@
 //! | `counters` | the rule's counters as last saved (JSON) |
 //! | `f/<order>.<fire id>` | a pending fire (JSON [`super::fires::FireRecord`]), by creation order (16 hex digits) |
 //! | `d/<fire id>` | a dead letter (same) |
+//! | `k/<fire id>` | the events of a fire's batch, kept with it (JSON) once it was dead-lettered, so that it needs nothing from the log |
 //! | `p/-/<sub>` | a row of the global partition's kind state |
 //! | `p/<len>:<partition>/<sub>` | a row of a partition's kind state: batch `h` (window header), dwell `m` (membership) or `o` (epoch after a leave), schedule `k` (where the buffer starts in the member log) |
 //! | `s/<seq>` | the member log: the events a step added to partitions' buffers, keyed by the step's last seq |
@@ -52,6 +53,8 @@ pub const UP: &str = "up";
 pub const FIRES: &str = "f/";
 /// Prefix of dead letters.
 pub const DEAD: &str = "d/";
+/// Prefix of the batches kept with fires.
+pub const KEPT: &str = "k/";
 /// Prefix of every partition's rows.
 pub const PARTITIONS: &str = "p/";
 
@@ -132,6 +135,11 @@ pub fn fire_key(order: u64, id: &str) -> String {
 /// The key of a dead letter.
 pub fn dead(id: &str) -> String {
     format!("{DEAD}{id}")
+}
+
+/// The key of the batch kept with fire `id`.
+pub fn kept(id: &str) -> String {
+    format!("{KEPT}{id}")
 }
 
 /// The prefix of one partition's rows.

@@ -150,7 +150,11 @@ impl<K: Kind> RuleCore<K> {
         }
         let fires = self.fires.min_first_without_dead(&[], &[], Some(fire_id));
         let pin = self.pin(self.cursor, self.part_firsts.min(), fires);
-        Ok(Writes::ops(vec![self.delete(key::dead(fire_id)), pin]))
+        Ok(Writes::ops(vec![
+            self.delete(key::dead(fire_id)),
+            self.delete(key::kept(fire_id)),
+            pin,
+        ]))
     }
 
     /// Apply a committed [`Self::discard_dead`].

@@ -84,7 +84,7 @@ impl<K: Kind> RuleCore<K> {
         };
         let whole = attempt;
         let (record, now) = (&attempt.record, attempt.now);
-        let first = record.first_seq();
+        let mut first = record.first_seq();
         let firsts: Vec<u64> = first.into_iter().collect();
         let mut outputs = 0;
         let writes = match &decision {
@@ -101,14 +101,15 @@ impl<K: Kind> RuleCore<K> {
                     outputs = emitted.len();
                 }
                 records.push(self.fire_completed(whole, emitted.len()));
-                Writes {
-                    records,
-                    ops: vec![
-                        self.delete(key::fire_key(order, &record.fire_id)),
-                        self.delete(key::BREAKER),
-                        self.pin_now(&firsts, &[]),
-                    ],
+                let mut ops = vec![
+                    self.delete(key::fire_key(order, &record.fire_id)),
+                    self.delete(key::BREAKER),
+                    self.pin_now(&firsts, &[]),
+                ];
+                if record.kept {
+                    ops.push(self.delete(key::kept(&record.fire_id)));
                 }
+                Writes { records, ops }
             }
             Decision::Retry {
                 record: updated,
@@ -127,15 +128,34 @@ impl<K: Kind> RuleCore<K> {
                 suspend,
                 error,
             } => {
+                // The dead letter keeps its batch (the events the handler
+                // was given), so it holds nothing in the log: retention
+                // goes on past it however long it waits.
+                let keep = !record.kept
+                    && !attempt.events.is_empty()
+                    && attempt.events.len() == record.seqs.len();
+                let mut dead = updated.clone();
+                dead.kept |= keep;
                 let mut ops = vec![
                     self.delete(key::fire_key(order, &record.fire_id)),
                     self.put(
                         key::dead(&record.fire_id),
-                        serde_json::to_vec(updated).expect("a fire serialises"),
+                        serde_json::to_vec(&dead).expect("a fire serialises"),
                     ),
                     self.put(key::BREAKER, in_a_row.to_string().into_bytes()),
-                    self.pin_now(&firsts, &firsts),
                 ];
+                if keep {
+                    ops.push(self.put(
+                        key::kept(&record.fire_id),
+                        serde_json::to_vec(&attempt.events).expect("events serialise"),
+                    ));
+                }
+                if dead.kept {
+                    first = None;
+                    ops.push(self.pin_now(&firsts, &[]));
+                } else {
+                    ops.push(self.pin_now(&firsts, &firsts));
+                }
                 if let Some(why) = suspend {
                     ops.push(self.put(key::SUSPENDED, why.clone().into_bytes()));
                 }

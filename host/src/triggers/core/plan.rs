@@ -491,6 +491,7 @@ impl<K: Kind> RuleCore<K> {
                 retry_at: None,
                 last_error: None,
                 redriven: 0,
+                kept: false,
             });
         }
         plan.notes

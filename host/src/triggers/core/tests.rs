@@ -215,6 +215,7 @@ fn a_fire_completes_once_and_its_writes_carry_the_outputs() {
         now: 5 * S,
         input_hops: 0,
         logs: vec!["stdout: hi".into()],
+        events: Vec::new(),
         result: Ok(Ok(vec![Output {
             kind: "digest".into(),
             payload: "{}".into(),
@@ -261,6 +262,7 @@ fn failures_retry_then_dead_letter_and_trip_the_breaker() {
             now,
             input_hops: 0,
             logs: Vec::new(),
+            events: Vec::new(),
             result: Ok(Err(HandlerError {
                 message: "boom".into(),
                 fatal: false,
@@ -298,6 +300,73 @@ fn failures_retry_then_dead_letter_and_trip_the_breaker() {
     b.reload(10 * S);
     assert!(b.core.suspended().is_some(), "the suspension is durable");
     assert_eq!(b.core.fires().dead_len(), 1);
+}
+
+/// The pin a write sets.
+fn pin_of(w: &Writes) -> Option<u64> {
+    w.ops.iter().find_map(|op| match op {
+        StateOp::Pin { min_seq, .. } => *min_seq,
+        _ => None,
+    })
+}
+
+#[test]
+fn a_dead_letter_keeps_its_batch_and_holds_back_no_retention() {
+    let mut b = Bench::new(batch(1, 60), 0);
+    b.core.spec.retry.max_attempts = 1;
+    b.step(&[ev(1, "a", 0)], 0);
+    let id = b.core.fires().ids().next().unwrap().to_owned();
+    let attempt = |b: &mut Bench<Batch>, ok: bool| {
+        let record = b.core.start(&id).unwrap();
+        FireAttempt {
+            attempt: 1,
+            now: S,
+            input_hops: 0,
+            logs: Vec::new(),
+            events: vec![ev(1, "a", 0)],
+            result: Ok(if ok {
+                Ok(Vec::new())
+            } else {
+                Err(HandlerError {
+                    message: "boom".into(),
+                    fatal: true,
+                    backtrace: None,
+                    stderr: Vec::new(),
+                })
+            }),
+            record,
+        }
+    };
+    let failed = attempt(&mut b, false);
+    let (w, plan) = b.core.finish(&failed);
+    assert_eq!(
+        pin_of(&w),
+        Some(2),
+        "the dead letter holds nothing: the pin is the cursor's next"
+    );
+    b.rows.apply(&w);
+    let outcome = b.core.finished(plan, &Default::default()).unwrap();
+    assert!(matches!(outcome, FireOutcome::DeadLettered { .. }));
+    let kept: Vec<Event> = serde_json::from_slice(&b.rows.0[&format!("k/{id}")]).unwrap();
+    assert_eq!(kept, vec![ev(1, "a", 0)]);
+    let dead: FireRecord = serde_json::from_slice(&b.rows.0[&format!("d/{id}")]).unwrap();
+    assert!(dead.kept && dead.first_seq().is_none());
+    // After a restart, re-driven: pending without a pin, and its success
+    // drops the kept batch.
+    b.reload(2 * S);
+    let (w, record) = b.core.redrive(dead);
+    b.rows.apply(&w);
+    b.core.redriven(record);
+    let done = attempt(&mut b, true);
+    let (w, plan) = b.core.finish(&done);
+    assert_eq!(pin_of(&w), Some(2));
+    b.rows.apply(&w);
+    b.core.finished(plan, &Default::default()).unwrap();
+    assert!(
+        !b.rows.0.keys().any(|k| k.starts_with("k/")),
+        "{:?}",
+        b.rows.0.keys()
+    );
 }
 
 #[test]
