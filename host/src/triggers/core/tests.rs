@@ -412,20 +412,24 @@ fn schedule(catch_up: CatchUp) -> Schedule {
     .unwrap()
 }
 
+/// A step's schedule fires as (tick, catch-up, seqs).
+fn ticks_of(step: &Step) -> Vec<(i64, bool, Vec<u64>)> {
+    step.fires
+        .iter()
+        .map(|f| match f.reason {
+            FireReason::Schedule { tick, catch_up } => (tick, catch_up, f.seqs.clone()),
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
 #[test]
 fn a_tick_takes_the_events_ingested_before_it() {
     let mut b = Bench::new(schedule(CatchUp::Skip), 0);
     // Read late, at 130 s: the event at 30 s goes to the 60 s tick, the
     // one at 90 s to the 120 s tick.
     let step = b.step(&[ev(1, "a", 30 * S), ev(2, "a", 90 * S)], 130 * S);
-    let ticks: Vec<_> = step
-        .fires
-        .iter()
-        .map(|f| match f.reason {
-            FireReason::Schedule { tick, catch_up } => (tick, catch_up, f.seqs.clone()),
-            _ => unreachable!(),
-        })
-        .collect();
+    let ticks = ticks_of(&step);
     assert_eq!(
         ticks,
         vec![(60 * S, false, vec![1]), (120 * S, false, vec![2])]
@@ -467,14 +471,7 @@ fn a_restart_after_a_known_running_time_misses_only_the_outage() {
     b.step(&[ev(1, "a", 30 * S)], 30 * S);
     b.restart(250 * S, Start::After(130 * S));
     let step = b.step(&[ev(2, "a", 100 * S)], 250 * S);
-    let ticks: Vec<_> = step
-        .fires
-        .iter()
-        .map(|f| match f.reason {
-            FireReason::Schedule { tick, catch_up } => (tick, catch_up, f.seqs.clone()),
-            _ => unreachable!(),
-        })
-        .collect();
+    let ticks = ticks_of(&step);
     assert_eq!(
         ticks,
         vec![(60 * S, false, vec![1]), (120 * S, false, vec![2])],
