@@ -40,6 +40,10 @@ class Server:
         self.proc = subprocess.Popen(
             [binary, "serve", "--db", self.db, "--listen", "127.0.0.1:0",
              "--durability", "normal", "--retain", "2m", "--retain-every", "5s",
+             # Ids are remembered (as tombstones once pruned) for the
+             # dedupe window: 5 minutes, so that the run sees the steady
+             # state a day's window reaches after a day.
+             "--dedupe-window", "5m",
              "--heartbeat", "1s", "--shutdown-grace", "5s"],
             env={**os.environ, "SLUICE_ADMIN_TOKEN": ADMIN, "SLUICE_LOG": "warn"},
             stdout=subprocess.PIPE, stderr=open(os.path.join(workdir, "server.log"), "wb"),

@@ -95,6 +95,9 @@ pub struct ServerConfig {
     pub retention: Option<crate::log::RetentionPolicy>,
     /// How often a retention pass runs.
     pub retention_every: Duration,
+    /// How long an event's id is remembered to refuse a resend as a
+    /// duplicate (past retention too, as a tombstone).
+    pub dedupe_window: Duration,
     /// On a shared store (PostgreSQL): how long a rule's lease lasts
     /// without renewal.
     pub lease_ttl: Duration,
@@ -120,6 +123,7 @@ impl Default for ServerConfig {
             event_limits: EventLimits::default(),
             retention: None,
             retention_every: Duration::from_secs(60),
+            dedupe_window: LogConfig::default().dedupe_window,
             lease_ttl: Duration::from_secs(10),
             advertise: None,
         }
@@ -390,7 +394,10 @@ pub async fn serve(
     let log = EventLog::open_store(
         &config.store,
         config.durability,
-        LogConfig::default(),
+        LogConfig {
+            dedupe_window: config.dedupe_window,
+            ..LogConfig::default()
+        },
         clock.clone(),
     )
     .with_context(|| format!("open {}", config.store))?;

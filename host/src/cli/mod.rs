@@ -83,6 +83,11 @@ enum Command {
         /// How often retention runs (with --retain or --retain-events).
         #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
         retain_every: std::time::Duration,
+        /// How long an event id is remembered, so that a resend within it
+        /// is a duplicate (kept as a small tombstone once retention has
+        /// pruned the event).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        dedupe_window: std::time::Duration,
         /// Serve /metrics (and /healthz) on this address instead of the
         /// API's: it names tenants and rules, so keep it private.
         #[arg(long, env = "SLUICE_METRICS_LISTEN")]
@@ -294,6 +299,7 @@ pub fn main() -> ExitCode {
             metrics_token,
             retain_events,
             retain_every,
+            dedupe_window,
         } => serve(crate::api::ServerConfig {
             retention: (retain.is_some() || retain_events.is_some()).then_some(
                 crate::log::RetentionPolicy {
@@ -302,6 +308,7 @@ pub fn main() -> ExitCode {
                 },
             ),
             retention_every: retain_every,
+            dedupe_window,
             store: match store.store() {
                 Ok(store) => store,
                 Err(e) => {
