@@ -196,6 +196,15 @@ impl Cluster {
             .acquire(tenant, rule, self.node(), self.config.ttl)?
         {
             Some(epoch) => {
+                // Taken over from a node whose lease expired: the rule's
+                // next start counts the outage from that node's mark.
+                let before = row
+                    .as_ref()
+                    .and_then(|l| l.node.as_deref())
+                    .filter(|n| *n != self.node());
+                if let Some(at) = mark_of(log, before)? {
+                    deploys.engine.rule_known_running_until(tenant, rule, at);
+                }
                 self.claimed
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -439,10 +448,9 @@ impl Cluster {
                     let log2 = log.clone();
                     let taken = tokio::task::spawn_blocking(move || {
                         let epoch = store.acquire(&t, &r, &me, ttl)?;
-                        let mark = match (&epoch, before) {
-                            (Some(_), Some(node)) => super::alive::read(&log2, Some(&node))
-                                .map_err(|e| StoreError::new("read a liveness mark", e))?,
-                            _ => None,
+                        let mark = match epoch {
+                            Some(_) => mark_of(&log2, before.as_deref())?,
+                            None => None,
                         };
                         Ok::<_, StoreError>(epoch.map(|e| (e, mark)))
                     })
@@ -531,6 +539,16 @@ impl Cluster {
             Ok(Ok(())) => tracing::info!("left the cluster: leases released"),
             _ => tracing::warn!("could not release the leases; they expire instead"),
         }
+    }
+}
+
+/// The liveness mark of `node` ([`super::alive`]), the node whose lease
+/// a take-over follows: until when it ran. Blocking.
+fn mark_of(log: &crate::log::EventLog, node: Option<&str>) -> Result<Option<i64>, StoreError> {
+    match node {
+        Some(node) => super::alive::read(log, Some(node))
+            .map_err(|e| StoreError::new("read a liveness mark", e)),
+        None => Ok(None),
     }
 }
 
