@@ -4,7 +4,7 @@
 # failing when one of them keeps growing or anything answers 5xx.
 #
 #   scripts/soak.sh              30 minutes; samples in <target>/soak.csv
-#   scripts/soak.sh 2            a 2-minute smoke (growth is not judged
+#   scripts/soak.sh 1            a 1-minute smoke (growth is not judged
 #                                under 10 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
