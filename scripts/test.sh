@@ -22,7 +22,7 @@ url=$(scripts/pg.sh start "$pg" --fast)
 echo "the store suites again, on PostgreSQL ($url)" >&2
 SLUICE_TEST_POSTGRES=$url cargo test -p sluice --test all -- \
     log:: engine:: conformance:: server:: dispatch:: crash::acknowledged deploy:: timing:: core:: \
-    failpoints::lease_ \
+    failpoints::lease_mid_takeover \
     --skip sqlite_
 
 echo "the dashboard in Chromium" >&2
