@@ -3,7 +3,7 @@
 # crash points, 50 seeds each) and doc tests on the embedded SQLite store
 # (the tests about PostgreSQL itself start a throwaway cluster of their
 # own), then the suites that touch the store (log, engine, conformance,
-# server, ingest crashes, the lease crash points) again on a throwaway
+# server, ingest crashes, the two lease crash points) again on a throwaway
 # PostgreSQL, which this script starts and stops; then the dashboard in
 # Chromium (scripts/dashboard-test.sh), the API against its OpenAPI
 # document (scripts/api-check.sh) and a 1-minute soak (scripts/soak.sh). Installs the wasm32-wasip2 target,
@@ -22,7 +22,7 @@ url=$(scripts/pg.sh start "$pg" --fast)
 echo "the store suites again, on PostgreSQL ($url)" >&2
 SLUICE_TEST_POSTGRES=$url cargo test -p sluice --test all -- \
     log:: engine:: conformance:: server:: dispatch:: crash::acknowledged deploy:: timing:: core:: \
-    failpoints::lease_mid_takeover \
+    failpoints::lease_ \
     --skip sqlite_
 
 echo "the dashboard in Chromium" >&2

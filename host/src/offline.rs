@@ -453,7 +453,10 @@ impl Run<'_> {
             // that passes.
             self.rules.clear();
             self.clock.set(target);
-            return self.open_rules(Start::After(now));
+            return self.open_rules(Start::After {
+                from: now,
+                until: target,
+            });
         }
         let Some(name) = arg.as_str() else {
             anyhow::bail!("{arg} is not a rule name");

@@ -703,14 +703,7 @@ points! {
 }
 
 /// The lease points (PostgreSQL only: a SQLite store has no leases).
-///
-/// A crash mid-renewal still makes some seeds (24 and 31 of 50) end with
-/// a schedule tick marked as a catch-up that the run without the crash
-/// ran on time: a take-over path that starts the rule without the dead
-/// node's liveness mark remains. Run it with `--ignored` on the
-/// PostgreSQL pass until that is found.
 #[test]
-#[ignore = "known: some seeds take a rule over without the dead node's liveness mark"]
 fn lease_mid_renewal() {
     if crate::postgres().is_some() {
         crash_at("lease.mid_renewal");

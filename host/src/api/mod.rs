@@ -467,12 +467,15 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         cluster: cluster.clone(),
     });
-    // When the outage before this start began: the mark the last engine
-    // on this store left (on several nodes, each take-over reads the mark
-    // of the node it takes over from).
-    if cluster.is_none() {
-        let mark = crate::engine::alive::read(&app.log, None)?;
-        app.deploys.engine.known_running_until(mark);
+    // The outage before this start: from the last mark any engine left on
+    // this store (a take-over also reads the mark of the node it takes
+    // over from).
+    let started = app.now();
+    let start = crate::engine::alive::outage_before(&app.log, started)?;
+    app.deploys.engine.started_after(started, start);
+    if app.manual.is_some() {
+        // The manual clock marks at each move; this start is a mark too.
+        app.mark_alive_at(started).await?;
     }
     let marking = app.manual.is_none().then(|| {
         let (app, mut stopping) = (app.clone(), shutdown.clone());

@@ -11,6 +11,7 @@
 //! manual clock it marks each move of the clock, before the clock moves.
 
 use crate::log::{EventLog, LogError, StateOp};
+use crate::triggers::core::Start;
 
 /// State namespace of the marks: one key per node (`local` for the one
 /// process that writes a SQLite store).
@@ -38,4 +39,24 @@ pub async fn mark(log: &EventLog, node: Option<&str>, at: i64) -> Result<(), Log
         value: at.to_string().into_bytes(),
     };
     log.transact(Vec::new(), vec![op]).await.map(drop)
+}
+
+/// How an engine starting at `now` follows the run before it: its
+/// restarted rules count as outage the time no node marked, from the
+/// last mark any node left until `now` (none when a node of the cluster
+/// marked since: the engine never stopped, and rules taken over from a
+/// dead node are late, not missed). `Start::Cold` on a store no engine
+/// marked. Read before this node's first mark. On the real clock nodes
+/// mark every second, so a start can see up to that much outage that
+/// was none.
+pub fn outage_before(log: &EventLog, now: i64) -> Result<Start, LogError> {
+    let last = log
+        .state_scan(NS)?
+        .iter()
+        .filter_map(|(_, v)| String::from_utf8_lossy(v).parse::<i64>().ok())
+        .max();
+    Ok(match last {
+        Some(from) => Start::After { from, until: now },
+        None => Start::Cold,
+    })
 }

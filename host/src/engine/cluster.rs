@@ -202,9 +202,8 @@ impl Cluster {
                     .as_ref()
                     .and_then(|l| l.node.as_deref())
                     .filter(|n| *n != self.node());
-                if let Some(at) = mark_of(log, before)? {
-                    deploys.engine.rule_known_running_until(tenant, rule, at);
-                }
+                let mark = mark_of(log, before)?;
+                deploys.engine.rule_taken_over(tenant, rule, mark);
                 self.claimed
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -458,11 +457,7 @@ impl Cluster {
                     .map_err(|e| StoreError::new("take a lease", e))??;
                     if let Some((epoch, mark)) = taken {
                         crate::crash::point("lease.mid_takeover");
-                        if let Some(at) = mark {
-                            deploys
-                                .engine
-                                .rule_known_running_until(&d.tenant, &d.name, at);
-                        }
+                        deploys.engine.rule_taken_over(&d.tenant, &d.name, mark);
                         tracing::info!(tenant = %d.tenant, rule = %d.name, epoch, "took the rule's lease");
                         log.set_lease(&d.tenant, &d.name, Some(self.lease(epoch)));
                         starts.push(d);

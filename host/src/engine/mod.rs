@@ -133,16 +133,22 @@ pub struct Engine {
     changes: Arc<watch::Sender<u64>>,
     /// Recent activity per minute.
     stats: Arc<stats::Stats>,
-    /// When the outage before a rule's start began, if known (see
-    /// [`alive`]): for every rule, and for rules taken over from a node.
+    /// The outage before a rule's start, if known (see [`alive`]): this
+    /// engine's own, and for rules taken over from a node that stopped
+    /// while this one ran, none.
     outages: Mutex<Outages>,
 }
 
-/// See [`Engine::known_running_until`].
-#[derive(Debug, Default)]
+/// See [`Engine::started_after`] and [`Engine::rule_taken_over`].
+#[derive(Debug)]
 struct Outages {
-    all: Option<i64>,
-    rules: HashMap<RuleKey, i64>,
+    /// How this engine's start followed the run before it.
+    start: Start,
+    /// When this engine started (engine time).
+    started: i64,
+    /// Rules taken over from a node that ran past `started`: moved, not
+    /// down.
+    moved: HashMap<RuleKey, Start>,
 }
 
 /// Slots for rounds and handler runs: the engine's, and the tenant's
@@ -207,27 +213,44 @@ impl Engine {
             shares: Mutex::new(HashMap::new()),
             changes: Arc::new(watch::channel(0).0),
             stats: stats::Stats::new(clock.clone()),
-            outages: Mutex::new(Outages::default()),
+            outages: Mutex::new(Outages {
+                start: Start::Cold,
+                started: i64::MIN,
+                moved: HashMap::new(),
+            }),
             clock,
         }
     }
 
-    /// The engine that wrote this store before was known to run until
-    /// `at` (its liveness mark, [`alive`]): rules restarted from their
-    /// state count the outage from there, not from the beginning of time.
-    pub fn known_running_until(&self, at: Option<i64>) {
-        self.outages.lock().unwrap_or_else(|e| e.into_inner()).all = at;
+    /// This engine started at `now`, after the outage `start` describes
+    /// ([`alive::outage_before`]): rules it restarts from their state
+    /// miss what fell due in that outage, and only that.
+    pub fn started_after(&self, now: i64, start: Start) {
+        let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
+        outages.start = start;
+        outages.started = now;
     }
 
-    /// Rule `tenant`/`name`, about to be taken over from a node that was
-    /// known to run until `at`: its next start counts the outage from
-    /// there.
-    pub fn rule_known_running_until(&self, tenant: &str, name: &str, at: i64) {
-        self.outages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .rules
-            .insert((tenant.to_owned(), name.to_owned()), at);
+    /// Rule `tenant`/`name` is about to be taken over from a node whose
+    /// liveness mark is `mark`. A node that ran past this engine's start
+    /// stopped while this one ran: the rule moved, the engine was not
+    /// down, and its due work is late, not missed. Otherwise the rule was
+    /// down with the engine (this engine's own outage).
+    pub fn rule_taken_over(&self, tenant: &str, name: &str, mark: Option<i64>) {
+        let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (tenant.to_owned(), name.to_owned());
+        match mark {
+            Some(at) if at >= outages.started => {
+                let moved = Start::After {
+                    from: at,
+                    until: at,
+                };
+                outages.moved.insert(key, moved);
+            }
+            _ => {
+                outages.moved.remove(&key);
+            }
+        }
     }
 
     /// How rule `key` starts now (`carry`: a hot swap).
@@ -236,10 +259,7 @@ impl Engine {
             return Start::Carry;
         }
         let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
-        match outages.rules.remove(key).or(outages.all) {
-            Some(at) => Start::After(at),
-            None => Start::Cold,
-        }
+        outages.moved.remove(key).unwrap_or(outages.start)
     }
 
     /// The engine's recent activity, per minute (the dashboard's charts).

@@ -22,11 +22,18 @@ pub enum Start {
     /// beginning of: what fell due before now fell due while the rule was
     /// not running.
     Cold,
-    /// A restart after an outage that began at this engine time (the
-    /// engine was known to run until then): what fell due before it fell
-    /// due while the rule ran — it is handled late, not missed — and what
-    /// fell due after it was missed.
-    After(i64),
+    /// A restart after an outage from `from` (the engine was known to
+    /// run until then) until `until` (it ran again): what fell due before
+    /// `from` or after `until` fell due while the rule ran — it is handled
+    /// late, not missed — and what fell due in between was missed. An
+    /// empty outage (`from >= until`) is a move: the rule changed hands
+    /// while the engine ran, and only lateness follows.
+    After {
+        /// The outage's beginning (the last liveness mark).
+        from: i64,
+        /// Its end.
+        until: i64,
+    },
     /// Carrying on from a version that ran until just now (a hot swap).
     Carry,
 }
@@ -51,10 +58,15 @@ impl<K: Kind> RuleCore<K> {
         });
         let (up_since, outage) = match (self.up_since, start) {
             (Some(up), Start::Carry) => (up, self.outage),
-            // Running since `up` and known to run until `since`: what
-            // fell due before `up` was missed as before, and the time
-            // from `since` to now was an outage.
-            (Some(up), Start::After(since)) if since >= up => (up, Some((since.min(now), now))),
+            // Running since `up`: what fell due before `up` was missed as
+            // before, and the outage (from `from`, not before `up`, until
+            // `until`, not after now) was missed too. An outage over
+            // before the rule came up changes nothing.
+            (Some(up), Start::After { from, until }) => {
+                let until = until.min(now);
+                let from = from.max(up);
+                (up, (from < until).then_some((from, until)))
+            }
             _ => (now, None),
         };
         if self.up_since != Some(up_since) {

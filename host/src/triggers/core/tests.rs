@@ -469,7 +469,13 @@ fn a_restart_after_a_known_running_time_misses_only_the_outage() {
     // the outage: the policy (latest) runs 240 s only.
     let mut b = Bench::new(schedule(CatchUp::Latest), 0);
     b.step(&[ev(1, "a", 30 * S)], 30 * S);
-    b.restart(250 * S, Start::After(130 * S));
+    b.restart(
+        250 * S,
+        Start::After {
+            from: 130 * S,
+            until: 250 * S,
+        },
+    );
     let step = b.step(&[ev(2, "a", 100 * S)], 250 * S);
     let ticks = ticks_of(&step);
     assert_eq!(
@@ -488,6 +494,25 @@ fn a_restart_after_a_known_running_time_misses_only_the_outage() {
     cold.restart(250 * S, Start::Cold);
     let step = cold.step(&[ev(2, "a", 100 * S)], 250 * S);
     assert_eq!(step.missed.clone().unwrap().ticks, 3);
+    // Moved to another node while the engine ran (an empty outage): the
+    // four ticks are late, none missed — the same fires as if it had
+    // kept running.
+    let mut moved = Bench::new(schedule(CatchUp::Latest), 0);
+    moved.step(&[ev(1, "a", 30 * S)], 30 * S);
+    moved.restart(
+        250 * S,
+        Start::After {
+            from: 250 * S,
+            until: 250 * S,
+        },
+    );
+    let step = moved.step(&[ev(2, "a", 100 * S)], 250 * S);
+    assert!(step.missed.is_none(), "{:?}", step.missed);
+    assert!(
+        ticks_of(&step).iter().all(|(_, catch_up, _)| !catch_up),
+        "{:?}",
+        ticks_of(&step)
+    );
 }
 
 #[test]
