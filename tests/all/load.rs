@@ -53,13 +53,25 @@ fn exports_with_wrong_signatures_are_rejected() {
 #[test]
 fn garbage_is_rejected() {
     let h = Harness::new();
-    for bytes in [&b"hello"[..], b"\0asm\x01\0\0\0", b""] {
+    for (bytes, says) in [
+        (&b"name = \"digest\"\nversion = 1\n"[..], "the file is text"),
+        (b"\0asm\x01\0\0\0", "a core Wasm module, not a component"),
+        (b"", "the file is empty"),
+        (
+            b"\x7fELF\x02\x01\x01\x00\xff\xfe",
+            "does not start with the Wasm magic bytes",
+        ),
+        (b"\0asm\x0d\0\x01\0\xff\xff", "not a valid Wasm component"),
+    ] {
         let err = h
             .runtime
             .load(label(), bytes, Limits::default())
             .unwrap_err();
         assert!(matches!(err, LoadError::Compile(_)), "{err}");
-        assert!(err.to_string().starts_with("not a valid Wasm component"));
+        let text = err.to_string();
+        assert!(text.starts_with("not a valid Wasm component"), "{text}");
+        assert!(text.contains(says), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
     }
 }
 

@@ -1,6 +1,7 @@
 //! Sluice's integration tests: one binary, a module per area.
 
 mod cli;
+mod client;
 mod cluster;
 mod conformance;
 mod core;

@@ -13,39 +13,39 @@ use reqwest::blocking::{Client, RequestBuilder, Response, multipart};
 use serde_json::{Value, json};
 use sluice_test_components::components;
 
-const ADMIN: &str = "test-admin-token";
+pub(crate) const ADMIN: &str = "test-admin-token";
 
 /// A running server on a loopback port.
 /// A test's directory and database; servers start on it, again after a
 /// stop or a kill.
-struct Fixture {
+pub(crate) struct Fixture {
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
     /// The database.
-    fn db(&self) -> std::path::PathBuf {
+    pub(crate) fn db(&self) -> std::path::PathBuf {
         self.path("s.db")
     }
 
     /// A file of the test's own.
-    fn path(&self, name: &str) -> std::path::PathBuf {
+    pub(crate) fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
 
     /// A server on the database.
-    fn start(&self) -> Server {
+    pub(crate) fn start(&self) -> Server {
         Server::start(&self.db())
     }
 
     /// A server on a fresh database with tenant `acme`, and its token.
-    fn acme(&self) -> (Server, String) {
+    pub(crate) fn acme(&self) -> (Server, String) {
         let server = self.start();
         let token = server.tenant("acme");
         (server, token)
@@ -64,20 +64,25 @@ impl Fixture {
     }
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
-    url: String,
+    pub(crate) url: String,
     http: Client,
 }
 
 impl Server {
-    fn start(db: &Path) -> Self {
+    pub(crate) fn start(db: &Path) -> Self {
         Self::start_with(db, &[])
     }
 
-    fn start_with(db: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start_with(db: &Path, extra: &[&str]) -> Self {
+        Self::start_on(db, "127.0.0.1:0", extra)
+    }
+
+    /// A server listening on `listen` (a restart on the same address).
+    pub(crate) fn start_on(db: &Path, listen: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--heartbeat", "200ms"])
+            .args(["serve", "--listen", listen, "--heartbeat", "200ms"])
             .args([
                 "--manual-clock",
                 "2026-01-01T00:00:00Z",
@@ -119,7 +124,12 @@ impl Server {
         }
     }
 
-    fn req(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> RequestBuilder {
+    pub(crate) fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> RequestBuilder {
         let rb = self.http.request(method, format!("{}{path}", self.url));
         match token {
             Some(t) => rb.bearer_auth(t),
@@ -127,14 +137,14 @@ impl Server {
         }
     }
 
-    fn get(&self, path: &str, token: &str) -> Value {
+    pub(crate) fn get(&self, path: &str, token: &str) -> Value {
         ok(self
             .req(reqwest::Method::GET, path, Some(token))
             .send()
             .unwrap())
     }
 
-    fn post(&self, path: &str, token: &str, body: Value) -> Value {
+    pub(crate) fn post(&self, path: &str, token: &str, body: Value) -> Value {
         ok(self
             .req(reqwest::Method::POST, path, Some(token))
             .json(&body)
@@ -142,7 +152,7 @@ impl Server {
             .unwrap())
     }
 
-    fn tenant(&self, name: &str) -> String {
+    pub(crate) fn tenant(&self, name: &str) -> String {
         self.tenant_with(name, json!({}))
     }
 
@@ -156,7 +166,7 @@ impl Server {
     }
 
     /// Deploy a new rule, which must be created (201).
-    fn deployed(&self, token: &str, name: &str, manifest: &str, wasm: &str) {
+    pub(crate) fn deployed(&self, token: &str, name: &str, manifest: &str, wasm: &str) {
         let r = self.deploy(token, name, manifest, wasm);
         let status = r.status();
         assert_eq!(
@@ -167,7 +177,7 @@ impl Server {
         );
     }
 
-    fn deploy(&self, token: &str, name: &str, manifest: &str, wasm: &str) -> Response {
+    pub(crate) fn deploy(&self, token: &str, name: &str, manifest: &str, wasm: &str) -> Response {
         self.deploy_q(token, name, manifest, wasm, "")
     }
 
@@ -228,7 +238,7 @@ impl Server {
     }
 
     /// The status of a request with no body.
-    fn status(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> u16 {
+    pub(crate) fn status(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> u16 {
         self.req(method, path, token)
             .send()
             .unwrap()
@@ -237,7 +247,7 @@ impl Server {
     }
 
     /// Wait until `f` holds (the engine works in the background).
-    fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
+    pub(crate) fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !f() {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -246,7 +256,7 @@ impl Server {
     }
 
     /// SIGTERM, and wait for a clean exit.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let mut child = self.child.take().unwrap();
         let pid = child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -254,7 +264,7 @@ impl Server {
         assert!(status.success(), "sluice serve exited with {status}");
     }
 
-    fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
+    pub(crate) fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(args)
             .env("SLUICE_URL", &self.url)
@@ -273,14 +283,14 @@ impl Drop for Server {
     }
 }
 
-fn ok(r: Response) -> Value {
+pub(crate) fn ok(r: Response) -> Value {
     let status = r.status();
     let body = r.text().unwrap();
     assert!(status.is_success(), "{status}: {body}");
     serde_json::from_str(&body).unwrap_or(Value::Null)
 }
 
-fn echo_manifest(name: &str, version: u32, count: u32) -> String {
+pub(crate) fn echo_manifest(name: &str, version: u32, count: u32) -> String {
     format!(
         "name = \"{name}\"\nversion = {version}\n[trigger.batch]\ncount = {count}\nwindow = \"1h\"\nexpire = \"fire\"\n"
     )

@@ -295,6 +295,8 @@ pub async fn show(
 }
 
 /// 200 with no body: the server is up.
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "admin",
+    responses((status = 200, description = "The server is up (no body).")))]
 pub async fn healthz() -> StatusCode {
     StatusCode::OK
 }

@@ -103,6 +103,13 @@ pub fn router(app: Arc<App>) -> axum::Router {
 
 /// `/metrics` on the API's address: there unless it has an address of its
 /// own.
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "admin",
+    description = "Prometheus text: the engine's and every rule's counters, labelled by tenant and rule. With --metrics-token it needs that token or the admin token; with --metrics-listen it is served on that address only (404 here).",
+    responses(
+        (status = 200, description = "Prometheus text exposition (version 0.0.4).", content_type = "text/plain", body = String),
+        (status = 401, description = "--metrics-token is set and the request lacks it (or the admin token).", body = super::error::ErrorBody),
+        (status = 404, description = "/metrics has an address of its own (--metrics-listen).", body = super::error::ErrorBody),
+    ))]
 pub async fn metrics_on_api(
     State(app): State<Arc<App>>,
     headers: axum::http::HeaderMap,

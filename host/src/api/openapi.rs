@@ -50,6 +50,7 @@ pub const MAX_SEQ: u64 = i64::MAX as u64;
         fires::list, fires::show, fires::redrive, fires::discard,
         feed::feed, stats::show,
         super::clock_get, super::clock_move, cluster::show,
+        events::healthz, super::metrics::metrics_on_api,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, DrainParam, FireStatusParam)),
     modifiers(&Security, &Refusals),
@@ -59,7 +60,7 @@ pub const MAX_SEQ: u64 = i64::MAX as u64;
         (name = "rules", description = "Deploy, swap, inspect, pause and remove rules"),
         (name = "fires", description = "Pending fires and dead letters"),
         (name = "feed", description = "The live feed (Server-Sent Events)"),
-        (name = "admin", description = "The engine clock; the nodes sharing a PostgreSQL store"),
+        (name = "admin", description = "The engine clock; the nodes sharing a PostgreSQL store; liveness and Prometheus metrics"),
     )
 )]
 struct ApiDoc;

@@ -146,6 +146,9 @@ pub struct WhoAmI {
     pub role: String,
     /// The tenant, for a tenant's token.
     pub tenant: Option<String>,
+    /// What a tenant's token may do (none for the admin token, which acts
+    /// for no tenant).
+    pub scopes: Vec<Scope>,
 }
 
 /// Who the token acts for: a tenant (which) or the admin.
@@ -160,10 +163,12 @@ pub async fn whoami(
         Caller::Tenant(t) => WhoAmI {
             role: "tenant".into(),
             tenant: Some(t),
+            scopes: app.tenants.scopes(bearer(&parts)?).unwrap_or_default(),
         },
         Caller::Admin => WhoAmI {
             role: "admin".into(),
             tenant: None,
+            scopes: Vec::new(),
         },
     }))
 }

@@ -1,14 +1,15 @@
-//! The client commands: `deploy`, `emit`, `tail`, `rules`, `fires`,
-//! `tenants` — each one or a few HTTP requests to a running `sluice
-//! serve`. Failures are one sentence: an unreachable server, a refused
-//! token, or the server's own error message.
+//! The client: how the commands talk to a running `sluice serve`, and
+//! the commands that move data — `deploy`, `emit`, `tail`. Failures are
+//! one sentence — an unreachable server, a refused token, or the
+//! server's own error message — and exit with their own code
+//! ([`Failure`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
+use clap::Args;
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
 use serde_json::{Value, json};
 
@@ -28,6 +29,47 @@ pub struct Conn {
     pub token: Option<String>,
 }
 
+/// Why a command that talks to a server failed, for its exit code: the
+/// server refused (3) or could not be reached (4). Every other failure —
+/// a bad flag, a missing file — is a usage error (2).
+#[derive(Debug)]
+pub enum Failure {
+    /// The server answered with an error.
+    Refused(String),
+    /// No answer: nothing listens there, or the connection broke.
+    Unreachable(String),
+}
+
+impl Failure {
+    /// The exit code for `e`: 3 or 4 for a [`Failure`], else 2.
+    pub fn exit_code(e: &anyhow::Error) -> u8 {
+        match e.chain().find_map(|c| c.downcast_ref::<Failure>()) {
+            Some(Failure::Refused(_)) => 3,
+            Some(Failure::Unreachable(_)) => 4,
+            None => 2,
+        }
+    }
+
+    /// `e` with `note` appended to its sentence, of the same kind.
+    fn noted(e: anyhow::Error, note: &str) -> anyhow::Error {
+        match e.downcast::<Failure>() {
+            Ok(Failure::Refused(m)) => Failure::Refused(format!("{m} {note}")).into(),
+            Ok(Failure::Unreachable(m)) => Failure::Unreachable(format!("{m} {note}")).into(),
+            Err(e) => anyhow::anyhow!("{e:#} {note}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(m) | Failure::Unreachable(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
 /// One server, one token.
 #[derive(Debug)]
 pub struct Client {
@@ -36,22 +78,45 @@ pub struct Client {
     http: Http,
 }
 
+/// `--url` as a base URL, or a sentence saying how to write it.
+fn base_url(raw: &str) -> anyhow::Result<String> {
+    let trimmed = raw.trim().trim_end_matches('/');
+    let hint = |why: &str| {
+        anyhow::anyhow!(
+            "--url {raw:?} {why}: write the server's URL with its scheme, as http://{}",
+            trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest)
+        )
+    };
+    match url::Url::parse(trimmed) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            Ok(trimmed.to_owned())
+        }
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => Err(hint(&format!(
+            "is not an http:// or https:// URL (it reads as scheme {:?})",
+            u.scheme()
+        ))),
+        Ok(_) => Err(hint("names no host")),
+        Err(e) => Err(hint(&format!("is not a URL ({e})"))),
+    }
+}
+
 impl Client {
     /// A client of `conn`'s server.
     pub fn new(conn: &Conn) -> anyhow::Result<Self> {
+        let base = base_url(&conn.url)?;
         let http = Http::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(None)
             .build()
             .context("set up the HTTP client")?;
         Ok(Self {
-            base: conn.url.trim_end_matches('/').to_owned(),
+            base,
             token: conn.token.clone(),
             http,
         })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+    pub(super) fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
         let rb = self.http.request(method, format!("{}{path}", self.base));
         match &self.token {
             Some(t) => rb.bearer_auth(t),
@@ -60,56 +125,112 @@ impl Client {
     }
 
     /// Send, and turn every failure into one sentence.
-    fn send(&self, rb: RequestBuilder) -> anyhow::Result<Response> {
-        let response = rb.send().map_err(|e| self.unreachable(&e))?;
+    pub(super) fn send(&self, rb: RequestBuilder) -> anyhow::Result<Response> {
+        let response = rb.send().map_err(|e| self.failed(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }
         Err(self.refused(response))
     }
 
+    /// A request that got no answer. A server that refuses a request
+    /// (a bad token, say) answers before reading a large body and closes
+    /// the connection, and the client only sees the connection break: ask
+    /// the server who the token is, so the refusal is not lost.
+    pub(super) fn failed(&self, e: &reqwest::Error) -> anyhow::Error {
+        if e.is_connect() || e.is_timeout() || e.is_builder() {
+            return self.unreachable(e);
+        }
+        match self.request(reqwest::Method::GET, "/v1/whoami").send() {
+            Ok(r) if !r.status().is_success() => self.refused(r),
+            _ => self.unreachable(e),
+        }
+    }
+
     fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
-        if e.is_connect() {
-            anyhow::anyhow!(
+        Failure::Unreachable(if e.is_connect() {
+            format!(
                 "cannot reach a Sluice server at {}: is `sluice serve` running there? (set --url or SLUICE_URL)",
                 self.base
             )
         } else if e.is_timeout() {
-            anyhow::anyhow!("the Sluice server at {} did not answer in time", self.base)
+            format!("the Sluice server at {} did not answer in time", self.base)
         } else {
-            anyhow::anyhow!("request to {} failed: {e}", self.base)
-        }
+            let mut cause = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                cause = s.to_string();
+                source = s.source();
+            }
+            format!(
+                "the connection to the Sluice server at {} broke before it answered ({cause})",
+                self.base
+            )
+        })
+        .into()
     }
 
-    fn refused(&self, response: Response) -> anyhow::Error {
+    pub(super) fn refused(&self, response: Response) -> anyhow::Error {
         let status = response.status();
         let body: Value = response.json().unwrap_or(Value::Null);
         let message = body["error"]["message"]
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| status.to_string());
-        match status.as_u16() {
+        Failure::Refused(match status.as_u16() {
             401 if self.token.is_none() => {
-                anyhow::anyhow!("the server needs a token: set --token or SLUICE_TOKEN")
+                "the server needs a token: set --token or SLUICE_TOKEN".to_owned()
             }
-            401 => anyhow::anyhow!(
+            401 => {
                 "the server refused the token (unknown or revoked): check --token or SLUICE_TOKEN"
-            ),
-            403 => anyhow::anyhow!("{message}"),
-            _ => anyhow::anyhow!("{message} ({status})"),
-        }
+                    .to_owned()
+            }
+            403 => message,
+            _ => format!("{message} ({status})"),
+        })
+        .into()
     }
 
-    fn json(&self, rb: RequestBuilder) -> anyhow::Result<Value> {
+    /// Before a large upload, check that the token may do what it is
+    /// for (`scope`, for `what`), so the refusal comes before the bytes.
+    fn check_scope(&self, scope: &str, what: &str) -> anyhow::Result<()> {
+        let me = self.get("/v1/whoami")?;
+        if me["role"] == "admin" {
+            return Err(Failure::Refused(format!(
+                "{what} acts for a tenant: use one of the tenant's tokens, not the admin token (make one with `sluice tenants tokens TENANT create`)"
+            ))
+            .into());
+        }
+        // A server that does not list scopes lets the request say.
+        let Some(scopes) = me["scopes"].as_array() else {
+            return Ok(());
+        };
+        if scopes.iter().any(|s| s == scope) {
+            return Ok(());
+        }
+        let has: Vec<&str> = scopes.iter().filter_map(Value::as_str).collect();
+        Err(Failure::Refused(format!(
+            "{what} needs a token with the {scope} scope; this token of tenant {} has {}",
+            me["tenant"].as_str().unwrap_or("?"),
+            if has.is_empty() {
+                "none".to_owned()
+            } else {
+                has.join(", ")
+            }
+        ))
+        .into())
+    }
+
+    pub(super) fn json(&self, rb: RequestBuilder) -> anyhow::Result<Value> {
         let r = self.send(rb)?;
         r.json().context("the server's answer is not JSON")
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(super) fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.json(self.request(reqwest::Method::GET, path))
     }
 
-    fn post(&self, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(super) fn post(&self, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let rb = self.request(reqwest::Method::POST, path);
         self.json(match body {
             Some(b) => rb.json(&b),
@@ -118,14 +239,14 @@ impl Client {
     }
 }
 
-fn print_json(v: &Value) {
+pub(super) fn print_json(v: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
 }
 
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
@@ -133,15 +254,28 @@ fn encode(s: &str) -> String {
 
 /// Find a rule's manifest and component from what the user named.
 pub fn locate(path: &Path, manifest: Option<&Path>) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if let Some(m) = manifest
+        && !m.is_file()
+    {
+        bail!("--manifest {}: no such file", m.display());
+    }
     if path.is_file() {
+        if path.extension().is_some_and(|x| x == "toml") {
+            bail!(
+                "{} is a manifest: pass the rule's directory, or its component (.wasm) with --manifest {}",
+                path.display(),
+                path.display()
+            );
+        }
         let m = match manifest {
             Some(m) => m.to_owned(),
             None => path.with_file_name("rule.toml"),
         };
         if !m.is_file() {
             bail!(
-                "no manifest for {}: pass --manifest PATH/rule.toml",
-                path.display()
+                "no rule.toml beside {} (looked for {}): pass --manifest PATH",
+                path.display(),
+                m.display()
             );
         }
         return Ok((m, path.to_owned()));
@@ -151,7 +285,11 @@ pub fn locate(path: &Path, manifest: Option<&Path>) -> anyhow::Result<(PathBuf, 
     }
     let m = manifest.map_or_else(|| path.join("rule.toml"), Path::to_owned);
     if !m.is_file() {
-        bail!("{} has no rule.toml: pass --manifest PATH", path.display());
+        bail!(
+            "{} has no rule.toml (looked for {}): pass --manifest PATH",
+            path.display(),
+            m.display()
+        );
     }
     let wasm: Vec<PathBuf> = std::fs::read_dir(path)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -176,25 +314,49 @@ pub fn locate(path: &Path, manifest: Option<&Path>) -> anyhow::Result<(PathBuf, 
             .and_then(|n| n.as_str())
     {
         let file = format!("{}.wasm", name.replace('-', "_"));
-        let mut roots = vec![path.join("target"), path.join("../target")];
-        if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
-            roots.insert(0, PathBuf::from(t));
-        }
-        for root in roots {
-            let candidate = root.join("wasm32-wasip2/release").join(&file);
+        let looked = build_outputs(path);
+        for root in &looked {
+            let candidate = root.join(&file);
             if candidate.is_file() {
                 return Ok((m, candidate));
             }
         }
+        let searched = if looked.is_empty() {
+            "found no build directory".to_owned()
+        } else {
+            let dirs: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+            format!("looked for {file} in {}", dirs.join(", "))
+        };
         bail!(
-            "{} is a Rust rule whose component is not built: run `cargo build --release --target wasm32-wasip2` there, or pass the .wasm",
-            path.display()
+            "{} is a Rust rule whose component is not built ({searched}): run `cargo build --release --target wasm32-wasip2` there, or pass the .wasm",
+            path.display(),
         );
     }
     bail!(
         "{} has no .wasm component: build it and pass its path",
         path.display()
     )
+}
+
+/// Where a Rust rule's crate at `dir` may have built its component: its
+/// own `target`, a workspace's above it, `CARGO_TARGET_DIR`, and the
+/// demo's and tests' build directory (`<target>/wasm-guests`).
+fn build_outputs(dir: &Path) -> Vec<PathBuf> {
+    let mut roots = Vec::new();
+    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
+        roots.push(PathBuf::from(&t));
+        roots.push(PathBuf::from(t).join("wasm-guests"));
+    }
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    for up in dir.ancestors().take(4) {
+        roots.push(up.join("target"));
+        roots.push(up.join("target/wasm-guests"));
+    }
+    roots
+        .into_iter()
+        .map(|r| r.join("wasm32-wasip2/release"))
+        .filter(|r| r.is_dir())
+        .collect()
 }
 
 /// `sluice deploy`.
@@ -211,7 +373,31 @@ pub fn deploy(
         .map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
     let bytes = std::fs::read(&component_path)
         .with_context(|| format!("read {}", component_path.display()))?;
+    if !bytes.starts_with(b"\0asm") {
+        bail!(
+            "{} is not a Wasm component (it does not start with \\0asm): build the rule and pass the .wasm it produced",
+            component_path.display()
+        );
+    }
     let client = Client::new(conn)?;
+    client.check_scope("deploy", "deploying a rule")?;
+    // On a terminal: the upload's progress, then the server's compile
+    // (a Python or JavaScript component is 12-19 MB and compiles for
+    // seconds).
+    let size = bytes.len() as u64;
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "uploading {msg} {bar:30} {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{}@{}", parsed.name, parsed.version));
+    let upload = Upload {
+        bytes: std::io::Cursor::new(bytes),
+        bar: bar.clone(),
+        ended: false,
+    };
     let form = reqwest::blocking::multipart::Form::new()
         .part(
             "manifest",
@@ -219,7 +405,7 @@ pub fn deploy(
         )
         .part(
             "component",
-            reqwest::blocking::multipart::Part::bytes(bytes)
+            reqwest::blocking::multipart::Part::reader_with_length(upload, size)
                 .file_name("rule.wasm")
                 .mime_str("application/wasm")?,
         );
@@ -228,7 +414,9 @@ pub fn deploy(
         encode(&parsed.name),
         if reset { "?reset=true" } else { "" }
     );
-    let v = client.json(client.request(reqwest::Method::PUT, &path).multipart(form))?;
+    let answer = client.json(client.request(reqwest::Method::PUT, &path).multipart(form));
+    bar.finish_and_clear();
+    let v = answer?;
     println!(
         "{} {}@{} ({}, {}; compile {}, load {} ms, swap {} ms)",
         v["outcome"].as_str().unwrap_or("deployed"),
@@ -242,6 +430,32 @@ pub fn deploy(
         v["swap_ms"],
     );
     Ok(())
+}
+
+/// A component being uploaded: moves the progress bar, and once every
+/// byte is sent turns it into a spinner while the server compiles.
+struct Upload {
+    bytes: std::io::Cursor<Vec<u8>>,
+    bar: indicatif::ProgressBar,
+    ended: bool,
+}
+
+impl Read for Upload {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.bytes.read(buf)?;
+        self.bar.inc(n as u64);
+        if n == 0 && !self.ended {
+            self.ended = true;
+            self.bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} uploaded {total_bytes}; the server is compiling and loading {msg} ({elapsed})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            self.bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        Ok(n)
+    }
 }
 
 // ---- emit ------------------------------------------------------------
@@ -288,7 +502,7 @@ pub fn emit(conn: &Conn, args: &EmitArgs) -> anyhow::Result<()> {
                 Err(_) => json!(t),
             };
         }
-        let v = send_events(&client, event.to_string(), false)?;
+        let v = send_events(&client, event.to_string(), false, None)?;
         println!("{}", v);
         return Ok(());
     };
@@ -299,14 +513,30 @@ pub fn emit(conn: &Conn, args: &EmitArgs) -> anyhow::Result<()> {
         let size = f.metadata().ok().map(|m| m.len());
         (Box::new(f), size)
     };
+    client.check_scope("ingest", "sending events")?;
+    // On a terminal: bytes, rate and time left for a file; lines and rate
+    // for stdin.
     let bar = match size {
-        Some(n) if n > 1 << 20 => indicatif::ProgressBar::new(n),
-        _ => indicatif::ProgressBar::hidden(),
+        Some(n) => {
+            let bar = indicatif::ProgressBar::new(n);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left) {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        }
+        None => {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar
+        }
     };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let started = std::time::Instant::now();
     let mut lines = BufReader::new(input);
     let (mut accepted, mut duplicates, mut sent_lines, mut line_no) = (0u64, 0u64, 0u64, 0usize);
     let mut batch = String::new();
@@ -316,15 +546,23 @@ pub fn emit(conn: &Conn, args: &EmitArgs) -> anyhow::Result<()> {
         if *n == 0 {
             return Ok(());
         }
-        let v = send_events(&client, std::mem::take(batch), true).map_err(|e| {
-            anyhow::anyhow!(
-                "{e} (in the batch starting at line {first}; the batches before it were stored)"
+        let v = send_events(&client, std::mem::take(batch), true, Some(&bar)).map_err(|e| {
+            Failure::noted(
+                e,
+                &format!(
+                    "(in the batch starting at line {first}; the batches before it were stored)"
+                ),
             )
         })?;
         accepted += v["accepted"].as_u64().unwrap_or(0);
         duplicates += v["duplicates"].as_u64().unwrap_or(0);
         sent_lines += *n as u64;
         *n = 0;
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        bar.set_message(format!(
+            "{sent_lines} events sent, {:.0}/s",
+            sent_lines as f64 / secs
+        ));
         Ok(())
     };
     let mut buf = String::new();
@@ -349,7 +587,6 @@ pub fn emit(conn: &Conn, args: &EmitArgs) -> anyhow::Result<()> {
         n += 1;
         if n >= args.batch.max(1) {
             flush(&mut batch, &mut n, batch_first)?;
-            bar.set_message(format!("{line_no} lines"));
         }
     }
     flush(&mut batch, &mut n, batch_first)?;
@@ -361,8 +598,15 @@ pub fn emit(conn: &Conn, args: &EmitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// POST events, waiting out 429s as the server asks.
-fn send_events(client: &Client, body: String, ndjson: bool) -> anyhow::Result<Value> {
+/// POST events, waiting out 429s as the server asks (and saying so: on
+/// the progress bar, or once per wait on stderr).
+fn send_events(
+    client: &Client,
+    body: String,
+    ndjson: bool,
+    bar: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<Value> {
+    let mut waited = 0u64;
     loop {
         let rb = client
             .request(reqwest::Method::POST, "/v1/events")
@@ -375,7 +619,7 @@ fn send_events(client: &Client, body: String, ndjson: bool) -> anyhow::Result<Va
                 },
             )
             .body(body.clone());
-        let response = rb.send().map_err(|e| client.unreachable(&e))?;
+        let response = rb.send().map_err(|e| client.failed(&e))?;
         if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
             let wait = response
                 .headers()
@@ -383,8 +627,20 @@ fn send_events(client: &Client, body: String, ndjson: bool) -> anyhow::Result<Va
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(1);
+            let note = format!(
+                "the server is over the tenant's ingest rate (429): waiting {wait} s as it asks"
+            );
+            match bar {
+                Some(bar) if !bar.is_hidden() => bar.set_message(note),
+                _ if waited == 0 => eprintln!("sluice emit: {note}"),
+                _ => {}
+            }
+            waited += wait;
             std::thread::sleep(Duration::from_secs(wait));
             continue;
+        }
+        if waited > 0 && bar.is_none_or(|b| b.is_hidden()) {
+            eprintln!("sluice emit: sending again after waiting {waited} s");
         }
         if !response.status().is_success() {
             return Err(client.refused(response));
@@ -427,6 +683,9 @@ pub fn tail(conn: &Conn, args: &TailArgs) -> anyhow::Result<()> {
     let mut last = args.after_seq;
     let mut seen = 0u64;
     let mut out = std::io::stdout().lock();
+    // Since when, and how long the next pause is, while the server is
+    // away.
+    let mut down: Option<(std::time::Instant, Duration)> = None;
     loop {
         let mut query = vec![match last {
             Some(seq) => format!("after_seq={seq}"),
@@ -445,23 +704,28 @@ pub fn tail(conn: &Conn, args: &TailArgs) -> anyhow::Result<()> {
             reqwest::Method::GET,
             &format!("/v1/feed?{}", query.join("&")),
         );
+        // While the server is away (a restart), say so once, try again
+        // with a growing pause, and say when it is back.
         let response = match rb.send() {
             Ok(r) if r.status().is_client_error() => return Err(client.refused(r)),
             Ok(r) if r.status().is_success() => r,
             Ok(r) if seen > 0 => {
-                eprintln!("sluice tail: {}; reconnecting", client.refused(r));
-                std::thread::sleep(Duration::from_secs(1));
+                away(&mut down, client.refused(r));
                 continue;
             }
             Ok(r) => return Err(client.refused(r)),
             Err(e) if seen > 0 => {
-                let e = client.unreachable(&e);
-                eprintln!("sluice tail: {e}; reconnecting");
-                std::thread::sleep(Duration::from_secs(1));
+                away(&mut down, client.failed(&e));
                 continue;
             }
-            Err(e) => return Err(client.unreachable(&e)),
+            Err(e) => return Err(client.failed(&e)),
         };
+        if let Some((since, _)) = down.take() {
+            eprintln!(
+                "sluice tail: reconnected after {:.0} s; following on from where it stopped",
+                since.elapsed().as_secs_f64()
+            );
+        }
         let mut reader = BufReader::new(response);
         let (mut event, mut id, mut data) = (String::new(), None::<u64>, String::new());
         let mut line = String::new();
@@ -507,6 +771,21 @@ pub fn tail(conn: &Conn, args: &TailArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The feed is away: say so the first time, then wait (1 s, doubling
+/// up to 10 s) before trying again.
+fn away(down: &mut Option<(std::time::Instant, Duration)>, why: anyhow::Error) {
+    let pause = match down {
+        None => {
+            eprintln!("sluice tail: {why}; trying again until it is back");
+            Duration::from_secs(1)
+        }
+        Some((_, pause)) => (*pause * 2).min(Duration::from_secs(10)),
+    };
+    let since = down.map_or_else(std::time::Instant::now, |(at, _)| at);
+    *down = Some((since, pause));
+    std::thread::sleep(pause);
+}
+
 fn pretty(event: &str, e: &Value) -> String {
     let time = e["time"]
         .as_i64()
@@ -521,321 +800,4 @@ fn pretty(event: &str, e: &Value) -> String {
         e["kind"].as_str().unwrap_or_default(),
         e["payload"]
     )
-}
-
-// ---- rules, fires, tenants -------------------------------------------
-
-/// `sluice rules …`.
-#[derive(Debug, Subcommand)]
-pub enum RulesCmd {
-    /// List the tenant's rules.
-    Ls,
-    /// Show one rule: version, trigger, status, counters, last error.
-    Show {
-        /// The rule.
-        name: String,
-    },
-    /// Pause a rule.
-    Pause {
-        /// The rule.
-        name: String,
-    },
-    /// Resume a paused or suspended rule.
-    Resume {
-        /// The rule.
-        name: String,
-    },
-    /// Undeploy a rule.
-    Rm {
-        /// The rule.
-        name: String,
-        /// fire (open windows fire now) or discard (they are dropped).
-        #[arg(long, default_value = "fire")]
-        drain: String,
-    },
-}
-
-/// `sluice rules`.
-pub fn rules(conn: &Conn, cmd: Option<&RulesCmd>, as_json: bool) -> anyhow::Result<()> {
-    let client = Client::new(conn)?;
-    match cmd.unwrap_or(&RulesCmd::Ls) {
-        RulesCmd::Ls => {
-            let v = client.get("/v1/rules")?;
-            if as_json {
-                print_json(&v);
-                return Ok(());
-            }
-            let rules: Vec<&Value> = v.as_array().into_iter().flatten().collect();
-            // The node column shows on several nodes only.
-            let nodes = rules.iter().any(|r| r["node"].is_string());
-            let node = |r: &Value| {
-                if nodes {
-                    format!(" {}", r["node"].as_str().unwrap_or("-"))
-                } else {
-                    String::new()
-                }
-            };
-            println!(
-                "{:<24} {:>7} {:<9} {:<10} {:>8} {:>8} {:>6}{}",
-                "NAME",
-                "VERSION",
-                "KIND",
-                "STATUS",
-                "CURSOR",
-                "PENDING",
-                "DEAD",
-                if nodes { " NODE" } else { "" }
-            );
-            for r in rules {
-                println!(
-                    "{:<24} {:>7} {:<9} {:<10} {:>8} {:>8} {:>6}{}",
-                    r["name"].as_str().unwrap_or_default(),
-                    r["version"].to_string(),
-                    r["kind"].as_str().unwrap_or_default(),
-                    r["status"].as_str().unwrap_or_default(),
-                    r["cursor"].to_string(),
-                    r["pending_fires"].to_string(),
-                    r["dead_letters"].to_string(),
-                    node(r)
-                );
-            }
-        }
-        RulesCmd::Show { name } => print_json(&client.get(&format!("/v1/rules/{}", encode(name)))?),
-        RulesCmd::Pause { name } => {
-            let v = client.post(&format!("/v1/rules/{}/pause", encode(name)), None)?;
-            println!("{} is {}", name, v["status"].as_str().unwrap_or("paused"));
-        }
-        RulesCmd::Resume { name } => {
-            let v = client.post(&format!("/v1/rules/{}/resume", encode(name)), None)?;
-            println!("{} is {}", name, v["status"].as_str().unwrap_or("active"));
-        }
-        RulesCmd::Rm { name, drain } => {
-            client.json(client.request(
-                reqwest::Method::DELETE,
-                &format!("/v1/rules/{}?drain={}", encode(name), encode(drain)),
-            ))?;
-            println!("{name} undeployed (drain = {drain})");
-        }
-    }
-    Ok(())
-}
-
-/// `sluice cluster`: one line per node — id, address, live, seconds since
-/// its heartbeat, how many rules it runs — then the rules by node.
-pub fn cluster(conn: &Conn, as_json: bool) -> anyhow::Result<()> {
-    let client = Client::new(conn)?;
-    let v = client.get("/v1/cluster")?;
-    if as_json {
-        print_json(&v);
-        return Ok(());
-    }
-    let newest = v["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|n| n["heartbeat"].as_i64())
-        .max()
-        .unwrap_or(0);
-    println!(
-        "{:<16} {:<28} {:<5} {:>10} {:>6}",
-        "NODE", "ADDRESS", "LIVE", "HEARTBEAT", "RULES"
-    );
-    for n in v["nodes"].as_array().into_iter().flatten() {
-        let me = if n["id"] == v["node"] {
-            " (this one)"
-        } else {
-            ""
-        };
-        println!(
-            "{:<16} {:<28} {:<5} {:>9.1}s {:>6}{me}",
-            n["id"].as_str().unwrap_or_default(),
-            n["addr"].as_str().unwrap_or_default(),
-            if n["live"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "no"
-            },
-            (newest - n["heartbeat"].as_i64().unwrap_or(newest)) as f64 / 1000.0,
-            n["rules"].as_array().map_or(0, Vec::len)
-        );
-    }
-    for n in v["nodes"].as_array().into_iter().flatten() {
-        let rules: Vec<&str> = n["rules"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        if !rules.is_empty() {
-            println!(
-                "{}: {}",
-                n["id"].as_str().unwrap_or_default(),
-                rules.join(" ")
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `sluice fires …`.
-#[derive(Debug, Subcommand)]
-pub enum FiresCmd {
-    /// Run a dead letter again.
-    Redrive {
-        /// The fire id.
-        id: String,
-    },
-    /// Drop a dead letter.
-    Discard {
-        /// The fire id.
-        id: String,
-    },
-}
-
-/// `sluice fires`.
-pub fn fires(
-    conn: &Conn,
-    cmd: Option<&FiresCmd>,
-    dead: bool,
-    rule: Option<&str>,
-    as_json: bool,
-) -> anyhow::Result<()> {
-    let client = Client::new(conn)?;
-    match cmd {
-        Some(FiresCmd::Redrive { id }) => {
-            client.post(&format!("/v1/fires/{}/redrive", encode(id)), None)?;
-            println!("{id} re-driven");
-        }
-        Some(FiresCmd::Discard { id }) => {
-            client.json(client.request(
-                reqwest::Method::DELETE,
-                &format!("/v1/fires/{}", encode(id)),
-            ))?;
-            println!("{id} discarded");
-        }
-        None => {
-            let mut path = String::from("/v1/fires?");
-            if dead {
-                path.push_str("status=dead&");
-            }
-            if let Some(r) = rule {
-                path.push_str(&format!("rule={}&", encode(r)));
-            }
-            let v = client.get(path.trim_end_matches(['&', '?']))?;
-            if as_json {
-                print_json(&v);
-                return Ok(());
-            }
-            println!(
-                "{:<36} {:<20} {:<8} {:>8} {:<16} ERROR",
-                "FIRE", "RULE", "STATUS", "ATTEMPTS", "PARTITION"
-            );
-            for f in v.as_array().into_iter().flatten() {
-                println!(
-                    "{:<36} {:<20} {:<8} {:>8} {:<16} {}",
-                    f["fire_id"].as_str().unwrap_or_default(),
-                    f["rule"].as_str().unwrap_or_default(),
-                    f["status"].as_str().unwrap_or_default(),
-                    f["attempts"].to_string(),
-                    f["partition"].as_str().unwrap_or("-"),
-                    f["error"].as_str().unwrap_or_default()
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `sluice tenants …` (admin token).
-#[derive(Debug, Subcommand)]
-pub enum TenantsCmd {
-    /// Create a tenant; prints its first token.
-    Create {
-        /// The tenant's name.
-        name: String,
-        /// Quotas as JSON (defaults for what is left out).
-        #[arg(long)]
-        quotas: Option<String>,
-    },
-    /// List tenants.
-    Ls,
-    /// Delete a tenant: its rules are undeployed, its tokens revoked; its
-    /// name is not given out again.
-    Rm {
-        /// The tenant.
-        name: String,
-        /// fire (open windows fire now) or discard (they are dropped).
-        #[arg(long, default_value = "fire")]
-        drain: String,
-    },
-    /// A tenant's tokens: list them, make one, or revoke one.
-    Tokens {
-        /// The tenant.
-        name: String,
-        /// What to do (default: list).
-        #[command(subcommand)]
-        action: Option<TokenCmd>,
-    },
-}
-
-/// `sluice tenants tokens NAME …`.
-#[derive(Debug, Subcommand)]
-pub enum TokenCmd {
-    /// List the tenant's tokens.
-    Ls,
-    /// Make a new token; it is printed this once.
-    Create {
-        /// What it may do: ingest (send events), read, deploy (change
-        /// rules). Repeat for several; default: all three.
-        #[arg(long = "scope", value_parser = ["ingest", "read", "deploy"])]
-        scopes: Vec<String>,
-    },
-    /// Revoke a token; it stops working at once.
-    Revoke {
-        /// The token's id.
-        id: String,
-    },
-}
-
-/// `sluice tenants`.
-pub fn tenants(conn: &Conn, cmd: &TenantsCmd) -> anyhow::Result<()> {
-    let client = Client::new(conn)?;
-    match cmd {
-        TenantsCmd::Create { name, quotas } => {
-            let mut body = json!({"name": name});
-            if let Some(q) = quotas {
-                body["quotas"] = serde_json::from_str(q)
-                    .map_err(|e| anyhow::anyhow!("--quotas: not JSON: {e}"))?;
-            }
-            let v = client.post("/v1/tenants", Some(body))?;
-            println!("tenant {name} created; its token (shown once):");
-            println!("{}", v["token"]["token"].as_str().unwrap_or_default());
-        }
-        TenantsCmd::Ls => print_json(&client.get("/v1/tenants")?),
-        TenantsCmd::Rm { name, drain } => {
-            client.json(client.request(
-                reqwest::Method::DELETE,
-                &format!("/v1/tenants/{}?drain={}", encode(name), encode(drain)),
-            ))?;
-            println!("tenant {name} deleted (its rules drained: {drain})");
-        }
-        TenantsCmd::Tokens { name, action } => {
-            let base = format!("/v1/tenants/{}/tokens", encode(name));
-            match action.as_ref().unwrap_or(&TokenCmd::Ls) {
-                TokenCmd::Ls => print_json(&client.get(&base)?),
-                TokenCmd::Create { scopes } => {
-                    let body = (!scopes.is_empty()).then(|| json!({"scopes": scopes}));
-                    let v = client.post(&base, body)?;
-                    println!("{}", v["token"].as_str().unwrap_or_default());
-                }
-                TokenCmd::Revoke { id } => {
-                    client.json(
-                        client.request(reqwest::Method::DELETE, &format!("{base}/{}", encode(id))),
-                    )?;
-                    println!("token {id} of {name} revoked");
-                }
-            }
-        }
-    }
-    Ok(())
 }

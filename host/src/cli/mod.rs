@@ -1,7 +1,15 @@
 //! The `sluice` command line. `main.rs` only calls [`main`].
 //!
-//! - [`client`]: the commands that talk to a running `sluice serve`.
+//! - [`client`]: how commands talk to a running `sluice serve`, and the
+//!   commands that move data (`deploy`, `emit`, `tail`);
+//! - [`admin`]: the commands that look after rules, fires, tenants and
+//!   nodes.
+//!
+//! Exit codes: 0 done; 1 a rule failed (`test`, `eval`); 2 a usage
+//! error (a bad flag, a missing or malformed file); 3 the server refused
+//! the request; 4 the server could not be reached.
 
+pub mod admin;
 pub mod client;
 
 use std::collections::BTreeMap;
@@ -24,7 +32,12 @@ use crate::runtime::{Limits, RuleLabel, Runtime, RuntimeConfig};
 
 /// Sluice: a WebAssembly-scripted rules engine.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about)]
+#[command(
+    name = "sluice",
+    version,
+    about,
+    after_help = "Exit codes: 0 done; 1 a rule failed (test, eval); 2 a usage error (a bad flag, a missing or malformed file); 3 the server refused the request; 4 the server could not be reached."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -128,7 +141,7 @@ enum Command {
     /// List, show, pause, resume or remove the tenant's rules.
     Rules {
         #[command(subcommand)]
-        cmd: Option<client::RulesCmd>,
+        cmd: Option<admin::RulesCmd>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -138,7 +151,7 @@ enum Command {
     /// List pending fires and dead letters; re-drive or discard one.
     Fires {
         #[command(subcommand)]
-        cmd: Option<client::FiresCmd>,
+        cmd: Option<admin::FiresCmd>,
         /// Only dead letters.
         #[arg(long)]
         dead: bool,
@@ -160,10 +173,13 @@ enum Command {
         #[command(flatten)]
         conn: client::Conn,
     },
-    /// Manage tenants and their tokens (admin token).
+    /// Manage tenants and their tokens (admin token); alone, list them.
     Tenants {
         #[command(subcommand)]
-        cmd: client::TenantsCmd,
+        cmd: Option<admin::TenantsCmd>,
+        /// Print JSON (lists).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: client::Conn,
     },
@@ -347,7 +363,7 @@ pub fn main() -> ExitCode {
         Command::Emit { args, conn } => client::emit(&conn, &args).map(|()| ExitCode::SUCCESS),
         Command::Tail { args, conn } => client::tail(&conn, &args).map(|()| ExitCode::SUCCESS),
         Command::Rules { cmd, json, conn } => {
-            client::rules(&conn, cmd.as_ref(), json).map(|()| ExitCode::SUCCESS)
+            admin::rules(&conn, cmd.as_ref(), json).map(|()| ExitCode::SUCCESS)
         }
         Command::Fires {
             cmd,
@@ -355,10 +371,12 @@ pub fn main() -> ExitCode {
             rule,
             json,
             conn,
-        } => client::fires(&conn, cmd.as_ref(), dead, rule.as_deref(), json)
+        } => admin::fires(&conn, cmd.as_ref(), dead, rule.as_deref(), json)
             .map(|()| ExitCode::SUCCESS),
-        Command::Tenants { cmd, conn } => client::tenants(&conn, &cmd).map(|()| ExitCode::SUCCESS),
-        Command::Cluster { json, conn } => client::cluster(&conn, json).map(|()| ExitCode::SUCCESS),
+        Command::Tenants { cmd, json, conn } => {
+            admin::tenants(&conn, cmd.as_ref(), json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Cluster { json, conn } => admin::cluster(&conn, json).map(|()| ExitCode::SUCCESS),
         Command::Eval {
             rule,
             events,
@@ -401,11 +419,12 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        // 1 is for a rule that failed; 2 for everything that kept the
-        // command from doing its work.
+        // 1 is for a rule that failed; 3 and 4 for a server that refused
+        // or was not there; 2 for everything else that kept the command
+        // from doing its work.
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(client::Failure::exit_code(&e))
         }
     }
 }

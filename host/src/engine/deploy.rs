@@ -386,7 +386,7 @@ impl Deployments {
                 CoreError::State { key, problem } if key == "kind" => DeployError::Conflict {
                     code: "kind_changed",
                     message: format!(
-                        "manifest: trigger: {problem} (deploy with ?reset=true to drop it)"
+                        "manifest: trigger: {problem} (deploy again with a reset to drop it: `sluice deploy --reset`, or `?reset=true`)"
                     ),
                 },
                 e => DeployError::Internal(format!("rule {name:?}: {e}")),

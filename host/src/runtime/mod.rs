@@ -190,6 +190,45 @@ pub enum LoadError {
     Limits(String),
 }
 
+/// Bytes that are plainly not a component, said in one sentence before
+/// the compiler sees them: text (a manifest or WAT uploaded by mistake),
+/// or a core module.
+fn not_a_component(bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8] = b"\0asm";
+    if bytes.is_empty() {
+        return Err(LoadError::Compile("the file is empty".into()));
+    }
+    if !bytes.starts_with(MAGIC) {
+        let text = std::str::from_utf8(&bytes[..bytes.len().min(512)]).is_ok();
+        return Err(LoadError::Compile(if text {
+            "the file is text, not Wasm (it does not start with \\0asm): a manifest or source file sent as the component?".into()
+        } else {
+            "the file does not start with the Wasm magic bytes \\0asm".into()
+        }));
+    }
+    // Bytes 4..8: version 1 is a core module, 0x0d 0x00 0x01 0x00 a component.
+    if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+        return Err(LoadError::Compile(
+            "this is a core Wasm module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A compiler error on one line (some quote the input over several).
+fn one_line(message: &str) -> String {
+    let joined: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let text = joined.join(" ");
+    match text.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
 fn list(items: &[String]) -> String {
     if items.is_empty() {
         return "nothing".into();
@@ -504,12 +543,13 @@ impl Runtime {
                 limits.memory_bytes, inner.config.max_memory_bytes
             )));
         }
+        not_a_component(bytes)?;
         let digest = cache::digest(bytes);
         let (component, cache) = match &inner.cache {
             Some(c) => c.load(&inner.engine, &digest, bytes),
             None => Component::new(&inner.engine, bytes).map(|c| (c, CacheOutcome::Disabled)),
         }
-        .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        .map_err(|e| LoadError::Compile(one_line(&format!("{e:#}"))))?;
 
         check_world(&inner.engine, &component)?;
         let pre = inner
