@@ -19,7 +19,11 @@
 //!   requests to its node. [`api::dashboard`] serves the page at `/`
 //!   (`host/dashboard/`, compiled in), a client of the same API.
 //! - [`cli`]: the `sluice` command line (the binary is a thin shell).
-//!   - [`cli::client`]: the commands that talk to a running server.
+//!   - [`cli::client`]: how commands talk to a running server; `deploy`,
+//!     `emit`, `tail`.
+//!   - [`cli::admin`]: `rules`, `fires`, `tenants`, `cluster`.
+//!   - [`cli::testing`]: `sluice test` for people (timeline, `--expect`,
+//!     `--bless`, `--watch`).
 //! - [`offline`]: `sluice test` — input in, report out; rules run through
 //!   the engine's driver on a virtual clock.
 //! - [`engine`]: runs rules.

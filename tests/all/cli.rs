@@ -519,3 +519,206 @@ fn reserved_sources_and_engine_ids_are_refused_on_every_ingest_path() {
         assert!(stderr.contains(why), "{stderr}");
     }
 }
+
+/// A rule's directory as `sluice new` and the examples lay it out: the
+/// manifest, the component, a scenario.
+fn digest_dir(dir: &Path) -> std::path::PathBuf {
+    let rule = dir.join("digest");
+    std::fs::create_dir_all(&rule).unwrap();
+    std::fs::write(rule.join("rule.toml"), DIGEST_TOML).unwrap();
+    std::fs::copy(PR_DIGEST, rule.join("pr_digest.wasm")).unwrap();
+    std::fs::copy(
+        format!(
+            "{}/../examples/pr-digest/scenario.ndjson",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        rule.join("scenario.ndjson"),
+    )
+    .unwrap();
+    rule
+}
+
+#[test]
+fn test_prints_a_timeline_for_people_and_json_for_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = digest_dir(dir.path());
+    let run = |extra: &[&str]| {
+        let out = sluice()
+            .arg("test")
+            .arg(&rule)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The directory alone: rule.toml, the component, scenario.ndjson.
+    let json = run(&[]);
+    let fires = lines(json.as_bytes())
+        .into_iter()
+        .filter(|l| l["type"] == "fire")
+        .count();
+    assert!(fires > 0, "{json}");
+    assert_eq!(json, run(&["--json"]));
+    // The timeline: a day header, a line per fire with its partition and
+    // reason, outputs under it, a summary.
+    let timeline = run(&["--timeline"]);
+    assert!(timeline.starts_with("── 2026-01-01"), "{timeline}");
+    assert!(
+        timeline
+            .lines()
+            .any(|l| l.contains("pr-digest")
+                && l.contains("fire [acme/api] count-reached: 2 events")),
+        "{timeline}"
+    );
+    assert!(timeline.contains("  → pr.digest {"), "{timeline}");
+    let last = timeline.lines().last().unwrap();
+    assert!(
+        last.starts_with(&format!("{fires} fire")) && last.contains("0 dead letters"),
+        "{timeline}"
+    );
+    assert!(!timeline.contains("\"type\""), "{timeline}");
+}
+
+#[test]
+fn test_compares_with_an_expected_file_and_blesses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = digest_dir(dir.path());
+    let expected = rule.join("expected.ndjson");
+    let run = |extra: &[&str]| {
+        sluice()
+            .arg("test")
+            .arg(&rule)
+            .arg("--expect")
+            .arg(&expected)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // No file yet: say how to make one.
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bless writes it"));
+    let out = run(&["--bless"]);
+    assert!(out.status.success());
+    let blessed = std::fs::read_to_string(&expected).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with(&format!("wrote {} lines", blessed.lines().count()))
+    );
+    // The same run: as expected, key order and spacing aside.
+    let reordered: String = blessed
+        .lines()
+        .map(|l| {
+            let v: serde_json::Map<String, Value> = serde_json::from_str(l).unwrap();
+            let mut keys: Vec<_> = v.into_iter().collect();
+            keys.reverse();
+            let body: Vec<String> = keys
+                .iter()
+                .map(|(k, v)| format!("{}: {v}", Value::from(k.as_str())))
+                .collect();
+            format!("{{ {} }}\n", body.join(", "))
+        })
+        .collect();
+    std::fs::write(&expected, reordered).unwrap();
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
+    // A changed scenario: a diff, exit 1, and how to accept it.
+    let scenario = rule.join("scenario.ndjson");
+    let text = std::fs::read_to_string(&scenario).unwrap();
+    std::fs::write(
+        &scenario,
+        text.replace("\"Add rate limits\"", "\"Add limits\""),
+    )
+    .unwrap();
+    let out = run(&[]);
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let minus: Vec<&str> = report.lines().filter(|l| l.starts_with("- ")).collect();
+    let plus: Vec<&str> = report.lines().filter(|l| l.starts_with("+ ")).collect();
+    assert_eq!((minus.len(), plus.len()), (1, 1), "{report}");
+    assert!(minus[0].contains("Add rate limits") && plus[0].contains("Add limits"));
+    assert!(
+        report.contains("--bless takes the run as expected"),
+        "{report}"
+    );
+    // A broken expected file is named, with its line.
+    std::fs::write(&expected, "{\"type\": \"fire\"}\nnot json\n").unwrap();
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected.ndjson line 2: not JSON"));
+}
+
+#[test]
+fn test_watch_runs_again_when_the_scenario_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = digest_dir(dir.path());
+    let mut child = sluice()
+        .arg("test")
+        .arg(&rule)
+        .args(["--watch", "--timeline"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // A run: its header, its lines, its summary.
+    let until_run = |what: &str| -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no {what}: {e} (so far {got:?})"));
+            let done = line.contains(" dead letter");
+            got.push(line);
+            if done {
+                return got;
+            }
+        }
+    };
+    let first = until_run("first run");
+    assert!(first[0].starts_with("── "), "{first:?}");
+    assert!(
+        first.iter().any(|l| l.contains("Add rate limits")),
+        "{first:?}"
+    );
+    let scenario = rule.join("scenario.ndjson");
+    let text = std::fs::read_to_string(&scenario).unwrap();
+    std::fs::write(
+        &scenario,
+        text.replace("\"Add rate limits\"", "\"Add limits\""),
+    )
+    .unwrap();
+    let second = until_run("run after the change");
+    assert!(second[0].starts_with("── "), "{second:?}");
+    assert!(
+        second.iter().any(|l| l.contains("\"Add limits\"")),
+        "{second:?}"
+    );
+    assert!(
+        !second.iter().any(|l| l.contains("Add rate limits")),
+        "{second:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -3,7 +3,9 @@
 //! - [`client`]: how commands talk to a running `sluice serve`, and the
 //!   commands that move data (`deploy`, `emit`, `tail`);
 //! - [`admin`]: the commands that look after rules, fires, tenants and
-//!   nodes.
+//!   nodes;
+//! - [`testing`]: `sluice test` for people (timeline, expectations,
+//!   watch).
 //!
 //! Exit codes: 0 done; 1 a rule failed (`test`, `eval`); 2 a usage
 //! error (a bad flag, a missing or malformed file); 3 the server refused
@@ -11,6 +13,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -204,25 +207,10 @@ enum Command {
     /// Run a rule offline on a virtual clock with the real log, rule core
     /// and fire pipeline: events, or directives ({"advance": "10m" |
     /// "<time>"}, {"pause": "<rule>"}, {"resume": "<rule>"}, {"down":
-    /// "2h"}), in; one JSON line per fire, output, discard, error, leave,
-    /// skipped or missed tick out. Exits 1 when a handler failed.
-    Test {
-        /// The rule component (.wasm).
-        rule: PathBuf,
-        /// The rule's manifest.
-        #[arg(long)]
-        manifest: PathBuf,
-        /// Events and directives, as NDJSON.
-        #[arg(long)]
-        events: PathBuf,
-        /// More rules to run alongside, as MANIFEST=COMPONENT (repeatable):
-        /// their outputs and the first rule's feed each other.
-        #[arg(long = "rule")]
-        also: Vec<String>,
-        /// Where compiled components are cached.
-        #[arg(long, env = "SLUICE_CACHE_DIR")]
-        cache_dir: Option<PathBuf>,
-    },
+    /// "2h"}), in; a timeline (on a terminal) or one JSON line per fire,
+    /// output, discard, error, leave, skipped or missed tick out. Exits 1
+    /// when a handler failed, or with --expect when the run differs.
+    Test(testing::TestArgs),
     /// Run batch rules against a log database on the real clock, while
     /// ingesting NDJSON events from stdin (acknowledged on stdout once
     /// committed, as with `ingest`).
@@ -392,13 +380,7 @@ pub fn main() -> ExitCode {
             Ok(store) => ingest(&store, &tenant, batch.max(1), durability),
             Err(e) => Err(anyhow::anyhow!(e)),
         },
-        Command::Test {
-            rule,
-            manifest,
-            events,
-            also,
-            cache_dir,
-        } => test(&rule, &manifest, &events, &also, cache_dir),
+        Command::Test(args) => testing::test(&args),
         Command::Run {
             store,
             tenant,
@@ -870,7 +852,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Read a manifest and its component; errors name the file.
-fn read_rule(
+pub(crate) fn read_rule(
     manifest_path: &Path,
     component: &Path,
 ) -> anyhow::Result<(Vec<u8>, crate::manifest::Manifest)> {
@@ -881,37 +863,4 @@ fn read_rule(
     let bytes =
         std::fs::read(component).with_context(|| format!("read {}", component.display()))?;
     Ok((bytes, manifest))
-}
-
-fn test(
-    rule: &Path,
-    manifest_path: &Path,
-    events: &Path,
-    also: &[String],
-    cache_dir: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let mut rules = vec![read_rule(manifest_path, rule)?];
-    for spec in also {
-        let (m, c) = spec
-            .split_once('=')
-            .with_context(|| format!("--rule {spec:?}: expected MANIFEST=COMPONENT"))?;
-        rules.push(read_rule(Path::new(m), Path::new(c))?);
-    }
-    let input =
-        std::fs::File::open(events).with_context(|| format!("open {}", events.display()))?;
-    // Lines go out as they happen, not at the end.
-    let mut out = std::io::LineWriter::new(std::io::stdout().lock());
-    let options = crate::offline::Options {
-        cache_dir,
-        store: None,
-    };
-    let failed =
-        crate::offline::stream_rules(rules, input, &options, &mut |line| writeln!(out, "{line}"))
-            .with_context(|| format!("{}", events.display()))?;
-    out.flush()?;
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
 }
