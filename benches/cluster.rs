@@ -151,6 +151,7 @@ fn merged(tenant: &str, i: u64) -> NewEvent {
             i % 20
         ),
         hops: 0,
+        ingested: None,
     }
 }
 

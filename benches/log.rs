@@ -37,6 +37,7 @@ fn batch(start: u64, n: usize) -> Vec<NewEvent> {
             time: None,
             payload: payload(i),
             hops: 0,
+            ingested: None,
         })
         .collect()
 }

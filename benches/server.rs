@@ -515,6 +515,7 @@ fn in_process(dir: &Path, batch: usize, secs: u64) -> (f64, Duration, Duration) 
                                 time: None,
                                 payload: payload(t * 1_000_000 + n + j).to_string(),
                                 hops: 0,
+                                ingested: None,
                             })
                             .collect();
                         let t0 = Instant::now();

@@ -186,6 +186,7 @@ fn fire_cost(rt: &Runtime, partitions: u64) -> (Duration, u64) {
             time: None,
             payload: json!({"repo": format!("p{}", i % partitions), "ok": true}).to_string(),
             hops: 0,
+            ingested: None,
         });
         if batch.len() == 10_000 {
             log.append_blocking(std::mem::take(&mut batch)).unwrap();
@@ -295,6 +296,7 @@ fn fires_per_second(rt: &Runtime, max: u32) -> f64 {
             time: None,
             payload: json!({"customer": format!("c{}", i % 64)}).to_string(),
             hops: 0,
+            ingested: None,
         })
         .collect();
     let start = Instant::now();

@@ -112,6 +112,7 @@ fn memberships(rt: &Runtime) {
                 time: Some(anchor(i + 1)),
                 payload: json!({"key": format!("device-{i:07}")}).to_string(),
                 hops: 0,
+                ingested: None,
             })
             .collect();
         log.append_blocking(events).unwrap();
@@ -266,6 +267,7 @@ fn many_partitions(tokio: &tokio::runtime::Runtime, rt: &Runtime, secs: u64) {
             time: None,
             payload: json!({"key": format!("customer-{i:05}")}).to_string(),
             hops: 0,
+            ingested: None,
         })
         .collect();
     let m = schedule_manifest("digest", "*/10 * * * * *", "\n[concurrency]\nmax = 2\n");

@@ -41,6 +41,7 @@ fn event(i: u64, partitions: u64) -> NewEvent {
             "title": "Refactor the ingestion pipeline to batch writes"})
         .to_string(),
         hops: 0,
+        ingested: None,
     }
 }
 

@@ -90,7 +90,7 @@ pub fn scenario(data: &[u8], echo: &[u8]) {
     .expect("a valid manifest");
     let options = sluice::offline::Options {
         cache_dir: Some(server().dir.path().join("cache")),
-        store: None,
+        ..Default::default()
     };
     let _ = sluice::offline::run(echo, manifest, data, &options);
 }
@@ -219,6 +219,7 @@ fn server() -> &'static Server {
                 manual: Some(clock),
                 shutdown: tokio::sync::watch::channel(false).1,
                 cluster: None,
+                replays: Default::default(),
             });
             (app, created.token.token)
         });

@@ -53,4 +53,8 @@ pub struct NewEvent {
     pub payload: String,
     /// Rule steps from a client event (0 for what clients send).
     pub hops: u32,
+    /// The ingest time to take on a log that follows event times (a
+    /// replay of the past: the event's original ingest time); `None`
+    /// everywhere else.
+    pub ingested: Option<i64>,
 }

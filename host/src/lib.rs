@@ -26,6 +26,8 @@
 //!     `--bless`, `--watch`).
 //! - [`offline`]: `sluice test` — input in, report out; rules run through
 //!   the engine's driver on a virtual clock.
+//! - [`replay`]: a rule version over a range of a tenant's log — the
+//!   offline run fed from the log; a dry run or a backfill.
 //! - [`engine`]: runs rules.
 //!   - [`engine::driver`]: the one driver — a rule's round and its one
 //!     write path; how fires run is a parameter.
@@ -86,6 +88,7 @@ pub mod manifest;
 pub mod names;
 pub mod offline;
 pub mod records;
+pub mod replay;
 pub mod runtime;
 pub mod tenants;
 pub mod time;

@@ -82,6 +82,9 @@ pub struct Options {
     /// The store that holds the run's log and state (none: a temporary
     /// SQLite file, gone with the run). It must be empty.
     pub store: Option<Store>,
+    /// Output lines also say how many rule steps the output is from a
+    /// client's event (`hops`: a replay's backfill keeps it).
+    pub report_hops: bool,
 }
 
 /// Run `component` under `manifest` against the lines of `input`.
@@ -120,55 +123,7 @@ pub fn stream_rules(
     options: &Options,
     sink: &mut dyn FnMut(Value) -> std::io::Result<()>,
 ) -> anyhow::Result<bool> {
-    let mut names = HashSet::new();
-    for (_, m) in &rules {
-        if !names.insert(m.name.clone()) {
-            anyhow::bail!(
-                "two rules are named {:?}: a rule's name is its identity; rename one",
-                m.name
-            );
-        }
-    }
-    let clock = ManualClock::new(DEFAULT_START);
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: options.cache_dir.clone(),
-        clock: Arc::new(clock.clone()),
-        ..RuntimeConfig::default()
-    })?;
-    let dir = tempfile::tempdir()?;
-    // On the virtual clock an event's own time is its ingest time.
-    let config = LogConfig {
-        follow_event_time: true,
-        ..LogConfig::default()
-    };
-    let store = match &options.store {
-        Some(store) => store.clone(),
-        None => Store::Sqlite(dir.path().join("test.db")),
-    };
-    let log = EventLog::open_store(&store, Durability::Normal, config, Arc::new(clock.clone()))?;
-    if log.last_seq() != 0 {
-        anyhow::bail!("{store} already holds a log: an offline run starts from an empty store");
-    }
-    let mut deployables = Vec::new();
-    for (component, manifest) in rules {
-        deployables.push(Deployable::load(&runtime, TENANT, &component, &manifest)?);
-    }
-    let mut run = Run {
-        report: Reporter {
-            log: log.clone(),
-            sink,
-            failed: false,
-            broken: None,
-        },
-        log,
-        clock,
-        deployables,
-        rules: Vec::new(),
-        started: false,
-        pending: Vec::new(),
-        client_ids: HashSet::new(),
-        chunk: 256,
-    };
+    let mut run = Run::open(rules, options, sink)?;
     let limits = EventLimits::default();
     // Events are taken together while more input is at hand; when the
     // reader has nothing buffered (a pipe that waits, or a file's next
@@ -229,13 +184,46 @@ pub fn stream_rules(
         }
     }
     run.flush()?;
-    let failed = run.report.failed;
-    let Run {
-        log, rules, report, ..
-    } = run;
-    drop((rules, report));
-    log.close();
-    Ok(failed)
+    run.finish()
+}
+
+/// Run rules over events taken from a log (a replay of the past: each
+/// event keeps its id, its client time and, as `ingested`, its ingest
+/// time, which the clock follows), page by page; then move the clock to
+/// `until`, so that what falls due by then runs. Report lines go to
+/// `sink` as [`stream_rules`] writes them. True when a handler failed.
+pub fn replay_events(
+    rules: Vec<(Vec<u8>, Manifest)>,
+    pages: &mut dyn Iterator<Item = anyhow::Result<Vec<NewEvent>>>,
+    until: i64,
+    options: &Options,
+    sink: &mut dyn FnMut(Value) -> std::io::Result<()>,
+) -> anyhow::Result<bool> {
+    let mut run = Run::open(rules, options, sink)?;
+    for page in pages {
+        for mut event in page? {
+            event.tenant = TENANT.into();
+            if !run.started {
+                if let Some(t) = event.ingested.or(event.time) {
+                    run.clock.set(t.max(i64::MIN + 1));
+                }
+                run.start()?;
+            }
+            run.pending.push((event, true));
+            if run.pending.len() >= CHUNK {
+                run.flush()?;
+            }
+        }
+    }
+    run.flush()?;
+    if !run.started {
+        run.clock.set(until);
+        run.start()?;
+    }
+    if until > run.clock.now_millis() {
+        run.advance_to(until)?;
+    }
+    run.finish()
 }
 
 fn advance_target(v: &Value, now: i64) -> Result<i64, String> {
@@ -262,6 +250,10 @@ fn advance_target(v: &Value, now: i64) -> Result<i64, String> {
 }
 
 struct Run<'a> {
+    /// The run's temporary store (when none was given): gone with it.
+    _dir: tempfile::TempDir,
+    /// What loaded the rules.
+    _runtime: Runtime,
     log: EventLog,
     clock: ManualClock,
     /// The rules as loaded, to start them again (`down`).
@@ -289,6 +281,8 @@ struct Reporter<'a> {
     failed: bool,
     /// A line could not be written (a closed pipe): the run stops.
     broken: Option<std::io::Error>,
+    /// Output lines carry their `hops`.
+    hops: bool,
 }
 
 impl Reporter<'_> {
@@ -391,9 +385,13 @@ impl Observer for Reporter<'_> {
                 for event in events {
                     let payload: Value =
                         serde_json::from_str(&event.payload).unwrap_or(Value::Null);
-                    self.emit(json!({"type": "output", "rule": rule, "at": now,
+                    let mut line = json!({"type": "output", "rule": rule, "at": now,
                         "fire_id": fire_id, "seq": event.seq, "kind": event.kind,
-                        "payload": payload}));
+                        "payload": payload});
+                    if self.hops {
+                        line["hops"] = json!(event.hops);
+                    }
+                    self.emit(line);
                 }
             }
             FireOutcome::Retry {
@@ -417,7 +415,79 @@ impl Observer for Reporter<'_> {
     }
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// Open the rules, and a log of the run's own on the virtual clock.
+    fn open(
+        rules: Vec<(Vec<u8>, Manifest)>,
+        options: &Options,
+        sink: &'a mut dyn FnMut(Value) -> std::io::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let mut names = HashSet::new();
+        for (_, m) in &rules {
+            if !names.insert(m.name.clone()) {
+                anyhow::bail!(
+                    "two rules are named {:?}: a rule's name is its identity; rename one",
+                    m.name
+                );
+            }
+        }
+        let clock = ManualClock::new(DEFAULT_START);
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: options.cache_dir.clone(),
+            clock: Arc::new(clock.clone()),
+            ..RuntimeConfig::default()
+        })?;
+        let dir = tempfile::tempdir()?;
+        // On the virtual clock an event's own time is its ingest time.
+        let config = LogConfig {
+            follow_event_time: true,
+            ..LogConfig::default()
+        };
+        let store = match &options.store {
+            Some(store) => store.clone(),
+            None => Store::Sqlite(dir.path().join("test.db")),
+        };
+        let log =
+            EventLog::open_store(&store, Durability::Normal, config, Arc::new(clock.clone()))?;
+        if log.last_seq() != 0 {
+            anyhow::bail!("{store} already holds a log: an offline run starts from an empty store");
+        }
+        let mut deployables = Vec::new();
+        for (component, manifest) in rules {
+            deployables.push(Deployable::load(&runtime, TENANT, &component, &manifest)?);
+        }
+        Ok(Run {
+            report: Reporter {
+                log: log.clone(),
+                sink,
+                failed: false,
+                broken: None,
+                hops: options.report_hops,
+            },
+            _dir: dir,
+            _runtime: runtime,
+            log,
+            clock,
+            deployables,
+            rules: Vec::new(),
+            started: false,
+            pending: Vec::new(),
+            client_ids: HashSet::new(),
+            chunk: 256,
+        })
+    }
+
+    /// Close the log: true when a handler failed.
+    fn finish(self) -> anyhow::Result<bool> {
+        let failed = self.report.failed;
+        let Run {
+            log, rules, report, ..
+        } = self;
+        drop((rules, report));
+        log.close();
+        Ok(failed)
+    }
+
     /// The clock has its start: the rules start running (a schedule
     /// starts counting ticks here).
     fn start(&mut self) -> anyhow::Result<()> {
@@ -488,7 +558,7 @@ impl Run<'_> {
         let mut pending = std::mem::take(&mut self.pending);
         let mut start = 0;
         while start < pending.len() {
-            if let Some(t) = pending[start].0.time
+            if let Some(t) = pending[start].0.ingested.or(pending[start].0.time)
                 && t > self.clock.now_millis()
             {
                 self.advance_to(t)?;
@@ -530,7 +600,7 @@ impl Run<'_> {
         let mut stamp = self.clock.now_millis().max(self.log.last_stamp());
         let mut ids = HashSet::new();
         for (e, given) in events.iter().take(self.chunk) {
-            stamp = stamp.max(e.time.unwrap_or(stamp));
+            stamp = stamp.max(e.ingested.or(e.time).unwrap_or(stamp));
             let id = e.id.as_deref().unwrap_or_default();
             let repeat = *given && (self.client_ids.contains(id) || !ids.insert(id));
             if stamp >= bound || repeat {

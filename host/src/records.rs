@@ -49,6 +49,7 @@ pub fn engine_record(
         time: Some(time),
         payload: payload.to_string(),
         hops: 0,
+        ingested: None,
     }
 }
 

@@ -64,6 +64,7 @@ fn every_case_produces_its_expected_lines() {
         let options = sluice::offline::Options {
             cache_dir: None,
             store: crate::postgres().map(|_| crate::store_at(&scratch.path().join("case.db"))),
+            ..Default::default()
         };
         let report = sluice::offline::run_rules(rules, events, &options)
             .unwrap_or_else(|e| panic!("{}: {e:#}", case.display()));

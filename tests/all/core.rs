@@ -454,6 +454,7 @@ async fn engine_outputs(manifest: &str, ops: &[Op]) -> Vec<(String, u64, i64)> {
                     time: None,
                     payload: v["payload"].to_string(),
                     hops: 0,
+                    ingested: None,
                 };
                 log.append(vec![e]).await.unwrap();
                 wait_idle(&engine, &log, "echo", h.clock.now_millis()).await;

@@ -210,6 +210,7 @@ fn kind_events(kinds: &[&str], tag: &str) -> Vec<NewEvent> {
             time: None,
             payload: "{}".into(),
             hops: 0,
+            ingested: None,
         })
         .collect()
 }

@@ -27,6 +27,7 @@ pub(crate) fn merged(n: u32) -> NewEvent {
         time: None,
         payload: json!({"repo": "acme/api", "number": n}).to_string(),
         hops: 0,
+        ingested: None,
     }
 }
 
@@ -364,6 +365,7 @@ async fn a_redeploy_of_another_trigger_kind_is_refused_and_the_rule_runs_on() {
         time: None,
         payload: json!({"key": "d1"}).to_string(),
         hops: 0,
+        ingested: None,
     };
     let seq = log.append(vec![ping]).await.unwrap().seqs[0];
     wait_cursor(&engine, "echo", seq).await;
@@ -406,6 +408,7 @@ async fn a_redeploy_of_another_trigger_kind_is_refused_and_the_rule_runs_on() {
         time: None,
         payload: json!({"key": "d2"}).to_string(),
         hops: 0,
+        ingested: None,
     };
     log.append(vec![next]).await.unwrap();
     let out = wait_for(&log, 0, |e| {
@@ -443,6 +446,7 @@ async fn undeploy_drains_open_windows_by_firing_or_discarding_them() {
         time: None,
         payload: json!({"key": key}).to_string(),
         hops: 0,
+        ingested: None,
     };
     let mut last = 0;
     for (drain, name) in [(Drain::Fire, "echo"), (Drain::Discard, "echo")] {

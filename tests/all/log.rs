@@ -47,6 +47,7 @@ fn new_event(tenant: &str, id: Option<&str>, kind: &str) -> NewEvent {
         time: None,
         payload: r#"{"n":1}"#.into(),
         hops: 0,
+        ingested: None,
     }
 }
 

@@ -17,6 +17,7 @@ mod load;
 mod log;
 mod manifest;
 mod postgres;
+mod replay;
 mod sandbox;
 mod server;
 mod timing;
@@ -194,6 +195,7 @@ pub fn merged(repo: &str, n: u64) -> sluice::log::NewEvent {
         time: None,
         payload: serde_json::json!({"repo": repo, "number": n}).to_string(),
         hops: 0,
+        ingested: None,
     }
 }
 

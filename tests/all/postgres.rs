@@ -21,6 +21,7 @@ fn event(id: &str) -> NewEvent {
         time: None,
         payload: "{}".into(),
         hops: 0,
+        ingested: None,
     }
 }
 

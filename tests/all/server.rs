@@ -1344,7 +1344,8 @@ fn handler_failures_show_the_guest_backtrace_and_heartbeats_flow() {
 #[test]
 fn client_errors_are_one_sentence() {
     let f = Fixture::new();
-    let run = |url: &str, token: Option<&str>, args: &[&str]| {
+    // Exit 4: nothing answered; 3: the server refused.
+    let run = |url: &str, token: Option<&str>, args: &[&str], code: i32| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.args(args)
             .env("SLUICE_URL", url)
@@ -1353,7 +1354,7 @@ fn client_errors_are_one_sentence() {
             cmd.env("SLUICE_TOKEN", t);
         }
         let out = cmd.output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
         String::from_utf8(out.stderr).unwrap()
     };
     // Nothing listens on a port just freed.
@@ -1362,30 +1363,36 @@ fn client_errors_are_one_sentence() {
         .local_addr()
         .unwrap()
         .port();
-    let err = run(&format!("http://127.0.0.1:{port}"), Some("x"), &["rules"]);
+    let err = run(
+        &format!("http://127.0.0.1:{port}"),
+        Some("x"),
+        &["rules"],
+        4,
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.starts_with("error: cannot reach a Sluice server at"),
         "{err}"
     );
     let server = f.start();
-    let err = run(&server.url, Some("sluice_nope_nope"), &["rules"]);
+    let err = run(&server.url, Some("sluice_nope_nope"), &["rules"], 3);
     assert_eq!(
         err.trim(),
         "error: the server refused the token (unknown or revoked): check --token or SLUICE_TOKEN"
     );
-    let err = run(&server.url, None, &["fires"]);
+    let err = run(&server.url, None, &["fires"], 3);
     assert_eq!(
         err.trim(),
         "error: the server needs a token: set --token or SLUICE_TOKEN"
     );
     let token = server.tenant("acme");
-    let err = run(&server.url, Some(&token), &["rules", "show", "ghost"]);
+    let err = run(&server.url, Some(&token), &["rules", "show", "ghost"], 3);
     assert_eq!(err.trim(), "error: no rule \"ghost\" (404 Not Found)");
     let err = run(
         &server.url,
         Some(&token),
         &["emit", "--source", "sluice", "--kind", "x"],
+        3,
     );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("source: \"sluice\" is reserved"), "{err}");
@@ -2046,7 +2053,7 @@ fn the_dashboards_routes_show_a_fire_whole_a_rules_partitions_history_and_stats(
     // Who a token is; the page itself needs none.
     assert_eq!(
         server.get("/v1/whoami", &token),
-        json!({"role": "tenant", "tenant": "acme"})
+        json!({"role": "tenant", "tenant": "acme", "scopes": ["ingest", "read", "deploy"]})
     );
     assert_eq!(server.get("/v1/whoami", ADMIN)["role"], "admin");
     for (path, kind) in [
@@ -2153,6 +2160,7 @@ fn token_scopes_are_enforced_on_every_tenant_route() {
         ("DELETE", "/v1/rules/{name}", "deploy"),
         ("POST", "/v1/rules/{name}/pause", "deploy"),
         ("POST", "/v1/rules/{name}/resume", "deploy"),
+        ("POST", "/v1/rules/{name}/replay", "deploy"),
         ("GET", "/v1/rules/{name}/partitions", "read"),
         ("GET", "/v1/rules/{name}/history", "read"),
         ("GET", "/v1/fires", "read"),

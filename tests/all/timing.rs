@@ -155,6 +155,7 @@ impl World {
             time: None,
             payload: json!({"key": key}).to_string(),
             hops: 0,
+            ingested: None,
         };
         self.log.append_blocking(vec![e]).unwrap();
         self.script

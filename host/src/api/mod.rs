@@ -35,6 +35,7 @@ pub mod feed;
 pub mod fires;
 pub mod metrics;
 pub mod openapi;
+pub mod replay;
 pub mod rules;
 pub mod stats;
 pub mod tenants;
@@ -154,6 +155,8 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
     /// This node's part in a cluster (a shared store), if any.
     pub cluster: Option<Arc<Cluster>>,
+    /// Tenants with a replay running (one at a time each).
+    pub replays: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl App {
@@ -342,6 +345,7 @@ pub fn router(app: Arc<App>) -> Router {
             deploy.get(rules::show).delete(rules::undeploy),
         )
         .route("/v1/rules/{name}/pause", post(rules::pause))
+        .route("/v1/rules/{name}/replay", post(replay::replay))
         .route("/v1/rules/{name}/resume", post(rules::resume))
         .route("/v1/rules/{name}/partitions", get(rules::partitions))
         .route("/v1/rules/{name}/history", get(rules::history))
@@ -466,6 +470,7 @@ pub async fn serve(
         manual,
         shutdown: shutdown.clone(),
         cluster: cluster.clone(),
+        replays: Default::default(),
     });
     // The outage before this start: from the last mark any engine left on
     // this store (a take-over also reads the mark of the node it takes

@@ -46,7 +46,7 @@ pub const MAX_SEQ: u64 = i64::MAX as u64;
         tenants::create_token, tenants::list_tokens, tenants::revoke_token,
         events::ingest, events::list, events::show,
         rules::deploy, rules::list, rules::show, rules::undeploy, rules::pause, rules::resume,
-        rules::partitions, rules::history,
+        rules::partitions, rules::history, super::replay::replay,
         fires::list, fires::show, fires::redrive, fires::discard,
         feed::feed, stats::show,
         super::clock_get, super::clock_move, cluster::show,

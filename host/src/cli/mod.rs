@@ -5,7 +5,8 @@
 //! - [`admin`]: the commands that look after rules, fires, tenants and
 //!   nodes;
 //! - [`testing`]: `sluice test` for people (timeline, expectations,
-//!   watch).
+//!   watch);
+//! - [`replay`]: `sluice replay`, a deployed rule over the log's past.
 //!
 //! Exit codes: 0 done; 1 a rule failed (`test`, `eval`); 2 a usage
 //! error (a bad flag, a missing or malformed file); 3 the server refused
@@ -13,6 +14,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod replay;
 pub mod testing;
 
 use std::collections::BTreeMap;
@@ -131,6 +133,14 @@ enum Command {
     Emit {
         #[command(flatten)]
         args: client::EmitArgs,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Replay a deployed rule over a range of the tenant's log: what it
+    /// would have done (a dry run), or a backfill of its outputs (--emit).
+    Replay {
+        #[command(flatten)]
+        args: replay::ReplayArgs,
         #[command(flatten)]
         conn: client::Conn,
     },
@@ -350,6 +360,7 @@ pub fn main() -> ExitCode {
         } => client::deploy(&conn, &path, manifest.as_deref(), reset).map(|()| ExitCode::SUCCESS),
         Command::Emit { args, conn } => client::emit(&conn, &args).map(|()| ExitCode::SUCCESS),
         Command::Tail { args, conn } => client::tail(&conn, &args).map(|()| ExitCode::SUCCESS),
+        Command::Replay { args, conn } => replay::replay(&conn, &args).map(|()| ExitCode::SUCCESS),
         Command::Rules { cmd, json, conn } => {
             admin::rules(&conn, cmd.as_ref(), json).map(|()| ExitCode::SUCCESS)
         }

@@ -138,11 +138,12 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
             Err(e) => eprintln!("error: {e:#}"),
         }
         eprintln!("watching for changes (Ctrl-C to stop)");
-        let seen = Snapshot::take(args);
-        while Snapshot::take(args) == seen {
+        // Against the files as they were when this run began: a change
+        // made while it ran starts the next one.
+        while Snapshot::take(args) == now {
             std::thread::sleep(Duration::from_millis(300));
         }
-        last = Some(seen);
+        last = Some(now);
     }
 }
 
@@ -158,7 +159,7 @@ fn run_once(args: &TestArgs, files: &Inputs, timeline: bool) -> anyhow::Result<E
         .with_context(|| format!("open {}", files.events.display()))?;
     let options = crate::offline::Options {
         cache_dir: args.cache_dir.clone(),
-        store: None,
+        ..Default::default()
     };
     let context = || files.events.display().to_string();
     let Some(expect) = &args.expect else {
@@ -366,7 +367,7 @@ impl Snapshot {
 /// The report as a timeline for people: one line per fire, output,
 /// error and note, under the day it happened.
 #[derive(Debug, Default)]
-struct Timeline {
+pub(super) struct Timeline {
     day: Option<String>,
     fires: usize,
     outputs: usize,
@@ -396,7 +397,8 @@ fn stamp(ms: &Value) -> String {
 }
 
 impl Timeline {
-    fn render(&mut self, line: &Value) -> Vec<String> {
+    /// The lines `line` (a report line) shows as.
+    pub(super) fn render(&mut self, line: &Value) -> Vec<String> {
         let mut out = Vec::new();
         let day = line["at"]
             .as_i64()

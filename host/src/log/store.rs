@@ -379,7 +379,7 @@ impl Appender {
             return None;
         }
         if self.follow
-            && let Some(t) = p.event.time
+            && let Some(t) = p.event.ingested.or(p.event.time)
         {
             self.stamp = self.stamp.max(t);
         }

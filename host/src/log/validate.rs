@@ -212,6 +212,7 @@ fn from_map(
         time,
         payload,
         hops: 0,
+        ingested: None,
     })
 }
 

@@ -170,6 +170,7 @@ impl<K: Kind> RuleCore<K> {
                 time: Some(at),
                 payload: e.payload.clone(),
                 hops,
+                ingested: None,
             })
             .collect()
     }
