@@ -11,10 +11,14 @@
 //!    10 000 partitions interleaved round-robin, windows of 500 events —
 //!    time per fire (read its events, run the handler, commit);
 //! 4. fires per second of a rule whose handler takes a few milliseconds,
-//!    at `concurrency` 1 and 4 (one fire per event, 64 partitions).
+//!    at `concurrency` 1 and 4 (one fire per event, 64 partitions);
+//! 5. replay over the past: the same events ingested into a server (the
+//!    manual clock moving 10 s per 10 000), the same rule deployed, then
+//!    `sluice replay` over the whole range — events per second, against
+//!    `sluice test` of the same events in the same run.
 //!
 //! Run: `cargo bench -p sluice --bench throughput` (SLUICE_BENCH_EVENTS
-//! overrides the 1 000 000).
+//! overrides the 1 000 000; SLUICE_BENCH_ONLY=replay runs part 5 alone).
 
 #[path = "common.rs"]
 mod common;
@@ -329,6 +333,10 @@ fn main() {
         return;
     }
     let n: u64 = common::env_or("SLUICE_BENCH_EVENTS", 1_000_000);
+    if std::env::var("SLUICE_BENCH_ONLY").is_ok_and(|v| v == "replay") {
+        replay_over_the_log(n);
+        return;
+    }
     // SLUICE_BENCH_ONLY=fires skips the end-to-end part (for profiling).
     let only_fires = std::env::var("SLUICE_BENCH_ONLY").is_ok_and(|v| v == "fires");
     if !only_fires {
@@ -360,5 +368,147 @@ fn main() {
     println!(
         "slow handler, one fire per event: concurrency 1 {one:.0} fires/s, concurrency 4 {four:.0} fires/s ({:.1}x)",
         four / one
+    );
+}
+
+/// Part 5: `sluice replay` of `n` events a server ingested, against
+/// `sluice test` of the same events.
+fn replay_over_the_log(n: u64) {
+    use std::io::BufRead;
+    const ADMIN: &str = "bench-admin";
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new(SLUICE)
+        .args(["serve", "--listen", "127.0.0.1:0", "--durability", "normal"])
+        .args(["--manual-clock", "2026-01-01T00:00:00Z", "--db"])
+        .arg(dir.path().join("replay.db"))
+        .env("SLUICE_ADMIN_TOKEN", ADMIN)
+        .env("SLUICE_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the server exited");
+        if let Some(u) = line.trim().strip_prefix("listening on ") {
+            break u.to_owned();
+        }
+    };
+    let http = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .unwrap();
+    let created: serde_json::Value = http
+        .post(format!("{url}/v1/tenants"))
+        .bearer_auth(ADMIN)
+        .json(
+            &json!({"name": "bench", "quotas": {"ingest_per_second": 4_000_000_000u32,
+            "ingest_burst": 4_000_000_000u32}}),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = created["token"]["token"].as_str().unwrap().to_owned();
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("manifest", MANIFEST)
+        .part(
+            "component",
+            reqwest::blocking::multipart::Part::bytes(component_bytes(REPO_SUMMARY))
+                .file_name("rule.wasm"),
+        );
+    let r = http
+        .put(format!("{url}/v1/rules/repo-summary"))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "deploy: {}", r.text().unwrap());
+    let timed_events = dir.path().join("timed.ndjson");
+    write_events(&timed_events, n, true);
+    let text = std::fs::read_to_string(&timed_events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut clock = 1_767_225_600_000i64;
+    let mut last = 0;
+    for chunk in lines.chunks(10_000) {
+        clock += 10_000;
+        http.post(format!("{url}/v1/clock"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"to": clock.to_string()}))
+            .send()
+            .unwrap();
+        let body = chunk.join("\n");
+        let v: serde_json::Value = http
+            .post(format!("{url}/v1/events"))
+            .bearer_auth(&token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        last = v["seqs"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .as_u64()
+            .unwrap();
+    }
+    // The live rule catches up first: the replay has the machine to itself.
+    loop {
+        let v: serde_json::Value = http
+            .get(format!("{url}/v1/rules/repo-summary"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if v["cursor"].as_u64().unwrap_or(0) >= last && v["pending_fires"] == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = Instant::now();
+    let replay = Command::new(SLUICE)
+        .args([
+            "replay",
+            "repo-summary",
+            "--from",
+            "2026-01-01T00:00:00Z",
+            "--json",
+        ])
+        .env("SLUICE_URL", &url)
+        .env("SLUICE_TOKEN", &token)
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let replayed = started.elapsed();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let manifest = dir.path().join("rule.toml");
+    std::fs::write(&manifest, MANIFEST).unwrap();
+    let test = timed(
+        Command::new(SLUICE)
+            .args(["test", REPO_SUMMARY, "--json", "--manifest"])
+            .arg(&manifest)
+            .arg("--events")
+            .arg(&timed_events)
+            .env("SLUICE_CACHE_DIR", dir.path().join("cache")),
+        Path::new("/dev/null"),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "sluice replay over the log ({n} events): {:.1} s, {:.0} events/s; sluice test of the same events: {:.1} s, {:.0} events/s ({})",
+        replayed.as_secs_f64(),
+        rate(replayed),
+        test.as_secs_f64(),
+        rate(test),
+        String::from_utf8_lossy(&replay.stderr).trim()
     );
 }

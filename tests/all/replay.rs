@@ -216,6 +216,11 @@ fn a_dry_run_writes_nothing_and_a_backfill_writes_once() {
         (
             "win",
             json!({"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}),
+            422,
+        ),
+        (
+            "win",
+            json!({"from": "2026-01-01T00:00:00Z", "to": ""}),
             400,
         ),
         ("win", json!({"from": "yesterday"}), 400),

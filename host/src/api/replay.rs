@@ -23,9 +23,16 @@ use crate::manifest::Manifest;
 pub struct ReplayRequest {
     /// Ingest time the range starts at, inclusive (RFC 3339, or ms since
     /// the epoch as text).
-    #[schema(example = "2026-01-01T00:00:00Z")]
+    #[schema(
+        example = "2026-01-01T00:00:00Z",
+        pattern = r"^([0-9]{1,16}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     pub from: String,
-    /// Ingest time it ends at, exclusive (default: now).
+    /// Ingest time it ends at, exclusive (default: now); not before
+    /// `from`.
+    #[schema(
+        pattern = r"^([0-9]{1,16}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     pub to: Option<String>,
     /// Append the outputs to the log as the rule's (a backfill; ids
     /// derived from the replayed fires, so a repeat writes nothing twice).
@@ -61,6 +68,7 @@ impl Drop for Slot {
         (status = 200, description = "The report, one JSON object per line, ending with a `done` (the summary) or `failed` line.", content_type = "application/x-ndjson", body = String),
         (status = 404, body = ErrorBody),
         (status = 409, description = "A replay of this tenant is running.", body = ErrorBody),
+        (status = 422, description = "`from` is after `to`.", body = ErrorBody),
     ),
     security(("tenant" = [])))]
 pub async fn replay(
@@ -71,15 +79,23 @@ pub async fn replay(
 ) -> Result<Response, ApiError> {
     let req: ReplayRequest = super::body_json(&body)?;
     check_name("name", &name)?;
-    let from = super::events::parse_time("from", &req.from)?;
+    let time = |field: &str, text: &str| {
+        crate::time::parse(text)
+            .map_err(|m| ApiError::bad_request("invalid_body", format!("{field}: {m}")))
+    };
+    let from = time("from", &req.from)?;
     let to = match &req.to {
-        Some(t) => super::events::parse_time("to", t)?,
+        Some(t) => time("to", t)?,
         None => app.now(),
     };
     if from > to {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            format!("from ({}) is after to ({to})", req.from),
+        return Err(ApiError::unprocessable(
+            "empty_range",
+            format!(
+                "from ({}) is after to ({}): the range is the wrong way round",
+                crate::time::rfc3339(from),
+                crate::time::rfc3339(to)
+            ),
         ));
     }
     let registry = app.deploys.registry.clone();
