@@ -103,12 +103,14 @@ pub fn backfill_id(tenant: &str, rule: &str, version: u32, fire_id: &str, n: usi
 }
 
 /// Run `replay`, handing each report line (as `sluice test` writes them)
-/// and progress line (`{"type": "progress", "events", "position",
-/// "end"}`, about every 50 000 events) to `sink`.
+/// to `sink` as it happens, and a progress line (`{"type": "progress",
+/// "events", "position", "start", "end"}`: events replayed, and the seq
+/// reached in the range) to `progress` after each page read.
 pub fn run(
     log: &EventLog,
     replay: &Replay,
     sink: &mut dyn FnMut(Value) -> std::io::Result<()>,
+    progress: &mut dyn FnMut(Value) -> std::io::Result<()>,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     if replay.from > replay.to {
@@ -123,7 +125,7 @@ pub fn run(
     let own = format!("rule:{}", replay.manifest.name);
     let tenant = replay.tenant.clone();
     let mut summary = Summary::default();
-    let progress = std::cell::RefCell::new((0u64, start));
+    let replayed = std::cell::Cell::new(0u64);
     // Pages of the range, the rule's own outputs and engine records left
     // out; the clock follows each event's ingest time.
     let mut after = start.saturating_sub(1);
@@ -149,8 +151,6 @@ pub fn run(
         if page.len() < PAGE {
             done = true;
         }
-        let mut p = progress.borrow_mut();
-        p.1 = after;
         let events: Vec<NewEvent> = page
             .into_iter()
             .filter(|e| e.source != ENGINE_SOURCE && e.source != own)
@@ -165,11 +165,12 @@ pub fn run(
                 ingested: Some(e.ingested),
             })
             .collect();
-        p.0 += events.len() as u64;
-        Some(Ok(events))
+        replayed.set(replayed.get() + events.len() as u64);
+        let said = progress(json!({"type": "progress", "events": replayed.get(),
+            "position": after, "start": start, "end": end}));
+        Some(said.map(|()| events).map_err(anyhow::Error::from))
     });
     let mut outputs: Vec<Value> = Vec::new();
-    let mut last_said = 0u64;
     let options = crate::offline::Options {
         cache_dir: replay.cache_dir.clone(),
         store: None,
@@ -192,12 +193,6 @@ pub fn run(
                 Some("error" | "dead_letter") => summary.errors += 1,
                 _ => {}
             }
-            let (events, position) = *progress.borrow();
-            if events >= last_said + 50_000 {
-                last_said = events;
-                sink(json!({"type": "progress", "events": events,
-                    "position": position, "start": start, "end": end}))?;
-            }
             let mut line = line;
             if let Some(o) = line.as_object_mut() {
                 o.remove("hops");
@@ -205,7 +200,7 @@ pub fn run(
             sink(line)
         },
     )?;
-    summary.events = progress.borrow().0;
+    summary.events = replayed.get();
     if replay.emit {
         let (emitted, duplicates) = backfill(log, replay, &outputs)?;
         summary.emitted = emitted;

@@ -538,6 +538,17 @@ fn digest_dir(dir: &Path) -> std::path::PathBuf {
     rule
 }
 
+/// Change the scenario of [`digest_dir`]: one pull request's title.
+fn retitle(rule: &Path) {
+    let scenario = rule.join("scenario.ndjson");
+    let text = std::fs::read_to_string(&scenario).unwrap();
+    std::fs::write(
+        &scenario,
+        text.replace("\"Add rate limits\"", "\"Add limits\""),
+    )
+    .unwrap();
+}
+
 #[test]
 fn test_prints_a_timeline_for_people_and_json_for_programs() {
     let dir = tempfile::tempdir().unwrap();
@@ -633,13 +644,7 @@ fn test_compares_with_an_expected_file_and_blesses_it() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
     // A changed scenario: a diff, exit 1, and how to accept it.
-    let scenario = rule.join("scenario.ndjson");
-    let text = std::fs::read_to_string(&scenario).unwrap();
-    std::fs::write(
-        &scenario,
-        text.replace("\"Add rate limits\"", "\"Add limits\""),
-    )
-    .unwrap();
+    retitle(&rule);
     let out = run(&[]);
     let report = String::from_utf8(out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{report}");
@@ -702,13 +707,7 @@ fn test_watch_runs_again_when_the_scenario_changes() {
         first.iter().any(|l| l.contains("Add rate limits")),
         "{first:?}"
     );
-    let scenario = rule.join("scenario.ndjson");
-    let text = std::fs::read_to_string(&scenario).unwrap();
-    std::fs::write(
-        &scenario,
-        text.replace("\"Add rate limits\"", "\"Add limits\""),
-    )
-    .unwrap();
+    retitle(&rule);
     let second = until_run("run after the change");
     assert!(second[0].starts_with("── "), "{second:?}");
     assert!(

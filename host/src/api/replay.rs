@@ -28,8 +28,8 @@ pub struct ReplayRequest {
         pattern = r"^([0-9]{1,16}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
     )]
     pub from: String,
-    /// Ingest time it ends at, exclusive (default: now); not before
-    /// `from`.
+    /// Ingest time it ends at, exclusive (default: just after now, so
+    /// everything ingested so far); not before `from`.
     #[schema(
         pattern = r"^([0-9]{1,16}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
     )]
@@ -59,8 +59,8 @@ impl Drop for Slot {
 
 /// Replay the rule over a range of the tenant's log: NDJSON lines as
 /// `sluice test --json` writes them (`fire`, `output`, `error`, …), a
-/// `progress` line about every 50 000 events, and last a `done` line with
-/// the summary (or `failed` with the error).
+/// `progress` line after every 10 000 events read, and last a `done`
+/// line with the summary (or `failed` with the error).
 #[utoipa::path(post, operation_id = "rules_replay", path = "/v1/rules/{name}/replay", tag = "rules",
     params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$")),
     request_body = ReplayRequest,
@@ -86,7 +86,8 @@ pub async fn replay(
     let from = time("from", &req.from)?;
     let to = match &req.to {
         Some(t) => time("to", t)?,
-        None => app.now(),
+        // Everything ingested so far, this instant's too.
+        None => app.now().saturating_add(1),
     };
     if from > to {
         return Err(ApiError::unprocessable(
@@ -151,11 +152,13 @@ pub async fn replay(
     let log = app.log.clone();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let mut sink = |line: serde_json::Value| {
+        let send = |line: serde_json::Value| {
             tx.blocking_send(Ok(Bytes::from(format!("{line}\n"))))
                 .map_err(|_| std::io::Error::other("the client left"))
         };
-        let last = match crate::replay::run(&log, &spec, &mut sink) {
+        // (Report and progress lines share the stream.)
+        let (mut lines, mut progress) = (send, send);
+        let last = match crate::replay::run(&log, &spec, &mut lines, &mut progress) {
             Ok(summary) => {
                 let mut v = serde_json::to_value(&summary).unwrap_or_default();
                 v["type"] = json!("done");

@@ -19,7 +19,8 @@ pub struct ReplayArgs {
     /// Ingest time the range starts at (RFC 3339, or ms since the epoch).
     #[arg(long)]
     pub from: String,
-    /// Ingest time it ends at, exclusive (default: now).
+    /// Ingest time it ends at, exclusive (default: everything ingested so
+    /// far).
     #[arg(long)]
     pub to: Option<String>,
     /// Append the outputs to the log as the rule's (a backfill, marked by
