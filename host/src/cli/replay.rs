@@ -3,13 +3,13 @@
 //! as it comes (a timeline on a terminal, JSON lines otherwise), its
 //! progress on stderr, and the summary.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, Write};
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::client::{Client, Conn, encode};
-use super::testing::Timeline;
+use super::testing::{Format, Timeline};
 
 /// What `sluice replay` replays.
 #[derive(Debug, clap::Args)]
@@ -27,12 +27,9 @@ pub struct ReplayArgs {
     /// its ids; a repeat writes nothing twice). Default: a dry run.
     #[arg(long)]
     pub emit: bool,
-    /// Print JSON lines (the default when stdout is not a terminal).
-    #[arg(long, conflicts_with = "timeline")]
-    pub json: bool,
-    /// Print the timeline (the default on a terminal).
-    #[arg(long)]
-    pub timeline: bool,
+    /// How the report prints.
+    #[command(flatten)]
+    pub format: Format,
 }
 
 /// `sluice replay`.
@@ -42,7 +39,7 @@ pub fn replay(conn: &Conn, args: &ReplayArgs) -> anyhow::Result<()> {
             crate::time::parse(t).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
         }
     }
-    let timeline = args.timeline || (!args.json && std::io::stdout().is_terminal());
+    let timeline = args.format.timeline();
     let client = Client::new(conn)?;
     let mut body = json!({"from": args.from, "emit": args.emit});
     if let Some(to) = &args.to {

@@ -35,13 +35,9 @@ pub struct TestArgs {
     /// Where compiled components are cached.
     #[arg(long, env = "SLUICE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Print JSON lines, one per fire, output, error… (the default when
-    /// stdout is not a terminal).
-    #[arg(long, conflicts_with = "timeline")]
-    pub json: bool,
-    /// Print the readable timeline (the default on a terminal).
-    #[arg(long)]
-    pub timeline: bool,
+    /// How the report prints.
+    #[command(flatten)]
+    pub format: Format,
     /// Compare the run's JSON lines with this file: print where they
     /// differ and exit 1 when they do (key order and spacing aside).
     #[arg(long)]
@@ -55,6 +51,26 @@ pub struct TestArgs {
     pub watch: bool,
 }
 
+/// How a report prints: the timeline for people, JSON lines for
+/// programs (`sluice test`, `sluice replay`).
+#[derive(Debug, clap::Args)]
+pub struct Format {
+    /// Print JSON lines, one per fire, output, error… (the default when
+    /// stdout is not a terminal).
+    #[arg(long, conflicts_with = "timeline")]
+    pub json: bool,
+    /// Print the readable timeline (the default on a terminal).
+    #[arg(long)]
+    pub timeline: bool,
+}
+
+impl Format {
+    /// Whether to print the timeline.
+    pub fn timeline(&self) -> bool {
+        self.timeline || (!self.json && std::io::stdout().is_terminal())
+    }
+}
+
 /// The files one run reads.
 #[derive(Debug, Clone)]
 struct Inputs {
@@ -65,25 +81,7 @@ struct Inputs {
 
 fn inputs(args: &TestArgs) -> anyhow::Result<Inputs> {
     let dir = args.rule.is_dir().then(|| args.rule.clone());
-    let (manifest, component) = match &dir {
-        Some(d) => locate(d, args.manifest.as_deref())?,
-        None => {
-            if !args.rule.is_file() {
-                bail!("{}: no such file or directory", args.rule.display());
-            }
-            let m = match &args.manifest {
-                Some(m) => m.clone(),
-                None => args.rule.with_file_name("rule.toml"),
-            };
-            if !m.is_file() {
-                bail!(
-                    "--manifest {}: no such file (pass the rule's manifest)",
-                    m.display()
-                );
-            }
-            (m, args.rule.clone())
-        }
-    };
+    let (manifest, component) = locate(&args.rule, args.manifest.as_deref())?;
     let events = match &args.events {
         Some(e) => e.clone(),
         None => {
@@ -113,7 +111,7 @@ fn inputs(args: &TestArgs) -> anyhow::Result<Inputs> {
 
 /// `sluice test`.
 pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
-    let timeline = args.timeline || (!args.json && std::io::stdout().is_terminal());
+    let timeline = args.format.timeline();
     if !args.watch {
         return run_once(args, &inputs(args)?, timeline);
     }
