@@ -24,6 +24,8 @@
 //!   - [`cli::admin`]: `rules`, `fires`, `tenants`, `cluster`.
 //!   - [`cli::testing`]: `sluice test` for people (timeline, `--expect`,
 //!     `--bless`, `--watch`).
+//!   - [`cli::replay`]: `sluice replay`, a deployed rule over the log's
+//!     past.
 //! - [`offline`]: `sluice test` — input in, report out; rules run through
 //!   the engine's driver on a virtual clock.
 //! - [`replay`]: a rule version over a range of a tenant's log — the
