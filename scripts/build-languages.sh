@@ -2,7 +2,9 @@
 # Build the example rules of every language into OUT (default
 # <target>/languages): OUT/<language>/<rule>.wasm for rust, python,
 # javascript and c, then OUT/index.tsv with one "language rule path" line
-# per component. Each language's build.sh installs its tools from the
+# per component, and OUT/tools.path with the directories of the tools
+# they installed (for `sluice build` of projects `sluice new` writes; see
+# tests/all/languages.rs). Each language's build.sh installs its tools from the
 # registries (pinned) the first time; components are cached by content
 # hash, so a second run rebuilds nothing. The conformance kit
 # (tests/kit, tests/all/languages.rs) runs against what this builds.
@@ -51,6 +53,17 @@ if [[ " ${languages[*]} " == *" javascript "* ]]; then
     bash "$root/examples/javascript/build.sh" --with-wasi-http "$out/refused/javascript-wasi-http" \
         pr-digest
 fi
+
+# Where the tools are, for `sluice build` (it looks on PATH).
+tools="$out/tools.path.tmp.$$"
+for lang in "${languages[@]}"; do
+    case "$lang" in
+    python) printf '%s\n' "$(python_venv)/bin" "$SLUICE_TOOLS/bin" ;;
+    javascript) printf '%s\n' "$root/examples/javascript/node_modules/.bin" ;;
+    c) printf '%s\n' "$SLUICE_TOOLS/bin" ;;
+    esac
+done | awk '!seen[$0]++' > "$tools"
+mv -f "$tools" "$out/tools.path"
 
 index="$out/index.tsv.tmp.$$"
 for lang in "${languages[@]}"; do

@@ -12,7 +12,7 @@ source "$here/../../scripts/lib/components.sh"
 out="${1:-$(default_out python)}"
 
 command -v python3 >/dev/null || die "python3 (3.11 or later) is needed to build Python rules"
-venv="$SLUICE_CACHE/python-venv-$(content_key "$here/requirements.txt")"
+venv=$(python_venv)
 if [[ ! -x "$venv/bin/componentize-py" ]]; then
     say "installing componentize-py into $venv"
     rm -rf "$venv"

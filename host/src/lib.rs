@@ -26,6 +26,9 @@
 //!     `--bless`, `--watch`).
 //!   - [`cli::replay`]: `sluice replay`, a deployed rule over the log's
 //!     past.
+//!   - [`cli::scaffold`]: `sluice new` (a rule project from the templates
+//!     in `host/templates/`, with the SDK of its language) and `sluice
+//!     build` (its component, with the language's own tools).
 //! - [`offline`]: `sluice test` — input in, report out; rules run through
 //!   the engine's driver on a virtual clock.
 //! - [`replay`]: a rule version over a range of a tenant's log — the

@@ -78,6 +78,11 @@ cargo_tool() {
     printf '%s\n' "$bin"
 }
 
+# The virtualenv examples/python/build.sh installs componentize-py into.
+python_venv() {
+    printf '%s/python-venv-%s\n' "$SLUICE_CACHE" "$(content_key "$SLUICE_ROOT/examples/python/requirements.txt")"
+}
+
 # The rule folders of a language: those with a rule.toml.
 rule_dirs() {
     local d

@@ -800,3 +800,81 @@ fn measure_languages() {
         );
     }
 }
+
+/// `sluice new` in every language for every trigger: each project builds
+/// with `sluice build`, using the tools `scripts/build-languages.sh`
+/// installed, and passes its own test (`expected.ndjson`) at once.
+#[test]
+fn every_template_builds_and_passes_its_own_test() {
+    let tools = std::fs::read_to_string(built().out.join("tools.path")).expect("read tools.path");
+    let path = std::env::join_paths(
+        tools
+            .lines()
+            .map(PathBuf::from)
+            .chain(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            )),
+    )
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let sluice = |dir: &Path, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(args)
+            .current_dir(dir)
+            .env("PATH", &path)
+            // One target directory for the Rust rules and the Python
+            // adapter: their dependencies build once.
+            .env("CARGO_TARGET_DIR", target_dir().join("templates"))
+            .env("SLUICE_CACHE_DIR", cache_dir())
+            .env("SLUICE_LOG", "error");
+        for var in [
+            "CARGO_ENCODED_RUSTFLAGS",
+            "RUSTFLAGS",
+            "CARGO_BUILD_RUSTFLAGS",
+            "RUSTC_WRAPPER",
+            "RUSTC_WORKSPACE_WRAPPER",
+            "CARGO_BUILD_TARGET",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = cmd.output().unwrap();
+        let said = format!(
+            "sluice {} in {}: {}\n{}{}",
+            args.join(" "),
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{said}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for lang in LANGUAGES {
+        for trigger in ["batch", "dwell", "schedule"] {
+            let started = Instant::now();
+            let name = format!("t-{lang}-{trigger}");
+            let wrote = sluice(
+                home.path(),
+                &["new", &name, "--lang", lang, "--trigger", trigger],
+            );
+            assert!(
+                wrote.starts_with(&format!("wrote {name} (a {trigger} rule in ")),
+                "{wrote}"
+            );
+            let project = home.path().join(&name);
+            let expected = std::fs::read_to_string(project.join("expected.ndjson")).unwrap();
+            let lines = expected.lines().count();
+            assert!(lines >= 2, "{name}: a template without an expected report");
+            assert!(expected.contains(&format!("\"rule\":\"{name}\"")));
+            let built = sluice(&project, &["build"]);
+            assert!(built.starts_with("built "), "{built}");
+            let tested = sluice(&project, &["test", ".", "--expect", "expected.ndjson"]);
+            assert_eq!(
+                tested.trim(),
+                format!("ok: {lines} lines as expected in expected.ndjson"),
+                "{name}"
+            );
+            eprintln!("{name}: new, build and test in {:.1?}", started.elapsed());
+        }
+    }
+}

@@ -6,7 +6,9 @@
 //!   nodes;
 //! - [`testing`]: `sluice test` for people (timeline, expectations,
 //!   watch);
-//! - [`replay`]: `sluice replay`, a deployed rule over the log's past.
+//! - [`replay`]: `sluice replay`, a deployed rule over the log's past;
+//! - [`scaffold`]: `sluice new` (a rule project from a template) and
+//!   `sluice build` (its component, with the language's tools).
 //!
 //! Exit codes: 0 done; 1 a rule failed (`test`, `eval`); 2 a usage
 //! error (a bad flag, a missing or malformed file); 3 the server refused
@@ -15,6 +17,7 @@
 pub mod admin;
 pub mod client;
 pub mod replay;
+pub mod scaffold;
 pub mod testing;
 
 use std::collections::BTreeMap;
@@ -221,6 +224,14 @@ enum Command {
     /// output, discard, error, leave, skipped or missed tick out. Exits 1
     /// when a handler failed, or with --expect when the run differs.
     Test(testing::TestArgs),
+    /// Write a new rule project from a template: the manifest, the source
+    /// in the language's idiom, the SDK, sample events, a scenario with
+    /// its expected report, and a README.
+    New(scaffold::NewArgs),
+    /// Build a rule project into its component with the language's own
+    /// tools (cargo, componentize-py, componentize-js, clang), saying how
+    /// to install what is missing.
+    Build(scaffold::BuildArgs),
     /// Run batch rules against a log database on the real clock, while
     /// ingesting NDJSON events from stdin (acknowledged on stdout once
     /// committed, as with `ingest`).
@@ -392,6 +403,8 @@ pub fn main() -> ExitCode {
             Err(e) => Err(anyhow::anyhow!(e)),
         },
         Command::Test(args) => testing::test(&args),
+        Command::New(args) => scaffold::new(&args),
+        Command::Build(args) => scaffold::build_command(&args),
         Command::Run {
             store,
             tenant,

@@ -117,12 +117,15 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     }
     let mut last: Option<Snapshot> = None;
     loop {
-        let now = Snapshot::take(args);
-        // A Rust crate is built again when a source changed (and at
+        let mut now = Snapshot::take(args);
+        // A rule project is built again when a source changed (and at
         // the start); then the run, unless the build failed.
         let built = match &args.rule {
             dir if dir.is_dir() && last.as_ref().is_none_or(|l| l.sources_differ(&now)) => {
-                rebuild(dir)
+                let built = rebuild(dir);
+                // What the build wrote is not a change to run again for.
+                now.refresh_components(args);
+                built
             }
             _ => Ok(()),
         };
@@ -272,23 +275,19 @@ fn diff(want: &[String], got: &[String], out: &mut impl Write) -> std::io::Resul
     Ok((removed, added))
 }
 
-/// Rebuild a Rust rule's crate (the only language whose build needs
-/// nothing but what builds Sluice); other rules are rebuilt by their own
-/// build and picked up when their component changes.
+/// Build a rule project again (`sluice build`): a Rust crate, or a
+/// project `sluice new` wrote in another language (it has `sdk/`). Other
+/// rules are built by their own build and picked up when their
+/// component changes.
 fn rebuild(dir: &Path) -> anyhow::Result<()> {
-    if !dir.join("Cargo.toml").is_file() {
-        return Ok(());
+    match super::scaffold::detect(dir) {
+        Ok(super::scaffold::Lang::Rust) => {}
+        Ok(_) if dir.join("sdk").is_dir() => {}
+        _ => return Ok(()),
     }
-    eprintln!("building {} (cargo, wasm32-wasip2)", dir.display());
-    let status = std::process::Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .current_dir(dir)
-        .status()
-        .context("run cargo (is Rust installed?)")?;
-    if !status.success() {
-        bail!("the build failed ({status}); fix it and save again");
-    }
-    Ok(())
+    super::scaffold::build(dir)
+        .map(|_| ())
+        .context("the build failed; fix it and save again")
 }
 
 /// What `--watch` looks at, with the files' times: every file of the
@@ -315,6 +314,15 @@ impl Snapshot {
             snap.add(&args.rule);
         }
         snap
+    }
+
+    /// Take the components (`.wasm`) as they are now.
+    fn refresh_components(&mut self, args: &TestArgs) {
+        let wasm = |p: &PathBuf| p.extension().is_some_and(|x| x == "wasm");
+        self.files.retain(|p, _| !wasm(p));
+        let fresh = Snapshot::take(args);
+        self.files
+            .extend(fresh.files.into_iter().filter(|(p, _)| wasm(p)));
     }
 
     fn add(&mut self, path: &Path) {

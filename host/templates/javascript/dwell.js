@@ -1,0 +1,34 @@
+// {{name}}: a dwell rule that notices abandoned carts. A cart is a member
+// from `cart.created` until `cart.checked_out`; every other cart event
+// restarts its clock. After 30 minutes without one (see rule.toml) the
+// handler emits `cart.abandoned`.
+
+import { exportRule, emit, Fatal } from "./sdk/sluice.js";
+
+const MEMBERSHIP = { "cart.created": "enter", "cart.checked_out": "leave" };
+
+export const { filter, partitionKey, membership, select, handleBatch } = exportRule({
+  filter: (event) => event.kind.startsWith("cart."),
+
+  // One membership per cart.
+  partitionKey(event) {
+    const { cart } = event.json();
+    return typeof cart === "string" ? cart : undefined;
+  },
+
+  // Any other cart event is a sign of life: the clock restarts.
+  membership: (event) => MEMBERSHIP[event.kind] ?? "refresh",
+
+  handleBatch(batch) {
+    if (batch.partition === null) throw new Fatal("a cart event without a cart id");
+    if (batch.reason.tag !== "dwell") throw new Fatal(`unexpected reason ${batch.reason.tag}`);
+    const { label, memberSince } = batch.reason.val;
+    return [
+      emit("cart.abandoned", {
+        cart: batch.partition,
+        label,
+        idle_since: Number(memberSince),
+      }),
+    ];
+  },
+});
