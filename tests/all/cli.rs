@@ -721,3 +721,87 @@ fn test_watch_runs_again_when_the_scenario_changes() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `sluice new` and `sluice build` as a newcomer gets them wrong: each
+/// mistake is one sentence naming the fix, exit code 2.
+#[test]
+fn new_and_build_explain_what_is_wrong() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], path: Option<&str>| {
+        let mut cmd = sluice();
+        cmd.args(args).current_dir(home.path());
+        if let Some(p) = path {
+            cmd.env("PATH", p);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let one_error = |stderr: &str, wanted: &str| {
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(wanted), "wanted {wanted:?} in {stderr}");
+    };
+
+    // A name the engine would refuse.
+    let (code, _, err) = run(&["new", "Cart Watch", "--lang", "c"], None);
+    assert_eq!(code, Some(2));
+    one_error(&err, "must be 1 to 64 characters of a-z");
+    // An unknown language lists the ones there are.
+    let (code, _, err) = run(&["new", "cart", "--lang", "go"], None);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("rust") && err.contains("javascript"), "{err}");
+
+    // A project, then the same name again.
+    let (code, out, _) = run(
+        &["new", "cart", "--lang", "python", "--trigger", "dwell"],
+        None,
+    );
+    assert_eq!(code, Some(0));
+    assert!(out.contains("wrote cart (a dwell rule in Python"), "{out}");
+    for f in [
+        "rule.toml",
+        "app.py",
+        "sdk/sluice_rule.py",
+        "scenario.ndjson",
+        "expected.ndjson",
+        "README.md",
+    ] {
+        assert!(home.path().join("cart").join(f).is_file(), "{f}");
+    }
+    let (code, _, err) = run(&["new", "cart", "--lang", "c"], None);
+    assert_eq!(code, Some(2));
+    one_error(&err, "cart already exists and is not empty");
+
+    // Building without the language's tools names how to install them
+    // (PATH without componentize-py; no .venv in the project).
+    let (code, _, err) = run(&["build", "cart"], Some("/nonexistent"));
+    assert_eq!(code, Some(2));
+    one_error(
+        &err,
+        "componentize-py was not found: install it once with `python3 -m venv .venv",
+    );
+    let (code, _, err) = run(&["new", "sums", "--lang", "c"], None);
+    assert_eq!((code, err.as_str()), (Some(0), ""));
+    let (code, _, err) = run(&["build", "sums"], Some("/nonexistent"));
+    assert_eq!(code, Some(2));
+    one_error(&err, "clang was not found");
+
+    // A directory that is not a project.
+    std::fs::create_dir(home.path().join("empty")).unwrap();
+    let (code, _, err) = run(&["build", "empty"], None);
+    assert_eq!(code, Some(2));
+    one_error(
+        &err,
+        "no rule to build (looked for Cargo.toml, app.py, app.js and rule.c",
+    );
+    let (code, _, err) = run(&["build", "missing"], None);
+    assert_eq!(code, Some(2));
+    one_error(&err, "missing: no such directory");
+}
