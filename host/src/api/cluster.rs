@@ -45,6 +45,9 @@ fn rule_of(path: &str) -> Option<&str> {
         .strip_suffix("/pause")
         .or_else(|| rest.strip_suffix("/resume"))
         .or_else(|| rest.strip_suffix("/partitions"))
+        .or_else(|| rest.strip_suffix("/shadow/diff"))
+        .or_else(|| rest.strip_suffix("/shadow/promote"))
+        .or_else(|| rest.strip_suffix("/shadow"))
         .unwrap_or(rest);
     (!name.is_empty() && !name.contains('/')).then_some(name)
 }

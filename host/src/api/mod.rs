@@ -17,6 +17,7 @@
 //! - [`tenants`]: tenants, tokens, quotas, authentication, admin routes.
 //! - [`events`]: ingest and reads of the log.
 //! - [`rules`]: deploy and hot swap, show, undeploy, pause, resume.
+//! - [`shadow`]: a rule's shadow: show, diff, promote, discard.
 //! - [`fires`]: pending fires, dead letters, re-drive, discard.
 //! - [`feed`]: the live feed over SSE.
 //! - [`stats`]: the tenant's recent activity per minute (charts).
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod replay;
 pub mod rules;
+pub mod shadow;
 pub mod stats;
 pub mod tenants;
 
@@ -346,6 +348,12 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/rules/{name}/pause", post(rules::pause))
         .route("/v1/rules/{name}/replay", post(replay::replay))
+        .route(
+            "/v1/rules/{name}/shadow",
+            get(shadow::show).delete(shadow::discard),
+        )
+        .route("/v1/rules/{name}/shadow/diff", get(shadow::diff))
+        .route("/v1/rules/{name}/shadow/promote", post(shadow::promote))
         .route("/v1/rules/{name}/resume", post(rules::resume))
         .route("/v1/rules/{name}/partitions", get(rules::partitions))
         .route("/v1/rules/{name}/history", get(rules::history))

@@ -47,6 +47,7 @@ pub const MAX_SEQ: u64 = i64::MAX as u64;
         events::ingest, events::list, events::show,
         rules::deploy, rules::list, rules::show, rules::undeploy, rules::pause, rules::resume,
         rules::partitions, rules::history, super::replay::replay,
+        super::shadow::show, super::shadow::diff, super::shadow::promote, super::shadow::discard,
         fires::list, fires::show, fires::redrive, fires::discard,
         feed::feed, stats::show,
         super::clock_get, super::clock_move, cluster::show,
@@ -57,7 +58,7 @@ pub const MAX_SEQ: u64 = i64::MAX as u64;
     tags(
         (name = "tenants", description = "Tenants, tokens and quotas (admin token)"),
         (name = "events", description = "Ingest and read the tenant's log"),
-        (name = "rules", description = "Deploy, swap, inspect, pause and remove rules"),
+        (name = "rules", description = "Deploy, swap, inspect, pause and remove rules; replay them over the past; run a next version as a shadow"),
         (name = "fires", description = "Pending fires and dead letters"),
         (name = "feed", description = "The live feed (Server-Sent Events)"),
         (name = "admin", description = "The engine clock; the nodes sharing a PostgreSQL store; liveness and Prometheus metrics"),

@@ -27,6 +27,9 @@ impl From<DeployError> for ApiError {
             DeployError::Conflict { code, message } => ApiError::conflict(code, message),
             DeployError::Refused { code, message } => ApiError::unprocessable(code, message),
             DeployError::NoSuchRule(name) => no_rule(&name),
+            DeployError::NoSuchShadow(name) => {
+                ApiError::not_found(format_args!("shadow of rule {name:?}"))
+            }
             DeployError::Internal(m) => ApiError::internal(m),
         }
     }
@@ -42,6 +45,12 @@ pub struct DeployQuery {
     /// change a rule's trigger kind.
     #[serde(default)]
     pub reset: bool,
+    /// Deploy the version as the rule's shadow: it runs beside the live
+    /// version on the same events, from a copy of its state, and its
+    /// outputs are kept aside (see `/v1/rules/{name}/shadow/diff`). The
+    /// version must be raised and the trigger kind kept.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 /// A rule as the API shows it.
@@ -187,9 +196,15 @@ pub async fn deploy(
     // a swap half done (the old task stopped, the new one not started)
     // must not be left behind.
     let app2 = app.clone();
-    let (created, deployed) = tokio::spawn(async move { app2.deploys.deploy(request).await })
-        .await
-        .map_err(ApiError::internal)??;
+    let shadow = query.shadow;
+    let (created, deployed) = tokio::spawn(async move {
+        match shadow {
+            true => app2.deploys.deploy_shadow(request).await.map(|d| (false, d)),
+            false => app2.deploys.deploy(request).await,
+        }
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -365,6 +365,7 @@ pub fn deploy(
     path: &Path,
     manifest: Option<&Path>,
     reset: bool,
+    shadow: bool,
 ) -> anyhow::Result<()> {
     let (manifest_path, component_path) = locate(path, manifest)?;
     let text = std::fs::read_to_string(&manifest_path)
@@ -412,7 +413,11 @@ pub fn deploy(
     let path = format!(
         "/v1/rules/{}{}",
         encode(&parsed.name),
-        if reset { "?reset=true" } else { "" }
+        match (reset, shadow) {
+            (true, _) => "?reset=true",
+            (_, true) => "?shadow=true",
+            _ => "",
+        }
     );
     let answer = client.json(client.request(reqwest::Method::PUT, &path).multipart(form));
     bar.finish_and_clear();

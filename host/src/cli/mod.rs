@@ -7,6 +7,7 @@
 //! - [`testing`]: `sluice test` for people (timeline, expectations,
 //!   watch);
 //! - [`replay`]: `sluice replay`, a deployed rule over the log's past;
+//! - [`shadow`]: `sluice shadow`, a rule's next version beside it;
 //! - [`scaffold`]: `sluice new` (a rule project from a template) and
 //!   `sluice build` (its component, with the language's tools).
 //!
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod client;
 pub mod replay;
 pub mod scaffold;
+pub mod shadow;
 pub mod testing;
 
 use std::collections::BTreeMap;
@@ -127,8 +129,24 @@ enum Command {
         #[arg(long)]
         manifest: Option<PathBuf>,
         /// Drop the rule's state (needed to change its trigger kind).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "shadow")]
         reset: bool,
+        /// Run the version as the rule's shadow: beside the live version,
+        /// on the same events, its outputs kept aside (see `sluice
+        /// shadow`).
+        #[arg(long)]
+        shadow: bool,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// A rule's shadow: show it, diff it with the live rule (exit 1 when
+    /// they disagree), promote or discard it.
+    Shadow {
+        #[command(subcommand)]
+        cmd: shadow::ShadowCmd,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: client::Conn,
     },
@@ -367,8 +385,11 @@ pub fn main() -> ExitCode {
             path,
             manifest,
             reset,
+            shadow,
             conn,
-        } => client::deploy(&conn, &path, manifest.as_deref(), reset).map(|()| ExitCode::SUCCESS),
+        } => client::deploy(&conn, &path, manifest.as_deref(), reset, shadow)
+            .map(|()| ExitCode::SUCCESS),
+        Command::Shadow { cmd, json, conn } => shadow::shadow(&conn, &cmd, json),
         Command::Emit { args, conn } => client::emit(&conn, &args).map(|()| ExitCode::SUCCESS),
         Command::Tail { args, conn } => client::tail(&conn, &args).map(|()| ExitCode::SUCCESS),
         Command::Replay { args, conn } => replay::replay(&conn, &args).map(|()| ExitCode::SUCCESS),

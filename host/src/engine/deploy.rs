@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::registry::{Deployment, Registry};
+use super::registry::{Deployment, Registry, Shadow};
 use super::rule::{Deployable, SetupError};
 use super::{Drain, Engine, lifecycle_record};
-use crate::log::{EventLog, LogError};
+use crate::log::{EventLog, LogError, StateOp};
 use crate::manifest::Manifest;
 use crate::runtime::Runtime;
 use crate::runtime::cache::CacheOutcome;
@@ -62,6 +62,9 @@ pub enum DeployError {
     /// No such rule is deployed.
     #[error("rule {0:?} does not exist")]
     NoSuchRule(String),
+    /// The rule has no shadow.
+    #[error("rule {0:?} has no shadow")]
+    NoSuchShadow(String),
     /// The engine or the store failed.
     #[error("{0}")]
     Internal(String),
@@ -275,6 +278,15 @@ impl Deployments {
                 ),
             });
         }
+        if plan.reset && self.registry.shadow(&plan.tenant, &plan.name)?.is_some() {
+            return Err(DeployError::Conflict {
+                code: "shadow_running",
+                message: format!(
+                    "rule {:?} has a shadow, which runs on a copy of its state: promote or discard it before a reset",
+                    plan.name
+                ),
+            });
+        }
         match &previous {
             Some(old) if !plan.reset => {
                 if old.digest == plan.digest && old.manifest == plan.manifest_text {
@@ -446,7 +458,8 @@ impl Deployments {
             return Err(DeployError::NoSuchRule(name.to_owned()));
         }
         self.set_broken(tenant, name, None);
-        let also = self.registry.remove_ops(tenant, name)?;
+        let mut also = self.registry.remove_ops(tenant, name)?;
+        also.extend(self.stop_shadow(tenant, name).await?);
         let drained = self
             .engine
             .undeploy_drain(tenant, name, drain, None, also)
@@ -511,6 +524,7 @@ impl Deployments {
         let lock = self.lock(tenant);
         let _lifecycle = lock.lock().await;
         self.set_broken(tenant, name, None);
+        self.engine.stop(tenant, &shadow_name(name)).await;
         self.engine.stop(tenant, name).await.is_some()
     }
 
@@ -527,6 +541,7 @@ impl Deployments {
         match result {
             Ok(()) => {
                 self.set_broken(&d.tenant, &d.name, None);
+                self.start_shadow(d, quotas).await;
                 true
             }
             Err(e) => {
@@ -559,10 +574,15 @@ impl Deployments {
         let result: Result<(), String> = async {
             let drain = Drain::parse(Some(drain))?;
             let rule = self.load_deployment(d, quotas).await?;
-            let also = self
+            let mut also = self
                 .registry
                 .remove_ops(&d.tenant, &d.name)
                 .map_err(|e| e.to_string())?;
+            also.extend(
+                self.stop_shadow(&d.tenant, &d.name)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
             self.engine
                 .undeploy_drain(&d.tenant, &d.name, drain, Some(rule), also)
                 .await
@@ -588,4 +608,392 @@ impl Deployments {
     pub fn log(&self) -> &EventLog {
         &self.log
     }
+
+    // ---- shadows (see `super::shadow`) ----------------------------------
+
+    /// Deploy a shadow of a running rule: a new version that runs beside
+    /// it on the same events, from a copy of its state taken while it is
+    /// stopped for a moment, its records kept aside. A shadow the rule
+    /// already has is replaced. The version must be above the live one
+    /// (a promotion makes it the live version) and keep its trigger kind
+    /// (it runs on the live state); a shadow counts as a rule in the
+    /// tenant's quota.
+    pub async fn deploy_shadow(&self, req: DeployRequest) -> Result<Deployed, DeployError> {
+        let manifest = Manifest::parse(&req.manifest).map_err(|e| DeployError::Invalid {
+            code: "invalid_manifest",
+            message: format!("manifest: {e}"),
+        })?;
+        if manifest.name != req.name {
+            return Err(DeployError::Invalid {
+                code: "invalid_manifest",
+                message: format!(
+                    "manifest: name = {:?} but the URL deploys {:?}",
+                    manifest.name, req.name
+                ),
+            });
+        }
+        if req.reset {
+            return Err(DeployError::Invalid {
+                code: "invalid_request",
+                message: "a shadow starts from a copy of the live state: reset does not apply".into(),
+            });
+        }
+        req.quotas
+            .check(&manifest)
+            .map_err(|m| DeployError::Refused {
+                code: "quota_exceeded",
+                message: format!("manifest: {m}"),
+            })?;
+        let digest = crate::runtime::cache::digest(&req.component);
+        self.check_shadow(&req, &manifest)?;
+        let started = std::time::Instant::now();
+        let mut rule = self
+            .load(&req.tenant, req.component.clone(), manifest.clone(), &req.quotas)
+            .await?
+            .map_err(|e| DeployError::Refused {
+                code: "invalid_component",
+                message: format!("component: {e}"),
+            })?;
+        rule.spec.shadow = true;
+        let load_ms = started.elapsed().as_millis() as u64;
+        let compile = match rule.rule.cache_outcome() {
+            CacheOutcome::Hit => "hit",
+            _ => "compiled",
+        };
+
+        let (tenant, name) = (req.tenant.clone(), req.name.clone());
+        let lock = self.lock(&tenant);
+        let _lifecycle = lock.lock().await;
+        self.check_shadow(&req, &manifest)?;
+        let Some(live) = self.engine.loaded(&tenant, &name) else {
+            return Err(DeployError::Conflict {
+                code: "not_running",
+                message: format!(
+                    "rule {name:?} is not running here{}: a shadow runs beside a running rule",
+                    self.broken(&tenant, &name)
+                        .map(|why| format!(" (it could not start: {why})"))
+                        .unwrap_or_default()
+                ),
+            });
+        };
+        let swap_started = std::time::Instant::now();
+        // A shadow already there goes; then the live rule stops for the
+        // copy, and runs on with its state as it was.
+        self.engine.stop(&tenant, &shadow_name(&name)).await;
+        let shadow = Shadow {
+            deployment: Deployment {
+                tenant: tenant.clone(),
+                name: name.clone(),
+                version: manifest.version,
+                manifest: req.manifest.clone(),
+                digest: digest.clone(),
+                deployed_at: self.engine.clock().now_millis(),
+                draining: None,
+            },
+            from_seq: 0,
+        };
+        let (registry, log, bytes) = (self.registry.clone(), self.log.clone(), req.component.clone());
+        let (t, n) = (tenant.clone(), name.clone());
+        let commit: super::SwapCommit = Box::new(move |_old: Option<&Deployable>| {
+            let live_ns = crate::triggers::state::namespace(&t, &n);
+            let shadow_ns = crate::triggers::state::shadow_namespace(&t, &n);
+            let from_seq = log
+                .state_get(&live_ns, crate::triggers::state::CURSOR)?
+                .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
+                .unwrap_or(0);
+            let mut ops = super::shadow::copy_state(&log, &live_ns, &shadow_ns)?;
+            ops.extend(registry.put_shadow_ops(&Shadow { from_seq, ..shadow }, &bytes)?);
+            super::driver::commit(&log, &t, &n, Writes { records: Vec::new(), ops }).map(drop)
+        });
+        self.engine
+            .swap_with(live, false, commit)
+            .await
+            .map_err(|e| DeployError::Internal(format!("rule {name:?}: copying its state: {e}")))?;
+        if let Err(e) = self.engine.deploy_shadow(rule).await {
+            let dropped = async {
+                let ops = self.shadow_drop_ops(&tenant, &name)?;
+                self.commit_ops(&tenant, &name, ops).await
+            }
+            .await;
+            if let Err(d) = dropped {
+                tracing::error!(%tenant, rule = %name, error = %d, "could not drop a shadow that failed to start");
+            }
+            return Err(DeployError::Internal(format!("rule {name:?}: the shadow could not start: {e}")));
+        }
+        let swap_ms = swap_started.elapsed().as_millis() as u64;
+        tracing::info!(%tenant, rule = %name, version = manifest.version, compile, load_ms, swap_ms, "shadow deployed");
+        Ok(Deployed {
+            rule: name,
+            version: manifest.version,
+            kind: manifest.trigger.kind().into(),
+            digest,
+            outcome: "shadow".into(),
+            compile: compile.into(),
+            load_ms,
+            swap_ms,
+        })
+    }
+
+    /// A shadow deploy against what runs: the rule exists, is not being
+    /// undeployed, the version is raised, the kind kept, the quota not
+    /// full.
+    fn check_shadow(&self, req: &DeployRequest, manifest: &Manifest) -> Result<(), DeployError> {
+        let Some(live) = self.registry.get(&req.tenant, &req.name)? else {
+            return Err(DeployError::NoSuchRule(req.name.clone()));
+        };
+        if live.draining.is_some() {
+            return Err(DeployError::Conflict {
+                code: "undeploying",
+                message: format!("rule {:?} is being undeployed", req.name),
+            });
+        }
+        if manifest.version <= live.version {
+            return Err(DeployError::Conflict {
+                code: "version_not_raised",
+                message: format!(
+                    "manifest: version = {} but version {} runs: a shadow is a next version, and must raise it",
+                    manifest.version, live.version
+                ),
+            });
+        }
+        let live_kind = Manifest::parse(&live.manifest)
+            .map(|m| m.trigger.kind())
+            .unwrap_or_default();
+        if manifest.trigger.kind() != live_kind {
+            return Err(DeployError::Conflict {
+                code: "kind_changed",
+                message: format!(
+                    "manifest: trigger: a shadow runs on a copy of the live state, so it keeps the live rule's kind ({live_kind}), not {}",
+                    manifest.trigger.kind()
+                ),
+            });
+        }
+        if self.registry.shadow(&req.tenant, &req.name)?.is_none() {
+            let count = self.registry.list_tenant(&req.tenant)?.len()
+                + self.registry.shadows_of(&req.tenant)?.len();
+            if count >= req.quotas.max_rules {
+                return Err(DeployError::Refused {
+                    code: "quota_exceeded",
+                    message: format!(
+                        "tenant {:?} has {count} rules and shadows, its quota (max_rules = {}): a shadow counts as a rule",
+                        req.tenant, req.quotas.max_rules
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Discard a rule's shadow: it stops, and its state and kept records
+    /// go.
+    pub async fn discard_shadow(&self, tenant: &str, name: &str) -> Result<(), DeployError> {
+        let lock = self.lock(tenant);
+        let _lifecycle = lock.lock().await;
+        if self.registry.shadow(tenant, name)?.is_none() {
+            return Err(DeployError::NoSuchShadow(name.to_owned()));
+        }
+        let ops = self.stop_shadow(tenant, name).await?;
+        self.commit_ops(tenant, name, ops).await?;
+        tracing::info!(%tenant, rule = %name, "shadow discarded");
+        Ok(())
+    }
+
+    /// Promote a rule's shadow: its version becomes the live one, on the
+    /// live state (`take_state` false: a hot swap) or on the shadow's
+    /// (`take_state`: the live rule carries on from where the shadow is;
+    /// what the shadow kept aside is not emitted). The shadow goes.
+    pub async fn promote_shadow(
+        &self,
+        tenant: &str,
+        name: &str,
+        take_state: bool,
+        quotas: &Quotas,
+    ) -> Result<Deployed, DeployError> {
+        let lock = self.lock(tenant);
+        let _lifecycle = lock.lock().await;
+        let Some(shadow) = self.registry.shadow(tenant, name)? else {
+            return Err(DeployError::NoSuchShadow(name.to_owned()));
+        };
+        let d = shadow.deployment.clone();
+        let bytes = self
+            .registry
+            .component(&d.digest)?
+            .ok_or_else(|| DeployError::Internal(format!("component {} is missing", d.digest)))?;
+        let started = std::time::Instant::now();
+        let rule = self
+            .load_deployment(&d, quotas)
+            .await
+            .map_err(DeployError::Internal)?;
+        let load_ms = started.elapsed().as_millis() as u64;
+        let kind = rule.kind_name().to_owned();
+        let swap_started = std::time::Instant::now();
+        // The shadow stops first: its state is final while it is copied.
+        let mut ops = self.stop_shadow(tenant, name).await?;
+        // The shadow's component is the live one's now.
+        ops.retain(|op| !matches!(op, StateOp::Delete { ns, key } if ns == super::registry::NS_COMPONENTS && *key == d.digest));
+        let deployment = Deployment {
+            deployed_at: self.engine.clock().now_millis(),
+            ..d.clone()
+        };
+        let (registry, log, clock, spec, new) = (
+            self.registry.clone(),
+            self.log.clone(),
+            self.engine.clock().clone(),
+            rule.spec.clone(),
+            rule.describe(),
+        );
+        let commit: super::SwapCommit = Box::new(move |old: Option<&Deployable>| {
+            let live_ns = spec.namespace();
+            let shadow_ns = crate::triggers::state::shadow_namespace(&spec.tenant, &spec.name);
+            let mut all = Vec::new();
+            if take_state {
+                all.extend(super::shadow::copy_state(&log, &shadow_ns, &live_ns)?);
+            }
+            all.extend(ops);
+            all.extend(registry.put_ops(&deployment, &bytes)?);
+            let mut payload = new;
+            payload["promoted_from_shadow"] = serde_json::json!({
+                "state": if take_state { "shadow" } else { "live" }});
+            if let Some(old) = old {
+                payload["previous"] = old.describe();
+            }
+            let records = vec![lifecycle_record(&spec, "rule.swapped", clock.now_millis(), &payload)];
+            super::driver::commit(&log, &spec.tenant, &spec.name, Writes { records, ops: all })
+                .map(drop)
+        });
+        if let Err(e) = self.engine.swap_with(rule, false, commit).await {
+            // Nothing was committed, or the previous version runs again:
+            // the shadow (its row and state are as they were unless the
+            // commit went through) starts again if it is still recorded.
+            if let Ok(Some(_)) = self.registry.shadow(tenant, name)
+                && let Ok(Some(live)) = self.registry.get(tenant, name)
+            {
+                self.start_shadow(&live, quotas).await;
+            }
+            return Err(DeployError::Internal(format!("rule {name:?}: promoting its shadow: {e}")));
+        }
+        let swap_ms = swap_started.elapsed().as_millis() as u64;
+        tracing::info!(%tenant, rule = %name, version = d.version, take_state, "shadow promoted");
+        Ok(Deployed {
+            rule: name.to_owned(),
+            version: d.version,
+            kind,
+            digest: d.digest,
+            outcome: "promoted".into(),
+            compile: "hit".into(),
+            load_ms,
+            swap_ms,
+        })
+    }
+
+    /// Start the shadow of `live`, if it has one, from its own state (a
+    /// start-up, or a node taking the rule over). One that cannot start is
+    /// logged; the live rule runs on.
+    async fn start_shadow(&self, live: &Deployment, quotas: &Quotas) {
+        let (tenant, name) = (&live.tenant, &live.name);
+        let result: Result<(), String> = async {
+            let Some(shadow) = self.registry.shadow(tenant, name).map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            let mut rule = self.load_deployment(&shadow.deployment, quotas).await?;
+            rule.spec.shadow = true;
+            self.engine.deploy(rule).await.map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(%tenant, rule = %name, error = %e, "the rule's shadow could not start");
+        }
+    }
+
+    /// Stop a rule's shadow here, if it runs, and give the ops that drop
+    /// it (its state, its kept records, its pin, its row).
+    async fn stop_shadow(&self, tenant: &str, name: &str) -> Result<Vec<StateOp>, DeployError> {
+        self.engine.stop(tenant, &shadow_name(name)).await;
+        Ok(self.shadow_drop_ops(tenant, name)?)
+    }
+
+    fn shadow_drop_ops(&self, tenant: &str, name: &str) -> Result<Vec<StateOp>, LogError> {
+        if self.registry.shadow(tenant, name)?.is_none() {
+            return Ok(Vec::new());
+        }
+        let ns = crate::triggers::state::shadow_namespace(tenant, name);
+        let mut ops = vec![
+            StateOp::Clear { ns: ns.clone() },
+            StateOp::Pin {
+                owner: ns,
+                min_seq: None,
+            },
+        ];
+        ops.extend(self.registry.remove_shadow_ops(tenant, name)?);
+        Ok(ops)
+    }
+
+    async fn commit_ops(&self, tenant: &str, name: &str, ops: Vec<StateOp>) -> Result<(), DeployError> {
+        let (log, t, n) = (self.log.clone(), tenant.to_owned(), name.to_owned());
+        tokio::task::spawn_blocking(move || {
+            super::driver::commit(&log, &t, &n, Writes { records: Vec::new(), ops }).map(drop)
+        })
+        .await
+        .map_err(|e| DeployError::Internal(e.to_string()))?
+        .map_err(|e| DeployError::Internal(e.to_string()))
+    }
+
+    /// The diff of a rule and its shadow (at most `limit` differences
+    /// shown).
+    pub async fn shadow_diff(
+        &self,
+        tenant: &str,
+        name: &str,
+        limit: usize,
+    ) -> Result<super::shadow::ShadowDiff, DeployError> {
+        let Some(shadow) = self.registry.shadow(tenant, name)? else {
+            return Err(DeployError::NoSuchShadow(name.to_owned()));
+        };
+        let live_version = self.registry.get(tenant, name)?.map_or(0, |d| d.version);
+        let (log, t, n) = (self.log.clone(), tenant.to_owned(), name.to_owned());
+        let from = shadow.from_seq;
+        let (live, shadow_side) = tokio::task::spawn_blocking(move || {
+            // The shadow's side first: the live side read after it is at
+            // least as far along, so a fire the shadow has is never missed
+            // on the live side for being read too early.
+            let s = super::shadow::shadow_side(&log, &t, &n)?;
+            let l = super::shadow::live_side(&log, &t, &n, from)?;
+            Ok::<_, LogError>((l, s))
+        })
+        .await
+        .map_err(|e| DeployError::Internal(e.to_string()))??;
+        let c = super::shadow::compare(&live, &shadow_side);
+        let settled = c.pending == 0
+            && live.cursor == shadow_side.cursor
+            && live.pending.is_empty()
+            && shadow_side.pending.is_empty();
+        let differences = c.differences.len();
+        let mut shown = c.differences;
+        shown.truncate(limit);
+        Ok(super::shadow::ShadowDiff {
+            rule: name.to_owned(),
+            live_version,
+            shadow_version: shadow.deployment.version,
+            from_seq: shadow.from_seq,
+            live_cursor: live.cursor,
+            shadow_cursor: shadow_side.cursor,
+            live_fires: live.fires.len(),
+            shadow_fires: shadow_side.fires.len(),
+            same: c.same,
+            pending: c.pending,
+            settled,
+            differences,
+            shown,
+        })
+    }
+
+    /// A rule's shadow: its row, if it has one.
+    pub fn shadow(&self, tenant: &str, name: &str) -> Result<Option<Shadow>, DeployError> {
+        Ok(self.registry.shadow(tenant, name)?)
+    }
+}
+
+/// The name the engine runs a rule's shadow under.
+pub fn shadow_name(name: &str) -> String {
+    format!("{name}{}", crate::triggers::state::SHADOW_SUFFIX)
 }

@@ -212,8 +212,7 @@ impl<K: Kind> Driver<K> {
         now: i64,
         start: Start,
     ) -> Result<Self, CoreError> {
-        let ns = key::namespace(&spec.tenant, &spec.name);
-        let rows = log.state_scan(&ns)?;
+        let rows = log.state_scan(&spec.namespace())?;
         let core = RuleCore::load(spec, kind, rows)?;
         let mut driver = Self {
             instance: rule.instance(),
@@ -236,8 +235,7 @@ impl<K: Kind> Driver<K> {
     /// Commit `writes` for this rule, through the one write path
     /// ([`commit`]).
     pub fn commit(&self, writes: Writes) -> Result<AppendReport, CoreError> {
-        let spec = self.core.spec();
-        commit(&self.log, &spec.tenant, &spec.name, writes)
+        commit_rule(&self.log, self.core.spec(), writes)
     }
 
     /// The seq up to which the log holds nothing more for this rule.
@@ -813,6 +811,21 @@ pub fn commit(
         ops.insert(0, fence);
     }
     Ok(log.transact_blocking(writes.records, ops)?)
+}
+
+/// [`commit`] for the rule `spec` describes: a shadow's records are kept
+/// in its own state instead of appended ([`super::shadow::keep_aside`]);
+/// its commits are fenced by the live rule's lease.
+pub fn commit_rule(
+    log: &EventLog,
+    spec: &RuleSpec,
+    writes: Writes,
+) -> Result<AppendReport, CoreError> {
+    let writes = match spec.shadow {
+        true => super::shadow::keep_aside(&spec.namespace(), writes),
+        false => writes,
+    };
+    commit(log, &spec.tenant, &spec.name, writes)
 }
 
 /// Check, before anything changes, that the rule's stored state is of

@@ -20,6 +20,8 @@
 //! - `task.rs`: a rule's task.
 //! - [`rule`]: a manifest and component made into a driver of its kind.
 //! - [`registry`]: which rules a server runs, kept beside their state.
+//! - [`shadow`]: a shadow's kept records, its state copy, and the diff
+//!   of a rule and its shadow.
 //! - [`stats`]: recent activity per minute (fires, latency, lateness,
 //!   ingest) for the dashboard's charts.
 
@@ -30,6 +32,7 @@ pub mod driver;
 pub mod job;
 pub mod registry;
 pub mod rule;
+pub mod shadow;
 pub mod stats;
 mod task;
 
@@ -128,6 +131,10 @@ pub struct Engine {
     /// Each tenant's share of `work`: at most half of it, so one tenant's
     /// rules (a hostile one's, say) cannot hold every slot.
     shares: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The slots shadows take turns on (see [`Engine::deploy_shadow`]),
+    /// apart from the live rules': one in the engine, one per tenant.
+    shadow_work: Arc<Semaphore>,
+    shadow_shares: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Counts rule status changes: a watcher wakes when any rule's status
     /// moves (see [`Engine::status_changes`]).
     changes: Arc<watch::Sender<u64>>,
@@ -211,6 +218,8 @@ impl Engine {
             statuses: Mutex::new(HashMap::new()),
             work: Arc::new(Semaphore::new(work_permits())),
             shares: Mutex::new(HashMap::new()),
+            shadow_work: Arc::new(Semaphore::new(1)),
+            shadow_shares: Mutex::new(HashMap::new()),
             changes: Arc::new(watch::channel(0).0),
             stats: stats::Stats::new(clock.clone()),
             outages: Mutex::new(Outages {
@@ -293,7 +302,16 @@ impl Engine {
     /// open its state once the old version stopped puts the old version
     /// back and returns the error.
     pub async fn deploy(&self, rule: Deployable) -> Result<(), CoreError> {
-        self.deploy_inner(rule, false, None).await
+        self.deploy_inner(rule, false, None, false).await
+    }
+
+    /// Start a rule's shadow (its spec says `shadow`) on the state its
+    /// namespace holds — a copy of the live rule's, taken while the live
+    /// rule was stopped — as a hot swap would carry it on. A shadow
+    /// already running is stopped and joined first.
+    pub async fn deploy_shadow(&self, rule: Deployable) -> Result<(), CoreError> {
+        debug_assert!(rule.spec.shadow);
+        self.deploy_inner(rule, false, None, true).await
     }
 
     /// [`Self::deploy`], starting from empty state: the rule's windows,
@@ -301,7 +319,7 @@ impl Engine {
     /// dropped first (recorded as `rule.reset`), and its cursor starts
     /// again from the log's end. The way to change a rule's trigger kind.
     pub async fn deploy_reset(&self, rule: Deployable) -> Result<(), CoreError> {
-        self.deploy_inner(rule, true, None).await
+        self.deploy_inner(rule, true, None, false).await
     }
 
     /// [`Self::deploy`] (or with `reset`, [`Self::deploy_reset`]), with a
@@ -314,16 +332,19 @@ impl Engine {
         reset: bool,
         commit: SwapCommit,
     ) -> Result<(), CoreError> {
-        self.deploy_inner(rule, reset, Some(commit)).await
+        self.deploy_inner(rule, reset, Some(commit), false).await
     }
 
+    /// `carried`: the state in place is carried on as by a hot swap even
+    /// when nothing ran before (a shadow's copy).
     async fn deploy_inner(
         &self,
         rule: Deployable,
         reset: bool,
         commit: Option<SwapCommit>,
+        carried: bool,
     ) -> Result<(), CoreError> {
-        let key = (rule.spec.tenant.clone(), rule.spec.name.clone());
+        let key = (rule.spec.tenant.clone(), rule.spec.engine_name());
         let slot = self.slot(&key, true).expect("created");
         let mut running = slot.lock().await;
         if !reset {
@@ -361,7 +382,7 @@ impl Engine {
                 return Err(e);
             }
         }
-        let carry = previous.is_some() && !reset;
+        let carry = (previous.is_some() || carried) && !reset;
         let previous = match reset {
             // Nothing of the old state is left to go back to.
             true => {
@@ -449,18 +470,34 @@ impl Engine {
     async fn open(&self, rule: Deployable, carry: bool) -> Result<Box<dyn Driven>, CoreError> {
         let log = self.log.clone();
         let now = self.clock.now_millis();
-        let start = self.start_of(&(rule.spec.tenant.clone(), rule.spec.name.clone()), carry);
+        let start = self.start_of(&(rule.spec.tenant.clone(), rule.spec.engine_name()), carry);
         joined(tokio::task::spawn_blocking(move || rule.open(&log, now, start)).await)?
     }
 
-    /// The slots `tenant`'s rules take their work from.
-    fn work_of(&self, tenant: &str) -> Work {
+    /// The slots a rule takes its work from: its tenant's share of the
+    /// engine's, or for a shadow, the shadows' own (one at a time in the
+    /// engine, one per tenant): a shadow never holds a slot a live rule
+    /// waits for.
+    fn work_for(&self, spec: &RuleSpec) -> Work {
+        if spec.shadow {
+            let tenant = self
+                .shadow_shares
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(spec.tenant.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(1)))
+                .clone();
+            return Work {
+                all: self.shadow_work.clone(),
+                tenant,
+            };
+        }
         let share = (work_permits() / 2).max(1);
         let tenant = self
             .shares
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(tenant.to_owned())
+            .entry(spec.tenant.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(share)))
             .clone();
         Work {
@@ -480,7 +517,7 @@ impl Engine {
             status: status.clone(),
             requests,
             stop: stop.subscribe(),
-            work: self.work_of(&key.0),
+            work: self.work_for(&rule.spec),
             rule: rule.clone(),
             changes: self.changes.clone(),
             stats: self.stats.clone(),
@@ -864,9 +901,9 @@ pub(crate) async fn record_lifecycle(
         records: vec![lifecycle_record(spec, kind, clock.now_millis(), &payload)],
         ops: Vec::new(),
     };
-    let (log, tenant, name) = (log.clone(), spec.tenant.clone(), spec.name.clone());
+    let (log, for_rule) = (log.clone(), spec.clone());
     let committed =
-        tokio::task::spawn_blocking(move || driver::commit(&log, &tenant, &name, writes)).await;
+        tokio::task::spawn_blocking(move || driver::commit_rule(&log, &for_rule, writes)).await;
     if let Err(e) = joined(committed).and_then(|r| r) {
         tracing::warn!(rule = %spec.name, error = %e, "could not record {kind}");
     }

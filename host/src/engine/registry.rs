@@ -16,6 +16,19 @@ use crate::log::{EventLog, LogError, StateOp};
 pub const NS_RULES: &str = "sluice:rules";
 /// State namespace of component bytes, by digest.
 pub const NS_COMPONENTS: &str = "sluice:components";
+/// State namespace of shadows: one row per (tenant, rule) that has one.
+pub const NS_SHADOWS: &str = "sluice:shadows";
+
+/// A rule's shadow: the version running beside the live one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shadow {
+    /// The version, as a deployment (its manifest and component).
+    #[serde(flatten)]
+    pub deployment: Deployment,
+    /// The log position the shadow started from (the live cursor it
+    /// copied): its diff covers what came after.
+    pub from_seq: u64,
+}
 
 /// One deployed rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +143,7 @@ impl Registry {
         ];
         if let Some(old) = self.get(&deployment.tenant, &deployment.name)?
             && old.digest != deployment.digest
-            && !self.used_elsewhere(&old.digest, &k)?
+            && !self.used_elsewhere(&old.digest, NS_RULES, &k)?
         {
             ops.push(StateOp::Delete {
                 ns: NS_COMPONENTS.into(),
@@ -180,10 +193,89 @@ impl Registry {
             ns: NS_RULES.into(),
             key: k.clone(),
         }];
-        if !self.used_elsewhere(&old.digest, &k)? {
+        if !self.used_elsewhere(&old.digest, NS_RULES, &k)? {
             ops.push(StateOp::Delete {
                 ns: NS_COMPONENTS.into(),
                 key: old.digest,
+            });
+        }
+        Ok(ops)
+    }
+
+    /// A rule's shadow, if it has one.
+    pub fn shadow(&self, tenant: &str, name: &str) -> Result<Option<Shadow>, LogError> {
+        let k = key(tenant, name);
+        self.log
+            .state_get(NS_SHADOWS, &k)?
+            .map(|v| {
+                serde_json::from_slice(&v).map_err(|e| {
+                    LogError::Store(crate::log::StoreError::new(
+                        format!("shadow {k}"),
+                        format!("unreadable row: {e}"),
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// `tenant`'s shadows, by rule name.
+    pub fn shadows_of(&self, tenant: &str) -> Result<Vec<Shadow>, LogError> {
+        Ok(self
+            .log
+            .state_scan_prefix(NS_SHADOWS, &format!("{tenant}/"))?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect())
+    }
+
+    /// The ops that record `shadow` (replacing the rule's shadow) with its
+    /// component.
+    pub fn put_shadow_ops(
+        &self,
+        shadow: &Shadow,
+        component: &[u8],
+    ) -> Result<Vec<StateOp>, LogError> {
+        let d = &shadow.deployment;
+        let k = key(&d.tenant, &d.name);
+        let mut ops = vec![
+            StateOp::Put {
+                ns: NS_SHADOWS.into(),
+                key: k.clone(),
+                value: serde_json::to_vec(shadow).expect("serialisable"),
+            },
+            StateOp::Put {
+                ns: NS_COMPONENTS.into(),
+                key: d.digest.clone(),
+                value: component.to_vec(),
+            },
+        ];
+        if let Some(old) = self.shadow(&d.tenant, &d.name)?
+            && old.deployment.digest != d.digest
+            && !self.used_elsewhere(&old.deployment.digest, NS_SHADOWS, &k)?
+        {
+            ops.push(StateOp::Delete {
+                ns: NS_COMPONENTS.into(),
+                key: old.deployment.digest,
+            });
+        }
+        Ok(ops)
+    }
+
+    /// The ops that forget a rule's shadow (and its component when nothing
+    /// else uses it).
+    pub fn remove_shadow_ops(&self, tenant: &str, name: &str) -> Result<Vec<StateOp>, LogError> {
+        let k = key(tenant, name);
+        let Some(old) = self.shadow(tenant, name)? else {
+            return Ok(Vec::new());
+        };
+        let mut ops = vec![StateOp::Delete {
+            ns: NS_SHADOWS.into(),
+            key: k.clone(),
+        }];
+        if !self.used_elsewhere(&old.deployment.digest, NS_SHADOWS, &k)? {
+            ops.push(StateOp::Delete {
+                ns: NS_COMPONENTS.into(),
+                key: old.deployment.digest,
             });
         }
         Ok(ops)
@@ -203,13 +295,21 @@ impl Registry {
         Ok(true)
     }
 
-    /// Whether a deployment other than `except` runs `digest`.
-    fn used_elsewhere(&self, digest: &str, except: &str) -> Result<bool, LogError> {
-        Ok(self
-            .log
-            .state_scan(NS_RULES)?
-            .into_iter()
-            .filter(|(k, _)| k != except)
-            .any(|(k, v)| decode(&k, &v).is_ok_and(|d| d.digest == digest)))
+    /// Whether a deployment or shadow other than row `except` of
+    /// namespace `except_ns` runs `digest`.
+    fn used_elsewhere(&self, digest: &str, except_ns: &str, except: &str) -> Result<bool, LogError> {
+        for ns in [NS_RULES, NS_SHADOWS] {
+            // A shadow's row holds a deployment's fields, flattened.
+            let used = self
+                .log
+                .state_scan(ns)?
+                .into_iter()
+                .filter(|(k, _)| ns != except_ns || k != except)
+                .any(|(k, v)| decode(&k, &v).is_ok_and(|d| d.digest == digest));
+            if used {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }

@@ -56,6 +56,7 @@ pub fn spec_of(tenant: &str, manifest: &Manifest) -> RuleSpec {
         outputs: manifest.outputs,
         concurrency: manifest.concurrency.max.max(1),
         max_partitions: None,
+        shadow: false,
     }
 }
 

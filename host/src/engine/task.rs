@@ -53,7 +53,7 @@ impl Meter {
         Self {
             labels: [
                 ("tenant".to_owned(), spec.tenant.clone()),
-                ("rule".to_owned(), spec.name.clone()),
+                ("rule".to_owned(), spec.engine_name()),
             ],
             stats: stats.clone(),
         }

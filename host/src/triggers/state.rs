@@ -21,6 +21,7 @@
 //! | `p/-/<sub>` | a row of the global partition's kind state |
 //! | `p/<len>:<partition>/<sub>` | a row of a partition's kind state: batch `h` (window header), dwell `m` (membership) or `o` (epoch after a leave), schedule `k` (where the buffer starts in the member log) |
 //! | `s/<seq>` | the member log: the events a step added to partitions' buffers, keyed by the step's last seq |
+//! | `o/<record id>` | a shadow's only (namespace `shadow:<tenant>/<name>`): a record it kept instead of appending it (JSON [`crate::log::NewEvent`]) |
 //!
 //! A partition is written with its byte length, so any string (slashes
 //! included) round-trips and one partition's prefix never covers
@@ -115,6 +116,19 @@ pub fn decode_members(mut bytes: &[u8]) -> Result<Vec<(u64, Option<String>)>, St
 pub fn namespace(tenant: &str, rule: &str) -> String {
     format!("rule:{tenant}/{rule}")
 }
+
+/// The state namespace of a rule's shadow: the same keys as the rule's,
+/// and [`KEPT_RECORDS`].
+pub fn shadow_namespace(tenant: &str, rule: &str) -> String {
+    format!("shadow:{tenant}/{rule}")
+}
+
+/// What the engine calls a rule's shadow: `<name>~shadow`.
+pub const SHADOW_SUFFIX: &str = "~shadow";
+
+/// Prefix of the records a shadow kept instead of appending them to the
+/// log (its outputs and engine records), by record id.
+pub const KEPT_RECORDS: &str = "o/";
 
 /// The key of a pending fire (for messages: see [`fire_key`]).
 pub fn fire(id: &str) -> String {

@@ -124,6 +124,11 @@ pub struct RuleSpec {
     /// Partitions with open state at most (the tenant's quota): an event
     /// for one more is skipped and recorded.
     pub max_partitions: Option<usize>,
+    /// A shadow of the rule: a version running beside the live one on its
+    /// own state (`shadow:<tenant>/<name>`), whose records are kept there
+    /// and never appended to the log (ARCHITECTURE.md, "Shadow
+    /// deploys"). Fire ids are the live rule's, so the two compare.
+    pub shadow: bool,
 }
 
 impl RuleSpec {
@@ -137,6 +142,26 @@ impl RuleSpec {
             outputs: OutputPolicy::default(),
             concurrency: 1,
             max_partitions: None,
+            shadow: false,
+        }
+    }
+
+    /// The rule's state namespace: `rule:<tenant>/<name>`, or a shadow's.
+    pub fn namespace(&self) -> String {
+        if self.shadow {
+            key::shadow_namespace(&self.tenant, &self.name)
+        } else {
+            key::namespace(&self.tenant, &self.name)
+        }
+    }
+
+    /// The name the engine runs the rule under: its name, or for a
+    /// shadow `<name>~shadow` (no rule name has a `~`).
+    pub fn engine_name(&self) -> String {
+        if self.shadow {
+            format!("{}{}", self.name, key::SHADOW_SUFFIX)
+        } else {
+            self.name.clone()
         }
     }
 }
@@ -323,7 +348,7 @@ impl<K: Kind> RuleCore<K> {
     /// Rebuild the rule's state from the rows of its namespace (every
     /// committed key and value, in key order).
     pub fn load(spec: RuleSpec, kind: K, rows: Vec<(String, Vec<u8>)>) -> Result<Self, CoreError> {
-        let ns = key::namespace(&spec.tenant, &spec.name);
+        let ns = spec.namespace();
         let mut core = Self {
             own_source: rule_source(&spec.name),
             spec,
