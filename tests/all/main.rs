@@ -20,6 +20,7 @@ mod postgres;
 mod replay;
 mod sandbox;
 mod server;
+mod shadow;
 mod timing;
 
 use std::sync::Arc;

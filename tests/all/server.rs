@@ -156,7 +156,7 @@ impl Server {
         self.tenant_with(name, json!({}))
     }
 
-    fn tenant_with(&self, name: &str, quotas: Value) -> String {
+    pub(crate) fn tenant_with(&self, name: &str, quotas: Value) -> String {
         let v = self.post(
             "/v1/tenants",
             ADMIN,
@@ -181,7 +181,14 @@ impl Server {
         self.deploy_q(token, name, manifest, wasm, "")
     }
 
-    fn deploy_q(&self, token: &str, name: &str, manifest: &str, wasm: &str, q: &str) -> Response {
+    pub(crate) fn deploy_q(
+        &self,
+        token: &str,
+        name: &str,
+        manifest: &str,
+        wasm: &str,
+        q: &str,
+    ) -> Response {
         let form = multipart::Form::new()
             .text("manifest", manifest.to_owned())
             .part(
@@ -198,7 +205,7 @@ impl Server {
         .unwrap()
     }
 
-    fn emit(&self, token: &str, events: &[Value]) -> Value {
+    pub(crate) fn emit(&self, token: &str, events: &[Value]) -> Value {
         let body: String = events.iter().map(|e| format!("{e}\n")).collect();
         ok(self
             .req(reqwest::Method::POST, "/v1/events", Some(token))
@@ -208,12 +215,12 @@ impl Server {
             .unwrap())
     }
 
-    fn advance(&self, by: &str) {
+    pub(crate) fn advance(&self, by: &str) {
         self.post("/v1/clock", ADMIN, json!({"advance": by}));
     }
 
     /// Every event of `source` (all pages).
-    fn events(&self, token: &str, source: &str) -> Vec<Value> {
+    pub(crate) fn events(&self, token: &str, source: &str) -> Vec<Value> {
         let mut out = Vec::new();
         let mut after = 0;
         loop {

@@ -199,7 +199,11 @@ pub async fn deploy(
     let shadow = query.shadow;
     let (created, deployed) = tokio::spawn(async move {
         match shadow {
-            true => app2.deploys.deploy_shadow(request).await.map(|d| (false, d)),
+            true => app2
+                .deploys
+                .deploy_shadow(request)
+                .await
+                .map(|d| (false, d)),
             false => app2.deploys.deploy(request).await,
         }
     })

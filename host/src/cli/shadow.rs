@@ -145,7 +145,11 @@ fn diff_text(v: &Value) -> Vec<String> {
             .into_iter()
             .flatten()
             .map(|o| {
-                let text = format!("{} {}", o["kind"].as_str().unwrap_or_default(), o["payload"]);
+                let text = format!(
+                    "{} {}",
+                    o["kind"].as_str().unwrap_or_default(),
+                    o["payload"]
+                );
                 match text.char_indices().nth(100) {
                     Some((cut, _)) => format!("{}…", &text[..cut]),
                     None => text,
@@ -155,7 +159,9 @@ fn diff_text(v: &Value) -> Vec<String> {
         format!(
             "[{}] {} {} {} → {}",
             f["partition"].as_str().unwrap_or("all"),
-            f["reason"].as_str().map_or_else(|| f["reason"].to_string(), str::to_owned),
+            f["reason"]
+                .as_str()
+                .map_or_else(|| f["reason"].to_string(), str::to_owned),
             seqs.join(" "),
             f["outcome"].as_str().unwrap_or_default(),
             if outputs.is_empty() {

@@ -635,7 +635,8 @@ impl Deployments {
         if req.reset {
             return Err(DeployError::Invalid {
                 code: "invalid_request",
-                message: "a shadow starts from a copy of the live state: reset does not apply".into(),
+                message: "a shadow starts from a copy of the live state: reset does not apply"
+                    .into(),
             });
         }
         req.quotas
@@ -648,7 +649,12 @@ impl Deployments {
         self.check_shadow(&req, &manifest)?;
         let started = std::time::Instant::now();
         let mut rule = self
-            .load(&req.tenant, req.component.clone(), manifest.clone(), &req.quotas)
+            .load(
+                &req.tenant,
+                req.component.clone(),
+                manifest.clone(),
+                &req.quotas,
+            )
             .await?
             .map_err(|e| DeployError::Refused {
                 code: "invalid_component",
@@ -692,7 +698,11 @@ impl Deployments {
             },
             from_seq: 0,
         };
-        let (registry, log, bytes) = (self.registry.clone(), self.log.clone(), req.component.clone());
+        let (registry, log, bytes) = (
+            self.registry.clone(),
+            self.log.clone(),
+            req.component.clone(),
+        );
         let (t, n) = (tenant.clone(), name.clone());
         let commit: super::SwapCommit = Box::new(move |_old: Option<&Deployable>| {
             let live_ns = crate::triggers::state::namespace(&t, &n);
@@ -703,7 +713,16 @@ impl Deployments {
                 .unwrap_or(0);
             let mut ops = super::shadow::copy_state(&log, &live_ns, &shadow_ns)?;
             ops.extend(registry.put_shadow_ops(&Shadow { from_seq, ..shadow }, &bytes)?);
-            super::driver::commit(&log, &t, &n, Writes { records: Vec::new(), ops }).map(drop)
+            super::driver::commit(
+                &log,
+                &t,
+                &n,
+                Writes {
+                    records: Vec::new(),
+                    ops,
+                },
+            )
+            .map(drop)
         });
         self.engine
             .swap_with(live, false, commit)
@@ -718,7 +737,9 @@ impl Deployments {
             if let Err(d) = dropped {
                 tracing::error!(%tenant, rule = %name, error = %d, "could not drop a shadow that failed to start");
             }
-            return Err(DeployError::Internal(format!("rule {name:?}: the shadow could not start: {e}")));
+            return Err(DeployError::Internal(format!(
+                "rule {name:?}: the shadow could not start: {e}"
+            )));
         }
         let swap_ms = swap_started.elapsed().as_millis() as u64;
         tracing::info!(%tenant, rule = %name, version = manifest.version, compile, load_ms, swap_ms, "shadow deployed");
@@ -857,7 +878,12 @@ impl Deployments {
             if let Some(old) = old {
                 payload["previous"] = old.describe();
             }
-            let records = vec![lifecycle_record(&spec, "rule.swapped", clock.now_millis(), &payload)];
+            let records = vec![lifecycle_record(
+                &spec,
+                "rule.swapped",
+                clock.now_millis(),
+                &payload,
+            )];
             super::driver::commit(&log, &spec.tenant, &spec.name, Writes { records, ops: all })
                 .map(drop)
         });
@@ -870,7 +896,9 @@ impl Deployments {
             {
                 self.start_shadow(&live, quotas).await;
             }
-            return Err(DeployError::Internal(format!("rule {name:?}: promoting its shadow: {e}")));
+            return Err(DeployError::Internal(format!(
+                "rule {name:?}: promoting its shadow: {e}"
+            )));
         }
         let swap_ms = swap_started.elapsed().as_millis() as u64;
         tracing::info!(%tenant, rule = %name, version = d.version, take_state, "shadow promoted");
@@ -892,7 +920,11 @@ impl Deployments {
     async fn start_shadow(&self, live: &Deployment, quotas: &Quotas) {
         let (tenant, name) = (&live.tenant, &live.name);
         let result: Result<(), String> = async {
-            let Some(shadow) = self.registry.shadow(tenant, name).map_err(|e| e.to_string())? else {
+            let Some(shadow) = self
+                .registry
+                .shadow(tenant, name)
+                .map_err(|e| e.to_string())?
+            else {
                 return Ok(());
             };
             let mut rule = self.load_deployment(&shadow.deployment, quotas).await?;
@@ -928,10 +960,24 @@ impl Deployments {
         Ok(ops)
     }
 
-    async fn commit_ops(&self, tenant: &str, name: &str, ops: Vec<StateOp>) -> Result<(), DeployError> {
+    async fn commit_ops(
+        &self,
+        tenant: &str,
+        name: &str,
+        ops: Vec<StateOp>,
+    ) -> Result<(), DeployError> {
         let (log, t, n) = (self.log.clone(), tenant.to_owned(), name.to_owned());
         tokio::task::spawn_blocking(move || {
-            super::driver::commit(&log, &t, &n, Writes { records: Vec::new(), ops }).map(drop)
+            super::driver::commit(
+                &log,
+                &t,
+                &n,
+                Writes {
+                    records: Vec::new(),
+                    ops,
+                },
+            )
+            .map(drop)
         })
         .await
         .map_err(|e| DeployError::Internal(e.to_string()))?

@@ -297,7 +297,12 @@ impl Registry {
 
     /// Whether a deployment or shadow other than row `except` of
     /// namespace `except_ns` runs `digest`.
-    fn used_elsewhere(&self, digest: &str, except_ns: &str, except: &str) -> Result<bool, LogError> {
+    fn used_elsewhere(
+        &self,
+        digest: &str,
+        except_ns: &str,
+        except: &str,
+    ) -> Result<bool, LogError> {
         for ns in [NS_RULES, NS_SHADOWS] {
             // A shadow's row holds a deployment's fields, flattened.
             let used = self

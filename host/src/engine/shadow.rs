@@ -135,10 +135,9 @@ impl Side {
         for r in records {
             if r.source == own {
                 // `sluice:<fire id>.<n>`
-                let Some((fire, n)) = r
-                    .id
-                    .strip_prefix(ENGINE_ID_PREFIX)
-                    .and_then(|id| id.rsplit_once('.'))
+                let Some((fire, n)) =
+                    r.id.strip_prefix(ENGINE_ID_PREFIX)
+                        .and_then(|id| id.rsplit_once('.'))
                 else {
                     continue;
                 };
@@ -287,7 +286,11 @@ pub fn compare(live: &Side, shadow: &Side) -> Compared {
                     out.pending += 1;
                     continue;
                 }
-                if l.is_some() { "only_live" } else { "only_shadow" }
+                if l.is_some() {
+                    "only_live"
+                } else {
+                    "only_shadow"
+                }
             }
             (None, None) => unreachable!("an id of one side"),
         };
@@ -433,7 +436,11 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [("f2", "outputs"), ("f3", "only_live"), ("f4", "only_shadow")]
+            [
+                ("f2", "outputs"),
+                ("f3", "only_live"),
+                ("f4", "only_shadow")
+            ]
         );
         // f1 alike; f5's event is beyond the shadow's cursor.
         assert_eq!((c.same, c.pending), (1, 1));
