@@ -18,6 +18,7 @@
 //!   OpenAPI document; on several nodes, [`api::cluster`] sends a rule's
 //!   requests to its node. [`api::dashboard`] serves the page at `/`
 //!   (`host/dashboard/`, compiled in), a client of the same API.
+//!   [`api::shadow`]: a rule's shadow (show, diff, promote, discard).
 //! - [`cli`]: the `sluice` command line (the binary is a thin shell).
 //!   - [`cli::client`]: how commands talk to a running server; `deploy`,
 //!     `emit`, `tail`.
@@ -26,6 +27,7 @@
 //!     `--bless`, `--watch`).
 //!   - [`cli::replay`]: `sluice replay`, a deployed rule over the log's
 //!     past.
+//!   - [`cli::shadow`]: `sluice shadow`, a rule's next version beside it.
 //!   - [`cli::scaffold`]: `sluice new` (a rule project from the templates
 //!     in `host/templates/`, with the SDK of its language) and `sluice
 //!     build` (its component, with the language's own tools).
@@ -39,7 +41,10 @@
 //!   - [`engine::deploy`]: deployments — the deploy saga, undeploys, tenant
 //!     deletion, the start-up restore — below any front door.
 //!   - [`engine::registry`]: which rules a server runs, kept beside their
-//!     state.
+//!     state (and their shadows).
+//!   - [`engine::shadow`]: shadows — the records they keep aside, the copy
+//!     of the live state they start from, and their diff with the live
+//!     rule.
 //!   - [`engine::rule`]: a manifest and component made into a driver of
 //!     its kind.
 //!   - [`engine::job`]: running a fire's handler.

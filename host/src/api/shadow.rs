@@ -60,6 +60,7 @@ pub struct ShadowView {
 pub struct DiffQuery {
     /// Differences shown at most (1 to 1000, default 100); `differences`
     /// counts them all.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

@@ -292,8 +292,10 @@ pub fn tenants(conn: &Conn, cmd: Option<&TenantsCmd>, as_json: bool) -> anyhow::
                     .map_err(|e| anyhow::anyhow!("--quotas: not JSON: {e}"))?;
             }
             let v = client.post("/v1/tenants", Some(body))?;
-            println!(
-                "tenant {name} created; its token (id {}, shown once):",
+            // The token alone on stdout, as `tokens create` prints it:
+            // `SLUICE_TOKEN=$(sluice tenants create acme)`.
+            eprintln!(
+                "tenant {name} created; its token (id {}) follows, shown once",
                 v["token"]["id"].as_str().unwrap_or_default()
             );
             println!("{}", v["token"]["token"].as_str().unwrap_or_default());
