@@ -21,7 +21,7 @@ rmdir "$pg"
 url=$(scripts/pg.sh start "$pg" --fast)
 echo "the store suites again, on PostgreSQL ($url)" >&2
 SLUICE_TEST_POSTGRES=$url cargo test -p sluice --test all -- \
-    log:: engine:: conformance:: server:: dispatch:: crash::acknowledged deploy:: timing:: core:: replay:: \
+    log:: engine:: conformance:: server:: dispatch:: crash::acknowledged deploy:: timing:: core:: replay:: shadow:: \
     failpoints::lease_ \
     --skip sqlite_
 

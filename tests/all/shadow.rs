@@ -455,3 +455,49 @@ fn shadows_are_refused_when_they_cannot_be_and_the_cli_drives_them() {
     assert!(err.contains("shadow of rule \"echo\""), "{err}");
     server.stop();
 }
+
+/// A hostile shadow (its handler spins until its deadline) takes slots of
+/// its own: the live rule's fires do not wait for it.
+#[test]
+fn a_hostile_shadow_does_not_hold_up_the_live_rule() {
+    let f = Fixture::new();
+    let (server, token) = f.acme();
+    server.deployed(
+        &token,
+        "echo",
+        &echo_manifest("echo", 1, 1),
+        components::ECHO,
+    );
+    let spinning = format!(
+        "{}[limits]\ndeadline = \"1s\"\n[retry]\nmax_attempts = 1\n",
+        echo_manifest("echo", 2, 1)
+    );
+    shadow(&server, &token, "echo", &spinning, components::HOSTILE);
+    // No key: both versions fire them in the global partition.
+    let events: Vec<Value> = (0..8)
+        .map(|i| json!({"id": format!("h{i}"), "source": "app", "kind": "handler-loop", "payload": {}}))
+        .collect();
+    server.emit(&token, &events);
+    // Eight live fires, while the shadow spends a second on each of its.
+    server.until("the live rule's fires", || {
+        server.events(&token, "rule:echo").len() == 8
+    });
+    let view = server.get("/v1/rules/echo/shadow", &token);
+    assert!(
+        view["dead_letters"].as_u64().unwrap() < 8,
+        "the live rule waited for its shadow: {view}"
+    );
+    // The shadow gets there on its own time: each fire dead-lettered
+    // (an `outputs` difference), none of it in the log.
+    let d = settled_diff(&server, &token, "echo");
+    assert_eq!(d["differences"], 8, "{d:#}");
+    assert!(
+        d["shown"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["what"] == "outputs" && x["shadow"]["outcome"] == "dead_lettered")
+    );
+    assert_eq!(server.events(&token, "rule:echo").len(), 8);
+    server.stop();
+}

@@ -124,6 +124,9 @@ pub struct Side {
     pub pending: BTreeSet<String>,
     /// The last seq the side has processed.
     pub cursor: u64,
+    /// Dead letters kept in the side's state: the partition, reason and
+    /// batch of a dead-lettered fire (its record has only the error).
+    pub dead: BTreeMap<String, FireSeen>,
 }
 
 impl Side {
@@ -182,6 +185,16 @@ impl Side {
                 seen.outputs = outs.into_iter().map(|(_, v)| v).collect();
             }
         }
+        for (id, seen) in &mut self.fires {
+            if seen.outcome == "dead_lettered"
+                && seen.seqs.is_empty()
+                && let Some(d) = self.dead.get(id)
+            {
+                seen.partition = d.partition.clone();
+                seen.reason = d.reason.clone();
+                seen.seqs = d.seqs.clone();
+            }
+        }
     }
 
     /// The side's cursor and pending fires, from its state namespace.
@@ -193,6 +206,18 @@ impl Side {
         for (_, value) in log.state_scan_prefix(ns, key::FIRES)? {
             if let Ok(f) = serde_json::from_slice::<crate::triggers::fires::FireRecord>(&value) {
                 self.pending.insert(f.fire_id);
+            }
+        }
+        for (_, value) in log.state_scan_prefix(ns, key::DEAD)? {
+            if let Ok(f) = serde_json::from_slice::<crate::triggers::fires::FireRecord>(&value) {
+                let seen = FireSeen {
+                    partition: f.partition,
+                    reason: serde_json::to_value(&f.reason).unwrap_or(Value::Null),
+                    seqs: f.seqs,
+                    outcome: "dead_lettered".into(),
+                    outputs: Vec::new(),
+                };
+                self.dead.insert(f.fire_id, seen);
             }
         }
         Ok(())
