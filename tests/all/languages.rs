@@ -68,6 +68,21 @@ impl Built {
     }
 }
 
+/// A command whose cargo builds are plain: the test's own build settings
+/// are for the host, not the guests (as in tests/build.rs).
+fn plain_build(cmd: &mut Command) {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cmd.env_remove(var);
+    }
+}
+
 fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -77,18 +92,7 @@ fn built() -> &'static Built {
         cmd.arg(root().join("scripts/build-languages.sh"))
             .arg(&out)
             .env("CARGO_TARGET_DIR", &target);
-        // The test's own build settings are for the host; the guests'
-        // builds are plain (as in tests/build.rs).
-        for var in [
-            "CARGO_ENCODED_RUSTFLAGS",
-            "RUSTFLAGS",
-            "CARGO_BUILD_RUSTFLAGS",
-            "RUSTC_WRAPPER",
-            "RUSTC_WORKSPACE_WRAPPER",
-            "CARGO_BUILD_TARGET",
-        ] {
-            cmd.env_remove(var);
-        }
+        plain_build(&mut cmd);
         let output = cmd.output().expect("run scripts/build-languages.sh");
         assert!(
             output.status.success(),
@@ -827,16 +831,7 @@ fn every_template_builds_and_passes_its_own_test() {
             .env("CARGO_TARGET_DIR", target_dir().join("templates"))
             .env("SLUICE_CACHE_DIR", cache_dir())
             .env("SLUICE_LOG", "error");
-        for var in [
-            "CARGO_ENCODED_RUSTFLAGS",
-            "RUSTFLAGS",
-            "CARGO_BUILD_RUSTFLAGS",
-            "RUSTC_WRAPPER",
-            "RUSTC_WORKSPACE_WRAPPER",
-            "CARGO_BUILD_TARGET",
-        ] {
-            cmd.env_remove(var);
-        }
+        plain_build(&mut cmd);
         let out = cmd.output().unwrap();
         let said = format!(
             "sluice {} in {}: {}\n{}{}",

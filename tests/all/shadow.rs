@@ -14,6 +14,27 @@ fn shadow(server: &Server, token: &str, name: &str, manifest: &str, wasm: &str) 
     ok(server.deploy_q(token, name, manifest, wasm, "?shadow=true"))
 }
 
+/// The echo rule (`count = 3`) with a shadow: `wasm` as version 2.
+fn echo_with_shadow(server: &Server, token: &str, wasm: &str) {
+    server.deployed(
+        token,
+        "echo",
+        &echo_manifest("echo", 1, 3),
+        components::ECHO,
+    );
+    shadow(server, token, "echo", &echo_manifest("echo", 2, 3), wasm);
+}
+
+/// The event ids of an echo output's batch.
+fn batch_of(output: &Value) -> Vec<String> {
+    output["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn diff(server: &Server, token: &str, name: &str) -> Value {
     server.get(&format!("/v1/rules/{name}/shadow/diff?limit=1000"), token)
 }
@@ -123,19 +144,7 @@ fn identical_versions_agree_over_ten_thousand_events_and_leave_live_outputs_alon
 fn a_changed_filter_shows_exactly_the_expected_differences() {
     let f = Fixture::new();
     let (server, token) = f.acme();
-    server.deployed(
-        &token,
-        "echo",
-        &echo_manifest("echo", 1, 3),
-        components::ECHO,
-    );
-    shadow(
-        &server,
-        &token,
-        "echo",
-        &echo_manifest("echo", 2, 3),
-        components::ECHO_STRICT,
-    );
+    echo_with_shadow(&server, &token, components::ECHO_STRICT);
     // The shadow also skips `extra`. Per key, count 3:
     // - a: thing ×3 — both fire the same batch;
     // - b: extra, thing ×3 — live fires [b1 b2 b3] (one fire id), the
@@ -162,14 +171,7 @@ fn a_changed_filter_shows_exactly_the_expected_differences() {
         (Some(1), Some(0)),
         "{d:#}"
     );
-    let ids = |f: &Value| -> Vec<String> {
-        f["outputs"][0]["payload"]["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e.as_str().unwrap().to_owned())
-            .collect()
-    };
+    let ids = |f: &Value| batch_of(&f["outputs"][0]["payload"]);
     let mut got: Vec<(String, Batch, Batch)> = d["shown"]
         .as_array()
         .unwrap()
@@ -204,14 +206,7 @@ fn a_changed_filter_shows_exactly_the_expected_differences() {
     let logged: Vec<Vec<String>> = server
         .events(&token, "rule:echo")
         .iter()
-        .map(|e| {
-            e["payload"]["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_str().unwrap().to_owned())
-                .collect()
-        })
+        .map(|e| batch_of(&e["payload"]))
         .collect();
     assert_eq!(logged.len(), 3, "{logged:?}");
     assert!(!logged.contains(&vec!["b2".into(), "b3".into(), "b4".into()]));
@@ -271,19 +266,7 @@ fn a_changed_filter_shows_exactly_the_expected_differences() {
 fn a_kill_while_a_shadow_runs_loses_nothing_and_emits_nothing() {
     let f = Fixture::new();
     let (server, token) = f.acme();
-    server.deployed(
-        &token,
-        "echo",
-        &echo_manifest("echo", 1, 3),
-        components::ECHO,
-    );
-    shadow(
-        &server,
-        &token,
-        "echo",
-        &echo_manifest("echo", 2, 3),
-        components::ECHO,
-    );
+    echo_with_shadow(&server, &token, components::ECHO);
     for chunk in (0..3000).step_by(500) {
         server.emit(&token, &stream(chunk, chunk + 500));
     }

@@ -93,6 +93,33 @@ pub struct DeployRequest {
     pub quotas: Quotas,
 }
 
+impl DeployRequest {
+    /// The manifest, parsed, naming the rule the request deploys and
+    /// within the tenant's quotas.
+    fn manifest(&self) -> Result<Manifest, DeployError> {
+        let manifest = Manifest::parse(&self.manifest).map_err(|e| DeployError::Invalid {
+            code: "invalid_manifest",
+            message: format!("manifest: {e}"),
+        })?;
+        if manifest.name != self.name {
+            return Err(DeployError::Invalid {
+                code: "invalid_manifest",
+                message: format!(
+                    "manifest: name = {:?} but the URL deploys {:?}",
+                    manifest.name, self.name
+                ),
+            });
+        }
+        self.quotas
+            .check(&manifest)
+            .map_err(|m| DeployError::Refused {
+                code: "quota_exceeded",
+                message: format!("manifest: {m}"),
+            })?;
+        Ok(manifest)
+    }
+}
+
 /// What a deploy did.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Deployed {
@@ -210,25 +237,7 @@ impl Deployments {
     /// Deploy a rule, or swap in a new version (see the module's
     /// description). `Ok((created, deployed))`.
     pub async fn deploy(&self, req: DeployRequest) -> Result<(bool, Deployed), DeployError> {
-        let manifest = Manifest::parse(&req.manifest).map_err(|e| DeployError::Invalid {
-            code: "invalid_manifest",
-            message: format!("manifest: {e}"),
-        })?;
-        if manifest.name != req.name {
-            return Err(DeployError::Invalid {
-                code: "invalid_manifest",
-                message: format!(
-                    "manifest: name = {:?} but the URL deploys {:?}",
-                    manifest.name, req.name
-                ),
-            });
-        }
-        req.quotas
-            .check(&manifest)
-            .map_err(|m| DeployError::Refused {
-                code: "quota_exceeded",
-                message: format!("manifest: {m}"),
-            })?;
+        let manifest = req.manifest()?;
         let plan = Plan {
             tenant: req.tenant.clone(),
             name: req.name.clone(),
@@ -619,19 +628,7 @@ impl Deployments {
     /// (it runs on the live state); a shadow counts as a rule in the
     /// tenant's quota.
     pub async fn deploy_shadow(&self, req: DeployRequest) -> Result<Deployed, DeployError> {
-        let manifest = Manifest::parse(&req.manifest).map_err(|e| DeployError::Invalid {
-            code: "invalid_manifest",
-            message: format!("manifest: {e}"),
-        })?;
-        if manifest.name != req.name {
-            return Err(DeployError::Invalid {
-                code: "invalid_manifest",
-                message: format!(
-                    "manifest: name = {:?} but the URL deploys {:?}",
-                    manifest.name, req.name
-                ),
-            });
-        }
+        let manifest = req.manifest()?;
         if req.reset {
             return Err(DeployError::Invalid {
                 code: "invalid_request",
@@ -639,12 +636,7 @@ impl Deployments {
                     .into(),
             });
         }
-        req.quotas
-            .check(&manifest)
-            .map_err(|m| DeployError::Refused {
-                code: "quota_exceeded",
-                message: format!("manifest: {m}"),
-            })?;
+
         let digest = crate::runtime::cache::digest(&req.component);
         self.check_shadow(&req, &manifest)?;
         let started = std::time::Instant::now();
@@ -713,16 +705,7 @@ impl Deployments {
                 .unwrap_or(0);
             let mut ops = super::shadow::copy_state(&log, &live_ns, &shadow_ns)?;
             ops.extend(registry.put_shadow_ops(&Shadow { from_seq, ..shadow }, &bytes)?);
-            super::driver::commit(
-                &log,
-                &t,
-                &n,
-                Writes {
-                    records: Vec::new(),
-                    ops,
-                },
-            )
-            .map(drop)
+            commit_state(&log, &t, &n, ops)
         });
         self.engine
             .swap_with(live, false, commit)
@@ -967,21 +950,10 @@ impl Deployments {
         ops: Vec<StateOp>,
     ) -> Result<(), DeployError> {
         let (log, t, n) = (self.log.clone(), tenant.to_owned(), name.to_owned());
-        tokio::task::spawn_blocking(move || {
-            super::driver::commit(
-                &log,
-                &t,
-                &n,
-                Writes {
-                    records: Vec::new(),
-                    ops,
-                },
-            )
-            .map(drop)
-        })
-        .await
-        .map_err(|e| DeployError::Internal(e.to_string()))?
-        .map_err(|e| DeployError::Internal(e.to_string()))
+        tokio::task::spawn_blocking(move || commit_state(&log, &t, &n, ops))
+            .await
+            .map_err(|e| DeployError::Internal(e.to_string()))?
+            .map_err(|e| DeployError::Internal(e.to_string()))
     }
 
     /// The diff of a rule and its shadow (at most `limit` differences
@@ -1037,6 +1009,21 @@ impl Deployments {
     pub fn shadow(&self, tenant: &str, name: &str) -> Result<Option<Shadow>, DeployError> {
         Ok(self.registry.shadow(tenant, name)?)
     }
+}
+
+/// Commit state ops through rule `name`'s write path (fenced by its
+/// lease), with no records.
+fn commit_state(
+    log: &EventLog,
+    tenant: &str,
+    name: &str,
+    ops: Vec<StateOp>,
+) -> Result<(), CoreError> {
+    let writes = Writes {
+        records: Vec::new(),
+        ops,
+    };
+    super::driver::commit(log, tenant, name, writes).map(drop)
 }
 
 /// The name the engine runs a rule's shadow under.
