@@ -377,7 +377,7 @@ pub fn router(app: Arc<App>) -> Router {
 /// SIGINT or SIGTERM, from handlers installed when this is called (so a
 /// signal that comes right after the server says it is listening is not
 /// lost to the default action).
-fn signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("handle SIGINT")?;

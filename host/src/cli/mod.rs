@@ -870,9 +870,26 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for rule in loaded {
         tokio.block_on(engine.deploy(rule))?;
     }
-    // The engine's tasks run on the Tokio runtime's threads meanwhile.
-    pump_stdin(&log, &args.tenant, args.batch)?;
-    if args.exit_when_idle {
+    // SIGINT or SIGTERM stops the run, also while stdin is still open:
+    // the handlers are installed before anything is read (an inherited
+    // "ignore SIGINT" does not keep a run from stopping).
+    let mut stop = Box::pin(crate::api::signals()?);
+    // The engine's tasks run on the Tokio runtime's threads meanwhile;
+    // stdin is read on a thread of its own.
+    let (done, pumped) = tokio::sync::oneshot::channel();
+    let (pump_log, tenant, batch) = (log.clone(), args.tenant.clone(), args.batch);
+    std::thread::spawn(move || {
+        let _ = done.send(pump_stdin(&pump_log, &tenant, batch));
+    });
+    let interrupted = tokio.block_on(async {
+        tokio::select! {
+            pumped = pumped => pumped.map_err(|_| anyhow::anyhow!("reading stdin stopped")).and_then(|r| r).map(|()| false),
+            () = &mut stop => Ok(true),
+        }
+    })?;
+    if interrupted {
+        // What was read and not yet committed is not acknowledged.
+    } else if args.exit_when_idle {
         // Idle: every rule has read the whole log and has no fire left,
         // twice in a row.
         let mut quiet = 0;
@@ -887,9 +904,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             quiet = if idle { quiet + 1 } else { 0 };
         }
     } else {
-        tokio.block_on(async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
+        tokio.block_on(stop);
     }
     tokio.block_on(engine.shutdown());
     log.close();
