@@ -254,8 +254,13 @@ impl Server {
     }
 
     /// Wait until `f` holds (the engine works in the background).
-    pub(crate) fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    pub(crate) fn until(&self, what: &str, f: impl FnMut() -> bool) {
+        self.until_within(what, Duration::from_secs(60), f);
+    }
+
+    /// [`Self::until`], waiting at most `within`.
+    pub(crate) fn until_within(&self, what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
         while !f() {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(20));

@@ -40,10 +40,13 @@ fn diff(server: &Server, token: &str, name: &str) -> Value {
 }
 
 /// The diff once both sides have read everything (nothing in the log
-/// after the live cursor) and nothing is pending.
+/// after the live cursor) and nothing is pending. (A shadow takes turns
+/// on one slot: under the whole suite's load on PostgreSQL, ten thousand
+/// events take it a while.)
 fn settled_diff(server: &Server, token: &str, name: &str) -> Value {
     let mut last = Value::Null;
-    server.until("the rule and its shadow are level", || {
+    let within = std::time::Duration::from_secs(300);
+    server.until_within("the rule and its shadow are level", within, || {
         last = diff(server, token, name);
         let after = last["live_cursor"].as_u64().unwrap_or(0);
         let more = server.get(&format!("/v1/events?after_seq={after}&limit=1"), token)["events"]
