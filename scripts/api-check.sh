@@ -24,7 +24,7 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$version"
 fi
 
-cargo build --quiet -p sluice --bin sluice
+build_sluice
 work=$(mktemp -d)
 server_pid=""
 cleanup() {

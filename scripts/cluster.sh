@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 nodes=${1:-3}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --quiet -p sluice --bin sluice
+source scripts/env.sh
+build_sluice
 sluice="$CARGO_TARGET_DIR/debug/sluice"
 scripts/pg.sh install
 

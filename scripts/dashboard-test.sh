@@ -21,7 +21,7 @@ if ! command -v chromium >/dev/null 2>&1; then
         { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 fi
 
-cargo build --quiet -p sluice --bin sluice
+build_sluice
 cargo build --quiet --release --target wasm32-wasip2 \
     --manifest-path examples/Cargo.toml --target-dir "$target/wasm-guests"
 (cd tests/dashboard && npm ci --no-audit --no-fund --loglevel=error)

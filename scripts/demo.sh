@@ -7,7 +7,7 @@ source scripts/env.sh
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --quiet --release --target wasm32-wasip2 \
     --manifest-path examples/Cargo.toml --target-dir "$target/wasm-guests"
-cargo build --quiet -p sluice --bin sluice
+build_sluice
 sluice="$target/debug/sluice"
 wasm="$target/wasm-guests/wasm32-wasip2/release"
 export SLUICE_CACHE_DIR="$target/sluice-cache"

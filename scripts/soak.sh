@@ -12,7 +12,7 @@ source scripts/env.sh
 minutes="${1:-30}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
 # The server as `cargo build` makes it, and the test components.
-cargo build --quiet -p sluice --bin sluice
+build_sluice
 cargo build --quiet -p sluice-test-components
 exec python3 scripts/soak.py --binary "$CARGO_TARGET_DIR/debug/sluice" \
     --guests "$CARGO_TARGET_DIR/wasm-guests/wasm32-wasip2/release" \
