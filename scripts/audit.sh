@@ -21,7 +21,8 @@ version=0.22.2
 root="${SLUICE_CACHE:-$HOME/.cache/sluice}/tools/cargo-audit-$version"
 if [ ! -x "$root/bin/cargo-audit" ]; then
     echo "installing cargo-audit $version into $root" >&2
-    cargo install --locked --quiet cargo-audit --version "$version" --root "$root"
+    # Unoptimised: it reads four lock files, and builds in half the time.
+    cargo install --locked --quiet --debug cargo-audit --version "$version" --root "$root"
 fi
 snapshot=$(head -2 "$db/SNAPSHOT.txt" 2>/dev/null | tr '\n' ' ' || true)
 echo "advisories: $db ${snapshot:+($snapshot)}" >&2
