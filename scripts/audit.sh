@@ -21,7 +21,7 @@ version=0.22.2
 root="${SLUICE_CACHE:-$HOME/.cache/sluice}/tools/cargo-audit-$version"
 if [ ! -x "$root/bin/cargo-audit" ]; then
     echo "installing cargo-audit $version into $root" >&2
-    # Unoptimised: it reads four lock files, and builds in half the time.
+    # Unoptimised: it only reads four lock files.
     cargo install --locked --quiet --debug cargo-audit --version "$version" --root "$root"
 fi
 snapshot=$(head -2 "$db/SNAPSHOT.txt" 2>/dev/null | tr '\n' ' ' || true)
