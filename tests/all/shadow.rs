@@ -140,6 +140,18 @@ fn identical_versions_agree_over_ten_thousand_events_and_leave_live_outputs_alon
         1,
         "a shadow is not a rule of the list"
     );
+    assert_eq!(
+        (&rules[0]["version"], &rules[0]["shadow_version"]),
+        (&json!(1), &json!(2))
+    );
+    let out = server.cli(&token, &["rules"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("echo ") && l.contains(" 1 (2) ")),
+        "{table}"
+    );
     server.stop();
 }
 

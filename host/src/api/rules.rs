@@ -60,6 +60,9 @@ pub struct RuleView {
     pub name: String,
     /// The running version.
     pub version: u32,
+    /// The version of the rule's shadow, when it has one (see
+    /// `/v1/rules/{name}/shadow`).
+    pub shadow_version: Option<u32>,
     /// `batch`, `dwell` or `schedule`.
     pub kind: String,
     /// The trigger in words ("batches of 10 per partition; a window still
@@ -238,9 +241,16 @@ pub(super) async fn view(app: &App, d: &Deployment) -> RuleView {
         (Some(s), _) if s.paused => "paused",
         _ => "active",
     };
+    let shadow_version = app
+        .deploys
+        .shadow(&d.tenant, &d.name)
+        .ok()
+        .flatten()
+        .map(|s| s.deployment.version);
     RuleView {
         name: d.name.clone(),
         version: d.version,
+        shadow_version,
         kind: manifest
             .as_ref()
             .map_or("unknown", |m| m.trigger.kind())

@@ -70,10 +70,15 @@ pub fn rules(conn: &Conn, cmd: Option<&RulesCmd>, as_json: bool) -> anyhow::Resu
                 if nodes { " NODE" } else { "" }
             );
             for r in rules {
+                // A shadow shows beside the version: `1 (2)`.
+                let version = match r["shadow_version"].as_u64() {
+                    Some(s) => format!("{} ({s})", r["version"]),
+                    None => r["version"].to_string(),
+                };
                 println!(
                     "{:<24} {:>7} {:<9} {:<10} {:>10} {:>8} {:>6} {:<20}{}",
                     r["name"].as_str().unwrap_or_default(),
-                    r["version"].to_string(),
+                    version,
                     r["kind"].as_str().unwrap_or_default(),
                     r["status"].as_str().unwrap_or_default(),
                     r["partitions"].to_string(),
