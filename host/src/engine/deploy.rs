@@ -234,30 +234,19 @@ impl Deployments {
         Ok(loaded.map(|rule| rule.with_max_partitions(max)))
     }
 
-    /// Deploy a rule, or swap in a new version (see the module's
-    /// description). `Ok((created, deployed))`.
-    pub async fn deploy(&self, req: DeployRequest) -> Result<(bool, Deployed), DeployError> {
-        let manifest = req.manifest()?;
-        let plan = Plan {
-            tenant: req.tenant.clone(),
-            name: req.name.clone(),
-            manifest,
-            manifest_text: req.manifest,
-            digest: crate::runtime::cache::digest(&req.component),
-            reset: req.reset,
-            max_rules: req.quotas.max_rules,
-        };
-        // A first look, to answer before compiling; checked again under
-        // the tenant's lock, where it counts.
-        if let Some(unchanged) = self.check(&plan)? {
-            return Ok((false, unchanged));
-        }
+    /// Load the component a request uploads: the rule, `hit` or
+    /// `compiled`, and the time it took (ms).
+    async fn load_requested(
+        &self,
+        req: &DeployRequest,
+        manifest: &Manifest,
+    ) -> Result<(Deployable, &'static str, u64), DeployError> {
         let started = std::time::Instant::now();
         let rule = self
             .load(
                 &req.tenant,
                 req.component.clone(),
-                plan.manifest.clone(),
+                manifest.clone(),
                 &req.quotas,
             )
             .await?
@@ -270,6 +259,28 @@ impl Deployments {
             CacheOutcome::Hit => "hit",
             _ => "compiled",
         };
+        Ok((rule, compile, load_ms))
+    }
+
+    /// Deploy a rule, or swap in a new version (see the module's
+    /// description). `Ok((created, deployed))`.
+    pub async fn deploy(&self, req: DeployRequest) -> Result<(bool, Deployed), DeployError> {
+        let manifest = req.manifest()?;
+        let plan = Plan {
+            tenant: req.tenant.clone(),
+            name: req.name.clone(),
+            manifest,
+            manifest_text: req.manifest.clone(),
+            digest: crate::runtime::cache::digest(&req.component),
+            reset: req.reset,
+            max_rules: req.quotas.max_rules,
+        };
+        // A first look, to answer before compiling; checked again under
+        // the tenant's lock, where it counts.
+        if let Some(unchanged) = self.check(&plan)? {
+            return Ok((false, unchanged));
+        }
+        let (rule, compile, load_ms) = self.load_requested(&req, &plan.manifest).await?;
         self.swap(plan, rule, req.component, compile, load_ms).await
     }
 
@@ -639,25 +650,8 @@ impl Deployments {
 
         let digest = crate::runtime::cache::digest(&req.component);
         self.check_shadow(&req, &manifest)?;
-        let started = std::time::Instant::now();
-        let mut rule = self
-            .load(
-                &req.tenant,
-                req.component.clone(),
-                manifest.clone(),
-                &req.quotas,
-            )
-            .await?
-            .map_err(|e| DeployError::Refused {
-                code: "invalid_component",
-                message: format!("component: {e}"),
-            })?;
+        let (mut rule, compile, load_ms) = self.load_requested(&req, &manifest).await?;
         rule.spec.shadow = true;
-        let load_ms = started.elapsed().as_millis() as u64;
-        let compile = match rule.rule.cache_outcome() {
-            CacheOutcome::Hit => "hit",
-            _ => "compiled",
-        };
 
         let (tenant, name) = (req.tenant.clone(), req.name.clone());
         let lock = self.lock(&tenant);
