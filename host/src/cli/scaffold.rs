@@ -152,9 +152,9 @@ fn source(lang: Lang, t: Trigger) -> (&'static str, &'static str) {
     }
 }
 
-/// The SDK and build files of a language, as (path, text): the same for
-/// every rule of the language.
-fn language_files(lang: Lang) -> Vec<(&'static str, String)> {
+/// The SDK and build files of a language, as (path, text): the SDK as
+/// it is, the build files for rule `name`.
+fn language_files(lang: Lang, name: &str) -> Vec<(&'static str, String)> {
     let rule_wit = include_str!("../../../wit/rule.wit");
     let version = env!("CARGO_PKG_VERSION");
     let mut files = vec![("sdk/wit/rule.wit", rule_wit.to_owned())];
@@ -162,7 +162,7 @@ fn language_files(lang: Lang) -> Vec<(&'static str, String)> {
         Lang::Rust => {
             files.push((
                 "Cargo.toml",
-                include_str!("../../templates/rust/Cargo.toml").into(),
+                fill(include_str!("../../templates/rust/Cargo.toml"), name),
             ));
             files.push((
                 "sdk/rust/Cargo.toml",
@@ -202,7 +202,10 @@ fn language_files(lang: Lang) -> Vec<(&'static str, String)> {
         Lang::Javascript => {
             files.push((
                 "package.json",
-                include_str!("../../templates/javascript/package.json").into(),
+                fill(
+                    include_str!("../../templates/javascript/package.json"),
+                    name,
+                ),
             ));
             files.push((
                 "sdk/sluice.js",
@@ -284,8 +287,8 @@ pub fn project(name: &str, lang: Lang, t: Trigger) -> anyhow::Result<Vec<(String
         (".gitignore".into(), GITIGNORE.into()),
         ("README.md".into(), readme(name, lang, t, src_path, tf.what)),
     ];
-    for (path, text) in language_files(lang) {
-        files.push((path.into(), fill(&text, name)));
+    for (path, text) in language_files(lang, name) {
+        files.push((path.into(), text));
     }
     Ok(files)
 }
