@@ -76,8 +76,9 @@
 //! - [`log`]: the durable event log — group-committed ingest with dedupe
 //!   and ingest stamps, queries, the feed, retention, the state store.
 //!   - [`log::store`]: the storage traits; [`log::sqlite`] (embedded, one
-//!     writing process) and [`log::postgres`] (shared by several nodes,
-//!     with their leases).
+//!     writing process), [`log::postgres`] (shared by several nodes, with
+//!     their leases) and [`log::memory`] (an offline run's own log, gone
+//!     with it).
 //!   - [`log::validate`].
 //! - [`crash`]: the crash points tests stop the process at (only in a
 //!   build with the `failpoints` feature).

@@ -44,7 +44,9 @@ use crate::engine::driver::{Driven, Inline, Input, Observer, Request, RoundIn};
 use crate::engine::rule::Deployable;
 use crate::event::Event;
 use crate::log::validate::{EventLimits, parse_event_value};
-use crate::log::{Durability, EventLog, LogConfig, NewEvent, Store};
+use crate::log::{
+    Durability, EventLog, LogConfig, MemoryBackend, NewEvent, RetentionPolicy, Store,
+};
 use crate::manifest::Manifest;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::triggers::core::{Start, Step};
@@ -74,17 +76,24 @@ pub struct Report {
 /// each other forever.
 const MAX_ROUNDS: usize = 10_000;
 
+/// An in-memory run prunes after this many events.
+const PRUNE_EVERY: usize = 50_000;
+
 /// How an offline run is set up.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Where compiled components are cached (none: compile each time).
     pub cache_dir: Option<std::path::PathBuf>,
-    /// The store that holds the run's log and state (none: a temporary
-    /// SQLite file, gone with the run). It must be empty.
+    /// The store that holds the run's log and state, kept for a look
+    /// afterwards (none: a log in memory, gone with the run). It must be
+    /// empty.
     pub store: Option<Store>,
     /// Output lines also say how many rule steps the output is from a
     /// client's event (`hops`: a replay's backfill keeps it).
     pub report_hops: bool,
+    /// A run on a log in memory prunes what its rules are done with
+    /// after this many events (none: every 50 000; tests prune often).
+    pub prune_every: Option<usize>,
 }
 
 /// Run `component` under `manifest` against the lines of `input`.
@@ -249,9 +258,31 @@ fn advance_target(v: &Value, now: i64) -> Result<i64, String> {
     Ok(t)
 }
 
+/// A set of ids by keyed 64-bit hash: it may say an id is in it when
+/// only its hash is, never the other way round.
+#[derive(Default)]
+struct ClientIds {
+    key: std::hash::RandomState,
+    seen: rustc_hash::FxHashSet<u64>,
+}
+
+impl ClientIds {
+    fn hash(&self, id: Option<&str>) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.key, id.unwrap_or_default())
+    }
+
+    fn contains(&self, id: Option<&str>) -> bool {
+        self.seen.contains(&self.hash(id))
+    }
+
+    /// False when it was (or seemed to be) in already.
+    fn insert(&mut self, id: Option<&str>) -> bool {
+        let h = self.hash(id);
+        self.seen.insert(h)
+    }
+}
+
 struct Run<'a> {
-    /// The run's temporary store (when none was given): gone with it.
-    _dir: tempfile::TempDir,
     /// What loaded the rules.
     _runtime: Runtime,
     log: EventLog,
@@ -263,15 +294,22 @@ struct Run<'a> {
     started: bool,
     /// Events read and not yet appended.
     pending: Vec<(NewEvent, bool)>,
-    /// Ids clients gave to events appended so far: an event repeating one
-    /// may be a duplicate, which takes no seq, so it is never part of a
-    /// chunk (whose seqs are worked out before the append).
-    client_ids: HashSet<String>,
+    /// Ids clients gave to events appended so far, as keyed hashes: an
+    /// event repeating one may be a duplicate, which takes no seq, so it
+    /// is never part of a chunk (whose seqs are worked out before the
+    /// append). Two ids sharing a hash only send an event the slower way.
+    client_ids: ClientIds,
     /// Events offered to the next chunk: doubles while chunks are taken
     /// whole, shrinks to twice what a chunk that stopped early took — so
     /// `select` is not asked about many events a fire will make it ask
     /// about again.
     chunk: usize,
+    /// The log is the run's own, in memory: what the rules no longer
+    /// need is pruned as the run goes.
+    prunes: bool,
+    /// Events appended since the last prune.
+    unpruned: usize,
+    prune_every: usize,
 }
 
 /// The report's lines, as the driver's rounds produce them.
@@ -437,21 +475,35 @@ impl<'a> Run<'a> {
             clock: Arc::new(clock.clone()),
             ..RuntimeConfig::default()
         })?;
-        let dir = tempfile::tempdir()?;
         // On the virtual clock an event's own time is its ingest time.
         let config = LogConfig {
             follow_event_time: true,
             ..LogConfig::default()
         };
-        let store = match &options.store {
-            Some(store) => store.clone(),
-            None => Store::Sqlite(dir.path().join("test.db")),
+        // Without a store to keep, the run's log is in memory: nothing of
+        // it outlives the run, and what the rules no longer need is pruned
+        // as it goes (see `Run::prune`).
+        let log = match &options.store {
+            Some(store) => {
+                let log = EventLog::open_store(
+                    store,
+                    Durability::Normal,
+                    config,
+                    Arc::new(clock.clone()),
+                )?;
+                if log.last_seq() != 0 {
+                    anyhow::bail!(
+                        "{store} already holds a log: an offline run starts from an empty store"
+                    );
+                }
+                log
+            }
+            None => EventLog::open(
+                Arc::new(MemoryBackend::new()),
+                config,
+                Arc::new(clock.clone()),
+            )?,
         };
-        let log =
-            EventLog::open_store(&store, Durability::Normal, config, Arc::new(clock.clone()))?;
-        if log.last_seq() != 0 {
-            anyhow::bail!("{store} already holds a log: an offline run starts from an empty store");
-        }
         let mut deployables = Vec::new();
         for (component, manifest) in rules {
             deployables.push(Deployable::load(&runtime, TENANT, &component, &manifest)?);
@@ -464,7 +516,6 @@ impl<'a> Run<'a> {
                 broken: None,
                 hops: options.report_hops,
             },
-            _dir: dir,
             _runtime: runtime,
             log,
             clock,
@@ -472,8 +523,11 @@ impl<'a> Run<'a> {
             rules: Vec::new(),
             started: false,
             pending: Vec::new(),
-            client_ids: HashSet::new(),
+            client_ids: ClientIds::default(),
             chunk: 256,
+            prunes: options.store.is_none(),
+            unpruned: 0,
+            prune_every: options.prune_every.unwrap_or(PRUNE_EVERY).max(1),
         })
     }
 
@@ -568,7 +622,7 @@ impl<'a> Run<'a> {
             // catches it up.
             let caught_up = self.rules.iter().all(|r| r.held() || r.cursor() == last);
             let taken = if caught_up {
-                self.chunk(&pending[start..])?
+                self.chunk(&mut pending[start..])?
             } else {
                 0
             };
@@ -577,31 +631,56 @@ impl<'a> Run<'a> {
                 let (event, given) = &pending[start];
                 self.log.append_blocking(vec![event.clone()])?;
                 if *given {
-                    self.client_ids.insert(event.id.clone().unwrap_or_default());
+                    self.client_ids.insert(event.id.as_deref());
                 }
                 1
             } else {
                 taken
             };
             start += taken;
+            self.unpruned += taken;
             self.settle()?;
         }
         pending.clear();
         self.pending = pending;
+        self.prune()
+    }
+
+    /// Drop the events every rule is done with from an in-memory log
+    /// (below the rules' pins: their cursors, open windows and pending
+    /// fires), so that a long run holds what its rules still need, not
+    /// the whole range. Runs between steps, when every report line of
+    /// what came before has been written.
+    fn prune(&mut self) -> anyhow::Result<()> {
+        // Every rule has committed, so has pinned what it needs.
+        if !self.prunes
+            || self.unpruned < self.prune_every
+            || self.rules.iter().any(|r| r.cursor() == 0)
+            || self.log.low_water()?.is_none()
+        {
+            return Ok(());
+        }
+        self.unpruned = 0;
+        let everything_unpinned = RetentionPolicy {
+            max_age: None,
+            max_events: Some(0),
+        };
+        while self.log.prune_blocking(everything_unpinned.clone())?.more {}
         Ok(())
     }
 
     /// Take a chunk of `events` through `select` and the driver in one
     /// go, seqs and ingest times worked out before the append; how many
-    /// were taken (0: take one the ordinary way).
-    fn chunk(&mut self, events: &[(NewEvent, bool)]) -> anyhow::Result<usize> {
+    /// were taken (0: take one the ordinary way). The events taken are
+    /// moved out (into the log).
+    fn chunk(&mut self, events: &mut [(NewEvent, bool)]) -> anyhow::Result<usize> {
         let bound = self.next_due().unwrap_or(i64::MAX);
         let mut stamps = Vec::new();
         let mut stamp = self.clock.now_millis().max(self.log.last_stamp());
-        let mut ids = HashSet::new();
+        let mut ids = ClientIds::default();
         for (e, given) in events.iter().take(self.chunk) {
             stamp = stamp.max(e.ingested.or(e.time).unwrap_or(stamp));
-            let id = e.id.as_deref().unwrap_or_default();
+            let id = e.id.as_deref();
             let repeat = *given && (self.client_ids.contains(id) || !ids.insert(id));
             if stamp >= bound || repeat {
                 break;
@@ -659,14 +738,24 @@ impl<'a> Run<'a> {
         if take == 0 {
             return Ok(0);
         }
-        let report = self
-            .log
-            .append_blocking(events[..take].iter().map(|(e, _)| e.clone()).collect())?;
         for (e, given) in &events[..take] {
             if *given {
-                self.client_ids.insert(e.id.clone().unwrap_or_default());
+                self.client_ids.insert(e.id.as_deref());
             }
         }
+        let report = self.log.append_blocking(
+            events[..take]
+                .iter_mut()
+                .map(|(e, _)| NewEvent {
+                    id: e.id.take(),
+                    tenant: std::mem::take(&mut e.tenant),
+                    source: std::mem::take(&mut e.source),
+                    kind: std::mem::take(&mut e.kind),
+                    payload: std::mem::take(&mut e.payload),
+                    ..*e
+                })
+                .collect(),
+        )?;
         let expected: Vec<u64> = (first_seq..first_seq + take as u64).collect();
         if report.seqs != expected {
             // Not the seqs worked out (an id that only looked new, say):

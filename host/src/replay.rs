@@ -31,6 +31,12 @@ use crate::records::ENGINE_SOURCE;
 /// Events read from the log at a time.
 const PAGE: usize = 10_000;
 
+/// The longest range (in seqs) replayed on a log in memory: the run
+/// holds the events its rule's open windows span, at most this many
+/// (≈ 400 bytes each). A longer range runs on a temporary SQLite file, at
+/// about half the speed.
+const MEMORY_RANGE: u64 = 2_000_000;
+
 /// What to replay.
 #[derive(Debug, Clone)]
 pub struct Replay {
@@ -127,56 +133,70 @@ pub fn run(
     let mut summary = Summary::default();
     let replayed = std::cell::Cell::new(0u64);
     // Pages of the range, the rule's own outputs and engine records left
-    // out; the clock follows each event's ingest time.
-    let mut after = start.saturating_sub(1);
-    let mut done = false;
-    let mut pages = std::iter::from_fn(|| {
-        if done || after + 1 >= end {
-            return None;
-        }
-        let mut q = EventQuery::tenant(&tenant, PAGE);
-        q.after_seq = Some(after);
-        q.until_seq = Some(end - 1);
-        let page = match log.query(&q) {
-            Ok(p) => p,
-            Err(e) => return Some(Err(anyhow::Error::from(e))),
-        };
-        match page.last() {
-            Some(last) => after = last.seq,
-            None => {
-                done = true;
-                return None;
+    // out, read on a thread of their own a page ahead of the run (their
+    // reads and the run's work overlap); the clock follows each event's
+    // ingest time.
+    let (pages_tx, pages_rx) =
+        std::sync::mpsc::sync_channel::<Result<(Vec<NewEvent>, u64), LogError>>(1);
+    let reader_log = log.clone();
+    let reader = std::thread::Builder::new()
+        .name("sluice-replay-read".into())
+        .spawn(move || {
+            let mut after = start.saturating_sub(1);
+            while after + 1 < end {
+                let mut q = EventQuery::tenant(&tenant, PAGE);
+                q.after_seq = Some(after);
+                q.until_seq = Some(end - 1);
+                let page = match reader_log.query(&q) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = pages_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let Some(last) = page.last() else { return };
+                after = last.seq;
+                let full = page.len() == PAGE;
+                let events: Vec<NewEvent> = page
+                    .into_iter()
+                    .filter(|e| e.source != ENGINE_SOURCE && e.source != own)
+                    .map(|e| NewEvent {
+                        tenant: e.tenant,
+                        id: Some(e.id),
+                        source: e.source,
+                        kind: e.kind,
+                        time: Some(e.time),
+                        payload: e.payload,
+                        hops: e.hops,
+                        ingested: Some(e.ingested),
+                    })
+                    .collect();
+                // The run stopped (it failed, or its report's reader left).
+                if pages_tx.send(Ok((events, after))).is_err() || !full {
+                    return;
+                }
             }
-        }
-        if page.len() < PAGE {
-            done = true;
-        }
-        let events: Vec<NewEvent> = page
-            .into_iter()
-            .filter(|e| e.source != ENGINE_SOURCE && e.source != own)
-            .map(|e| NewEvent {
-                tenant: e.tenant,
-                id: Some(e.id),
-                source: e.source,
-                kind: e.kind,
-                time: Some(e.time),
-                payload: e.payload,
-                hops: e.hops,
-                ingested: Some(e.ingested),
-            })
-            .collect();
+        })?;
+    let mut pages = pages_rx.iter().map(|page| {
+        let (events, after) = page?;
         replayed.set(replayed.get() + events.len() as u64);
-        let said = progress(json!({"type": "progress", "events": replayed.get(),
-            "position": after, "start": start, "end": end}));
-        Some(said.map(|()| events).map_err(anyhow::Error::from))
+        progress(json!({"type": "progress", "events": replayed.get(),
+            "position": after, "start": start, "end": end}))?;
+        Ok(events)
     });
     let mut outputs: Vec<Value> = Vec::new();
+    // A range of up to MEMORY_RANGE seqs runs on a log in memory; a
+    // longer one on a temporary file, so that a replay's memory in the
+    // server stays bounded whatever the range and its rule's windows.
+    let spill = tempfile::tempdir()?;
     let options = crate::offline::Options {
         cache_dir: replay.cache_dir.clone(),
-        store: None,
+        store: (end.saturating_sub(start) > MEMORY_RANGE)
+            .then(|| crate::log::Store::Sqlite(spill.path().join("replay.db"))),
         report_hops: true,
+        prune_every: None,
     };
-    crate::offline::replay_events(
+    let ran = crate::offline::replay_events(
         vec![(replay.component.clone(), replay.manifest.clone())],
         &mut pages,
         replay.to,
@@ -199,7 +219,11 @@ pub fn run(
             }
             sink(line)
         },
-    )?;
+    );
+    // A run that stopped early drops the receiver: the reader stops too.
+    drop(pages);
+    let _ = reader.join();
+    ran?;
     summary.events = replayed.get();
     if replay.emit {
         let (emitted, duplicates) = backfill(log, replay, &outputs)?;

@@ -836,3 +836,163 @@ fn sqlite_a_contradicted_seq_counter_fails_one_request_then_resynchronises() {
     }
     assert_eq!(seen, (1..=107).collect::<Vec<_>>());
 }
+
+/// An event of a step: tenant, id from a small pool or none, kind, own
+/// time.
+type StepEvent = (u8, Option<u8>, u8, Option<i64>);
+
+/// One step of [`memory_store_keeps_the_sqlite_contract`].
+#[derive(Debug, Clone)]
+enum StoreStep {
+    /// Groups of events, and state ops (what, namespace, key).
+    Append(Vec<Vec<StepEvent>>, Vec<(u8, u8, u8)>),
+    /// Move the clock on (ms).
+    Wait(i64),
+    /// Prune: keep at most this many events / drop those older than this.
+    Prune(Option<u64>, Option<u64>),
+}
+
+fn store_step() -> impl Strategy<Value = StoreStep> {
+    let event = (
+        0u8..2,
+        prop::option::of(0u8..6),
+        0u8..2,
+        prop::option::of(0i64..100),
+    );
+    // (what, namespace, key): put, delete, prefix, range, clear, pin.
+    let op = (0u8..7, 0u8..2, 0u8..4);
+    prop_oneof![
+        4 => (prop::collection::vec(prop::collection::vec(event, 0..5), 1..3),
+              prop::collection::vec(op, 0..4))
+            .prop_map(|(g, o)| StoreStep::Append(g, o)),
+        2 => (0i64..40).prop_map(StoreStep::Wait),
+        1 => (prop::option::of(0u64..6), prop::option::of(0u64..60))
+            .prop_map(|(n, a)| StoreStep::Prune(n, a)),
+    ]
+}
+
+fn state_op(what: u8, ns: u8, k: u8, n: usize) -> StateOp {
+    let (ns, key) = (format!("ns{ns}"), format!("k{k}"));
+    match what {
+        0 | 1 => StateOp::Put {
+            ns,
+            key,
+            value: n.to_le_bytes().to_vec(),
+        },
+        2 => StateOp::Delete { ns, key },
+        3 => StateOp::DeletePrefix {
+            ns,
+            prefix: "k".into(),
+        },
+        4 => StateOp::DeleteRange {
+            ns,
+            from: "k1".into(),
+            to: key,
+        },
+        5 => StateOp::Clear { ns },
+        _ => StateOp::Pin {
+            owner: ns,
+            min_seq: (k > 0).then_some(n as u64 / 2 + k as u64),
+        },
+    }
+}
+
+/// An event as both stores must give it back: a generated id is random,
+/// so only its presence is compared.
+fn comparable(e: &sluice::event::Event) -> (u64, String, String, String, i64, i64) {
+    let id = if e.id.starts_with("id") {
+        e.id.clone()
+    } else {
+        "<generated>".into()
+    };
+    (
+        e.seq,
+        e.tenant.clone(),
+        id,
+        e.kind.clone(),
+        e.time,
+        e.ingested,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// The in-memory store (offline runs' log) keeps the SQLite store's
+    /// contract: the same outcomes, seqs, stamps, dedupe window and
+    /// tombstones, state, pins, retention and reads, step by step.
+    #[test]
+    fn memory_store_keeps_the_sqlite_contract(steps in prop::collection::vec(store_step(), 1..30)) {
+        use sluice::log::{LogBackend, MemoryBackend, Stamp};
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = SqliteBackend::open(dir.path().join("log.db"), Durability::Normal).unwrap();
+        let memory = MemoryBackend::new();
+        let stores: [&dyn LogBackend; 2] = [&sqlite, &memory];
+        let mut writers: Vec<_> = stores.iter().map(|s| s.open_writer().unwrap()).collect();
+        // A second writer is refused while one is open.
+        prop_assert!(memory.open_writer().is_err());
+        let window = Duration::from_millis(50);
+        let mut now = START;
+        for (n, step) in steps.into_iter().enumerate() {
+            match step {
+                StoreStep::Wait(ms) => now += ms,
+                StoreStep::Append(groups, ops) => {
+                    let groups: Vec<Vec<NewEvent>> = groups.iter().map(|g| g.iter().map(|&(t, id, k, time)| NewEvent {
+                        time: time.map(|t| now + t - 50),
+                        ..new_event(&format!("t{t}"), id.map(|i| format!("id{i}")).as_deref(), &format!("k{k}"))
+                    }).collect()).collect();
+                    let ops: Vec<StateOp> = ops.iter().map(|&(w, ns, k)| state_op(w, ns, k, n)).collect();
+                    let stamp = Stamp { at: now, follow_event_time: n % 2 == 0 };
+                    let done: Vec<_> = writers.iter_mut()
+                        .map(|w| w.write(groups.clone(), ops.clone(), stamp, window).unwrap())
+                        .collect();
+                    prop_assert_eq!(&done[0].outcomes, &done[1].outcomes);
+                    let stored: Vec<Vec<_>> = done.iter()
+                        .map(|c| c.stored.iter().map(|e| comparable(e)).collect())
+                        .collect();
+                    prop_assert_eq!(&stored[0], &stored[1]);
+                }
+                StoreStep::Prune(max_events, max_age) => {
+                    let policy = RetentionPolicy {
+                        max_events,
+                        max_age: max_age.map(Duration::from_millis),
+                    };
+                    let reports: Vec<_> = writers.iter_mut()
+                        .map(|w| w.prune(&policy, now, window, 3).unwrap())
+                        .collect();
+                    prop_assert_eq!(&reports[0], &reports[1]);
+                }
+            }
+            prop_assert_eq!(writers[0].last_seq(), writers[1].last_seq());
+            prop_assert_eq!(writers[0].last_ingested(), writers[1].last_ingested());
+            let mut queries = vec![EventQuery { tenant: None, ..EventQuery::tenant("", 1000) }];
+            for t in ["t0", "t1"] {
+                queries.push(EventQuery::tenant(t, 1000));
+                queries.push(EventQuery { kind: Some("k1".into()), after_seq: Some(2), ..EventQuery::tenant(t, 3) });
+                queries.push(EventQuery { newest_first: true, until_seq: Some(9), ..EventQuery::tenant(t, 2) });
+                queries.push(EventQuery { id_prefix: Some("id1".into()), ..EventQuery::tenant(t, 10) });
+                queries.push(EventQuery { since: Some(START), until: Some(now - 10), ..EventQuery::tenant(t, 10) });
+            }
+            for q in &queries {
+                let got: Vec<Vec<_>> = stores.iter()
+                    .map(|s| s.read(q).unwrap().iter().map(comparable).collect())
+                    .collect();
+                prop_assert_eq!(&got[0], &got[1], "query {:?}", q);
+            }
+            let seqs: Vec<u64> = (0..20).rev().collect();
+            let got: Vec<Vec<_>> = stores.iter()
+                .map(|s| s.read_seqs("t0", &seqs).unwrap().iter().map(comparable).collect())
+                .collect();
+            prop_assert_eq!(&got[0], &got[1]);
+            prop_assert_eq!(sqlite.low_water().unwrap(), memory.low_water().unwrap());
+            for ns in ["ns0", "ns1"] {
+                prop_assert_eq!(sqlite.state_scan(ns, "").unwrap(), memory.state_scan(ns, "").unwrap());
+                prop_assert_eq!(sqlite.state_scan(ns, "k1").unwrap(), memory.state_scan(ns, "k1").unwrap());
+                prop_assert_eq!(sqlite.state_get(ns, "k2").unwrap(), memory.state_get(ns, "k2").unwrap());
+            }
+        }
+        drop(writers);
+        // The writer's drop frees the store for the next.
+        prop_assert!(memory.open_writer().is_ok());
+    }
+}

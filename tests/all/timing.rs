@@ -233,13 +233,14 @@ impl World {
     fn offline_fires(&self) -> Vec<Value> {
         let input: String = self.script.iter().map(|l| format!("{l}\n")).collect();
         let manifest = Manifest::parse(&self.manifest).unwrap();
-        let report = sluice::offline::run(
-            &component_bytes(ECHO),
-            manifest,
-            input.as_bytes(),
-            &Default::default(),
-        )
-        .unwrap();
+        // Pruned as often as it can be: what a rule still needs stays.
+        let options = sluice::offline::Options {
+            prune_every: Some(1),
+            ..Default::default()
+        };
+        let report =
+            sluice::offline::run(&component_bytes(ECHO), manifest, input.as_bytes(), &options)
+                .unwrap();
         fires(
             report
                 .lines

@@ -18,6 +18,7 @@
 //! still needs events (a rule's cursor, an open window's buffer, a pending
 //! fire) and moved forward as that need goes away.
 
+pub mod memory;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use self::memory::MemoryBackend;
 pub use self::postgres::PostgresBackend;
 pub use self::sqlite::{Durability, SqliteBackend};
 pub use self::store::{
@@ -600,6 +602,11 @@ impl EventLog {
     /// Run one retention pass now.
     pub async fn prune(&self, policy: RetentionPolicy) -> Result<PruneReport, LogError> {
         self.request(|reply| Command::Prune { policy, reply }).await
+    }
+
+    /// [`Self::prune`] for code outside an async runtime.
+    pub fn prune_blocking(&self, policy: RetentionPolicy) -> Result<PruneReport, LogError> {
+        self.request_blocking(|reply| Command::Prune { policy, reply })
     }
 
     /// Prune on a timer until the log closes (passes repeat at once while
