@@ -304,12 +304,11 @@ struct Run<'a> {
     /// `select` is not asked about many events a fire will make it ask
     /// about again.
     chunk: usize,
-    /// The log is the run's own, in memory: what the rules no longer
-    /// need is pruned as the run goes.
-    prunes: bool,
+    /// On a log of the run's own, in memory: prune what the rules no
+    /// longer need after this many events (none: a store to keep).
+    prune_every: Option<usize>,
     /// Events appended since the last prune.
     unpruned: usize,
-    prune_every: usize,
 }
 
 /// The report's lines, as the driver's rounds produce them.
@@ -525,9 +524,11 @@ impl<'a> Run<'a> {
             pending: Vec::new(),
             client_ids: ClientIds::default(),
             chunk: 256,
-            prunes: options.store.is_none(),
+            prune_every: options
+                .store
+                .is_none()
+                .then(|| options.prune_every.unwrap_or(PRUNE_EVERY)),
             unpruned: 0,
-            prune_every: options.prune_every.unwrap_or(PRUNE_EVERY).max(1),
         })
     }
 
@@ -653,8 +654,7 @@ impl<'a> Run<'a> {
     /// what came before has been written.
     fn prune(&mut self) -> anyhow::Result<()> {
         // Every rule has committed, so has pinned what it needs.
-        if !self.prunes
-            || self.unpruned < self.prune_every
+        if self.prune_every.is_none_or(|every| self.unpruned < every)
             || self.rules.iter().any(|r| r.cursor() == 0)
             || self.log.low_water()?.is_none()
         {

@@ -348,14 +348,14 @@ impl LogWriter for MemoryWriter {
         now: Stamp,
         dedupe_window: Duration,
     ) -> Result<Committed, StoreError> {
-        let (last_seq, last_ingested) = {
-            let mem = self.store.read_mem();
-            (mem.last_seq, mem.last_ingested)
-        };
-        let mut appender = Appender::new(now, last_seq, last_ingested, dedupe_window);
+        let mut mem = self
+            .store
+            .inner
+            .mem
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut appender = Appender::new(now, mem.last_seq, mem.last_ingested, dedupe_window);
         let groups = appender.pending(groups, &mut self.ids);
-        let store = self.store.clone();
-        let mut mem = store.inner.mem.write().unwrap_or_else(|e| e.into_inner());
         for group in groups {
             for p in group {
                 let seen = if p.given {
