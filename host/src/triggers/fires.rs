@@ -158,9 +158,16 @@ impl FirstSeqs {
 
 /// A rule's fires: pending (the outbox), running, dead-lettered, and the
 /// breaker. In memory; the core keeps it equal to what is committed.
+///
+/// It holds up to millions of fires (a million memberships falling due
+/// faster than their handlers run). A hash table grows by moving every
+/// entry at once, so the big one holds records boxed (a few bytes moved
+/// per fire: with records inline, a growth at half a million fires
+/// stalled a step for over a second), and the index by partition is a
+/// B-tree, which grows a node at a time.
 #[derive(Debug, Default)]
 pub struct FireBook {
-    pending: FxHashMap<String, FireRecord>,
+    pending: FxHashMap<String, Box<FireRecord>>,
     /// Pending fires in creation order.
     order: BTreeSet<(u64, i64, String)>,
     /// The highest creation order of a fire seen.
@@ -170,13 +177,13 @@ pub struct FireBook {
     firsts: FirstSeqs,
     /// Dead letters (fire id → first seq): their events stay pinned so
     /// that they can be re-driven.
-    dead: FxHashMap<String, u64>,
+    dead: BTreeMap<String, u64>,
     dead_firsts: FirstSeqs,
     running: FxHashSet<String>,
     /// Running fires per partition (cancelled ones no longer count).
     busy: FxHashMap<Option<String>, usize>,
-    /// Pending fires per partition.
-    by_part: FxHashMap<Option<String>, FxHashSet<String>>,
+    /// Pending fires by partition, in creation order within each.
+    by_part: BTreeSet<(Option<String>, u64, String)>,
     /// Fires of one partition may run side by side.
     unordered: bool,
     /// Running fires that were cancelled (their partition is free).
@@ -198,10 +205,8 @@ impl FireBook {
             self.firsts.add(s);
         }
         self.by_part
-            .entry(f.partition.clone())
-            .or_default()
-            .insert(f.fire_id.clone());
-        self.pending.insert(f.fire_id.clone(), f);
+            .insert((f.partition.clone(), f.order, f.fire_id.clone()));
+        self.pending.insert(f.fire_id.clone(), Box::new(f));
     }
 
     /// The creation order the next new fire takes.
@@ -216,7 +221,17 @@ impl FireBook {
 
     /// Fires of `partition` pending (running ones included).
     pub fn in_flight(&self, partition: &Option<String>) -> usize {
-        self.by_part.get(partition).map_or(0, |ids| ids.len())
+        self.of_part(partition).count()
+    }
+
+    /// The `by_part` entries of `partition`.
+    fn of_part<'a>(
+        &'a self,
+        partition: &'a Option<String>,
+    ) -> impl Iterator<Item = &'a (Option<String>, u64, String)> + 'a {
+        self.by_part
+            .range((partition.clone(), 0, String::new())..)
+            .take_while(move |(p, _, _)| p == partition)
     }
 
     /// Fires of `partition` running now.
@@ -226,10 +241,10 @@ impl FireBook {
 
     /// Pending fires of `partition`, in creation order.
     pub fn ids_in(&self, partition: &Option<String>) -> Vec<String> {
-        let Some(ids) = self.by_part.get(partition) else {
-            return Vec::new();
-        };
-        let mut fires: Vec<&FireRecord> = ids.iter().map(|id| &self.pending[id]).collect();
+        let mut fires: Vec<&FireRecord> = self
+            .of_part(partition)
+            .map(|(_, _, id)| &*self.pending[id])
+            .collect();
         fires.sort_by_key(|f| f.order());
         fires.into_iter().map(|f| f.fire_id.clone()).collect()
     }
@@ -256,7 +271,7 @@ impl FireBook {
 
     /// Take a fire out of the outbox (completed or dead-lettered).
     pub fn remove(&mut self, id: &str) -> Option<FireRecord> {
-        let f = self.pending.remove(id)?;
+        let f = *self.pending.remove(id)?;
         self.order.remove(&f.order());
         if let Some(at) = f.retry_at {
             self.retries.remove(&(at, f.fire_id.clone()));
@@ -264,12 +279,8 @@ impl FireBook {
         if let Some(s) = f.first_seq() {
             self.firsts.remove(s);
         }
-        if let Some(ids) = self.by_part.get_mut(&f.partition) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by_part.remove(&f.partition);
-            }
-        }
+        self.by_part
+            .remove(&(f.partition.clone(), f.order, f.fire_id.clone()));
         Some(f)
     }
 
@@ -294,7 +305,7 @@ impl FireBook {
 
     /// A pending fire.
     pub fn get(&self, id: &str) -> Option<&FireRecord> {
-        self.pending.get(id)
+        self.pending.get(id).map(|f| &**f)
     }
 
     /// Pending fires (running ones included).
