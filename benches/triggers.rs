@@ -6,9 +6,14 @@
 //!    reached (handler included), p50/p99;
 //! 3. timer lateness with 1 000 000 open windows: how late after its
 //!    deadline each window is closed and committed, p50/p99, and the memory
-//!    an open window costs.
+//!    an open window costs;
+//! 4. fires with `durability = full`: a `count = 1` rule over 1 000
+//!    partitions (each fire a batch of one event, its output and its
+//!    completion committed), fires/s at `concurrency` 1 and 4, against
+//!    full-durability ingest of one event per commit in the same run.
 //!
-//! Run: `cargo bench -p sluice --bench triggers`
+//! Run: `cargo bench -p sluice --bench triggers` (`SLUICE_BENCH_ONLY=
+//! rules|latency|timers|full` runs one part).
 
 #[path = "common.rs"]
 mod common;
@@ -46,9 +51,18 @@ fn event(i: u64, partitions: u64) -> NewEvent {
 }
 
 fn open_log(dir: &tempfile::TempDir, name: &str, clock: SharedClock) -> EventLog {
+    open_log_with(dir, name, clock, Durability::Normal)
+}
+
+fn open_log_with(
+    dir: &tempfile::TempDir,
+    name: &str,
+    clock: SharedClock,
+    durability: Durability,
+) -> EventLog {
     EventLog::open_sqlite(
         dir.path().join(name),
-        Durability::Normal,
+        durability,
         LogConfig::default(),
         clock,
     )
@@ -263,10 +277,75 @@ fn timer_lateness(rt: &Runtime) {
     );
 }
 
+/// Fires with `durability = full`: events ingested first, then a
+/// `count = 1` rule deployed over them; fires/s until every one completed,
+/// against full-durability ingest of one event per commit.
+fn full_durability_fires(tokio: &tokio::runtime::Runtime, rt: &Runtime) {
+    const N: u64 = 5_000;
+    const PARTITIONS: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log_with(&dir, "ingest.db", Arc::new(SystemClock), Durability::Full);
+    let start = Instant::now();
+    for i in 0..N {
+        log.append_blocking(vec![event(i, PARTITIONS)]).unwrap();
+    }
+    let ingest_rate = N as f64 / start.elapsed().as_secs_f64();
+    log.close();
+    let mut line = format!(
+        "fires with durability full, count = 1, {N} events over {PARTITIONS} partitions: \
+         ingest one event per commit {ingest_rate:.0} events/s"
+    );
+    for concurrency in [1u32, 4] {
+        let log = open_log_with(
+            &dir,
+            &format!("fires-{concurrency}.db"),
+            Arc::new(SystemClock),
+            Durability::Full,
+        );
+        let events: Vec<NewEvent> = (0..N).map(|i| event(i, PARTITIONS)).collect();
+        for chunk in events.chunks(1_000) {
+            log.append_blocking(chunk.to_vec()).unwrap();
+        }
+        let engine = tokio.block_on(async { Engine::new(log.clone(), Arc::new(SystemClock)) });
+        let (mut spec, _, rule) = batch_parts(rt, "each", JSON_KEY, 1, Expire::Fire);
+        spec.concurrency = concurrency;
+        let trigger = BatchTrigger {
+            count: 1,
+            window: Duration::from_secs(3600),
+            expire: Expire::Fire,
+            debounce: false,
+            max_wait: None,
+        };
+        let start = Instant::now();
+        tokio
+            .block_on(engine.deploy(Deployable::batch(spec, rule, &trigger)))
+            .unwrap();
+        loop {
+            let ok = engine
+                .status("bench", "each")
+                .map_or(0, |s| s.counters.fires_ok);
+            if ok >= N {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let rate = N as f64 / start.elapsed().as_secs_f64();
+        tokio.block_on(engine.shutdown());
+        log.close();
+        line += &format!(
+            "; concurrency {concurrency}: {rate:.0} fires/s ({:.0}% of ingest)",
+            100.0 * rate / ingest_rate
+        );
+    }
+    println!("{line}");
+}
+
 fn main() {
     if !common::benching() {
         return;
     }
+    let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only == name;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -278,7 +357,16 @@ fn main() {
         ..RuntimeConfig::default()
     })
     .unwrap();
-    end_to_end(&tokio, &rt);
-    fire_latency(&tokio, &rt);
-    timer_lateness(&rt);
+    if part("rules") {
+        end_to_end(&tokio, &rt);
+    }
+    if part("latency") {
+        fire_latency(&tokio, &rt);
+    }
+    if part("timers") {
+        timer_lateness(&rt);
+    }
+    if part("full") {
+        full_durability_fires(&tokio, &rt);
+    }
 }

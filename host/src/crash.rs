@@ -20,7 +20,9 @@
 //! | `log.append.mid_group` | a group commit has written some requests' events, not all |
 //! | `log.append.before_ack` | an append is committed, its requests not yet answered |
 //! | `log.transact.between_records_and_state` | a rule's records (a fire's outputs and `fire.completed`) are in the transaction, its state (the outbox) not yet |
+//! | `log.transact.merged` | one transaction holds the writes of several requests, rules' state changes among them (the writer took them from its queue together), not committed |
 //! | `fire.before_completion` | a handler returned; its completion not yet committed |
+//! | `fire.before_grouped_completion` | several fires (a chain, or runs that finished together) are decided, their completions not yet committed |
 //! | `timer.before_commit` | a partition deadline is handled in memory, not committed |
 //! | `schedule.before_commit` | a schedule tick is handled in memory, not committed |
 //! | `schedule.catch_up.before_commit` | ticks missed while a rule was held are caught up in memory, not committed |
@@ -36,7 +38,9 @@ pub const POINTS: &[&str] = &[
     "log.append.mid_group",
     "log.append.before_ack",
     "log.transact.between_records_and_state",
+    "log.transact.merged",
     "fire.before_completion",
+    "fire.before_grouped_completion",
     "timer.before_commit",
     "schedule.before_commit",
     "schedule.catch_up.before_commit",

@@ -12,7 +12,9 @@
 //!    and deadlines to the core in time order, one step per slice of
 //!    events, up to a budget (so a rule under sustained ingest still
 //!    comes back to its fires and requests within a bounded time);
-//! 4. start the fires that are due, up to the rule's concurrency.
+//! 4. start the fires that are due, up to the rule's concurrency: each
+//!    slot takes a chain of fires of different partitions, run one after
+//!    another and committed together.
 //!
 //! Every transaction that changes the rule's state or appends its records
 //! goes through [`Driver::commit`]: that is the one place a store that
@@ -36,7 +38,7 @@ use crate::triggers::fires::{FireAttempt, FireOutcome, FireRecord};
 use crate::triggers::state as key;
 use crate::verdict::Verdict;
 
-use super::job::FireJob;
+use super::job::{CHAIN_FIRES, Chain, FireJob};
 use super::rule::{Failure, RuleStatus};
 
 /// Events read per step: one commit per step, so a step's writes (a row
@@ -86,11 +88,12 @@ const NEXT_TICKS: usize = 5;
 
 /// How fires run.
 pub trait Runner {
-    /// Run `job` now and give its attempt back (inline), or take it to run
-    /// elsewhere and give `None`; its attempt then comes back in a later
-    /// round. `lone`: the rule has this one fire due and nothing else to
-    /// do — a thread hop would only add latency.
-    fn run(&mut self, job: FireJob, lone: bool) -> Option<FireAttempt>;
+    /// Run `chain` now and give its attempts back (inline; `Err(fire id)`
+    /// for a fire it did not start), or take it to run elsewhere and give
+    /// `None`; its attempts then come back together in a later round.
+    /// `lone`: the rule has this one fire due and nothing else to do — a
+    /// thread hop would only add latency.
+    fn run(&mut self, chain: Chain, lone: bool) -> Option<Vec<Result<FireAttempt, String>>>;
 }
 
 /// Runs every fire at once, on the caller's thread (`sluice test`,
@@ -99,8 +102,8 @@ pub trait Runner {
 pub struct Inline;
 
 impl Runner for Inline {
-    fn run(&mut self, job: FireJob, _lone: bool) -> Option<FireAttempt> {
-        Some(job.run_guarded())
+    fn run(&mut self, chain: Chain, _lone: bool) -> Option<Vec<Result<FireAttempt, String>>> {
+        Some(chain.run(None, FireJob::run_guarded))
     }
 }
 
@@ -190,6 +193,9 @@ pub struct Driver<K: Kind> {
     /// The log holds nothing for this rule's tenant up to here (other
     /// tenants' seqs): in memory only, so idle rules need not look again.
     seen: u64,
+    /// Fires started behind another in a chain: running, but not counted
+    /// against the concurrency (their chain's first fire is).
+    tails: rustc_hash::FxHashSet<String>,
 }
 
 impl<K: Kind> std::ops::Deref for Driver<K> {
@@ -220,6 +226,7 @@ impl<K: Kind> Driver<K> {
             log: log.clone(),
             rule,
             seen: 0,
+            tails: Default::default(),
         };
         let (writes, begin) = driver.core.begin(now, start);
         driver.commit(writes)?;
@@ -437,20 +444,64 @@ impl<K: Kind> Driver<K> {
 
     /// Commit what a fire's run came to.
     pub fn finish_fire(&mut self, attempt: &FireAttempt) -> Result<FireOutcome, CoreError> {
-        let (writes, plan) = self.core.finish(attempt);
+        self.finish_fires(std::slice::from_ref(attempt))
+            .pop()
+            .expect("one outcome per attempt")
+    }
+
+    /// Commit what the runs of `attempts` came to, in one transaction
+    /// (one fsync for all of them): an outcome per attempt, in order. If
+    /// the commit fails, none is committed and every one runs again.
+    pub fn finish_fires(
+        &mut self,
+        attempts: &[FireAttempt],
+    ) -> Vec<Result<FireOutcome, CoreError>> {
+        for a in attempts {
+            self.tails.remove(&a.record.fire_id);
+        }
+        let (writes, plans) = self.core.finish_all(attempts);
         crate::crash::point("fire.before_completion");
+        if plans.len() > 1 {
+            crate::crash::point("fire.before_grouped_completion");
+        }
         match self.commit(writes) {
-            Ok(report) => self.core.finished(plan, &report),
+            Ok(report) => {
+                let counts: Vec<usize> = plans.iter().map(|(_, n)| *n).collect();
+                plans
+                    .into_iter()
+                    .zip(report.split(&counts))
+                    .map(|((plan, _), report)| self.core.finished(plan, &report))
+                    .collect()
+            }
             Err(e) => {
-                self.core.abandon(plan.fire_id());
-                Err(e)
+                let why = e.to_string();
+                for (plan, _) in &plans {
+                    self.core.abandon(plan.fire_id());
+                }
+                let mut outcomes: Vec<_> = (1..plans.len())
+                    .map(|_| {
+                        Err(CoreError::State {
+                            key: "commit".into(),
+                            problem: why.clone(),
+                        })
+                    })
+                    .collect();
+                outcomes.push(Err(e));
+                outcomes
             }
         }
     }
 
-    /// A fire whose run was lost (its task cancelled): it runs again.
+    /// A fire whose run was lost (its task cancelled) or not started (its
+    /// chain ran out of time): it runs again.
     pub fn lost_fire(&mut self, fire_id: &str) {
+        self.tails.remove(fire_id);
         self.core.abandon(fire_id);
+    }
+
+    /// Fires running, counting a chain once.
+    fn running_slots(&self) -> usize {
+        self.core.fires().running().saturating_sub(self.tails.len())
     }
 
     /// Run fire `fire_id` once, here and now (start, run, finish).
@@ -594,9 +645,7 @@ impl<K: Kind> Driver<K> {
         ));
         let mut out = RoundOut::default();
         let now = input.now;
-        for attempt in &input.finished {
-            self.finished(attempt, &mut out, observer);
-        }
+        self.finished(&input.finished, &mut out, observer);
         for (request, reply) in input.requests {
             let answer = self.serve(&request, now);
             if let Err(e) = &answer
@@ -622,31 +671,54 @@ impl<K: Kind> Driver<K> {
         // their partition due.
         let fires_now = if input.flush { i64::MAX } else { now };
         loop {
-            let running = self.core.fires().running();
+            let running = self.running_slots();
             let slots = (self.core.spec().concurrency as usize).saturating_sub(running);
             if slots == 0 {
                 break;
             }
-            let due = self.core.due_fires(fires_now, slots.saturating_add(1));
+            let due = self.core.due_fires(
+                fires_now,
+                slots.saturating_mul(CHAIN_FIRES).saturating_add(1),
+            );
             if due.is_empty() {
                 break;
             }
             let lone = due.len() == 1 && running == 0 && self.seen() >= self.log.last_seq();
-            let mut ran = false;
-            for id in due.into_iter().take(slots) {
-                let job = match self.start_fire(&id, now) {
-                    Ok(job) => job,
-                    Err(e) => {
-                        out.error = Some(e.to_string());
-                        return out;
+            // Each slot a chain: the due fires, oldest first, cut into
+            // consecutive runs (so that fires run inline go in creation
+            // order).
+            let take = due.len().min(slots.saturating_mul(CHAIN_FIRES));
+            let per_chain = take.div_ceil(slots.min(take));
+            let mut done = Vec::new();
+            for ids in due[..take].chunks(per_chain) {
+                let mut jobs = Vec::with_capacity(ids.len());
+                for (i, id) in ids.iter().enumerate() {
+                    match self.start_fire(id, now) {
+                        Ok(job) => jobs.push(job),
+                        Err(e) => {
+                            out.error = Some(e.to_string());
+                            break;
+                        }
                     }
-                };
-                if let Some(attempt) = runner.run(job, lone) {
-                    self.finished(&attempt, &mut out, observer);
-                    ran = true;
+                    if i > 0 {
+                        self.tails.insert(id.clone());
+                    }
+                }
+                if jobs.is_empty() {
+                    continue;
+                }
+                if let Some(attempts) = runner.run(Chain(jobs), lone) {
+                    for a in attempts {
+                        match a {
+                            Ok(a) => done.push(a),
+                            Err(id) => self.lost_fire(&id),
+                        }
+                    }
                 }
             }
             out.progressed = true;
+            let ran = !done.is_empty();
+            self.finished(&done, &mut out, observer);
             if !ran || out.error.is_some() {
                 break;
             }
@@ -654,15 +726,26 @@ impl<K: Kind> Driver<K> {
         out
     }
 
-    fn finished(&mut self, attempt: &FireAttempt, out: &mut RoundOut, observer: &mut dyn Observer) {
-        match self.finish_fire(attempt) {
-            Ok(outcome) => {
-                if let Some(f) = Failure::of(attempt) {
-                    out.failure = Some(f);
+    /// Commit the attempts of fires that finished, together.
+    fn finished(
+        &mut self,
+        attempts: &[FireAttempt],
+        out: &mut RoundOut,
+        observer: &mut dyn Observer,
+    ) {
+        if attempts.is_empty() {
+            return;
+        }
+        for (attempt, outcome) in attempts.iter().zip(self.finish_fires(attempts)) {
+            match outcome {
+                Ok(outcome) => {
+                    if let Some(f) = Failure::of(attempt) {
+                        out.failure = Some(f);
+                    }
+                    observer.finished(attempt, &outcome);
                 }
-                observer.finished(attempt, &outcome);
+                Err(e) => out.error = Some(e.to_string()),
             }
-            Err(e) => out.error = Some(e.to_string()),
         }
     }
 }

@@ -156,3 +156,42 @@ pub fn reason(r: &FireReason) -> wit::Reason {
         FireReason::Drained => wit::Reason::Drained,
     }
 }
+
+/// Fires handed to one worker to run one after another: the rule's
+/// `concurrency` counts a chain once, since one of its fires runs at a
+/// time, and the attempts come back together, to be committed in one
+/// transaction (one fsync for the chain, not one per fire).
+#[derive(Debug)]
+pub struct Chain(pub Vec<FireJob>);
+
+/// How long a chain goes on starting fires: the rest come back unstarted
+/// and run again later, so that one chain of slow handlers does not hold
+/// its fires' commit back for long.
+pub const CHAIN_BUDGET: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Fires a chain holds at most.
+pub const CHAIN_FIRES: usize = 64;
+
+impl Chain {
+    /// Run the jobs in order with `run`, while `budget` lasts (all of them
+    /// with `None`): an attempt per job run, and `Err(fire id)` for each
+    /// job not started.
+    pub fn run(
+        self,
+        budget: Option<std::time::Duration>,
+        mut run: impl FnMut(FireJob) -> FireAttempt,
+    ) -> Vec<Result<FireAttempt, String>> {
+        let started = std::time::Instant::now();
+        self.0
+            .into_iter()
+            .enumerate()
+            .map(|(i, job)| {
+                let over = budget.is_some_and(|b| started.elapsed() >= b);
+                match i > 0 && over {
+                    true => Err(job.record.fire_id),
+                    false => Ok(run(job)),
+                }
+            })
+            .collect()
+    }
+}

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::driver::{Driven, Observer, Reply, Request, RoundIn, Runner};
-use super::job::FireJob;
+use super::job::{CHAIN_BUDGET, Chain, FireJob};
 use super::rule::{Deployable, RuleStatus};
 use super::stats::Stats;
 use super::{Work, record_lifecycle};
@@ -82,18 +82,18 @@ fn run_timed(job: FireJob, meter: &Meter) -> FireAttempt {
 }
 
 /// The engine's runner: a lone fire runs on the round's thread (a hop
-/// would only add latency); others go to the work slots.
+/// would only add latency); chains go to the work slots.
 struct Spawner {
     meter: Meter,
-    jobs: Vec<FireJob>,
+    chains: Vec<Chain>,
 }
 
 impl Runner for Spawner {
-    fn run(&mut self, job: FireJob, lone: bool) -> Option<FireAttempt> {
+    fn run(&mut self, chain: Chain, lone: bool) -> Option<Vec<Result<FireAttempt, String>>> {
         if lone {
-            return Some(run_timed(job, &self.meter));
+            return Some(chain.run(None, |job| run_timed(job, &self.meter)));
         }
-        self.jobs.push(job);
+        self.chains.push(chain);
         None
     }
 }
@@ -127,63 +127,77 @@ pub(super) struct Task {
     pub stats: Arc<Stats>,
 }
 
-/// Fires running in the work slots, by task id, so a run that is lost
-/// (its task cancelled or panicked) is known by its fire.
+/// What a chain in the work slots came to: an attempt per fire run,
+/// `Err(fire id)` per fire not started or whose run was lost.
+type ChainDone = Vec<Result<FireAttempt, String>>;
+
+/// Chains of fires running in the work slots, by task id, so a run that
+/// is lost (its task cancelled or panicked) is known by its fires.
 #[derive(Default)]
 struct Running {
-    set: JoinSet<FireAttempt>,
-    fires: HashMap<tokio::task::Id, String>,
+    set: JoinSet<ChainDone>,
+    fires: HashMap<tokio::task::Id, Vec<String>>,
 }
 
 impl Running {
-    fn spawn(&mut self, job: FireJob, work: Work, meter: Meter) {
-        let id = job.record.fire_id.clone();
+    fn spawn(&mut self, chain: Chain, work: Work, meter: Meter) {
+        let ids = chain.0.iter().map(|j| j.record.fire_id.clone()).collect();
         let handle = self.set.spawn(async move {
             let permit = work.acquire().await;
-            let attempt = tokio::task::spawn_blocking(move || {
-                let a = run_timed(job, &meter);
+            let done = tokio::task::spawn_blocking(move || {
+                let done = chain.run(Some(CHAIN_BUDGET), |job| run_timed(job, &meter));
                 drop(permit);
-                a
+                done
             })
             .await;
-            match attempt {
-                Ok(a) => a,
+            match done {
+                Ok(done) => done,
                 Err(e) => std::panic::resume_unwind(Box::new(e.to_string())),
             }
         });
-        self.fires.insert(handle.id(), id);
+        self.fires.insert(handle.id(), ids);
     }
 
     fn is_empty(&self) -> bool {
         self.set.is_empty()
     }
 
-    /// A finished run: its attempt, or the fire whose run was lost.
+    /// A finished chain: its attempts, or its fires if its run was lost.
     fn took(
         &mut self,
-        done: Result<(tokio::task::Id, FireAttempt), tokio::task::JoinError>,
-    ) -> Result<FireAttempt, String> {
+        done: Result<(tokio::task::Id, ChainDone), tokio::task::JoinError>,
+    ) -> ChainDone {
         match done {
-            Ok((id, a)) => {
+            Ok((id, done)) => {
                 self.fires.remove(&id);
-                Ok(a)
+                done
             }
             Err(e) => {
-                let fire = self.fires.remove(&e.id()).unwrap_or_default();
-                tracing::warn!(fire = %fire, error = %e, "a fire's run was lost; it runs again");
-                Err(fire)
+                let fires = self.fires.remove(&e.id()).unwrap_or_default();
+                tracing::warn!(fires = ?fires, error = %e, "a chain of fires was lost; they run again");
+                fires.into_iter().map(Err).collect()
             }
         }
     }
 
-    async fn next(&mut self) -> Option<Result<FireAttempt, String>> {
+    async fn next(&mut self) -> Option<ChainDone> {
         let done = self.set.join_next_with_id().await?;
         Some(self.took(done))
     }
 
-    fn try_next(&mut self) -> Option<Result<FireAttempt, String>> {
+    fn try_next(&mut self) -> Option<ChainDone> {
         let done = self.set.try_join_next_with_id()?;
         Some(self.took(done))
+    }
+}
+
+/// Sort a chain's results into attempts to commit and fires to run again.
+fn sort_out(done: ChainDone, finished: &mut Vec<FireAttempt>, lost: &mut Vec<String>) {
+    for d in done {
+        match d {
+            Ok(a) => finished.push(a),
+            Err(fire) => lost.push(fire),
+        }
     }
 }
 
@@ -225,10 +239,7 @@ impl Task {
             // Fires that finished meanwhile are committed this round, even
             // while the rule is busy catching up.
             while let Some(done) = running.try_next() {
-                match done {
-                    Ok(a) => finished.push(a),
-                    Err(fire) => lost.push(fire),
-                }
+                sort_out(done, &mut finished, &mut lost);
             }
             let meter = Meter::of(&*core, &self.stats);
             let input = RoundIn {
@@ -253,7 +264,7 @@ impl Task {
                 input.now = clock.now_millis();
                 let mut spawner = Spawner {
                     meter: round_meter.clone(),
-                    jobs: Vec::new(),
+                    chains: Vec::new(),
                 };
                 let out = core.round(
                     input,
@@ -263,10 +274,10 @@ impl Task {
                     },
                 );
                 drop(permit);
-                (core, out, spawner.jobs)
+                (core, out, spawner.chains)
             })
             .await;
-            let (c, mut out, jobs) = match joined {
+            let (c, mut out, chains) = match joined {
                 Ok(r) => r,
                 Err(e) => {
                     // The driver is lost with the round: the rule is failed
@@ -282,8 +293,8 @@ impl Task {
                 }
             };
             core = c;
-            for job in jobs {
-                running.spawn(job, self.work.clone(), meter.clone());
+            for chain in chains {
+                running.spawn(chain, self.work.clone(), meter.clone());
             }
             {
                 let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -302,19 +313,15 @@ impl Task {
                 tracing::warn!(rule = %core.spec().name, error = %e, "rule step failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    Some(done) = running.next(), if !running.is_empty() => match done {
-                        Ok(a) => finished.push(a),
-                        Err(fire) => lost.push(fire),
-                    },
+                    Some(done) = running.next(), if !running.is_empty() => {
+                        sort_out(done, &mut finished, &mut lost);
+                    }
                 }
                 continue;
             }
             if stopping {
                 if let Some(done) = running.next().await {
-                    match done {
-                        Ok(a) => finished.push(a),
-                        Err(fire) => lost.push(fire),
-                    }
+                    sort_out(done, &mut finished, &mut lost);
                 }
                 continue;
             }
@@ -352,10 +359,9 @@ impl Task {
                 tokio::select! {
                     _ = committed.changed() => {}
                     _ = timer => {}
-                    Some(done) = running.next(), if !running.is_empty() => match done {
-                        Ok(a) => finished.push(a),
-                        Err(fire) => lost.push(fire),
-                    },
+                    Some(done) = running.next(), if !running.is_empty() => {
+                        sort_out(done, &mut finished, &mut lost);
+                    }
                     Some(r) = self.requests.recv() => pending.push(r),
                     _ = self.stop.changed() => {}
                 }
@@ -406,9 +412,8 @@ impl Task {
         .await;
         let mut done = Vec::new();
         while let Some(r) = running.next().await {
-            if let Ok(a) = r {
-                done.push(a);
-            }
+            // Fires not run come back pending when the rule opens again.
+            done.extend(r.into_iter().flatten());
         }
         loop {
             tokio::select! {

@@ -177,6 +177,24 @@ pub struct AppendReport {
 }
 
 impl AppendReport {
+    /// Split a report into consecutive reports of `counts` events each
+    /// (one per part of a request that was committed as one). A part the
+    /// report does not reach (its events were not appended: a shadow's
+    /// records are kept aside) gets an empty report.
+    pub fn split(self, counts: &[usize]) -> Vec<AppendReport> {
+        let mut outcomes = self.outcomes.into_iter();
+        let mut ids = self.ids.into_iter();
+        counts
+            .iter()
+            .map(|&n| {
+                AppendReport::new(
+                    outcomes.by_ref().take(n).collect(),
+                    ids.by_ref().take(n).collect(),
+                )
+            })
+            .collect()
+    }
+
     fn new(outcomes: Vec<AppendOutcome>, ids: Vec<String>) -> Self {
         let duplicates = outcomes
             .iter()
@@ -922,14 +940,26 @@ fn run_writer(
         let (events, reply) = match first {
             Command::Append { events, reply } => (events, reply),
             Command::Transact { events, ops, reply } => {
-                let result = stamped(writer, shared, config, |w, stamp| {
-                    w.transact(events, ops, stamp, config.dedupe_window)
-                });
-                let _ = reply.send(result.map(|mut reports| {
-                    reports
-                        .pop()
-                        .unwrap_or_else(|| AppendReport::new(Vec::new(), Vec::new()))
-                }));
+                // Take the small transactions queued behind it too (rules'
+                // fire completions, mostly): one commit, one fsync.
+                let mut batch = vec![(events, ops, reply)];
+                if batch[0].0.len() + batch[0].1.len() <= MERGE_MAX {
+                    while batch.len() < MERGE_REQUESTS {
+                        match rx.try_recv() {
+                            Ok(Command::Transact { events, ops, reply })
+                                if events.len() + ops.len() <= MERGE_MAX =>
+                            {
+                                batch.push((events, ops, reply));
+                            }
+                            Ok(other) => {
+                                pending.push_back(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                transact_merged(writer, shared, config, batch);
                 continue;
             }
             Command::Prune { policy, reply } => {
@@ -999,6 +1029,75 @@ fn run_writer(
                         LogError::Closed => LogError::Closed,
                     }));
                 }
+            }
+        }
+    }
+}
+
+/// Most events and state ops of a transaction that is merged with others.
+const MERGE_MAX: usize = 512;
+/// Most transactions merged into one.
+const MERGE_REQUESTS: usize = 256;
+
+/// Commit transactions `batch`, in order, in one transaction when there
+/// are several; each gets its own report. Should the merged one fail, each
+/// is tried again on its own, so that one request's failure (a rule whose
+/// lease this node lost) fails that request alone.
+#[allow(clippy::type_complexity)]
+fn transact_merged(
+    writer: &mut dyn LogWriter,
+    shared: &Shared,
+    config: &LogConfig,
+    batch: Vec<(
+        Vec<NewEvent>,
+        Vec<StateOp>,
+        oneshot::Sender<Result<AppendReport, LogError>>,
+    )>,
+) {
+    let one = |writer: &mut dyn LogWriter, events, ops| {
+        stamped(writer, shared, config, |w, stamp| {
+            w.transact(events, ops, stamp, config.dedupe_window)
+        })
+        .map(|mut reports| {
+            reports
+                .pop()
+                .unwrap_or_else(|| AppendReport::new(Vec::new(), Vec::new()))
+        })
+    };
+    if batch.len() == 1 {
+        let (events, ops, reply) = batch.into_iter().next().expect("one request");
+        let _ = reply.send(one(writer, events, ops));
+        return;
+    }
+    let groups: Vec<Vec<NewEvent>> = batch.iter().map(|(e, _, _)| e.clone()).collect();
+    let ops: Vec<StateOp> = batch
+        .iter()
+        .flat_map(|(_, o, _)| o.iter().cloned())
+        .collect();
+    crate::crash::point("log.transact.merged");
+    let floor = shared.floor.lock().unwrap_or_else(|e| e.into_inner());
+    let stamp = Stamp {
+        at: shared.clock.now_millis().max(*floor),
+        follow_event_time: config.follow_event_time,
+    };
+    match writer.write(groups, ops, stamp, config.dedupe_window) {
+        Ok(committed) => {
+            let reports = publish(writer, shared, Ok(committed));
+            drop(floor);
+            let reports = reports.unwrap_or_default();
+            let mut reports = reports.into_iter();
+            for (_, _, reply) in batch {
+                let report = reports
+                    .next()
+                    .unwrap_or_else(|| AppendReport::new(Vec::new(), Vec::new()));
+                let _ = reply.send(Ok(report));
+            }
+        }
+        Err(e) => {
+            drop(floor);
+            tracing::debug!(error = %e, requests = batch.len(), "a merged transaction failed; each request is tried on its own");
+            for (events, ops, reply) in batch {
+                let _ = reply.send(one(writer, events, ops));
             }
         }
     }

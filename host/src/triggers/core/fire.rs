@@ -7,6 +7,12 @@
 //! [`RuleCore::finished`] applies them. Whatever happens to the commit,
 //! the fire stops counting as running ([`RuleCore::abandon`] when it
 //! failed), so it runs again.
+//!
+//! Attempts that finished together are decided together
+//! ([`RuleCore::finish_all`]) and committed in one transaction: one
+//! fsync for all of them. They are decided in order, as if committed one
+//! after another (the breaker counts dead letters in a row across them),
+//! and the retention pin is written once, for the whole group.
 
 use super::{CoreError, RuleCore, Writes, bad_state};
 use crate::log::AppendReport;
@@ -60,6 +66,46 @@ impl<K: Kind> RuleCore<K> {
     /// dead letter (and maybe the suspension). Each is also an engine
     /// record on the log.
     pub fn finish(&self, attempt: &FireAttempt) -> (Writes, FinishPlan) {
+        let (writes, mut plans) = self.finish_all(std::slice::from_ref(attempt));
+        let (plan, _) = plans.pop().expect("one plan per attempt");
+        (writes, plan)
+    }
+
+    /// [`Self::finish`] for attempts committed together, in this order:
+    /// the writes of all of them, and per attempt its plan and how many
+    /// of the writes' records are its own (its share of the commit's
+    /// report, in order).
+    pub fn finish_all(&self, attempts: &[FireAttempt]) -> (Writes, Vec<(FinishPlan, usize)>) {
+        let mut all = Writes::default();
+        let mut plans = Vec::with_capacity(attempts.len());
+        let mut in_a_row = self.fires.dead_in_a_row;
+        let mut pin: Option<(Vec<u64>, Vec<u64>)> = None;
+        for attempt in attempts {
+            let (writes, plan, released) = self.decide(attempt, &mut in_a_row);
+            plans.push((plan, writes.records.len()));
+            all.records.extend(writes.records);
+            all.ops.extend(writes.ops);
+            if let Some((r, a)) = released {
+                let (removed, added) = pin.get_or_insert_default();
+                removed.extend(r);
+                added.extend(a);
+            }
+        }
+        if let Some((removed, added)) = pin {
+            all.ops.push(self.pin_now(&removed, &added));
+        }
+        (all, plans)
+    }
+
+    /// One attempt's writes (without the retention pin) and plan, and
+    /// the first seqs it releases and holds, with `in_a_row` dead letters
+    /// before it (updated).
+    #[allow(clippy::type_complexity)]
+    fn decide(
+        &self,
+        attempt: &FireAttempt,
+        in_a_row_before: &mut u32,
+    ) -> (Writes, FinishPlan, Option<(Vec<u64>, Vec<u64>)>) {
         let record = &attempt.record;
         let mut plan = FinishPlan {
             fire_id: record.fire_id.clone(),
@@ -67,19 +113,19 @@ impl<K: Kind> RuleCore<K> {
             what: Finish::Cancelled,
         };
         let Some(pending) = self.fires.get(&record.fire_id) else {
-            return (Writes::default(), plan);
+            return (Writes::default(), plan, None);
         };
         let order = pending.order;
         let decision = match outcome(
             &self.spec.retry,
             self.spec.outputs.max_hops,
-            self.fires.dead_in_a_row,
+            *in_a_row_before,
             attempt,
         ) {
             Ok(d) => d,
             Err(why) => {
                 plan.what = Finish::NotRun(why.0);
-                return (Writes::default(), plan);
+                return (Writes::default(), plan, None);
             }
         };
         let whole = attempt;
@@ -87,6 +133,7 @@ impl<K: Kind> RuleCore<K> {
         let mut first = record.first_seq();
         let firsts: Vec<u64> = first.into_iter().collect();
         let mut outputs = 0;
+        let mut pin = None;
         let writes = match &decision {
             Decision::Complete {
                 outputs: emitted,
@@ -101,10 +148,11 @@ impl<K: Kind> RuleCore<K> {
                     outputs = emitted.len();
                 }
                 records.push(self.fire_completed(whole, emitted.len()));
+                *in_a_row_before = 0;
+                pin = Some((firsts, Vec::new()));
                 let mut ops = vec![
                     self.delete(key::fire_key(order, &record.fire_id)),
                     self.delete(key::BREAKER),
-                    self.pin_now(&firsts, &[]),
                 ];
                 if record.kept {
                     ops.push(self.delete(key::kept(&record.fire_id)));
@@ -150,11 +198,12 @@ impl<K: Kind> RuleCore<K> {
                         serde_json::to_vec(&attempt.events).expect("events serialise"),
                     ));
                 }
+                *in_a_row_before = *in_a_row;
                 if dead.kept {
                     first = None;
-                    ops.push(self.pin_now(&firsts, &[]));
+                    pin = Some((firsts, Vec::new()));
                 } else {
-                    ops.push(self.pin_now(&firsts, &firsts));
+                    pin = Some((firsts.clone(), firsts));
                 }
                 if let Some(why) = suspend {
                     ops.push(self.put(key::SUSPENDED, why.clone().into_bytes()));
@@ -170,7 +219,7 @@ impl<K: Kind> RuleCore<K> {
             first,
             outputs,
         };
-        (writes, plan)
+        (writes, plan, pin)
     }
 
     /// Apply an attempt whose writes are committed (`report`: what the
