@@ -160,11 +160,21 @@ impl Node {
         Self::start(store, clock, None).expect("an unarmed server starts")
     }
 
-    fn stop(mut self) {
+    /// Stop the server (SIGTERM); `true` when it was killed at its crash
+    /// point on the way out (its rules' last commits merged, say).
+    fn stop(mut self, store: &Store) -> bool {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "sluice serve exited with {status}");
+        if !status.success() {
+            let log = std::fs::read_to_string(store.stderr()).unwrap_or_default();
+            assert!(
+                log.contains(": killing the process"),
+                "sluice serve exited with {status}"
+            );
+            return true;
+        }
+        false
     }
 
     /// Whether the process is gone (killed at its crash point).
@@ -220,7 +230,7 @@ fn set_up(store: &Store, http: &Client) -> HashMap<String, String> {
         assert_eq!(r.status(), 201, "deploy {rule}: {}", r.text().unwrap());
         tokens.insert(t, token);
     }
-    node.stop();
+    assert!(!node.stop(store), "the set-up server stops cleanly");
     tokens
 }
 
@@ -556,8 +566,14 @@ impl<'a> Run<'a> {
     }
 
     fn finish(self) -> u32 {
-        self.node.stop();
-        self.crashes
+        let mut crashes = self.crashes;
+        if self.node.stop(self.store) {
+            // Killed while shutting down: it starts again and stops cleanly.
+            crashes += 1;
+            let node = Node::unarmed(self.store, self.clock);
+            assert!(!node.stop(self.store), "the unarmed server stops cleanly");
+        }
+        crashes
     }
 }
 
@@ -693,7 +709,9 @@ points! {
     append_mid_group => "log.append.mid_group",
     append_before_ack => "log.append.before_ack",
     transact_between_records_and_state => "log.transact.between_records_and_state",
+    transact_merged => "log.transact.merged",
     fire_before_completion => "fire.before_completion",
+    fire_before_grouped_completion => "fire.before_grouped_completion",
     timer_before_commit => "timer.before_commit",
     schedule_before_commit => "schedule.before_commit",
     schedule_catch_up_before_commit => "schedule.catch_up.before_commit",

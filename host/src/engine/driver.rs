@@ -617,7 +617,7 @@ impl<K: Kind> Driver<K> {
         RuleStatus {
             cursor: c.cursor(),
             pending_fires: c.fires().len(),
-            running_fires: c.fires().running(),
+            running_fires: self.running_slots(),
             dead_letters: c.fires().dead_len(),
             partitions: c.partitions(),
             suspended: c.suspended().map(str::to_owned),
@@ -765,7 +765,8 @@ pub trait Driven: Send + std::fmt::Debug {
     fn next_due(&self) -> Option<i64>;
     /// Fires that may start at `now` (at most `max`).
     fn due_fires(&self, now: i64, max: usize) -> Vec<String>;
-    /// Fires running now.
+    /// Fires running now (a chain counts once: one of its fires runs at a
+    /// time).
     fn running(&self) -> usize;
     /// Since when the rule runs.
     fn up_since(&self) -> Option<i64>;
@@ -822,7 +823,7 @@ impl<K: Kind> Driven for Driver<K> {
         self.core.due_fires(now, max)
     }
     fn running(&self) -> usize {
-        self.core.fires().running()
+        self.running_slots()
     }
     fn up_since(&self) -> Option<i64> {
         self.core.up_since()

@@ -172,7 +172,8 @@ pub struct RuleStatus {
     pub cursor: u64,
     /// Fires waiting to run (or to be retried), running ones included.
     pub pending_fires: usize,
-    /// Fires running now.
+    /// Fires running now: at most the rule's `concurrency` (a slot runs a
+    /// chain of fires one after another; it counts once).
     pub running_fires: usize,
     /// Dead letters.
     pub dead_letters: usize,
