@@ -766,8 +766,10 @@ async fn append_tx(
         .into_iter()
         .partition(|op| matches!(op, StateOp::Fence { .. }));
     // The lease events are written under, kept on them (an audit: along
-    // seq, a rule's epochs never go back).
-    let mut under: (Option<String>, Option<i64>) = (None, None);
+    // seq, a rule's epochs never go back): by each rule's source, since a
+    // transaction merged from several rules' requests holds their fences
+    // all.
+    let mut under = Leases::default();
     for fence in fences {
         let StateOp::Fence {
             tenant,
@@ -786,7 +788,7 @@ async fn append_tx(
             )
             .await
             .map_err(pg("fence"))?;
-        under = (Some(node.clone()), Some(epoch as i64));
+        under.add(&tenant, &rule, &node, epoch as i64);
         if held.is_none() {
             return Err(StoreError::new(
                 super::store::FENCED,
@@ -897,6 +899,35 @@ async fn append_tx(
     Ok((committed, next_head, stamp))
 }
 
+/// The leases a transaction's fences name, by (tenant, rule source).
+#[derive(Default)]
+struct Leases {
+    by_rule: HashMap<(String, String), (String, i64)>,
+    /// The one lease when the transaction holds one fence: its events are
+    /// all written under it.
+    only: Option<(String, i64)>,
+}
+
+impl Leases {
+    fn add(&mut self, tenant: &str, rule: &str, node: &str, epoch: i64) {
+        let lease = (node.to_owned(), epoch);
+        self.only = match self.by_rule.is_empty() {
+            true => Some(lease.clone()),
+            false => None,
+        };
+        self.by_rule
+            .insert((tenant.to_owned(), crate::records::rule_source(rule)), lease);
+    }
+
+    /// The lease an event of `tenant` from `source` is written under.
+    fn of(&self, tenant: &str, source: &str) -> Option<&(String, i64)> {
+        self.only.as_ref().or_else(|| {
+            self.by_rule
+                .get(&(tenant.to_owned(), source.to_owned()))
+        })
+    }
+}
+
 /// Events to insert, column by column (one `INSERT … SELECT unnest(…)`).
 #[derive(Default)]
 struct EventColumns {
@@ -927,14 +958,24 @@ impl EventColumns {
     async fn insert(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
-        (node, epoch): &(Option<String>, Option<i64>),
+        under: &Leases,
     ) -> Result<(), StoreError> {
+        let (node, epoch): (Vec<Option<&str>>, Vec<Option<i64>>) = self
+            .tenant
+            .iter()
+            .zip(&self.source)
+            .map(|(t, s)| match under.of(t, s) {
+                Some((n, e)) => (Some(n.as_str()), Some(*e)),
+                None => (None, None),
+            })
+            .unzip();
         tx.execute(
             "INSERT INTO events (seq, tenant, id, source, kind, time, ingested_at, payload, hops,
                                  lease_node, lease_epoch)
-             SELECT *, $10::text, $11::bigint
+             SELECT *
              FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::bigint[], $7::bigint[], $8::text[], $9::integer[])",
+                         $6::bigint[], $7::bigint[], $8::text[], $9::integer[],
+                         $10::text[], $11::bigint[])",
             &[
                 &self.seq,
                 &self.tenant,
@@ -945,8 +986,8 @@ impl EventColumns {
                 &self.ingested,
                 &self.payload,
                 &self.hops,
-                node,
-                epoch,
+                &node,
+                &epoch,
             ],
         )
         .await
