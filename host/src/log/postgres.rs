@@ -915,16 +915,17 @@ impl Leases {
             true => Some(lease.clone()),
             false => None,
         };
-        self.by_rule
-            .insert((tenant.to_owned(), crate::records::rule_source(rule)), lease);
+        self.by_rule.insert(
+            (tenant.to_owned(), crate::records::rule_source(rule)),
+            lease,
+        );
     }
 
     /// The lease an event of `tenant` from `source` is written under.
     fn of(&self, tenant: &str, source: &str) -> Option<&(String, i64)> {
-        self.only.as_ref().or_else(|| {
-            self.by_rule
-                .get(&(tenant.to_owned(), source.to_owned()))
-        })
+        self.only
+            .as_ref()
+            .or_else(|| self.by_rule.get(&(tenant.to_owned(), source.to_owned())))
     }
 }
 
