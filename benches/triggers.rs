@@ -7,10 +7,11 @@
 //! 3. timer lateness with 1 000 000 open windows: how late after its
 //!    deadline each window is closed and committed, p50/p99, and the memory
 //!    an open window costs;
-//! 4. fires with `durability = full`: a `count = 1` rule over 1 000
+//! 4. fires with `durability = full`: `count = 1` rules over 1 000
 //!    partitions (each fire a batch of one event, its output and its
-//!    completion committed), fires/s at `concurrency` 1 and 4, against
-//!    full-durability ingest of one event per commit in the same run.
+//!    completion committed) — one rule at `concurrency` 1 and 4, and ten
+//!    rules over the same events — fires/s against full-durability ingest
+//!    of one event per commit in the same run.
 //!
 //! Run: `cargo bench -p sluice --bench triggers` (`SLUICE_BENCH_ONLY=
 //! rules|latency|timers|full` runs one part).
@@ -277,9 +278,9 @@ fn timer_lateness(rt: &Runtime) {
     );
 }
 
-/// Fires with `durability = full`: events ingested first, then a
-/// `count = 1` rule deployed over them; fires/s until every one completed,
-/// against full-durability ingest of one event per commit.
+/// Fires with `durability = full`: events ingested first, then `count =
+/// 1` rules deployed over them; fires/s until every one completed, against
+/// full-durability ingest of one event per commit.
 fn full_durability_fires(tokio: &tokio::runtime::Runtime, rt: &Runtime) {
     const N: u64 = 5_000;
     const PARTITIONS: u64 = 1_000;
@@ -295,10 +296,12 @@ fn full_durability_fires(tokio: &tokio::runtime::Runtime, rt: &Runtime) {
         "fires with durability full, count = 1, {N} events over {PARTITIONS} partitions: \
          ingest one event per commit {ingest_rate:.0} events/s"
     );
-    for concurrency in [1u32, 4] {
+    // (rules, concurrency of each): one rule, one rule with four slots,
+    // ten rules over the same events (their commits merge in the writer).
+    for (rules, concurrency) in [(1usize, 1u32), (1, 4), (10, 1)] {
         let log = open_log_with(
             &dir,
-            &format!("fires-{concurrency}.db"),
+            &format!("fires-{rules}-{concurrency}.db"),
             Arc::new(SystemClock),
             Durability::Full,
         );
@@ -307,33 +310,29 @@ fn full_durability_fires(tokio: &tokio::runtime::Runtime, rt: &Runtime) {
             log.append_blocking(chunk.to_vec()).unwrap();
         }
         let engine = tokio.block_on(async { Engine::new(log.clone(), Arc::new(SystemClock)) });
-        let (mut spec, _, rule) = batch_parts(rt, "each", JSON_KEY, 1, Expire::Fire);
-        spec.concurrency = concurrency;
-        let trigger = BatchTrigger {
-            count: 1,
-            window: Duration::from_secs(3600),
-            expire: Expire::Fire,
-            debounce: false,
-            max_wait: None,
-        };
+        let names: Vec<String> = (0..rules).map(|r| format!("each-{r}")).collect();
         let start = Instant::now();
-        tokio
-            .block_on(engine.deploy(Deployable::batch(spec, rule, &trigger)))
-            .unwrap();
+        for name in &names {
+            let mut rule = batch_rule(rt, name, JSON_KEY, 1, Expire::Fire);
+            rule.spec.concurrency = concurrency;
+            tokio.block_on(engine.deploy(rule)).unwrap();
+        }
+        let fires = N * rules as u64;
         loop {
-            let ok = engine
-                .status("bench", "each")
-                .map_or(0, |s| s.counters.fires_ok);
-            if ok >= N {
+            let ok: u64 = names
+                .iter()
+                .map(|n| engine.status("bench", n).map_or(0, |s| s.counters.fires_ok))
+                .sum();
+            if ok >= fires {
                 break;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let rate = N as f64 / start.elapsed().as_secs_f64();
+        let rate = fires as f64 / start.elapsed().as_secs_f64();
         tokio.block_on(engine.shutdown());
         log.close();
         line += &format!(
-            "; concurrency {concurrency}: {rate:.0} fires/s ({:.0}% of ingest)",
+            "; {rules} rule(s), concurrency {concurrency}: {rate:.0} fires/s ({:.0}% of ingest)",
             100.0 * rate / ingest_rate
         );
     }

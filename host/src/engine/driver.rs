@@ -444,7 +444,7 @@ impl<K: Kind> Driver<K> {
 
     /// Commit what a fire's run came to.
     pub fn finish_fire(&mut self, attempt: &FireAttempt) -> Result<FireOutcome, CoreError> {
-        self.finish_fires(std::slice::from_ref(attempt))
+        self.finish_fires(std::slice::from_ref(attempt))?
             .pop()
             .expect("one outcome per attempt")
     }
@@ -452,10 +452,11 @@ impl<K: Kind> Driver<K> {
     /// Commit what the runs of `attempts` came to, in one transaction
     /// (one fsync for all of them): an outcome per attempt, in order. If
     /// the commit fails, none is committed and every one runs again.
+    #[allow(clippy::type_complexity)]
     pub fn finish_fires(
         &mut self,
         attempts: &[FireAttempt],
-    ) -> Vec<Result<FireOutcome, CoreError>> {
+    ) -> Result<Vec<Result<FireOutcome, CoreError>>, CoreError> {
         for a in attempts {
             self.tails.remove(&a.record.fire_id);
         }
@@ -467,27 +468,17 @@ impl<K: Kind> Driver<K> {
         match self.commit(writes) {
             Ok(report) => {
                 let counts: Vec<usize> = plans.iter().map(|(_, n)| *n).collect();
-                plans
+                Ok(plans
                     .into_iter()
                     .zip(report.split(&counts))
                     .map(|((plan, _), report)| self.core.finished(plan, &report))
-                    .collect()
+                    .collect())
             }
             Err(e) => {
-                let why = e.to_string();
                 for (plan, _) in &plans {
                     self.core.abandon(plan.fire_id());
                 }
-                let mut outcomes: Vec<_> = (1..plans.len())
-                    .map(|_| {
-                        Err(CoreError::State {
-                            key: "commit".into(),
-                            problem: why.clone(),
-                        })
-                    })
-                    .collect();
-                outcomes.push(Err(e));
-                outcomes
+                Err(e)
             }
         }
     }
@@ -736,7 +727,14 @@ impl<K: Kind> Driver<K> {
         if attempts.is_empty() {
             return;
         }
-        for (attempt, outcome) in attempts.iter().zip(self.finish_fires(attempts)) {
+        let outcomes = match self.finish_fires(attempts) {
+            Ok(o) => o,
+            Err(e) => {
+                out.error = Some(e.to_string());
+                return;
+            }
+        };
+        for (attempt, outcome) in attempts.iter().zip(outcomes) {
             match outcome {
                 Ok(outcome) => {
                     if let Some(f) = Failure::of(attempt) {

@@ -1069,33 +1069,28 @@ fn transact_merged(
         let _ = reply.send(one(writer, events, ops));
         return;
     }
+    // Copies, to try each again should the merged one fail (each request
+    // is small: at most `MERGE_MAX` events and ops).
     let groups: Vec<Vec<NewEvent>> = batch.iter().map(|(e, _, _)| e.clone()).collect();
     let ops: Vec<StateOp> = batch
         .iter()
         .flat_map(|(_, o, _)| o.iter().cloned())
         .collect();
     crate::crash::point("log.transact.merged");
-    let floor = shared.floor.lock().unwrap_or_else(|e| e.into_inner());
-    let stamp = Stamp {
-        at: shared.clock.now_millis().max(*floor),
-        follow_event_time: config.follow_event_time,
-    };
-    match writer.write(groups, ops, stamp, config.dedupe_window) {
-        Ok(committed) => {
-            let reports = publish(writer, shared, Ok(committed));
-            drop(floor);
-            let reports = reports.unwrap_or_default();
-            let mut reports = reports.into_iter();
-            for (_, _, reply) in batch {
-                let report = reports
-                    .next()
-                    .unwrap_or_else(|| AppendReport::new(Vec::new(), Vec::new()));
+    let merged = stamped(writer, shared, config, |w, stamp| {
+        w.write(groups, ops, stamp, config.dedupe_window)
+    });
+    match merged {
+        Ok(reports) => {
+            for ((_, _, reply), report) in batch.into_iter().zip(reports) {
                 let _ = reply.send(Ok(report));
             }
         }
-        Err(e) => {
-            drop(floor);
-            tracing::debug!(error = %e, requests = batch.len(), "a merged transaction failed; each request is tried on its own");
+        Err(_) => {
+            tracing::debug!(
+                requests = batch.len(),
+                "each request of the merged transaction is tried on its own"
+            );
             for (events, ops, reply) in batch {
                 let _ = reply.send(one(writer, events, ops));
             }

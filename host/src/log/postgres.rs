@@ -901,31 +901,22 @@ async fn append_tx(
 
 /// The leases a transaction's fences name, by (tenant, rule source).
 #[derive(Default)]
-struct Leases {
-    by_rule: HashMap<(String, String), (String, i64)>,
-    /// The one lease when the transaction holds one fence: its events are
-    /// all written under it.
-    only: Option<(String, i64)>,
-}
+struct Leases(HashMap<(String, String), (String, i64)>);
 
 impl Leases {
     fn add(&mut self, tenant: &str, rule: &str, node: &str, epoch: i64) {
-        let lease = (node.to_owned(), epoch);
-        self.only = match self.by_rule.is_empty() {
-            true => Some(lease.clone()),
-            false => None,
-        };
-        self.by_rule.insert(
-            (tenant.to_owned(), crate::records::rule_source(rule)),
-            lease,
-        );
+        let rule = (tenant.to_owned(), crate::records::rule_source(rule));
+        self.0.insert(rule, (node.to_owned(), epoch));
     }
 
-    /// The lease an event of `tenant` from `source` is written under.
+    /// The lease an event of `tenant` from `source` is written under: the
+    /// transaction's one lease, or (merged from several rules' requests)
+    /// its rule's.
     fn of(&self, tenant: &str, source: &str) -> Option<&(String, i64)> {
-        self.only
-            .as_ref()
-            .or_else(|| self.by_rule.get(&(tenant.to_owned(), source.to_owned())))
+        match self.0.len() {
+            1 => self.0.values().next(),
+            _ => self.0.get(&(tenant.to_owned(), source.to_owned())),
+        }
     }
 }
 

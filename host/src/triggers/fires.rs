@@ -183,7 +183,7 @@ pub struct FireBook {
     /// Running fires per partition (cancelled ones no longer count).
     busy: FxHashMap<Option<String>, usize>,
     /// Pending fires by partition, in creation order within each.
-    by_part: BTreeSet<(Option<String>, u64, String)>,
+    by_part: BTreeSet<(Option<String>, (u64, i64, String))>,
     /// Fires of one partition may run side by side.
     unordered: bool,
     /// Running fires that were cancelled (their partition is free).
@@ -204,8 +204,7 @@ impl FireBook {
         if let Some(s) = f.first_seq() {
             self.firsts.add(s);
         }
-        self.by_part
-            .insert((f.partition.clone(), f.order, f.fire_id.clone()));
+        self.by_part.insert((f.partition.clone(), f.order()));
         self.pending.insert(f.fire_id.clone(), Box::new(f));
     }
 
@@ -225,13 +224,11 @@ impl FireBook {
     }
 
     /// The `by_part` entries of `partition`.
-    fn of_part<'a>(
-        &'a self,
-        partition: &'a Option<String>,
-    ) -> impl Iterator<Item = &'a (Option<String>, u64, String)> + 'a {
+    fn of_part<'a>(&'a self, partition: &'a Option<String>) -> impl Iterator<Item = &'a str> + 'a {
         self.by_part
-            .range((partition.clone(), 0, String::new())..)
-            .take_while(move |(p, _, _)| p == partition)
+            .range((partition.clone(), (0, i64::MIN, String::new()))..)
+            .take_while(move |(p, _)| p == partition)
+            .map(|(_, (_, _, id))| id.as_str())
     }
 
     /// Fires of `partition` running now.
@@ -241,12 +238,7 @@ impl FireBook {
 
     /// Pending fires of `partition`, in creation order.
     pub fn ids_in(&self, partition: &Option<String>) -> Vec<String> {
-        let mut fires: Vec<&FireRecord> = self
-            .of_part(partition)
-            .map(|(_, _, id)| &*self.pending[id])
-            .collect();
-        fires.sort_by_key(|f| f.order());
-        fires.into_iter().map(|f| f.fire_id.clone()).collect()
+        self.of_part(partition).map(str::to_owned).collect()
     }
 
     /// Take a cancelled fire out of the outbox (committed). If it runs, its
@@ -279,8 +271,7 @@ impl FireBook {
         if let Some(s) = f.first_seq() {
             self.firsts.remove(s);
         }
-        self.by_part
-            .remove(&(f.partition.clone(), f.order, f.fire_id.clone()));
+        self.by_part.remove(&(f.partition.clone(), f.order()));
         Some(f)
     }
 
