@@ -106,7 +106,7 @@ pub mod __private {
     #[allow(missing_docs, unused_qualifications, clippy::all)]
     pub mod bindings {
         wit_bindgen::generate!({
-            world: "rule",
+            world: "projected-rule",
             path: "../wit",
             pub_export_macro: true,
             export_macro_name: "__export_rule",
@@ -126,10 +126,13 @@ pub mod prelude {
     pub use crate::serde::{Deserialize, Serialize};
     pub use crate::serde_json::json;
     pub use crate::{
-        Batch, Emit, Event, Membership, Placement, Reason, Rule, RuleError, export_rule, log,
+        Batch, Emit, Event, Field, Membership, Placement, Reason, Rule, RuleError, export_rule, log,
     };
     pub use std::borrow::Cow;
 }
+
+/// What a JSON pointer finds in a payload: [`Event::field`].
+pub use sluice_fields::Value as Field;
 
 /// One event, borrowed from the engine's call.
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +143,10 @@ pub struct Event<'a> {
     source: &'a [u8],
     kind: &'a [u8],
     payload: &'a [u8],
+    /// Set when the engine sent the declared fields instead of the
+    /// payload (`select` under `[select] fields`): the pack and the event's
+    /// index in it.
+    projected: Option<(&'a wit::ProjectedPack, usize)>,
 }
 
 /// Text fields are kept as bytes and checked as UTF-8 only when read, so a
@@ -161,26 +168,34 @@ impl<'a> Event<'a> {
             source: e.source.as_bytes(),
             kind: e.kind.as_bytes(),
             payload: e.payload.as_bytes(),
+            projected: None,
         }
     }
 
     /// Event `i` of a pack (see `event-pack` in the WIT for the layout).
     fn from_pack(pack: &'a wit::EventPack, i: usize) -> Self {
-        let field = |k: usize| {
-            let start = if k == 0 { 0 } else { pack.ends[k - 1] as usize };
-            let end = pack.ends[k] as usize;
-            match pack.text.get(start..end) {
-                Some(bytes) => bytes,
-                None => panic!("sluice: event field {start}..{end} outside the pack"),
-            }
-        };
         Self {
             seq: pack.seqs[i],
             time: pack.times[i],
-            id: field(4 * i),
-            source: field(4 * i + 1),
-            kind: field(4 * i + 2),
-            payload: field(4 * i + 3),
+            id: slice(&pack.ends, &pack.text, 4 * i),
+            source: slice(&pack.ends, &pack.text, 4 * i + 1),
+            kind: slice(&pack.ends, &pack.text, 4 * i + 2),
+            payload: slice(&pack.ends, &pack.text, 4 * i + 3),
+            projected: None,
+        }
+    }
+
+    /// Event `i` of a projected pack (see `projected-pack` in the WIT).
+    fn from_projected(pack: &'a wit::ProjectedPack, i: usize) -> Self {
+        let stride = 3 + pack.fields.len();
+        Self {
+            seq: pack.seqs[i],
+            time: pack.times[i],
+            id: slice(&pack.ends, &pack.text, stride * i),
+            source: slice(&pack.ends, &pack.text, stride * i + 1),
+            kind: slice(&pack.ends, &pack.text, stride * i + 2),
+            payload: &[],
+            projected: Some((pack, i)),
         }
     }
 
@@ -210,8 +225,56 @@ impl<'a> Event<'a> {
     }
 
     /// The payload, a JSON object, as text.
+    ///
+    /// Not available to `filter`, `partition_key`, `membership` and
+    /// `select` when `rule.toml` declares `[select] fields`: the engine then
+    /// sends only those fields (read them with [`field`](Self::field)), and
+    /// reading the payload panics with a message that says so.
     pub fn payload(&self) -> &'a str {
+        self.whole_payload();
         text("payload", self.payload)
+    }
+
+    /// Panics, saying why, where the engine sent fields instead.
+    fn whole_payload(&self) {
+        if self.projected.is_some() {
+            panic!(
+                "sluice: event {} has no payload here: rule.toml declares [select] fields, so \
+                 select sees only those; read them with event.field(\"/...\")",
+                self.id()
+            );
+        }
+    }
+
+    /// The value a JSON pointer (RFC 6901, e.g. `"/repo"` or
+    /// `"/pull_request/number"`) finds in the payload, typed.
+    ///
+    /// Under `[select] fields` in `rule.toml` the engine has parsed the
+    /// payload already and this reads its answer; the pointer must be one
+    /// of the declared fields (else it panics, naming it). Anywhere else
+    /// (a handler, a rule without `fields`) it reads the payload, in one
+    /// pass that skips everything the pointer does not lead to. Both give
+    /// the same value.
+    ///
+    /// ```ignore
+    /// fn partition_key(event: &Event<'_>) -> Option<String> {
+    ///     event.field("/repo").as_str().map(str::to_owned)
+    /// }
+    /// ```
+    pub fn field(&self, pointer: &str) -> Field<'a> {
+        match self.projected {
+            Some((pack, i)) => projected_field(pack, i, pointer),
+            None => {
+                let projection = sluice_fields::Projection::new(&[pointer])
+                    .unwrap_or_else(|e| panic!("sluice: event.field: {e}"));
+                let mut out = Vec::with_capacity(1);
+                // The engine sends JSON objects only.
+                match projection.project(self.payload(), &mut out) {
+                    Ok(()) => out.pop().unwrap_or_default(),
+                    Err(_) => Field::Absent,
+                }
+            }
+        }
     }
 
     /// The payload parsed into `T`.
@@ -222,7 +285,41 @@ impl<'a> Event<'a> {
     /// field fails on a string with escapes (`"say \"hi\""`, `"caf\u00e9"`),
     /// and the error says so.
     pub fn json<T: serde::Deserialize<'a>>(&self) -> Result<T, JsonError> {
+        self.whole_payload();
         serde_json::from_slice(self.payload).map_err(JsonError)
+    }
+}
+
+/// Bytes `k` of a pack's text: from the end of field `k - 1` to `ends[k]`.
+fn slice<'a>(ends: &[u32], text: &'a [u8], k: usize) -> &'a [u8] {
+    let start = if k == 0 { 0 } else { ends[k - 1] as usize };
+    let end = ends[k] as usize;
+    match text.get(start..end) {
+        Some(bytes) => bytes,
+        None => panic!("sluice: event field {start}..{end} outside the pack"),
+    }
+}
+
+/// Field `pointer` of event `i` of a projected pack.
+fn projected_field<'a>(pack: &'a wit::ProjectedPack, i: usize, pointer: &str) -> Field<'a> {
+    let n = pack.fields.len();
+    let Some(j) = pack.fields.iter().position(|f| f == pointer) else {
+        panic!(
+            "sluice: event.field({pointer:?}): rule.toml declares [select] fields = {:?}; \
+             add {pointer:?} there to read it in select",
+            pack.fields
+        );
+    };
+    let slot = n * i + j;
+    let bytes = slice(&pack.ends, &pack.text, (3 + n) * i + 3 + j);
+    match pack.kinds[slot] {
+        wit::FieldKind::Absent => Field::Absent,
+        wit::FieldKind::Null => Field::Null,
+        wit::FieldKind::Boolean => Field::Bool(pack.integers[slot] != 0),
+        wit::FieldKind::Integer => Field::Int(pack.integers[slot]),
+        wit::FieldKind::Float => Field::Float(pack.floats[slot]),
+        wit::FieldKind::Text => Field::Text(std::borrow::Cow::Borrowed(text("field", bytes))),
+        wit::FieldKind::Json => Field::Json(text("field", bytes)),
     }
 }
 
@@ -524,58 +621,86 @@ impl<R: Rule> b::Guest for Adapter<R> {
             pack.times.len(),
             pack.ends.len()
         );
-        let mut verdicts = Vec::with_capacity(n);
-        let mut partitions = Vec::new();
-        for i in 0..n {
-            match R::select(&Event::from_pack(&pack, i)) {
-                None => verdicts.push(wit::Verdict::Skip),
-                Some(place) => {
-                    verdicts.push(match place.membership {
-                        Membership::Enter => wit::Verdict::Enter,
-                        Membership::Leave => wit::Verdict::Leave,
-                        Membership::Refresh => wit::Verdict::Refresh,
-                        Membership::Ignore => wit::Verdict::Ignore,
-                    });
-                    partitions.push(place.partition);
-                }
-            }
-        }
-        wit::Selection {
-            verdicts,
-            partitions,
-        }
+        selection::<R>(n, |i| Event::from_pack(&pack, i))
     }
 
     fn handle_batch(batch: wit::Batch) -> Result<Vec<wit::Emit>, wit::RuleError> {
-        let view = Batch {
-            fire_id: &batch.fire_id,
-            rule: &batch.rule,
-            partition: batch.partition.as_deref(),
-            reason: Reason::from(&batch.reason),
-            attempt: batch.attempt,
-            events: {
-                let pack = &batch.events;
-                let n = pack.seqs.len();
-                assert!(
-                    pack.times.len() == n && pack.ends.len() == 4 * n,
-                    "sluice: malformed event pack ({n} seqs, {} times, {} ends)",
-                    pack.times.len(),
-                    pack.ends.len()
-                );
-                (0..n).map(|i| Event::from_pack(pack, i)).collect()
-            },
-        };
-        match R::handle_batch(&view) {
-            Ok(emits) => Ok(emits
-                .into_iter()
-                .map(|e| wit::Emit {
-                    kind: e.kind,
-                    payload: e.payload,
-                })
-                .collect()),
-            Err(RuleError::Retryable(m)) => Err(wit::RuleError::Retryable(m)),
-            Err(RuleError::Fatal(m)) => Err(wit::RuleError::Fatal(m)),
+        handle(&batch, R::handle_batch)
+    }
+}
+
+impl<R: Rule> b::exports::sluice::rule::projection::Guest for Adapter<R> {
+    fn select(pack: wit::ProjectedPack) -> wit::Selection {
+        let n = pack.seqs.len();
+        let per = pack.fields.len();
+        assert!(
+            pack.times.len() == n
+                && pack.ends.len() == (3 + per) * n
+                && pack.kinds.len() == per * n
+                && pack.integers.len() == per * n
+                && pack.floats.len() == per * n,
+            "sluice: malformed projected pack ({n} seqs, {per} fields)"
+        );
+        selection::<R>(n, |i| Event::from_projected(&pack, i))
+    }
+}
+
+/// The verdicts of `R::select` on `n` events.
+fn selection<'a, R: Rule>(n: usize, event: impl Fn(usize) -> Event<'a>) -> wit::Selection {
+    let mut verdicts = Vec::with_capacity(n);
+    let mut partitions = Vec::new();
+    for i in 0..n {
+        match R::select(&event(i)) {
+            None => verdicts.push(wit::Verdict::Skip),
+            Some(place) => {
+                verdicts.push(match place.membership {
+                    Membership::Enter => wit::Verdict::Enter,
+                    Membership::Leave => wit::Verdict::Leave,
+                    Membership::Refresh => wit::Verdict::Refresh,
+                    Membership::Ignore => wit::Verdict::Ignore,
+                });
+                partitions.push(place.partition);
+            }
         }
+    }
+    wit::Selection {
+        verdicts,
+        partitions,
+    }
+}
+
+fn handle(
+    batch: &wit::Batch,
+    handler: impl FnOnce(&Batch<'_>) -> Result<Vec<Emit>, RuleError>,
+) -> Result<Vec<wit::Emit>, wit::RuleError> {
+    let view = Batch {
+        fire_id: &batch.fire_id,
+        rule: &batch.rule,
+        partition: batch.partition.as_deref(),
+        reason: Reason::from(&batch.reason),
+        attempt: batch.attempt,
+        events: {
+            let pack = &batch.events;
+            let n = pack.seqs.len();
+            assert!(
+                pack.times.len() == n && pack.ends.len() == 4 * n,
+                "sluice: malformed event pack ({n} seqs, {} times, {} ends)",
+                pack.times.len(),
+                pack.ends.len()
+            );
+            (0..n).map(|i| Event::from_pack(pack, i)).collect()
+        },
+    };
+    match handler(&view) {
+        Ok(emits) => Ok(emits
+            .into_iter()
+            .map(|e| wit::Emit {
+                kind: e.kind,
+                payload: e.payload,
+            })
+            .collect()),
+        Err(RuleError::Retryable(m)) => Err(wit::RuleError::Retryable(m)),
+        Err(RuleError::Fatal(m)) => Err(wit::RuleError::Fatal(m)),
     }
 }
 
@@ -683,7 +808,46 @@ mod tests {
             source: b"s",
             kind: b"k",
             payload,
+            projected: None,
         }
+    }
+
+    #[test]
+    fn projected_fields_read_like_the_payload() {
+        // Two events, fields /repo and /n: the host's layout.
+        let pack = wit::ProjectedPack {
+            fields: vec!["/repo".into(), "/n".into()],
+            seqs: vec![1, 2],
+            times: vec![10, 20],
+            ends: vec![2, 3, 4, 12, 12, 14, 15, 16, 16, 21],
+            text: b"e1skacme/apie2sk[1,2]".to_vec(),
+            kinds: vec![
+                wit::FieldKind::Text,
+                wit::FieldKind::Integer,
+                wit::FieldKind::Absent,
+                wit::FieldKind::Json,
+            ],
+            integers: vec![0, 3, 0, 0],
+            floats: vec![0.0; 4],
+        };
+        let first = Event::from_projected(&pack, 0);
+        assert_eq!((first.id(), first.kind(), first.seq()), ("e1", "k", 1));
+        assert_eq!(first.field("/repo").as_str(), Some("acme/api"));
+        assert_eq!(first.field("/n"), Field::Int(3));
+        let second = Event::from_projected(&pack, 1);
+        assert_eq!(second.field("/repo"), Field::Absent);
+        assert_eq!(second.field("/n"), Field::Json("[1,2]"));
+        // The same pointers on a whole payload give the same values.
+        let whole = payload_event(br#"{"repo":"acme/api","n":3}"#);
+        assert_eq!(whole.field("/repo"), first.field("/repo"));
+        assert_eq!(whole.field("/n"), first.field("/n"));
+
+        let undeclared = std::panic::catch_unwind(|| first.field("/other")).unwrap_err();
+        let message = undeclared.downcast_ref::<String>().unwrap();
+        assert!(message.contains(r#"add "/other" there"#), "{message}");
+        let payload = std::panic::catch_unwind(|| first.payload()).unwrap_err();
+        let message = payload.downcast_ref::<String>().unwrap();
+        assert!(message.contains("declares [select] fields"), "{message}");
     }
 
     #[test]

@@ -52,8 +52,11 @@
 //! [outputs]                # optional
 //! max_hops = 16            # rule steps from a client event, 1..=1000
 //!
-//! [select]                 # optional: an event `select` keeps failing on
-//! on_poison = "skip"       # or "suspend"
+//! [select]                 # optional
+//! fields = ["/repo", "/ok"] # the payload fields `select` reads (JSON
+//!                          # pointers, at most 64): the engine parses each
+//!                          # payload natively and calls `select-projected`
+//! on_poison = "skip"       # or "suspend": an event `select` keeps failing on
 //! attempts = 3             # failures before on_poison applies, 1..=100
 //! ```
 
@@ -86,6 +89,11 @@ pub struct Manifest {
     pub outputs: OutputPolicy,
     /// What happens to an event the rule's `select` keeps failing on.
     pub select: SelectPolicy,
+    /// The payload fields the rule's `select` reads (`[select] fields`,
+    /// JSON pointers, checked). When there are any, the engine parses each
+    /// payload natively and calls the component's `select-projected` with
+    /// their values instead of `select` with whole payloads.
+    pub fields: Vec<String>,
 }
 
 /// `[concurrency]`.
@@ -517,6 +525,8 @@ struct RawOutputs {
 struct RawSelect {
     on_poison: Option<OnPoison>,
     attempts: Option<u32>,
+    #[serde(default)]
+    fields: Vec<String>,
 }
 
 /// A duration as written (`"10m"`), parsed; the range a field accepts is
@@ -910,8 +920,14 @@ fn check(raw: RawManifest) -> Result<Manifest, Refused> {
                 DEFAULT_MAX_HOPS,
             )?,
         },
+        fields: check_fields(&raw.select.fields)?,
         select: check_select(raw.select)?,
     })
+}
+
+fn check_fields(fields: &[String]) -> Result<Vec<String>, Refused> {
+    sluice_fields::Projection::new(fields).map_err(|e| invalid(format!("select.fields: {e}")))?;
+    Ok(fields.to_vec())
 }
 
 fn check_batch(b: RawBatch) -> Result<BatchTrigger, Refused> {

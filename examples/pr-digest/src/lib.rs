@@ -19,15 +19,6 @@ struct Merged<'a> {
     title: Option<Cow<'a, str>>,
 }
 
-/// The partition key's source, parsed on its own so that a payload that
-/// has a `repo` but no usable `number` still lands in its repository.
-#[derive(Deserialize)]
-#[serde(crate = "sluice_sdk::serde")]
-struct Repo<'a> {
-    #[serde(borrow)]
-    repo: Cow<'a, str>,
-}
-
 struct PrDigest;
 
 impl Rule for PrDigest {
@@ -36,9 +27,11 @@ impl Rule for PrDigest {
     }
 
     fn partition_key(event: &Event<'_>) -> Option<String> {
-        // A payload without `repo` goes to the global partition rather than
-        // being dropped: the digest then says "unknown repository".
-        event.json::<Repo<'_>>().ok().map(|r| r.repo.into_owned())
+        // `repo` is declared in rule.toml (`[select] fields`), so the engine
+        // has parsed it already. A payload without a string `repo` goes to
+        // the global partition rather than being dropped: the digest then
+        // says "unknown repository".
+        event.field("/repo").as_str().map(str::to_owned)
     }
 
     fn handle_batch(batch: &Batch<'_>) -> Result<Vec<Emit>, RuleError> {

@@ -75,7 +75,7 @@ impl Deployable {
             })?;
         let label = RuleLabel::new(tenant, &format!("{}@{}", manifest.name, manifest.version));
         let rule = runtime
-            .load(label, component, manifest.limits.clone())
+            .load_with_fields(label, component, manifest.limits.clone(), &manifest.fields)
             .map_err(|error| SetupError::Load {
                 name: manifest.name.clone(),
                 error,

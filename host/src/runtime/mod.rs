@@ -41,7 +41,7 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use self::bindings::wit::{self, Emit, RuleError};
-use self::bindings::{Rule, RulePre, wit_host};
+use self::bindings::{Rule, RuleIndices, RulePre, wit_host};
 pub use self::cache::{CacheOutcome, CompileCache};
 pub use self::limits::Limits;
 use self::limits::MemoryLimiter;
@@ -58,6 +58,13 @@ pub const REQUIRED_EXPORTS: [&str; 5] = [
     "select",
     "handle-batch",
 ];
+
+/// The interface a component of the world `projected-rule` exports: its
+/// `select` takes parsed payload fields.
+pub const PROJECTION_INTERFACE: &str = "sluice:rule/projection@0.1.0";
+
+/// How calls to the projection's `select` are named in errors.
+pub const PROJECTED_EXPORT: &str = "projection.select";
 
 /// Most events packed into one `select` call; larger inputs are split.
 const SELECT_CHUNK_EVENTS: usize = 1_024;
@@ -188,6 +195,16 @@ pub enum LoadError {
     /// The rule's limits are outside what this engine allows.
     #[error("limits: {0}")]
     Limits(String),
+    /// The manifest declares `[select] fields` but the component cannot
+    /// take them.
+    #[error(
+        "the manifest declares [select] fields ({}), but the component does not export the interface sluice:rule/projection: build it against the world sluice:rule/projected-rule@0.1.0 (the Rust SDK does), or remove `fields`",
+        list(.0)
+    )]
+    NoProjection(Vec<String>),
+    /// `select-projected` exists with the wrong signature.
+    #[error("component does not implement world sluice:rule/projected-rule@0.1.0: {0}")]
+    WrongProjectionType(String),
 }
 
 /// Bytes that are plainly not a component, said in one sentence before
@@ -241,7 +258,7 @@ fn list(items: &[String]) -> String {
 }
 
 /// What went wrong in one call into a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CallErrorKind {
     /// The call used up its fuel.
     OutOfFuel {
@@ -283,11 +300,11 @@ pub enum CallErrorKind {
 /// A failed call into a rule, with the guest's backtrace and last stderr
 /// lines when there are any. Boxed, so that `Result<_, CallError>` stays
 /// small on the hot path; its fields are reached through `Deref`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallError(Box<CallErrorDetail>);
 
 /// The contents of a [`CallError`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallErrorDetail {
     /// The rule called.
     pub rule: RuleLabel,
@@ -536,7 +553,28 @@ impl Runtime {
         bytes: &[u8],
         limits: Limits,
     ) -> Result<LoadedRule, LoadError> {
+        self.load_with_fields(label, bytes, limits, &[])
+    }
+
+    /// [`load`](Self::load) for a manifest that declares `[select] fields`
+    /// (checked JSON pointers): the component must export
+    /// `select-projected`, which [`RuleInstance::select`] then calls with
+    /// the fields' values, parsed natively, instead of `select`.
+    pub fn load_with_fields(
+        &self,
+        label: RuleLabel,
+        bytes: &[u8],
+        limits: Limits,
+        fields: &[String],
+    ) -> Result<LoadedRule, LoadError> {
         let inner = &self.inner;
+        let projection = match fields {
+            [] => None,
+            _ => Some(
+                sluice_fields::Projection::new(fields)
+                    .map_err(|e| LoadError::Limits(format!("select.fields: {e}")))?,
+            ),
+        };
         if limits.memory_bytes > inner.config.max_memory_bytes {
             return Err(LoadError::Limits(format!(
                 "memory_bytes = {} is above the engine's maximum of {}",
@@ -557,13 +595,30 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let pre = RulePre::new(pre).map_err(|e| LoadError::WrongExportType(format!("{e:#}")))?;
+        let indices = RuleIndices::new(pre.instance_pre())
+            .map_err(|e| LoadError::WrongExportType(format!("{e:#}")))?;
+        let projected = match projection {
+            None => None,
+            Some(projection) => {
+                let Some(index) = component
+                    .get_export_index(None, PROJECTION_INTERFACE)
+                    .and_then(|i| component.get_export_index(Some(&i), "select"))
+                else {
+                    return Err(LoadError::NoProjection(fields.to_vec()));
+                };
+                check_projected_type(&inner.engine, &component)?;
+                Some(Projected { projection, index })
+            }
+        };
         Ok(LoadedRule {
             inner: Arc::new(LoadedInner {
                 runtime: self.clone(),
                 label,
                 digest,
                 limits,
+                indices,
                 pre,
+                projected,
                 cache,
                 fuel_used: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -614,12 +669,52 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> 
     Ok(())
 }
 
+/// `select-projected` with the fields it takes.
+struct Projected {
+    projection: sluice_fields::Projection,
+    index: wasmtime::component::ComponentExportIndex,
+}
+
+/// The projection's `select` has the shape of the WIT (the exact types are
+/// checked when an instance is made).
+fn check_projected_type(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let f = ty.exports(engine).find_map(|(name, item)| match item.ty {
+        ComponentItem::ComponentInstance(i) if name == PROJECTION_INTERFACE => {
+            i.exports(engine).find_map(|(n, item)| match item.ty {
+                ComponentItem::ComponentFunc(f) if n == "select" => Some(f),
+                _ => None,
+            })
+        }
+        _ => None,
+    });
+    let Some(f) = f else {
+        return Err(LoadError::WrongProjectionType(format!(
+            "`{PROJECTED_EXPORT}` is not a function"
+        )));
+    };
+    let params: Vec<_> = f.params().collect();
+    let results: Vec<_> = f.results().collect();
+    let shape_ok = params.len() == 1
+        && results.len() == 1
+        && matches!(params[0].1, wasmtime::component::types::Type::Record(_))
+        && matches!(results[0], wasmtime::component::types::Type::Record(_));
+    if !shape_ok {
+        return Err(LoadError::WrongProjectionType(format!(
+            "`{PROJECTED_EXPORT}` must take a `projected-pack` and return a `selection`"
+        )));
+    }
+    Ok(())
+}
+
 struct LoadedInner {
     runtime: Runtime,
     label: RuleLabel,
     digest: String,
     limits: Limits,
     pre: RulePre<StoreState>,
+    indices: RuleIndices,
+    projected: Option<Projected>,
     cache: CacheOutcome,
     /// Fuel the rule's calls have used, all instances together.
     fuel_used: std::sync::atomic::AtomicU64,
@@ -684,6 +779,7 @@ impl LoadedRule {
             rule: self.clone(),
             live: None,
             pack: empty_pack(),
+            projected_pack: empty_projected_pack(),
             logs: Vec::new(),
         }
     }
@@ -725,11 +821,30 @@ impl LoadedRule {
         store.limiter(|s| &mut s.limiter);
         self.arm(&mut store, "instantiate")?;
         store.data().output.begin_call();
-        let result = self.inner.pre.instantiate(&mut store);
+        let result = (|| -> wasmtime::Result<_> {
+            let instance = self.inner.pre.instance_pre().instantiate(&mut store)?;
+            let bindings = self.inner.indices.load(&mut store, &instance)?;
+            let projected = match &self.inner.projected {
+                None => None,
+                Some(p) => {
+                    let func = instance
+                        .get_func(&mut store, p.index)
+                        .ok_or_else(|| wasmtime::format_err!("`{PROJECTED_EXPORT}` is missing"))?;
+                    // Checked once here; each call checks again, cheaply.
+                    func.typed::<(&wit::ProjectedPack,), (wit::Selection,)>(&store)?;
+                    Some(func)
+                }
+            };
+            Ok((bindings, projected))
+        })();
         store.data().output.end_call();
         self.spent(&store);
         match result {
-            Ok(bindings) => Ok(Live { store, bindings }),
+            Ok((bindings, projected)) => Ok(Live {
+                store,
+                bindings,
+                projected,
+            }),
             Err(e) => Err(self.classify(&store, "instantiate", e)),
         }
     }
@@ -800,6 +915,8 @@ impl LoadedRule {
 struct Live {
     store: Store<StoreState>,
     bindings: Rule,
+    /// `select-projected`, when the rule declares fields.
+    projected: Option<wasmtime::component::Func>,
 }
 
 /// Runs calls into one rule. Reuses its instance between calls (it is
@@ -810,6 +927,8 @@ pub struct RuleInstance {
     live: Option<Live>,
     /// Reused between `select` calls to avoid reallocating.
     pack: wit::EventPack,
+    /// Reused between `select-projected` calls.
+    projected_pack: wit::ProjectedPack,
     /// The last lines the guest wrote during the last handler call.
     logs: Vec<String>,
 }
@@ -852,7 +971,11 @@ impl RuleInstance {
         &mut self,
         export: &'static str,
         keep_instance: bool,
-        f: impl FnOnce(&Rule, &mut Store<StoreState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(
+            &Rule,
+            Option<wasmtime::component::Func>,
+            &mut Store<StoreState>,
+        ) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         let mut live = match self.live.take() {
             Some(live) => live,
@@ -860,7 +983,7 @@ impl RuleInstance {
         };
         self.rule.arm(&mut live.store, export)?;
         live.store.data().output.begin_call();
-        let result = f(&live.bindings, &mut live.store);
+        let result = f(&live.bindings, live.projected, &mut live.store);
         live.store.data().output.end_call();
         if !keep_instance {
             self.logs = live.store.data().output.tail();
@@ -882,13 +1005,13 @@ impl RuleInstance {
     /// The rule's `filter` on one event.
     pub fn filter(&mut self, event: &Event) -> Result<bool, CallError> {
         let event = wit::Event::from(event);
-        self.call("filter", true, |b, s| b.call_filter(s, &event))
+        self.call("filter", true, |b, _, s| b.call_filter(s, &event))
     }
 
     /// The rule's `partition-key` on one event.
     pub fn partition_key(&mut self, event: &Event) -> Result<Option<String>, CallError> {
         let event = wit::Event::from(event);
-        let key = self.call("partition-key", true, |b, s| {
+        let key = self.call("partition-key", true, |b, _, s| {
             b.call_partition_key(s, &event)
         })?;
         if let Some(k) = &key {
@@ -900,7 +1023,7 @@ impl RuleInstance {
     /// The rule's `membership` on one event.
     pub fn membership(&mut self, event: &Event) -> Result<Membership, CallError> {
         let event = wit::Event::from(event);
-        self.call("membership", true, |b, s| b.call_membership(s, &event))
+        self.call("membership", true, |b, _, s| b.call_membership(s, &event))
             .map(membership)
     }
 
@@ -939,14 +1062,39 @@ impl RuleInstance {
         events: &[E],
         out: &mut Vec<Verdict>,
     ) -> Result<(), CallError> {
-        let mut pack = std::mem::replace(&mut self.pack, empty_pack());
-        let packed = pack_events(events, &mut pack);
-        let result = match packed {
-            Ok(()) => self.call("select", true, |b, s| b.call_select(s, &pack)),
-            Err(problem) => Err(self.rule.error("select", CallErrorKind::Input { problem })),
+        let inner = self.rule.inner.clone();
+        let (export, selection) = match &inner.projected {
+            None => {
+                let mut pack = std::mem::replace(&mut self.pack, empty_pack());
+                let packed = pack_events(events, &mut pack);
+                let result = match packed {
+                    Ok(()) => self.call("select", true, |b, _, s| b.call_select(s, &pack)),
+                    Err(problem) => {
+                        Err(self.rule.error("select", CallErrorKind::Input { problem }))
+                    }
+                };
+                self.pack = pack;
+                ("select", result?)
+            }
+            Some(p) => {
+                let mut pack = std::mem::replace(&mut self.projected_pack, empty_projected_pack());
+                let packed = pack_projected(events, &p.projection, &mut pack);
+                let result = match packed {
+                    Ok(()) => self.call(PROJECTED_EXPORT, true, |_, f, s| {
+                        let f = f.ok_or_else(|| {
+                            wasmtime::format_err!("`{PROJECTED_EXPORT}` is missing")
+                        })?;
+                        let typed = f.typed::<(&wit::ProjectedPack,), (wit::Selection,)>(&*s)?;
+                        Ok(typed.call(&mut *s, (&pack,))?.0)
+                    }),
+                    Err(problem) => Err(self
+                        .rule
+                        .error(PROJECTED_EXPORT, CallErrorKind::Input { problem })),
+                };
+                self.projected_pack = pack;
+                (PROJECTED_EXPORT, result?)
+            }
         };
-        self.pack = pack;
-        let selection = result?;
         let wit::Selection {
             verdicts,
             partitions,
@@ -958,7 +1106,7 @@ impl RuleInstance {
         if verdicts.len() != events.len() || partitions.len() != kept {
             self.recycle();
             return Err(self.rule.error(
-                "select",
+                export,
                 CallErrorKind::Output {
                     problem: format!(
                         "returned {} verdicts ({kept} kept) and {} partition keys for {} events",
@@ -983,7 +1131,7 @@ impl RuleInstance {
             };
             let partition = partitions.next().flatten();
             if let Some(k) = &partition {
-                self.check_key("select", i, k)?;
+                self.check_key(export, i, k)?;
             }
             out.push(Verdict::Keep(Placement {
                 partition,
@@ -1037,7 +1185,9 @@ impl RuleInstance {
             ));
         }
         self.live = None;
-        let result = self.call("handle-batch", false, |b, s| b.call_handle_batch(s, batch))?;
+        let result = self.call("handle-batch", false, |b, _, s| {
+            b.call_handle_batch(s, batch)
+        })?;
         let emits = result.map_err(|e| self.rule.error("handle-batch", CallErrorKind::Rule(e)))?;
         check_emits(&emits, &limits).map_err(|problem| {
             self.rule
@@ -1045,6 +1195,81 @@ impl RuleInstance {
         })?;
         Ok(emits)
     }
+}
+
+fn empty_projected_pack() -> wit::ProjectedPack {
+    wit::ProjectedPack {
+        fields: Vec::new(),
+        seqs: Vec::new(),
+        times: Vec::new(),
+        ends: Vec::new(),
+        text: Vec::new(),
+        kinds: Vec::new(),
+        integers: Vec::new(),
+        floats: Vec::new(),
+    }
+}
+
+/// Pack events for `select-projected` (layout: `projected-pack` in the
+/// WIT): each payload parsed once, natively, for the declared fields.
+pub fn pack_projected<E: std::borrow::Borrow<Event>>(
+    events: &[E],
+    projection: &sluice_fields::Projection,
+    pack: &mut wit::ProjectedPack,
+) -> Result<(), String> {
+    use sluice_fields::Value;
+    if pack.fields != projection.fields() {
+        pack.fields = projection.fields().to_vec();
+    }
+    pack.seqs.clear();
+    pack.times.clear();
+    pack.ends.clear();
+    pack.text.clear();
+    pack.kinds.clear();
+    pack.integers.clear();
+    pack.floats.clear();
+    let too_big = || "an event pack cannot exceed 4 GiB".to_string();
+    let mut values = Vec::with_capacity(projection.fields().len());
+    for e in events {
+        let e: &Event = e.borrow();
+        pack.seqs.push(e.seq);
+        pack.times.push(e.time);
+        for field in [&e.id, &e.source, &e.kind] {
+            pack.text.extend_from_slice(field.as_bytes());
+            pack.ends
+                .push(u32::try_from(pack.text.len()).map_err(|_| too_big())?);
+        }
+        values.clear();
+        projection.project(&e.payload, &mut values).map_err(|err| {
+            format!(
+                "the payload of event {} (seq {}) is not JSON: {err}",
+                e.id, e.seq
+            )
+        })?;
+        for value in values.drain(..) {
+            let (kind, integer, float) = match value {
+                Value::Absent => (wit::FieldKind::Absent, 0, 0.0),
+                Value::Null => (wit::FieldKind::Null, 0, 0.0),
+                Value::Bool(b) => (wit::FieldKind::Boolean, i64::from(b), 0.0),
+                Value::Int(n) => (wit::FieldKind::Integer, n, 0.0),
+                Value::Float(x) => (wit::FieldKind::Float, 0, x),
+                Value::Text(t) => {
+                    pack.text.extend_from_slice(t.as_bytes());
+                    (wit::FieldKind::Text, 0, 0.0)
+                }
+                Value::Json(j) => {
+                    pack.text.extend_from_slice(j.as_bytes());
+                    (wit::FieldKind::Json, 0, 0.0)
+                }
+            };
+            pack.ends
+                .push(u32::try_from(pack.text.len()).map_err(|_| too_big())?);
+            pack.kinds.push(kind);
+            pack.integers.push(integer);
+            pack.floats.push(float);
+        }
+    }
+    Ok(())
 }
 
 fn empty_pack() -> wit::EventPack {
