@@ -51,7 +51,7 @@ build_c() {
     work=$(mktemp -d) || return 1
     # The bindings (rule.h, rule.c, rule_component_type.o) from the WIT.
     local said
-    said=$("$wit_bindgen" c "$SLUICE_ROOT/wit" --world rule --out-dir "$work" 2>&1) || {
+    said=$("$wit_bindgen" c "$SLUICE_ROOT/wit" --world projected-rule --rename-world rule --out-dir "$work" 2>&1) || {
         say "$said"
         return 1
     }

@@ -235,9 +235,10 @@ static bool key_is(const char *token, size_t token_len, const char *key) {
 bool json_member(const json_value *object, const char *key, json_value *out) {
     if (object->type != JSON_OBJECT) return false;
     cursor c = {object->start + 1, object->start + object->len - 1, 0};
+    bool found = false;
     for (;;) {
         skip_ws(&c);
-        if (c.p >= c.end) return false;
+        if (c.p >= c.end) return found;
         const char *k = c.p;
         if (!skip_string(&c)) return false;
         size_t klen = (size_t)(c.p - k);
@@ -246,6 +247,24 @@ bool json_member(const json_value *object, const char *key, json_value *out) {
         json_value v;
         if (!skip_value(&c, &v)) return false;
         if (key_is(k, klen, key)) {
+            *out = v;
+            found = true;
+        }
+        skip_ws(&c);
+        if (c.p >= c.end) return found;
+        if (*c.p++ != ',') return false;
+    }
+}
+
+bool json_element(const json_value *array, size_t index, json_value *out) {
+    if (array->type != JSON_ARRAY) return false;
+    cursor c = {array->start + 1, array->start + array->len - 1, 0};
+    for (size_t i = 0;; i++) {
+        skip_ws(&c);
+        if (c.p >= c.end) return false;
+        json_value v;
+        if (!skip_value(&c, &v)) return false;
+        if (i == index) {
             *out = v;
             return true;
         }

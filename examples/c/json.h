@@ -37,8 +37,13 @@ typedef struct {
  * and returns it in `out`. */
 bool json_parse(const char *text, size_t len, json_value *out);
 
-/* Finds member `key` of `object` (a JSON_OBJECT). False when absent. */
+/* Finds member `key` of `object` (a JSON_OBJECT). False when absent. Of
+ * duplicate keys the last one counts, as in JavaScript and Python. */
 bool json_member(const json_value *object, const char *key, json_value *out);
+
+/* Finds element `index` (from 0) of `array` (a JSON_ARRAY). False when
+ * absent. */
+bool json_element(const json_value *array, size_t index, json_value *out);
 
 /* A string value decoded to a new NUL-terminated UTF-8 string (its byte
  * length in *len when len is not NULL). NULL when the value is not a

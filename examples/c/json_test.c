@@ -91,6 +91,16 @@ static void test_members(void) {
     CHECK(!json_member(&arr, "0", &v));
     json_value empty = parse("{ }");
     CHECK(!json_member(&empty, "a", &v));
+    /* Of duplicate keys the last counts. */
+    CHECK(string_is(member_string("{\"k\":\"first\", \"k\" : \"last\" }", "k", &len), "last"));
+    /* Elements by index. */
+    json_value list = parse("[ 10 , {\"a\":[]}, \"x\" ]");
+    CHECK(json_element(&list, 1, &v) && v.type == JSON_OBJECT && v.len == 8);
+    CHECK(json_element(&list, 2, &v) && v.type == JSON_STRING);
+    CHECK(!json_element(&list, 3, &v));
+    CHECK(!json_element(&d, 0, &v));
+    json_value none = parse("[]");
+    CHECK(!json_element(&none, 0, &v));
 }
 
 static void test_numbers(void) {

@@ -1,6 +1,7 @@
 /* See sluice.h: the world's exports on top of the rule's functions. */
 #include "sluice.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,10 +35,164 @@ bool sluice_text_starts_with(sluice_text text, const char *prefix) {
 }
 
 bool sluice_payload(const sluice_event *e, json_value *out) {
+    if (e->projected) {
+        fprintf(stderr,
+                "sluice: event %.*s has no payload here: rule.toml declares [select] fields, so "
+                "select sees only those; read them with sluice_field()\n",
+                (int)e->id.len, e->id.ptr);
+        abort();
+    }
     if (json_parse(e->payload.ptr, e->payload.len, out) && out->type == JSON_OBJECT) return true;
     sluice_log(SLUICE_RULE_HOST_LEVEL_WARN, "event %.*s: payload is not a JSON object",
                (int)e->id.len, e->id.ptr);
     return false;
+}
+
+static char *copy_text(const char *p, size_t len) {
+    char *s = xmalloc(len + 1);
+    memcpy(s, p, len);
+    s[len] = '\0';
+    return s;
+}
+
+/* A value of the payload as a sluice_value. */
+static bool value_of(const json_value *v, sluice_value *out) {
+    switch (v->type) {
+    case JSON_NULL: out->kind = SLUICE_FIELD_NULL; return true;
+    case JSON_BOOL:
+        out->kind = SLUICE_FIELD_BOOLEAN;
+        out->integer = v->start[0] == 't';
+        return true;
+    case JSON_STRING:
+        out->text = json_as_string(v, &out->len);
+        if (!out->text) return false;
+        out->kind = SLUICE_FIELD_TEXT;
+        return true;
+    case JSON_ARRAY:
+    case JSON_OBJECT:
+        out->kind = SLUICE_FIELD_JSON;
+        out->text = copy_text(v->start, v->len);
+        out->len = v->len;
+        return true;
+    case JSON_NUMBER: {
+        char *t = copy_text(v->start, v->len);
+        /* As the engine reads numbers: whole and within int64 is an
+         * integer (not `-0`), anything else a float. */
+        bool whole = strpbrk(t, ".eE") == NULL && strcmp(t, "-0") != 0;
+        char *end;
+        errno = 0;
+        long long n = strtoll(t, &end, 10);
+        if (whole && errno == 0 && *end == '\0') {
+            out->kind = SLUICE_FIELD_INTEGER;
+            out->integer = n;
+            out->number = (double)n;
+        } else {
+            out->kind = SLUICE_FIELD_FLOAT;
+            out->number = strtod(t, NULL);
+        }
+        free(t);
+        return true;
+    }
+    }
+    return false;
+}
+
+/* Follows `pointer` from `doc`; false when it leads nowhere. */
+static bool walk(json_value doc, const char *pointer, json_value *out) {
+    if (*pointer == '\0') {
+        *out = doc;
+        return true;
+    }
+    if (*pointer != '/') {
+        fprintf(stderr, "sluice: \"%s\" is not a JSON pointer: it must start with /\n", pointer);
+        abort();
+    }
+    const char *p = pointer + 1;
+    char *token = xmalloc(strlen(pointer) + 1);
+    for (;;) {
+        size_t n = 0;
+        for (; *p && *p != '/'; p++) {
+            if (*p == '~' && (p[1] == '0' || p[1] == '1')) {
+                token[n++] = p[1] == '0' ? '~' : '/';
+                p++;
+            } else {
+                token[n++] = *p;
+            }
+        }
+        token[n] = '\0';
+        json_value next;
+        bool found = false;
+        if (doc.type == JSON_OBJECT) {
+            found = json_member(&doc, token, &next);
+        } else if (doc.type == JSON_ARRAY && n > 0 && strspn(token, "0123456789") == n &&
+                   (n == 1 || token[0] != '0')) {
+            found = json_element(&doc, (size_t)strtoull(token, NULL, 10), &next);
+        }
+        if (!found) {
+            free(token);
+            return false;
+        }
+        doc = next;
+        if (*p == '\0') break;
+        p++;
+    }
+    free(token);
+    *out = doc;
+    return true;
+}
+
+/* Field `pointer` of a projected event (see `projected-pack` in the WIT). */
+static bool projected_field(const sluice_event *e, const char *pointer, sluice_value *out) {
+    const sluice_rule_types_projected_pack_t *pack = e->projected;
+    size_t n = pack->fields.len, len = strlen(pointer), j = 0;
+    while (j < n && !(pack->fields.ptr[j].len == len &&
+                      memcmp(pack->fields.ptr[j].ptr, pointer, len) == 0)) {
+        j++;
+    }
+    if (j == n) {
+        fprintf(stderr,
+                "sluice: sluice_field(\"%s\"): rule.toml declares [select] fields without it; "
+                "add it there to read it in select\n",
+                pointer);
+        abort();
+    }
+    size_t slot = n * e->index + j, k = (3 + n) * e->index + 3 + j;
+    size_t start = pack->ends.ptr[k - 1], end = pack->ends.ptr[k];
+    out->kind = pack->kinds.ptr[slot];
+    out->integer = pack->integers.ptr[slot];
+    out->number = out->kind == SLUICE_FIELD_INTEGER ? (double)out->integer : pack->floats.ptr[slot];
+    if (out->kind == SLUICE_FIELD_TEXT || out->kind == SLUICE_FIELD_JSON) {
+        out->text = copy_text((const char *)pack->text.ptr + start, end - start);
+        out->len = end - start;
+    }
+    return true;
+}
+
+bool sluice_field(const sluice_event *e, const char *pointer, sluice_value *out) {
+    *out = (sluice_value){.kind = SLUICE_FIELD_ABSENT};
+    if (e->projected) return projected_field(e, pointer, out);
+    json_value doc, v;
+    if (!json_parse(e->payload.ptr, e->payload.len, &doc) || !walk(doc, pointer, &v)) return true;
+    if (value_of(&v, out)) return true;
+    *out = (sluice_value){.kind = SLUICE_FIELD_ABSENT};
+    return false;
+}
+
+void sluice_value_free(sluice_value *v) {
+    free(v->text);
+    v->text = NULL;
+    v->len = 0;
+}
+
+char *sluice_field_string(const sluice_event *e, const char *pointer, size_t *len) {
+    sluice_value v;
+    if (!sluice_field(e, pointer, &v)) return NULL;
+    if (v.kind != SLUICE_FIELD_TEXT) {
+        sluice_value_free(&v);
+        return NULL;
+    }
+    if (len) *len = v.len;
+    return v.text;
 }
 
 bool sluice_emit(sluice_emits *out, const char *kind, const json_buf *payload) {
@@ -99,7 +254,7 @@ const char *sluice_reason_name(const sluice_reason *reason) {
 
 static sluice_event event_of(const rule_event_t *e) {
     return (sluice_event){e->seq, e->time, text_of(&e->id), text_of(&e->source),
-                          text_of(&e->kind), text_of(&e->payload)};
+                          text_of(&e->kind), text_of(&e->payload), NULL, 0};
 }
 
 /* The events of a pack (see `event-pack` in wit/rule.wit), checked: a pack
@@ -119,7 +274,34 @@ static sluice_event *unpack(const rule_event_pack_t *pack, size_t *count) {
             start = end;
         }
         events[i] = (sluice_event){pack->seqs.ptr[i], pack->times.ptr[i], fields[0], fields[1],
-                                   fields[2], fields[3]};
+                                   fields[2], fields[3], NULL, 0};
+    }
+    *count = n;
+    return events;
+}
+
+/* The events of a projected pack (see `projected-pack` in wit/rule.wit):
+ * id, source and kind, and the pack itself for sluice_field. */
+static sluice_event *unpack_projected(const sluice_rule_types_projected_pack_t *pack,
+                                      size_t *count) {
+    size_t n = pack->seqs.len, per = pack->fields.len, stride = 3 + per;
+    if (pack->times.len != n || pack->ends.len != stride * n || pack->kinds.len != per * n ||
+        pack->integers.len != per * n || pack->floats.len != per * n) {
+        die("malformed projected pack");
+    }
+    sluice_event *events = xmalloc(n * sizeof *events);
+    const char *text = (const char *)pack->text.ptr;
+    size_t start = 0;
+    for (size_t i = 0; i < n; i++) {
+        sluice_text fields[3];
+        for (size_t k = 0; k < stride; k++) {
+            size_t end = pack->ends.ptr[stride * i + k];
+            if (end < start || end > pack->text.len) die("projected pack field out of range");
+            if (k < 3) fields[k] = (sluice_text){text + start, end - start};
+            start = end;
+        }
+        events[i] = (sluice_event){pack->seqs.ptr[i], pack->times.ptr[i], fields[0], fields[1],
+                                   fields[2], (sluice_text){"", 0}, pack, i};
     }
     *count = n;
     return events;
@@ -155,9 +337,8 @@ rule_membership_t exports_rule_membership(rule_event_t *event) {
     return m;
 }
 
-void exports_rule_select(rule_event_pack_t *pack, rule_selection_t *ret) {
-    size_t n;
-    sluice_event *events = unpack(pack, &n);
+/* The rule's verdicts on `n` events. */
+static void select_events(const sluice_event *events, size_t n, rule_selection_t *ret) {
     ret->verdicts.ptr = xmalloc(n * sizeof *ret->verdicts.ptr);
     ret->verdicts.len = n;
     ret->partitions.ptr = xmalloc(n * sizeof *ret->partitions.ptr);
@@ -173,8 +354,23 @@ void exports_rule_select(rule_event_pack_t *pack, rule_selection_t *ret) {
         ret->verdicts.ptr[i] = (sluice_rule_types_verdict_t)(m + 1);
         set_key(&ret->partitions.ptr[ret->partitions.len++], &events[i]);
     }
+}
+
+void exports_rule_select(rule_event_pack_t *pack, rule_selection_t *ret) {
+    size_t n;
+    sluice_event *events = unpack(pack, &n);
+    select_events(events, n, ret);
     free(events);
     rule_event_pack_free(pack);
+}
+
+void exports_sluice_rule_projection_select(exports_sluice_rule_projection_projected_pack_t *pack,
+                                           exports_sluice_rule_projection_selection_t *ret) {
+    size_t n;
+    sluice_event *events = unpack_projected(pack, &n);
+    select_events(events, n, ret);
+    free(events);
+    exports_sluice_rule_projection_projected_pack_free(pack);
 }
 
 bool exports_rule_handle_batch(rule_batch_t *batch, rule_list_emit_t *ret, rule_rule_error_t *err) {

@@ -40,7 +40,7 @@ build_js() {
     local dest=$1 rule=$2
     # componentize-js resolves the rule's `import "../sluice.js"` from the
     # working directory, so it runs here.
-    (cd "$here" && "$componentize" "$rule/app.js" --wit "$SLUICE_ROOT/wit" --world-name rule \
+    (cd "$here" && "$componentize" "$rule/app.js" --wit "$SLUICE_ROOT/wit" --world-name projected-rule \
         "${features[@]}" -o "$dest") >&2 || return 1
 }
 

@@ -1,40 +1,91 @@
 // Write Sluice rules in JavaScript.
 //
 // A rule is an object with `filter`, `partitionKey`, `membership` (all
-// optional) and `handleBatch`; `exportRule(rule)` returns the five
-// functions of the `sluice:rule/rule` world, which the rule's module
-// re-exports:
+// optional) and `handleBatch`; `exportRule(rule)` returns the exports of
+// the `sluice:rule/projected-rule` world (the five functions of `rule` and
+// the `projection` interface), which the rule's module re-exports:
 //
 //     import { exportRule, emit } from "../sluice.js";
-//     export const { filter, partitionKey, membership, select, handleBatch } =
+//     export const { filter, partitionKey, membership, select, handleBatch, projection } =
 //       exportRule({
 //         filter: (event) => event.kind === "pull_request.merged",
+//         partitionKey: (event) => event.field("/repo"),
 //         handleBatch: (batch) => [emit("digest", { merged: batch.events.length })],
 //       });
 //
-// The engine calls the world's batched `select` on its hot path; it is
-// implemented here with the per-event functions, so a rule never sees the
-// packed layout. Rules are stateless: the engine may run any call on a
-// fresh instance.
+// The engine calls the batched `select` on its hot path; it is implemented
+// here with the per-event functions, so a rule never sees the packed
+// layout. When rule.toml declares `[select] fields = ["/repo"]`, the engine
+// parses those fields natively and calls `projection.select` instead: the
+// events then carry no payload, and `event.field("/repo")` reads the
+// engine's value (the same value it reads from a whole payload elsewhere).
+// Rules are stateless: the engine may run any call on a fresh instance.
 
 import { log as hostLog, now as hostNow } from "sluice:rule/host@0.1.0";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
-/** One event of the tenant's log; `json()` parses the payload (an object). */
+/**
+ * One event of the tenant's log; `json()` parses the payload (an object),
+ * `field(pointer)` reads one value by JSON pointer (`undefined` when the
+ * pointer leads nowhere).
+ */
 export class Event {
-  constructor(seq, time, id, source, kind, payload) {
+  constructor(seq, time, id, source, kind, payload, fields) {
     this.seq = seq; // BigInt: log positions are u64
     this.time = time; // Number: milliseconds since the epoch
     this.id = id;
     this.source = source;
     this.kind = kind;
-    this.payload = payload;
+    this.payload = payload; // undefined under [select] fields
+    this.fields = fields; // Map pointer -> value under [select] fields
   }
 
   json() {
+    if (this.payload === undefined) {
+      throw new Error(
+        `event ${this.id} has no payload here: rule.toml declares [select] fields, ` +
+          'so select sees only those; read them with event.field("/...")',
+      );
+    }
     return JSON.parse(this.payload);
   }
+
+  field(pointer) {
+    if (this.fields !== undefined) {
+      if (!this.fields.has(pointer)) {
+        throw new Error(
+          `event.field(${JSON.stringify(pointer)}): rule.toml declares [select] fields = ` +
+            `${JSON.stringify([...this.fields.keys()])}; add it there to read it in select`,
+        );
+      }
+      return this.fields.get(pointer);
+    }
+    let value = this.json();
+    for (const token of pointerTokens(pointer)) {
+      if (Array.isArray(value)) {
+        value = /^(0|[1-9][0-9]*)$/.test(token) ? value[Number(token)] : undefined;
+      } else if (value !== null && typeof value === "object" && Object.hasOwn(value, token)) {
+        value = value[token];
+      } else {
+        value = undefined;
+      }
+      if (value === undefined) return undefined;
+    }
+    return value;
+  }
+}
+
+/** The reference tokens of a JSON pointer (RFC 6901), decoded. */
+function pointerTokens(pointer) {
+  if (pointer === "") return [];
+  if (!pointer.startsWith("/")) {
+    throw new Error(`${JSON.stringify(pointer)} is not a JSON pointer: it must start with "/"`);
+  }
+  return pointer
+    .slice(1)
+    .split("/")
+    .map((t) => t.replaceAll("~1", "/").replaceAll("~0", "~"));
 }
 
 /** Fail the fire for good: it goes to the dead-letter list. */
@@ -86,6 +137,65 @@ export function unpack(pack) {
   return events;
 }
 
+/**
+ * The events of a projected pack (see `projected-pack` in wit/rule.wit):
+ * no payloads, the declared fields' values instead.
+ */
+export function unpackProjected(pack) {
+  const { fields, seqs, times, ends, text, kinds, integers, floats } = pack;
+  const n = fields.length;
+  const stride = 3 + n;
+  if (ends.length !== stride * seqs.length || kinds.length !== n * seqs.length) {
+    throw new Error(`malformed projected pack: ${seqs.length} seqs, ${n} fields`);
+  }
+  const events = new Array(seqs.length);
+  let start = 0;
+  const next = (end) => {
+    const s = utf8.decode(text.subarray(start, end));
+    start = end;
+    return s;
+  };
+  for (let i = 0; i < seqs.length; i++) {
+    const id = next(ends[stride * i]);
+    const source = next(ends[stride * i + 1]);
+    const kind = next(ends[stride * i + 2]);
+    const values = new Map();
+    for (let j = 0; j < n; j++) {
+      const slot = n * i + j;
+      const raw = next(ends[stride * i + 3 + j]);
+      let value;
+      switch (kinds[slot]) {
+        case "absent":
+          value = undefined;
+          break;
+        case "null":
+          value = null;
+          break;
+        case "boolean":
+          value = integers[slot] !== 0n;
+          break;
+        case "integer":
+          value = Number(integers[slot]);
+          break;
+        case "float":
+          value = floats[slot];
+          break;
+        case "text":
+          value = raw;
+          break;
+        case "json":
+          value = JSON.parse(raw);
+          break;
+        default:
+          throw new Error(`unknown field kind ${kinds[slot]}`);
+      }
+      values.set(fields[j], value);
+    }
+    events[i] = new Event(seqs[i], Number(times[i]), id, source, kind, undefined, values);
+  }
+  return events;
+}
+
 function fromRecord(e) {
   return new Event(e.seq, Number(e.time), e.id, e.source, e.kind, e.payload);
 }
@@ -93,7 +203,7 @@ function fromRecord(e) {
 const MEMBERSHIPS = new Set(["enter", "leave", "refresh", "ignore"]);
 
 /**
- * The world's exports for `rule`. Its functions receive `Event`s and a
+ * The world's exports for `rule` (and its `projection` interface). Its functions receive `Event`s and a
  * batch `{fireId, rule, partition, reason, attempt, events}` where
  * `reason` is `{tag: "count-reached" | "window-expired" | "dwell" |
  * "schedule" | "drained", val}`.
@@ -115,25 +225,27 @@ export function exportRule(rule) {
     }
     return m;
   };
+  const selection = (events) => {
+    const verdicts = [];
+    const partitions = [];
+    for (const event of events) {
+      const placed = place(event);
+      if (placed === undefined || placed === null) {
+        verdicts.push("skip");
+      } else {
+        verdicts.push(effect(placed[1]));
+        partitions.push(key(placed[0]));
+      }
+    }
+    return { verdicts, partitions };
+  };
 
   return {
     filter: (e) => Boolean(filter(fromRecord(e))),
     partitionKey: (e) => key(partitionKey(fromRecord(e))),
     membership: (e) => effect(membership(fromRecord(e))),
-    select(pack) {
-      const verdicts = [];
-      const partitions = [];
-      for (const event of unpack(pack)) {
-        const placed = place(event);
-        if (placed === undefined || placed === null) {
-          verdicts.push("skip");
-        } else {
-          verdicts.push(effect(placed[1]));
-          partitions.push(key(placed[0]));
-        }
-      }
-      return { verdicts, partitions };
-    },
+    select: (pack) => selection(unpack(pack)),
+    projection: { select: (pack) => selection(unpackProjected(pack)) },
     handleBatch(batch) {
       const b = {
         fireId: batch.fireId,

@@ -6,9 +6,10 @@ import { exportRule, emit, log, Fatal } from "../sluice.js";
 const WHY = { "count-reached": "count reached", "window-expired": "window expired" };
 
 // A payload without a string `repo` goes to the global partition rather
-// than being dropped: the digest says the repository is unknown.
+// than being dropped: the digest says the repository is unknown. Declared
+// in rule.toml (`[select] fields`), `repo` arrives parsed by the engine.
 const repoOf = (event) => {
-  const { repo } = event.json();
+  const repo = event.field("/repo");
   return typeof repo === "string" ? repo : undefined;
 };
 
@@ -22,7 +23,7 @@ function merged(event) {
   return { number, title: stringOrNull(title), author: stringOrNull(author) };
 }
 
-export const { filter, partitionKey, membership, select, handleBatch } = exportRule({
+export const { filter, partitionKey, membership, select, handleBatch, projection } = exportRule({
   filter: (event) => event.kind === "pull_request.merged",
 
   partitionKey: repoOf,

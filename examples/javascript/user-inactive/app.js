@@ -5,7 +5,7 @@ import { exportRule, emit, now, Fatal } from "../sluice.js";
 
 const MEMBERSHIP = { "user.signed_up": "enter", "user.deleted": "leave" };
 
-export const { filter, partitionKey, membership, select, handleBatch } = exportRule({
+export const { filter, partitionKey, membership, select, handleBatch, projection } = exportRule({
   filter: (event) => event.kind.startsWith("user."),
 
   partitionKey(event) {

@@ -4,7 +4,7 @@
 
 import { exportRule, emit, Fatal } from "./sdk/sluice.js";
 
-export const { filter, partitionKey, membership, select, handleBatch } = exportRule({
+export const { filter, partitionKey, membership, select, handleBatch, projection } = exportRule({
   filter: (event) => event.kind === "order.placed",
 
   // One batch per customer; orders without one share the global batch.

@@ -7,7 +7,7 @@ import { exportRule, emit, Fatal } from "./sdk/sluice.js";
 
 const MEMBERSHIP = { "cart.created": "enter", "cart.checked_out": "leave" };
 
-export const { filter, partitionKey, membership, select, handleBatch } = exportRule({
+export const { filter, partitionKey, membership, select, handleBatch, projection } = exportRule({
   filter: (event) => event.kind.startsWith("cart."),
 
   // One membership per cart.

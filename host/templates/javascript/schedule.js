@@ -4,7 +4,7 @@
 
 import { exportRule, emit } from "./sdk/sluice.js";
 
-export const { filter, partitionKey, membership, select, handleBatch } = exportRule({
+export const { filter, partitionKey, membership, select, handleBatch, projection } = exportRule({
   filter: (event) => event.kind === "user.signed_up",
 
   handleBatch(batch) {
