@@ -19,7 +19,10 @@ it into the `Guest` class that componentize-py exports (the interface
 
 The engine calls the world's batched `select` on its hot path; `export`
 implements it with the per-event methods, so a rule never sees the packed
-layout. Rules are stateless: the engine may run any call on a fresh
+layout. When rule.toml declares `[select] fields = ["/repo"]`, the engine
+parses those fields natively and calls the projection's `select` instead:
+its events carry no payload, and `event.field("/repo")` reads the engine's
+value (elsewhere it reads the payload, with the same result). Rules are stateless: the engine may run any call on a fresh
 instance.
 """
 
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 from componentize_py_types import Err
 from wit_world.imports import host, types
@@ -65,10 +68,51 @@ class Event:
     source: str
     kind: str
     payload: str
+    # Under [select] fields: the declared fields' values by pointer (and
+    # no payload).
+    fields: Optional[Dict[str, Any]] = None
 
     def json(self) -> Any:
         """The payload parsed: always a dict (the engine only accepts objects)."""
+        if self.fields is not None:
+            raise ValueError(
+                f"event {self.id} has no payload here: rule.toml declares [select] fields, "
+                'so select sees only those; read them with event.field("/...")'
+            )
         return json.loads(self.payload)
+
+    def field(self, pointer: str) -> Any:
+        """The value a JSON pointer (e.g. "/repo") finds in the payload; None
+        when it leads nowhere (or to null). Under [select] fields the pointer
+        must be one of the declared fields."""
+        if self.fields is not None:
+            if pointer not in self.fields:
+                raise KeyError(
+                    f"event.field({pointer!r}): rule.toml declares [select] fields = "
+                    f"{list(self.fields)}; add it there to read it in select"
+                )
+            return self.fields[pointer]
+        value: Any = self.json()
+        for token in _tokens(pointer):
+            if isinstance(value, dict):
+                value = value.get(token)
+            elif isinstance(value, list) and token.isdigit() and (token == "0" or token[0] != "0"):
+                index = int(token)
+                value = value[index] if index < len(value) else None
+            else:
+                value = None
+            if value is None:
+                return None
+        return value
+
+
+def _tokens(pointer: str) -> List[str]:
+    """The reference tokens of a JSON pointer (RFC 6901), decoded."""
+    if pointer == "":
+        return []
+    if not pointer.startswith("/"):
+        raise ValueError(f"{pointer!r} is not a JSON pointer: it must start with /")
+    return [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
 
 
 @dataclass(frozen=True)
@@ -180,12 +224,75 @@ def unpack(pack: types.EventPack) -> List[Event]:
     return events
 
 
+def unpack_projected(pack: types.ProjectedPack) -> List[Event]:
+    """The events of a projected pack (see `projected-pack` in wit/rule.wit):
+    no payloads, the declared fields' values instead."""
+    fields, seqs, ends, text = pack.fields, pack.seqs, pack.ends, pack.text
+    n = len(fields)
+    stride = 3 + n
+    if len(ends) != stride * len(seqs) or len(pack.kinds) != n * len(seqs):
+        raise ValueError(f"malformed projected pack: {len(seqs)} seqs, {n} fields")
+    kinds, integers, floats = pack.kinds, pack.integers, pack.floats
+    K = types.FieldKind
+    events = []
+    start = 0
+    for i in range(len(seqs)):
+        base = stride * i
+        a, b, c = ends[base : base + 3]
+        values: Dict[str, Any] = {}
+        prev = c
+        for j in range(n):
+            end = ends[base + 3 + j]
+            slot = n * i + j
+            kind = kinds[slot]
+            if kind == K.TEXT:
+                value: Any = text[prev:end].decode()
+            elif kind == K.JSON:
+                value = json.loads(text[prev:end].decode())
+            elif kind == K.INTEGER:
+                value = integers[slot]
+            elif kind == K.FLOAT:
+                value = floats[slot]
+            elif kind == K.BOOLEAN:
+                value = integers[slot] != 0
+            else:
+                value = None  # absent or null
+            values[fields[j]] = value
+            prev = end
+        events.append(
+            Event(
+                seqs[i],
+                pack.times[i],
+                text[start:a].decode(),
+                text[a:b].decode(),
+                text[b:c].decode(),
+                "",
+                values,
+            )
+        )
+        start = prev
+    return events
+
+
 _VERDICTS = {
     Membership.ENTER: types.Verdict.ENTER,
     Membership.LEAVE: types.Verdict.LEAVE,
     Membership.REFRESH: types.Verdict.REFRESH,
     Membership.IGNORE: types.Verdict.IGNORE,
 }
+
+
+def _selection(rule: Rule, events: List[Event]) -> types.Selection:
+    verdicts = []
+    partitions = []
+    for event in events:
+        placed = rule.place(event)
+        if placed is None:
+            verdicts.append(types.Verdict.SKIP)
+        else:
+            verdicts.append(_VERDICTS[placed[1]])
+            partitions.append(placed[0])
+    return types.Selection(verdicts=verdicts, partitions=partitions)
 
 
 def export(rule_class: Type[Rule]) -> type:
@@ -207,16 +314,10 @@ def export(rule_class: Type[Rule]) -> type:
             return rule.membership(_event(event))
 
         def select(self, events: types.EventPack) -> types.Selection:
-            verdicts = []
-            partitions = []
-            for event in unpack(events):
-                placed = rule.place(event)
-                if placed is None:
-                    verdicts.append(types.Verdict.SKIP)
-                else:
-                    verdicts.append(_VERDICTS[placed[1]])
-                    partitions.append(placed[0])
-            return types.Selection(verdicts=verdicts, partitions=partitions)
+            return _selection(rule, unpack(events))
+
+        def select_projected(self, events: types.ProjectedPack) -> types.Selection:
+            return _selection(rule, unpack_projected(events))
 
         def handle_batch(self, batch: types.Batch) -> List[types.Emit]:
             b = Batch(

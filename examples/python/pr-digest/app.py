@@ -32,7 +32,8 @@ class Merged:
 
 
 def repo_of(event: Event) -> Optional[str]:
-    repo = event.json().get("repo")
+    # Declared in rule.toml (`[select] fields`): parsed by the engine.
+    repo = event.field("/repo")
     return repo if isinstance(repo, str) else None
 
 

@@ -1,4 +1,4 @@
-//! The `sluice:rule/rule` world, implemented by forwarding every export to
+//! The `sluice:rule/projected-rule` world, implemented by forwarding every export to
 //! the `sluice:rule-python/guest` interface a Python rule exports (see
 //! `../wit/rule-python.wit` for why). `wac plug` composes the two into one
 //! component; the values pass through unchanged.
@@ -14,7 +14,7 @@ mod bindings {
 }
 
 use bindings::sluice::rule::types::{
-    Batch, Emit, Event, EventPack, Membership, RuleError, Selection,
+    Batch, Emit, Event, EventPack, Membership, ProjectedPack, RuleError, Selection,
 };
 use bindings::sluice::rule_python::guest;
 
@@ -39,6 +39,12 @@ impl bindings::Guest for Adapter {
 
     fn handle_batch(batch: Batch) -> Result<Vec<Emit>, RuleError> {
         guest::handle_batch(&batch)
+    }
+}
+
+impl bindings::exports::sluice::rule::projection::Guest for Adapter {
+    fn select(events: ProjectedPack) -> Selection {
+        guest::select_projected(&events)
     }
 }
 
