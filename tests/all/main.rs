@@ -17,6 +17,7 @@ mod load;
 mod log;
 mod manifest;
 mod postgres;
+mod projection;
 mod replay;
 mod sandbox;
 mod server;
