@@ -3,7 +3,9 @@
 //! fuel and epoch deadlines. Ratios against the same-run baselines are
 //! printed at the end.
 //!
-//! Run: `cargo bench -p sluice --bench runtime`
+//! Run: `cargo bench -p sluice --bench runtime`; only the interleaved
+//! ratios (a minute): `SLUICE_BENCH_ONLY=ratios cargo bench -p sluice
+//! --bench runtime`.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -15,7 +17,7 @@ use sluice::event::Event;
 use sluice::runtime::Verdict;
 use sluice::runtime::{Limits, LoadedRule, PoolingConfig, RuleLabel, Runtime, RuntimeConfig};
 use sluice_test_components::component_bytes;
-use sluice_test_components::components::{JSON_KEY, KIND_FILTER};
+use sluice_test_components::components::{JSON_FIELDS, JSON_KEY, KIND_FILTER};
 
 /// Events per batched call, as the rule core sends them.
 const BATCH: usize = 256;
@@ -64,6 +66,18 @@ fn load(rt: &Runtime, path: &str) -> LoadedRule {
         RuleLabel::new("bench", path),
         &component_bytes(path),
         Limits::default(),
+    )
+    .unwrap()
+}
+
+/// json-fields under `[select] fields = ["/repo", "/ok"]`: the engine
+/// parses the payloads, the rule reads two typed values.
+fn load_projected(rt: &Runtime) -> LoadedRule {
+    rt.load_with_fields(
+        RuleLabel::new("bench", "projected"),
+        &component_bytes(JSON_FIELDS),
+        Limits::default(),
+        &["/repo".to_string(), "/ok".to_string()],
     )
     .unwrap()
 }
@@ -139,6 +153,17 @@ fn per_event(c: &mut Criterion) {
     g.bench_function("wasm-batched", |b| {
         b.iter(|| {
             inst.select(black_box(&evs))
+                .unwrap()
+                .iter()
+                .filter(|v| matches!(v, Verdict::Keep(_)))
+                .count()
+        })
+    });
+    let mut projected = load_projected(&rt).instance();
+    g.bench_function("wasm-projected", |b| {
+        b.iter(|| {
+            projected
+                .select(black_box(&evs))
                 .unwrap()
                 .iter()
                 .filter(|v| matches!(v, Verdict::Keep(_)))
@@ -247,6 +272,7 @@ fn interleaved_ratios() {
     let (rt, _dir) = runtime(|_| {});
     let mut trivial = load(&rt, KIND_FILTER).instance();
     let mut json = load(&rt, JSON_KEY).instance();
+    let mut projected = load_projected(&rt).instance();
     let bare = |fuel, deadlines| {
         let (rt, dir) = runtime(|c| {
             c.fuel = fuel;
@@ -260,6 +286,9 @@ fn interleaved_ratios() {
     // `json` runs with both (the default).
     let (mut a, mut a_n, mut b, mut b_n) = (vec![], vec![], vec![], vec![]);
     let (mut f, mut e, mut fe) = (vec![], vec![], vec![]);
+    let (mut p, mut p_n, mut p_host) = (vec![], vec![], vec![]);
+    let projection = sluice_fields::Projection::new(&["/repo", "/ok"]).unwrap();
+    let mut pack = sluice::runtime::event_pack_projected();
     for _ in 0..ROUNDS {
         let native_a = ns_per_event(400, || {
             black_box(black_box(&evs).iter().filter(|e| e.kind == "keep").count());
@@ -277,6 +306,17 @@ fn interleaved_ratios() {
         });
         b.push(wasm_b / native_b);
         b_n.push(wasm_b);
+        let projected_b = ns_per_event(100, || {
+            black_box(projected.select(black_box(&evs)).unwrap());
+        });
+        let native_p = ns_per_event(100, || {
+            black_box(black_box(&evs).iter().filter_map(native_json_key).count());
+        });
+        p.push(projected_b / native_p);
+        p_n.push(projected_b);
+        p_host.push(ns_per_event(100, || {
+            sluice::runtime::pack_projected(black_box(&evs), &projection, &mut pack).unwrap();
+        }));
         let base = ns_per_event(100, || {
             black_box(none.0.select(black_box(&evs)).unwrap());
         });
@@ -308,6 +348,13 @@ fn interleaved_ratios() {
         median(b)
     );
     println!(
+        "(b) with input projection ([select] fields): {:.1} ns/event, {:.2}x native \
+         (of which the engine's parse and pack: {:.1} ns/event)",
+        median(p_n),
+        median(p),
+        median(p_host)
+    );
+    println!(
         "overhead vs no limits: fuel {:.2}x, epoch {:.2}x, fuel+epoch {:.2}x",
         median(f),
         median(e),
@@ -318,6 +365,15 @@ fn interleaved_ratios() {
 fn summary() {
     let per = |g: &str, b: &str| mean_ns(g, b).map(|ns| ns / BATCH as f64);
     println!("\n== criterion means ==");
+    if let (Some(native), Some(projected)) = (
+        per("json-filter-key", "native"),
+        per("json-filter-key", "wasm-projected"),
+    ) {
+        println!(
+            "json-filter-key with input projection: {projected:.1} ns/event, {:.2}x native {native:.1} ns/event",
+            projected / native
+        );
+    }
     for group in ["trivial-filter", "json-filter-key"] {
         if let (Some(native), Some(naive), Some(batched)) = (
             per(group, "native"),
@@ -350,10 +406,12 @@ fn main() {
         .measurement_time(Duration::from_secs(2))
         .sample_size(30)
         .configure_from_args();
-    per_event(&mut c);
-    instantiate_and_load(&mut c);
-    limits_overhead(&mut c);
-    c.final_summary();
-    summary();
+    if std::env::var("SLUICE_BENCH_ONLY").as_deref() != Ok("ratios") {
+        per_event(&mut c);
+        instantiate_and_load(&mut c);
+        limits_overhead(&mut c);
+        c.final_summary();
+        summary();
+    }
     interleaved_ratios();
 }

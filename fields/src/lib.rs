@@ -1,5 +1,6 @@
 //! Input projection: the values a rule's declared JSON pointers
-//! (RFC 6901) find in a payload, read in one pass over its text.
+//! (RFC 6901) find in a payload, read in one pass over its text that skips
+//! what no pointer leads to without decoding it.
 //!
 //! The engine uses it to parse each payload once, natively, for
 //! `select-projected` (see `wit/rule.wit`); the Rust SDK uses the same code
@@ -28,9 +29,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
 
 /// Most pointers one projection may hold.
 pub const MAX_FIELDS: usize = 64;
@@ -214,16 +212,13 @@ impl Projection {
     }
 
     /// Append to `out` the value of each pointer in `json`, in the order
-    /// of [`fields`](Self::fields). Fails only on text that is not JSON;
-    /// then nothing is appended.
-    pub fn project<'a>(
-        &self,
-        json: &'a str,
-        out: &mut Vec<Value<'a>>,
-    ) -> Result<(), serde_json::Error> {
+    /// of [`fields`](Self::fields). `json` is trusted to be JSON (the
+    /// engine validates payloads at ingest): what no pointer leads to is
+    /// skipped without being decoded. On an error nothing is appended.
+    pub fn project<'a>(&self, json: &'a str, out: &mut Vec<Value<'a>>) -> Result<(), Error> {
         let start = out.len();
         out.resize(start + self.fields.len(), Value::Absent);
-        let result = walk_str(json, &self.root, &mut out[start..]);
+        let result = Scan { text: json, i: 0 }.walk(&self.root, &mut out[start..]);
         if result.is_err() {
             out.truncate(start);
         }
@@ -231,43 +226,299 @@ impl Projection {
     }
 }
 
-/// Read `text` (one JSON value) for `node`.
-fn walk_str<'a>(
+/// Why a text could not be read as JSON, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// Byte offset where reading stopped.
+    pub at: usize,
+    /// What was expected there.
+    pub expected: &'static str,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "not JSON: expected {} at byte {}",
+            self.expected, self.at
+        )
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A cursor over JSON text that finds where values begin and end without
+/// decoding what no pointer leads to. It trusts the text to be JSON (the
+/// engine validates every payload at ingest): on text that is not, it
+/// fails or reads something, but never reads out of bounds.
+struct Scan<'a> {
     text: &'a str,
-    node: &Node,
-    out: &mut [Value<'a>],
-) -> Result<(), serde_json::Error> {
-    if node.children.is_empty() {
-        let raw: &RawValue = serde_json::from_str(text)?;
-        return leaf(raw.get(), node, out);
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn fail<T>(&self, expected: &'static str) -> Result<T, Error> {
+        Err(Error {
+            at: self.i,
+            expected,
+        })
     }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let found = de.deserialize_any(Walk { node })?;
-    de.end()?;
-    if !node.ends.is_empty() {
-        leaf(text.trim_matches(is_json_space), node, out)?;
+
+    fn byte(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.i).copied()
     }
-    for (at, raw) in found {
-        let child = &node.children[at].2;
-        if child.children.is_empty() {
-            leaf(raw.get(), child, out)?;
-        } else {
-            walk_str(raw.get(), child, out)?;
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.byte() {
+            self.i += 1;
         }
     }
-    Ok(())
-}
 
-fn is_json_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r')
-}
-
-/// Give `raw` (one JSON value, no surrounding space) to the fields ending
-/// at `node`.
-fn leaf<'a>(raw: &'a str, node: &Node, out: &mut [Value<'a>]) -> Result<(), serde_json::Error> {
-    if node.ends.is_empty() {
-        return Ok(());
+    fn expect(&mut self, b: u8, expected: &'static str) -> Result<(), Error> {
+        self.ws();
+        if self.byte() != Some(b) {
+            return self.fail(expected);
+        }
+        self.i += 1;
+        Ok(())
     }
+
+    /// Past a string that starts here; true when it holds escapes.
+    fn string(&mut self) -> Result<bool, Error> {
+        let bytes = self.text.as_bytes();
+        let mut i = self.i + 1; // past the opening quote
+        let mut escaped = false;
+        loop {
+            i += quote_or_backslash(bytes.get(i..).unwrap_or_default());
+            match bytes.get(i) {
+                Some(b'"') => {
+                    self.i = i + 1;
+                    return Ok(escaped);
+                }
+                Some(_) => {
+                    escaped = true;
+                    i += 2; // the backslash and what it escapes
+                }
+                None => {
+                    self.i = bytes.len();
+                    return self.fail("the end of a string");
+                }
+            }
+        }
+    }
+
+    /// Past the value that starts here.
+    fn skip(&mut self) -> Result<(), Error> {
+        let bytes = self.text.as_bytes();
+        match self.byte() {
+            Some(b'"') => self.string().map(drop),
+            Some(b'{' | b'[') => {
+                let mut depth = 0usize;
+                while let Some(b) = self.byte() {
+                    match b {
+                        b'"' => {
+                            self.string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.i += 1;
+                                return Ok(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.i += 1;
+                }
+                self.fail("the end of an object or array")
+            }
+            Some(_) => {
+                let start = self.i;
+                while self.i < bytes.len()
+                    && !matches!(
+                        bytes[self.i],
+                        b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'
+                    )
+                {
+                    self.i += 1;
+                }
+                if self.i == start {
+                    return self.fail("a value");
+                }
+                Ok(())
+            }
+            None => self.fail("a value"),
+        }
+    }
+
+    /// Read the value that starts here for `node`: the children it holds
+    /// (the last of duplicate keys), then the value itself where fields end.
+    fn walk(&mut self, node: &Node, out: &mut [Value<'a>]) -> Result<(), Error> {
+        self.ws();
+        let start = self.i;
+        // (child, value start, value end): the last of duplicate keys.
+        let mut found = Found::default();
+        match self.byte() {
+            Some(b'{') if !node.children.is_empty() => {
+                self.i += 1;
+                self.ws();
+                if self.byte() == Some(b'}') {
+                    self.i += 1;
+                } else {
+                    loop {
+                        self.ws();
+                        if self.byte() != Some(b'"') {
+                            return self.fail("an object key");
+                        }
+                        let key_start = self.i;
+                        let escaped = self.string()?;
+                        let raw = &self.text[key_start..self.i];
+                        let key: Cow<'a, str> = if escaped {
+                            Cow::Owned(serde_json::from_str(raw).map_err(|_| Error {
+                                at: key_start,
+                                expected: "an object key",
+                            })?)
+                        } else {
+                            Cow::Borrowed(&raw[1..raw.len() - 1])
+                        };
+                        self.expect(b':', "`:`")?;
+                        self.ws();
+                        let value_start = self.i;
+                        self.skip()?;
+                        if let Some(at) = node.child(&key) {
+                            found.keep(at, value_start, self.i);
+                        }
+                        self.ws();
+                        match self.byte() {
+                            Some(b',') => self.i += 1,
+                            Some(b'}') => {
+                                self.i += 1;
+                                break;
+                            }
+                            _ => return self.fail("`,` or `}`"),
+                        }
+                    }
+                }
+            }
+            Some(b'[') if !node.children.is_empty() => {
+                self.i += 1;
+                self.ws();
+                if self.byte() == Some(b']') {
+                    self.i += 1;
+                } else {
+                    let mut index = 0;
+                    loop {
+                        self.ws();
+                        let value_start = self.i;
+                        self.skip()?;
+                        if let Some(at) = node.child_at(index) {
+                            found.keep(at, value_start, self.i);
+                        }
+                        self.ws();
+                        match self.byte() {
+                            Some(b',') => self.i += 1,
+                            Some(b']') => {
+                                self.i += 1;
+                                break;
+                            }
+                            _ => return self.fail("`,` or `]`"),
+                        }
+                        index += 1;
+                    }
+                }
+            }
+            _ => self.skip()?,
+        }
+        let end = self.i;
+        if !node.ends.is_empty() {
+            leaf(&self.text[start..end], node, out, start)?;
+        }
+        for &(at, value_start, value_end) in found.as_slice() {
+            let child = &node.children[at].2;
+            if child.children.is_empty() {
+                leaf(&self.text[value_start..value_end], child, out, value_start)?;
+            } else {
+                Scan {
+                    text: self.text,
+                    i: value_start,
+                }
+                .walk(child, out)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the first `"` or `\\` of `bytes` is (its length when there is
+/// none), eight bytes at a time.
+fn quote_or_backslash(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte of `x` that equals `b` (exact for the
+    // lowest such byte, which is the one wanted).
+    let equal = |x: u64, b: u8| {
+        let y = x ^ (ONES * u64::from(b));
+        y.wrapping_sub(ONES) & !y & HIGH
+    };
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let hit = equal(x, b'"') | equal(x, b'\\');
+        if hit != 0 {
+            return i + (hit.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + bytes[i..]
+        .iter()
+        .position(|b| matches!(b, b'"' | b'\\'))
+        .unwrap_or(bytes.len() - i)
+}
+
+/// The children a walk found, with where their values start and end; inline for
+/// the usual few, on the heap past eight.
+#[derive(Default)]
+struct Found {
+    inline: [(usize, usize, usize); 8],
+    len: usize,
+    more: Vec<(usize, usize, usize)>,
+}
+
+impl Found {
+    fn keep(&mut self, at: usize, start: usize, end: usize) {
+        let items = if self.more.is_empty() {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.more[..]
+        };
+        if let Some(slot) = items.iter_mut().find(|(i, _, _)| *i == at) {
+            *slot = (at, start, end);
+        } else if self.more.is_empty() && self.len < self.inline.len() {
+            self.inline[self.len] = (at, start, end);
+            self.len += 1;
+        } else {
+            if self.more.is_empty() {
+                self.more.extend_from_slice(&self.inline[..self.len]);
+            }
+            self.more.push((at, start, end));
+        }
+    }
+
+    fn as_slice(&self) -> &[(usize, usize, usize)] {
+        if self.more.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.more
+        }
+    }
+}
+
+/// Give `raw` (one JSON value, no surrounding space, starting at byte
+/// `at`) to the fields ending at `node`.
+fn leaf<'a>(raw: &'a str, node: &Node, out: &mut [Value<'a>], at: usize) -> Result<(), Error> {
+    let bad = |expected| Error { at, expected };
     let value = match raw.as_bytes().first() {
         Some(b'n') => Value::Null,
         Some(b't') => Value::Bool(true),
@@ -275,7 +526,9 @@ fn leaf<'a>(raw: &'a str, node: &Node, out: &mut [Value<'a>]) -> Result<(), serd
         Some(b'"') => {
             let inner = &raw[1..raw.len() - 1];
             if inner.contains('\\') {
-                Value::Text(Cow::Owned(serde_json::from_str::<String>(raw)?))
+                Value::Text(Cow::Owned(
+                    serde_json::from_str::<String>(raw).map_err(|_| bad("a string"))?,
+                ))
             } else {
                 Value::Text(Cow::Borrowed(inner))
             }
@@ -286,7 +539,7 @@ fn leaf<'a>(raw: &'a str, node: &Node, out: &mut [Value<'a>]) -> Result<(), serd
             let whole = !raw.contains(['.', 'e', 'E']) && raw != "-0";
             match raw.parse::<i64>() {
                 Ok(n) if whole => Value::Int(n),
-                _ => Value::Float(serde_json::from_str::<f64>(raw)?),
+                _ => Value::Float(serde_json::from_str::<f64>(raw).map_err(|_| bad("a number"))?),
             }
         }
     };
@@ -294,113 +547,6 @@ fn leaf<'a>(raw: &'a str, node: &Node, out: &mut [Value<'a>]) -> Result<(), serd
         out[i] = value.clone();
     }
     Ok(())
-}
-
-/// Visits one object or array for a node with children: the raw text of
-/// each child found (the last, for a duplicate key), by child position.
-struct Walk<'n> {
-    node: &'n Node,
-}
-
-type Found<'a> = Vec<(usize, &'a RawValue)>;
-
-fn keep<'a>(found: &mut Found<'a>, at: usize, raw: &'a RawValue) {
-    match found.iter_mut().find(|(i, _)| *i == at) {
-        Some(slot) => slot.1 = raw,
-        None => found.push((at, raw)),
-    }
-}
-
-impl<'de> Visitor<'de> for Walk<'_> {
-    type Value = Found<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = Vec::new();
-        while let Some(key) = map.next_key_seed(Key)? {
-            match self.node.child(&key) {
-                Some(at) => keep(&mut found, at, map.next_value::<&'de RawValue>()?),
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(found)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut found = Vec::new();
-        let mut index = 0;
-        loop {
-            match self.node.child_at(index) {
-                Some(at) => match seq.next_element::<&'de RawValue>()? {
-                    Some(raw) => keep(&mut found, at, raw),
-                    None => break,
-                },
-                None => {
-                    if seq.next_element::<IgnoredAny>()?.is_none() {
-                        break;
-                    }
-                }
-            }
-            index += 1;
-        }
-        Ok(found)
-    }
-
-    // Scalars have no children: every pointer below them is absent.
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Vec::new())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Vec::new())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Vec::new())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Vec::new())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Vec::new())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Vec::new())
-    }
-}
-
-/// An object key, borrowed from the text when it has no escapes.
-struct Key;
-
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = Cow<'de, str>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v))
-    }
 }
 
 #[cfg(test)]
@@ -555,6 +701,84 @@ mod tests {
                     (Some(serde_json::Value::Null), Value::Null) => {}
                     (want, got) => panic!("{p} in {doc}: serde_json {want:?}, projection {got:?}"),
                 }
+            }
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            any::<u64>().prop_map(|n| serde_json::json!(n)),
+            (-1e9f64..1e9).prop_map(|x| serde_json::json!(x)),
+            "[a-c\"\\\\/~\u{e9}\u{1F680}\n]{0,6}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+                proptest::collection::vec(("[a-c/~\"\u{e9}]{0,3}", inner), 0..5)
+                    .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Every pointer into a value, and a few that lead nowhere.
+    fn pointers(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+        out.push(at.clone());
+        out.push(format!("{at}/nope"));
+        let token = |k: &str| k.replace('~', "~0").replace('/', "~1");
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    pointers(v, format!("{at}/{}", token(k)), out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    pointers(v, format!("{at}/{i}"), out);
+                }
+                out.push(format!("{at}/{}", a.len()));
+            }
+            _ => {}
+        }
+    }
+
+    proptest::proptest! {
+        /// On random documents, compact or pretty, every pointer finds
+        /// what serde_json's own pointer finds.
+        #[test]
+        fn agrees_with_serde_json_on_random_documents(doc in json_value(), pretty: bool) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&doc).unwrap()
+            } else {
+                serde_json::to_string(&doc).unwrap()
+            };
+            let mut all = Vec::new();
+            pointers(&doc, String::new(), &mut all);
+            all.sort();
+            all.dedup();
+            let mut out = Vec::new();
+            Projection::new(&all).unwrap().project(&text, &mut out).unwrap();
+            // What serde_json reads from the text (floats may not round-trip).
+            let read: serde_json::Value = serde_json::from_str(&text).unwrap();
+            for (p, got) in all.iter().zip(&out) {
+                let want = read.pointer(p);
+                let same = match (want, got) {
+                    (None, Value::Absent) | (Some(serde_json::Value::Null), Value::Null) => true,
+                    (Some(serde_json::Value::Bool(b)), Value::Bool(c)) => b == c,
+                    (Some(serde_json::Value::String(s)), Value::Text(t)) => s == t,
+                    (Some(serde_json::Value::Number(n)), Value::Int(i)) => n.as_i64() == Some(*i),
+                    (Some(serde_json::Value::Number(n)), Value::Float(x)) => {
+                        n.as_i64().is_none() && n.as_f64() == Some(*x)
+                    }
+                    (Some(v @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))), Value::Json(j)) => {
+                        v == &serde_json::from_str::<serde_json::Value>(j).unwrap()
+                    }
+                    _ => false,
+                };
+                proptest::prop_assert!(same, "{} in {}: serde_json {:?}, projection {:?}", p, text, want, got);
             }
         }
     }

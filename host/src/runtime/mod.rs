@@ -1197,6 +1197,11 @@ impl RuleInstance {
     }
 }
 
+/// An empty `projected-pack`, to fill with [`pack_projected`].
+pub fn event_pack_projected() -> wit::ProjectedPack {
+    empty_projected_pack()
+}
+
 fn empty_projected_pack() -> wit::ProjectedPack {
     wit::ProjectedPack {
         fields: Vec::new(),
