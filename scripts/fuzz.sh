@@ -6,7 +6,7 @@
 #   scripts/fuzz.sh all 30           every target, 30 seconds each
 #
 # Targets (fuzz/src/lib.rs): ingest manifest cron scenario component
-# deploy query. Each run starts from fuzz/corpus/<target> (and
+# deploy query projection. Each run starts from fuzz/corpus/<target> (and
 # fuzz/regressions/<target>) and works in <target-dir>/fuzz/: the corpus
 # it grows, crashes under artifacts/, one summary line per target in
 # summary.txt (runs, seconds, executions per second, corpus size). A
@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-targets=(ingest manifest cron scenario component deploy query)
+targets=(ingest manifest cron scenario component deploy query projection)
 which="${1:-all}"
 secs="${2:-600}"
 if [ "$which" != all ]; then

@@ -16,6 +16,7 @@
 //! | `component` | component bytes given to the runtime |
 //! | `deploy` | a multipart `PUT /v1/rules/{name}` body |
 //! | `query` | query strings and feed cursors of the read routes |
+//! | `projection` | payload text read for `[select] fields` (JSON pointers) |
 
 use std::sync::{Arc, OnceLock};
 
@@ -43,6 +44,45 @@ pub fn manifest(data: &[u8]) {
     if let Ok(m) = Manifest::parse(&text(data)) {
         let _ = m.trigger.describe();
         let _ = sluice::triggers::registry::KindSpec::from_trigger(&m.trigger);
+    }
+}
+
+/// Input projection (`sluice_fields`): reading any text for a set of
+/// pointers never panics; on text serde_json accepts, every pointer finds
+/// what serde_json's own pointer finds (the engine only ever projects
+/// payloads it validated at ingest).
+pub fn projection(data: &[u8]) {
+    use sluice_fields::{Projection, Value};
+    let text = text(data);
+    let pointers = [
+        "", "/a", "/a/b", "/a/0", "/0", "/a/0/b", "/a~1b", "/~0", "/é", "/a/b/c/d", "/-",
+    ];
+    let mut out = Vec::new();
+    let result = Projection::new(&pointers).unwrap().project(&text, &mut out);
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    assert!(result.is_ok(), "{text:?} is JSON, yet: {result:?}");
+    for (p, got) in pointers.iter().zip(&out) {
+        let want = doc.pointer(p);
+        let same = match (want, got) {
+            (None, Value::Absent) | (Some(serde_json::Value::Null), Value::Null) => true,
+            (Some(serde_json::Value::Bool(b)), Value::Bool(c)) => b == c,
+            (Some(serde_json::Value::String(s)), Value::Text(t)) => s == t,
+            (Some(serde_json::Value::Number(n)), Value::Int(i)) => n.as_i64() == Some(*i),
+            (Some(serde_json::Value::Number(n)), Value::Float(x)) => {
+                n.as_i64().is_none() && n.as_f64() == Some(*x)
+            }
+            (
+                Some(v @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))),
+                Value::Json(j),
+            ) => serde_json::from_str::<serde_json::Value>(j).ok().as_ref() == Some(v),
+            _ => false,
+        };
+        assert!(
+            same,
+            "{p} in {text:?}: serde_json {want:?}, projection {got:?}"
+        );
     }
 }
 

@@ -126,3 +126,8 @@ fn fuzz_deploy() {
 fn fuzz_query() {
     smoke("query", 200, targets::query);
 }
+
+#[test]
+fn fuzz_projection() {
+    smoke("projection", 400, targets::projection);
+}

@@ -82,9 +82,15 @@ fn manifests_name_a_bad_pointer() {
             "name = \"r\"\nversion = 1\n[trigger.batch]\ncount = 1\nwindow = \"1m\"\n[select]\nfields = {fields}\n"
         ))
     };
-    assert_eq!(manifest(r#"["/repo", "/pr/number"]"#).unwrap().fields, ["/repo", "/pr/number"]);
+    assert_eq!(
+        manifest(r#"["/repo", "/pr/number"]"#).unwrap().fields,
+        ["/repo", "/pr/number"]
+    );
     for (fields, says) in [
-        (r#"["repo"]"#, "select.fields: `repo` is not a JSON pointer: it must be empty or start with `/`"),
+        (
+            r#"["repo"]"#,
+            "select.fields: `repo` is not a JSON pointer: it must be empty or start with `/`",
+        ),
         (r#"["/a", "/a"]"#, "select.fields: `/a` is declared twice"),
         (r#"["/a~x"]"#, "`~` must be followed by 0 or 1"),
         (r#""/repo""#, "select.fields"),
@@ -93,7 +99,9 @@ fn manifests_name_a_bad_pointer() {
         assert!(err.contains(says), "{fields}: {err}");
     }
     let many: Vec<String> = (0..65).map(|i| format!("\"/f{i}\"")).collect();
-    let err = manifest(&format!("[{}]", many.join(","))).unwrap_err().to_string();
+    let err = manifest(&format!("[{}]", many.join(",")))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("at most 64"), "{err}");
 }
 
@@ -137,7 +145,8 @@ fn member() -> impl Strategy<Value = String> {
     let text = "[a-z/ \"\\\\\u{e9}\u{1F680}\n]{0,8}";
     prop_oneof![
         (text, any::<bool>()).prop_map(|(s, esc)| format!("\"repo\":{}", string_text(&s, esc))),
-        (text, any::<bool>()).prop_map(|(s, esc)| format!("\"re\\u0070o\":{}", string_text(&s, esc))),
+        (text, any::<bool>())
+            .prop_map(|(s, esc)| format!("\"re\\u0070o\":{}", string_text(&s, esc))),
         Just("\"repo\":42".to_string()),
         Just("\"repo\":null".to_string()),
         Just("\"repo\":{\"repo\":\"inner\"}".to_string()),

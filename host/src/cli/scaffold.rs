@@ -176,7 +176,8 @@ fn language_files(lang: Lang, name: &str) -> Vec<(&'static str, String)> {
             // What the SDK reads JSON pointers with (`Event::field`).
             files.push((
                 "sdk/fields/Cargo.toml",
-                include_str!("../../templates/rust/fields-Cargo.toml").replace("{{version}}", version),
+                include_str!("../../templates/rust/fields-Cargo.toml")
+                    .replace("{{version}}", version),
             ));
             files.push((
                 "sdk/fields/src/lib.rs",
@@ -691,7 +692,13 @@ fn build_javascript(dir: &Path) -> anyhow::Result<PathBuf> {
     let out = dir.join(format!("{name}.wasm"));
     run(
         Command::new(componentize)
-            .args(["app.js", "--wit", "sdk/wit", "--world-name", "projected-rule"])
+            .args([
+                "app.js",
+                "--wit",
+                "sdk/wit",
+                "--world-name",
+                "projected-rule",
+            ])
             .args(["--disable", "http", "fetch-event", "-o"])
             .arg(&out)
             .current_dir(dir),
@@ -713,7 +720,14 @@ fn build_c(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
     run(
         Command::new(wit_bindgen)
-            .args(["c", "sdk/wit", "--world", "projected-rule", "--rename-world", "rule"])
+            .args([
+                "c",
+                "sdk/wit",
+                "--world",
+                "projected-rule",
+                "--rename-world",
+                "rule",
+            ])
             .arg("--out-dir")
             .arg(&work)
             .current_dir(dir),
