@@ -17,8 +17,13 @@
 //!    `sluice replay` over the whole range — events per second, against
 //!    `sluice test` of the same events in the same run.
 //!
+//! Parts 1 and 2 run the rule twice: reading the payload in the guest, and
+//! with input projection (`[select] fields = ["/repo", "/ok"]`: the engine
+//! parses the payloads).
+//!
 //! Run: `cargo bench -p sluice --bench throughput` (SLUICE_BENCH_EVENTS
-//! overrides the 1 000 000; SLUICE_BENCH_ONLY=replay runs part 5 alone).
+//! overrides the 1 000 000; SLUICE_BENCH_ONLY=replay runs part 5 alone,
+//! SLUICE_BENCH_ONLY=e2e parts 1 and 2).
 
 #[path = "common.rs"]
 mod common;
@@ -97,15 +102,24 @@ count = 500
 window = "10m"
 "#;
 
+/// The same rule with input projection.
+const MANIFEST_FIELDS: &str = r#"name = "repo-summary"
+version = 1
+
+[trigger.batch]
+count = 500
+window = "10m"
+
+[select]
+fields = ["/repo", "/ok"]
+"#;
+
 fn end_to_end_and_replay(n: u64) {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.ndjson");
     let timed_events = dir.path().join("timed.ndjson");
     write_events(&events, n, false);
     write_events(&timed_events, n, true);
-    let manifest = dir.path().join("rule.toml");
-    std::fs::write(&manifest, MANIFEST).unwrap();
-    let rule = format!("{}={REPO_SUMMARY}", manifest.display());
     let cache = dir.path().join("cache");
 
     let ingest = timed(
@@ -121,50 +135,59 @@ fn end_to_end_and_replay(n: u64) {
             .arg(dir.path().join("ingest.db")),
         &events,
     );
-    let run_db = dir.path().join("run.db");
-    let run = timed(
-        Command::new(SLUICE)
-            .args([
-                "run",
-                "--durability",
-                "normal",
-                "--batch",
-                "1000",
-                "--exit-when-idle",
-            ])
-            .args(["--rule", &rule, "--db"])
-            .arg(&run_db)
-            .env("SLUICE_CACHE_DIR", &cache),
-        &events,
-    );
-    let fires = count_kind(&run_db, "repo.summary");
-    let replay = timed(
-        Command::new(SLUICE)
-            .args(["test", REPO_SUMMARY, "--manifest"])
-            .arg(&manifest)
-            .arg("--events")
-            .arg(&timed_events)
-            .env("SLUICE_CACHE_DIR", &cache),
-        Path::new("/dev/null"),
-    );
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
         "log-only ingest ({n} events): {:.1} s, {:.0} events/s",
         ingest.as_secs_f64(),
         rate(ingest)
     );
-    println!(
-        "end-to-end sluice run (1 rule, 1000 repos, count 500): {:.1} s, {:.0} events/s, {fires} fires; {:.0}% of log-only ingest",
-        run.as_secs_f64(),
-        rate(run),
-        100.0 * ingest.as_secs_f64() / run.as_secs_f64()
-    );
-    println!(
-        "sluice test replay ({n} timed events): {:.1} s, {:.0} events/s; {:.0}% of log-only ingest",
-        replay.as_secs_f64(),
-        rate(replay),
-        100.0 * ingest.as_secs_f64() / replay.as_secs_f64()
-    );
+    for (how, text) in [
+        ("the rule reads the payload", MANIFEST),
+        ("with [select] fields", MANIFEST_FIELDS),
+    ] {
+        let tag = if text == MANIFEST { "plain" } else { "fields" };
+        let manifest = dir.path().join(format!("rule-{tag}.toml"));
+        std::fs::write(&manifest, text).unwrap();
+        let rule = format!("{}={REPO_SUMMARY}", manifest.display());
+        let run_db = dir.path().join(format!("run-{tag}.db"));
+        let run = timed(
+            Command::new(SLUICE)
+                .args([
+                    "run",
+                    "--durability",
+                    "normal",
+                    "--batch",
+                    "1000",
+                    "--exit-when-idle",
+                ])
+                .args(["--rule", &rule, "--db"])
+                .arg(&run_db)
+                .env("SLUICE_CACHE_DIR", &cache),
+            &events,
+        );
+        let fires = count_kind(&run_db, "repo.summary");
+        let replay = timed(
+            Command::new(SLUICE)
+                .args(["test", REPO_SUMMARY, "--manifest"])
+                .arg(&manifest)
+                .arg("--events")
+                .arg(&timed_events)
+                .env("SLUICE_CACHE_DIR", &cache),
+            Path::new("/dev/null"),
+        );
+        println!(
+            "end-to-end sluice run, {how} (1 rule, 1000 repos, count 500): {:.1} s, {:.0} events/s, {fires} fires; {:.0}% of log-only ingest",
+            run.as_secs_f64(),
+            rate(run),
+            100.0 * ingest.as_secs_f64() / run.as_secs_f64()
+        );
+        println!(
+            "sluice test replay, {how} ({n} timed events): {:.1} s, {:.0} events/s; {:.0}% of log-only ingest",
+            replay.as_secs_f64(),
+            rate(replay),
+            100.0 * ingest.as_secs_f64() / replay.as_secs_f64()
+        );
+    }
 }
 
 /// Time per fire with `partitions` interleaved round-robin, windows of 500.
@@ -335,6 +358,10 @@ fn main() {
     let n: u64 = common::env_or("SLUICE_BENCH_EVENTS", 1_000_000);
     if std::env::var("SLUICE_BENCH_ONLY").is_ok_and(|v| v == "replay") {
         replay_over_the_log(n);
+        return;
+    }
+    if std::env::var("SLUICE_BENCH_ONLY").is_ok_and(|v| v == "e2e") {
+        end_to_end_and_replay(n);
         return;
     }
     // SLUICE_BENCH_ONLY=fires skips the end-to-end part (for profiling).

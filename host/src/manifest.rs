@@ -55,7 +55,7 @@
 //! [select]                 # optional
 //! fields = ["/repo", "/ok"] # the payload fields `select` reads (JSON
 //!                          # pointers, at most 64): the engine parses each
-//!                          # payload natively and calls `select-projected`
+//!                          # payload natively and calls `projection.select`
 //! on_poison = "skip"       # or "suspend": an event `select` keeps failing on
 //! attempts = 3             # failures before on_poison applies, 1..=100
 //! ```
@@ -91,8 +91,9 @@ pub struct Manifest {
     pub select: SelectPolicy,
     /// The payload fields the rule's `select` reads (`[select] fields`,
     /// JSON pointers, checked). When there are any, the engine parses each
-    /// payload natively and calls the component's `select-projected` with
-    /// their values instead of `select` with whole payloads.
+    /// payload natively and calls the component's `projection.select`
+    /// with their values instead of `select` with whole payloads.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
 }
 

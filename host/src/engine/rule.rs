@@ -23,13 +23,14 @@ pub enum SetupError {
         /// What is wrong.
         problem: String,
     },
-    /// The component did not load.
+    /// The component did not load. (The message holds the load error;
+    /// it is not also given as the source, which would print it twice in
+    /// a chain.)
     #[error("{name}: {error}")]
     Load {
         /// The rule's name.
         name: String,
         /// What went wrong.
-        #[source]
         error: LoadError,
     },
 }

@@ -202,7 +202,7 @@ pub enum LoadError {
         list(.0)
     )]
     NoProjection(Vec<String>),
-    /// `select-projected` exists with the wrong signature.
+    /// `projection.select` exists with the wrong signature.
     #[error("component does not implement world sluice:rule/projected-rule@0.1.0: {0}")]
     WrongProjectionType(String),
 }
@@ -558,7 +558,7 @@ impl Runtime {
 
     /// [`load`](Self::load) for a manifest that declares `[select] fields`
     /// (checked JSON pointers): the component must export
-    /// `select-projected`, which [`RuleInstance::select`] then calls with
+    /// `projection.select`, which [`RuleInstance::select`] then calls with
     /// the fields' values, parsed natively, instead of `select`.
     pub fn load_with_fields(
         &self,
@@ -669,7 +669,7 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), LoadError> 
     Ok(())
 }
 
-/// `select-projected` with the fields it takes.
+/// `projection.select` with the fields it takes.
 struct Projected {
     projection: sluice_fields::Projection,
     index: wasmtime::component::ComponentExportIndex,
@@ -915,7 +915,7 @@ impl LoadedRule {
 struct Live {
     store: Store<StoreState>,
     bindings: Rule,
-    /// `select-projected`, when the rule declares fields.
+    /// `projection.select`, when the rule declares fields.
     projected: Option<wasmtime::component::Func>,
 }
 
@@ -927,7 +927,7 @@ pub struct RuleInstance {
     live: Option<Live>,
     /// Reused between `select` calls to avoid reallocating.
     pack: wit::EventPack,
-    /// Reused between `select-projected` calls.
+    /// Reused between `projection.select` calls.
     projected_pack: wit::ProjectedPack,
     /// The last lines the guest wrote during the last handler call.
     logs: Vec<String>,
@@ -1215,7 +1215,7 @@ fn empty_projected_pack() -> wit::ProjectedPack {
     }
 }
 
-/// Pack events for `select-projected` (layout: `projected-pack` in the
+/// Pack events for `projection.select` (layout: `projected-pack` in the
 /// WIT): each payload parsed once, natively, for the declared fields.
 pub fn pack_projected<E: std::borrow::Borrow<Event>>(
     events: &[E],

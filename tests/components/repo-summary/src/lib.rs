@@ -1,29 +1,21 @@
-//! Benchmark rule for the shapes users have: parse the payload, keep
-//! `ok == true`, key by `repo`; the handler emits one summary per batch.
-
-use std::borrow::Cow;
+//! Benchmark rule for the shapes users have: read the payload's `ok` and
+//! `repo`, keep `ok == true`, key by `repo`; the handler emits one summary
+//! per batch. Under `[select] fields = ["/repo", "/ok"]` the engine parses
+//! the payload; without, the SDK does, in the guest.
 
 use sluice_sdk::prelude::*;
-
-#[derive(Deserialize)]
-#[serde(crate = "sluice_sdk::serde")]
-struct Payload<'a> {
-    #[serde(borrow)]
-    repo: Cow<'a, str>,
-    ok: bool,
-}
 
 struct RepoSummary;
 
 impl Rule for RepoSummary {
     fn select(event: &Event<'_>) -> Option<Placement> {
-        match event.json::<Payload<'_>>() {
-            Ok(p) if p.ok => Some(Placement {
-                partition: Some(p.repo.into_owned()),
-                membership: Membership::Enter,
-            }),
-            _ => None,
+        if event.field("/ok").as_bool() != Some(true) {
+            return None;
         }
+        Some(Placement {
+            partition: Some(event.field("/repo").as_str()?.to_owned()),
+            membership: Membership::Enter,
+        })
     }
 
     fn handle_batch(batch: &Batch<'_>) -> Result<Vec<Emit>, RuleError> {
