@@ -17,7 +17,7 @@ use sluice::event::Event;
 use sluice::runtime::Verdict;
 use sluice::runtime::{Limits, LoadedRule, PoolingConfig, RuleLabel, Runtime, RuntimeConfig};
 use sluice_test_components::component_bytes;
-use sluice_test_components::components::{JSON_FIELDS, JSON_KEY, KIND_FILTER};
+use sluice_test_components::components::{JSON_KEY, KIND_FILTER, REPO_SUMMARY};
 
 /// Events per batched call, as the rule core sends them.
 const BATCH: usize = 256;
@@ -70,12 +70,13 @@ fn load(rt: &Runtime, path: &str) -> LoadedRule {
     .unwrap()
 }
 
-/// json-fields under `[select] fields = ["/repo", "/ok"]`: the engine
+/// repo-summary (json-key's logic, reading its two fields through
+/// `event.field`) under `[select] fields = ["/repo", "/ok"]`: the engine
 /// parses the payloads, the rule reads two typed values.
 fn load_projected(rt: &Runtime) -> LoadedRule {
     rt.load_with_fields(
         RuleLabel::new("bench", "projected"),
-        &component_bytes(JSON_FIELDS),
+        &component_bytes(REPO_SUMMARY),
         Limits::default(),
         &["/repo".to_string(), "/ok".to_string()],
     )

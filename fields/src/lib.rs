@@ -96,6 +96,24 @@ impl<'a> Value<'a> {
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }
+
+    /// Whether this is what serde_json finds at the same pointer (`found`,
+    /// from `serde_json::Value::pointer` on the same text): the same kind
+    /// and value, an object or array compared parsed.
+    pub fn is_serde(&self, found: Option<&serde_json::Value>) -> bool {
+        use serde_json::Value as J;
+        match (found, self) {
+            (None, Value::Absent) | (Some(J::Null), Value::Null) => true,
+            (Some(J::Bool(b)), Value::Bool(c)) => b == c,
+            (Some(J::String(s)), Value::Text(t)) => s == t,
+            (Some(J::Number(n)), Value::Int(i)) => n.as_i64() == Some(*i),
+            (Some(J::Number(n)), Value::Float(x)) => n.as_i64().is_none() && n.as_f64() == Some(*x),
+            (Some(v @ (J::Object(_) | J::Array(_))), Value::Json(j)) => {
+                serde_json::from_str::<J>(j).ok().as_ref() == Some(v)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Split a JSON pointer into its reference tokens, decoded (`~1` is `/`,
@@ -683,24 +701,10 @@ mod tests {
             let parsed: serde_json::Value = serde_json::from_str(doc).unwrap();
             for (p, got) in pointers.iter().zip(project(&pointers, doc)) {
                 let want = parsed.pointer(p);
-                match (want, &got) {
-                    (None, Value::Absent) => {}
-                    (Some(serde_json::Value::String(s)), Value::Text(t)) => assert_eq!(s, t),
-                    (
-                        Some(v @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))),
-                        Value::Json(j),
-                    ) => {
-                        assert_eq!(v, &serde_json::from_str::<serde_json::Value>(j).unwrap())
-                    }
-                    (Some(serde_json::Value::Number(n)), Value::Int(i)) => {
-                        assert_eq!(n.as_i64(), Some(*i))
-                    }
-                    (Some(serde_json::Value::Number(n)), Value::Float(x)) => {
-                        assert_eq!(n.as_f64(), Some(*x))
-                    }
-                    (Some(serde_json::Value::Null), Value::Null) => {}
-                    (want, got) => panic!("{p} in {doc}: serde_json {want:?}, projection {got:?}"),
-                }
+                assert!(
+                    got.is_serde(want),
+                    "{p} in {doc}: serde_json {want:?}, projection {got:?}"
+                );
             }
         }
     }
@@ -765,19 +769,7 @@ mod tests {
             let read: serde_json::Value = serde_json::from_str(&text).unwrap();
             for (p, got) in all.iter().zip(&out) {
                 let want = read.pointer(p);
-                let same = match (want, got) {
-                    (None, Value::Absent) | (Some(serde_json::Value::Null), Value::Null) => true,
-                    (Some(serde_json::Value::Bool(b)), Value::Bool(c)) => b == c,
-                    (Some(serde_json::Value::String(s)), Value::Text(t)) => s == t,
-                    (Some(serde_json::Value::Number(n)), Value::Int(i)) => n.as_i64() == Some(*i),
-                    (Some(serde_json::Value::Number(n)), Value::Float(x)) => {
-                        n.as_i64().is_none() && n.as_f64() == Some(*x)
-                    }
-                    (Some(v @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))), Value::Json(j)) => {
-                        v == &serde_json::from_str::<serde_json::Value>(j).unwrap()
-                    }
-                    _ => false,
-                };
+                let same = got.is_serde(want);
                 proptest::prop_assert!(same, "{} in {}: serde_json {:?}, projection {:?}", p, text, want, got);
             }
         }

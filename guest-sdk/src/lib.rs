@@ -614,14 +614,7 @@ impl<R: Rule> b::Guest for Adapter<R> {
     }
 
     fn select(pack: wit::EventPack) -> wit::Selection {
-        let n = pack.seqs.len();
-        assert!(
-            pack.times.len() == n && pack.ends.len() == 4 * n,
-            "sluice: malformed event pack ({n} seqs, {} times, {} ends)",
-            pack.times.len(),
-            pack.ends.len()
-        );
-        selection::<R>(n, |i| Event::from_pack(&pack, i))
+        selection::<R>(checked(&pack), |i| Event::from_pack(&pack, i))
     }
 
     fn handle_batch(batch: wit::Batch) -> Result<Vec<wit::Emit>, wit::RuleError> {
@@ -643,6 +636,19 @@ impl<R: Rule> b::exports::sluice::rule::projection::Guest for Adapter<R> {
         );
         selection::<R>(n, |i| Event::from_projected(&pack, i))
     }
+}
+
+/// The number of events in `pack`, whose columns must agree (a pack that
+/// does not add up is a broken host).
+fn checked(pack: &wit::EventPack) -> usize {
+    let n = pack.seqs.len();
+    assert!(
+        pack.times.len() == n && pack.ends.len() == 4 * n,
+        "sluice: malformed event pack ({n} seqs, {} times, {} ends)",
+        pack.times.len(),
+        pack.ends.len()
+    );
+    n
 }
 
 /// The verdicts of `R::select` on `n` events.
@@ -679,17 +685,9 @@ fn handle(
         partition: batch.partition.as_deref(),
         reason: Reason::from(&batch.reason),
         attempt: batch.attempt,
-        events: {
-            let pack = &batch.events;
-            let n = pack.seqs.len();
-            assert!(
-                pack.times.len() == n && pack.ends.len() == 4 * n,
-                "sluice: malformed event pack ({n} seqs, {} times, {} ends)",
-                pack.times.len(),
-                pack.ends.len()
-            );
-            (0..n).map(|i| Event::from_pack(pack, i)).collect()
-        },
+        events: (0..checked(&batch.events))
+            .map(|i| Event::from_pack(&batch.events, i))
+            .collect(),
     };
     match handler(&view) {
         Ok(emits) => Ok(emits

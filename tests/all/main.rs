@@ -203,6 +203,12 @@ pub fn merged(repo: &str, n: u64) -> sluice::log::NewEvent {
 
 /// An event of `kind` with a JSON `payload`.
 pub fn event(seq: u64, kind: &str, payload: serde_json::Value) -> Event {
+    event_text(seq, kind, &payload.to_string())
+}
+
+/// [`event`] with its payload as written (escapes, duplicate keys and
+/// spacing kept).
+pub fn event_text(seq: u64, kind: &str, payload: &str) -> Event {
     Event {
         seq,
         id: format!("ev-{seq}"),
@@ -211,7 +217,7 @@ pub fn event(seq: u64, kind: &str, payload: serde_json::Value) -> Event {
         kind: kind.into(),
         time: 1_767_225_600_000 + seq as i64,
         ingested: 1_767_225_600_000 + seq as i64,
-        payload: payload.to_string(),
+        payload: payload.to_owned(),
         hops: 0,
     }
 }

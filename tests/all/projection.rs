@@ -7,23 +7,9 @@ use sluice::event::Event;
 use sluice::manifest::Manifest;
 use sluice::runtime::{Limits, LoadError, LoadedRule, RuleLabel, Verdict};
 use sluice_test_components::component_bytes;
-use sluice_test_components::components::{JSON_FIELDS, PLAIN_RULE};
+use sluice_test_components::components::{PLAIN_RULE, REPO_SUMMARY};
 
-use crate::Harness;
-
-fn raw_event(seq: u64, kind: &str, payload: &str) -> Event {
-    Event {
-        seq,
-        id: format!("ev-{seq}"),
-        tenant: "test".into(),
-        source: "tests".into(),
-        kind: kind.into(),
-        time: 1_767_225_600_000 + seq as i64,
-        ingested: 1_767_225_600_000 + seq as i64,
-        payload: payload.into(),
-        hops: 0,
-    }
-}
+use crate::{Harness, event_text};
 
 fn load_fields(h: &Harness, path: &str, fields: &[&str]) -> Result<LoadedRule, LoadError> {
     let fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
@@ -52,9 +38,9 @@ fn a_component_of_the_first_world_keeps_working() {
     let h = Harness::new();
     let mut rule = h.load(PLAIN_RULE, Limits::default()).instance();
     let events = [
-        raw_event(1, "keep", "{}"),
-        raw_event(2, "drop", r#"{"a":1}"#),
-        raw_event(3, "keep", r#"{"b":"x"}"#),
+        event_text(1, "keep", "{}"),
+        event_text(2, "drop", r#"{"a":1}"#),
+        event_text(3, "keep", r#"{"b":"x"}"#),
     ];
     let verdicts = rule.select(&events).unwrap();
     assert_eq!(
@@ -108,17 +94,19 @@ fn manifests_name_a_bad_pointer() {
 #[test]
 fn reading_an_undeclared_field_fails_the_call_naming_it() {
     let h = Harness::new();
-    // json-fields reads /ok and /repo; only /repo is declared.
-    let mut rule = load_fields(&h, JSON_FIELDS, &["/repo"]).unwrap().instance();
+    // repo-summary reads /ok and /repo; only /repo is declared.
+    let mut rule = load_fields(&h, REPO_SUMMARY, &["/repo"])
+        .unwrap()
+        .instance();
     let err = rule
-        .select(&[raw_event(1, "k", r#"{"repo":"a","ok":true}"#)])
+        .select(&[event_text(1, "k", r#"{"repo":"a","ok":true}"#)])
         .unwrap_err();
     assert_eq!(err.export, "projection.select");
     let stderr = err.stderr.join("\n");
     assert!(stderr.contains(r#"add "/ok" there"#), "{stderr}");
 }
 
-/// The values as serde_json reads the payload: what json-fields keeps.
+/// The values as serde_json reads the payload: what repo-summary keeps.
 fn reference(payload: &str) -> Option<Option<String>> {
     let v: serde_json::Value = serde_json::from_str(payload).unwrap();
     if v.pointer("/ok") != Some(&serde_json::Value::Bool(true)) {
@@ -177,10 +165,10 @@ proptest! {
         let events: Vec<Event> = payloads
             .iter()
             .enumerate()
-            .map(|(i, members)| raw_event(i as u64 + 1, "k", &format!("{{{}}}", members.join(","))))
+            .map(|(i, members)| event_text(i as u64 + 1, "k", &format!("{{{}}}", members.join(","))))
             .collect();
-        let mut whole = load_fields(&h, JSON_FIELDS, &[]).unwrap().instance();
-        let mut projected = load_fields(&h, JSON_FIELDS, &["/repo", "/ok"]).unwrap().instance();
+        let mut whole = load_fields(&h, REPO_SUMMARY, &[]).unwrap().instance();
+        let mut projected = load_fields(&h, REPO_SUMMARY, &["/repo", "/ok"]).unwrap().instance();
         let by_whole = kept(&whole.select(&events).unwrap());
         let by_projection = kept(&projected.select(&events).unwrap());
         let want: Vec<_> = events.iter().map(|e| reference(&e.payload)).collect();
