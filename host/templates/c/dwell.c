@@ -8,11 +8,10 @@ bool rule_filter(const sluice_event *e) {
     return sluice_text_starts_with(e->kind, "cart.");
 }
 
-/* One membership per cart. */
+/* One membership per cart. Declared in rule.toml ([select] fields): the
+ * engine has parsed it. */
 char *rule_partition_key(const sluice_event *e, size_t *len) {
-    json_value payload, cart;
-    if (!sluice_payload(e, &payload) || !json_member(&payload, "cart", &cart)) return NULL;
-    return json_as_string(&cart, len);
+    return sluice_field_string(e, "/cart", len);
 }
 
 rule_membership_t rule_membership(const sluice_event *e) {

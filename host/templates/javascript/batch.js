@@ -9,7 +9,8 @@ export const { filter, partitionKey, membership, select, handleBatch, projection
 
   // One batch per customer; orders without one share the global batch.
   partitionKey(event) {
-    const { customer } = event.json();
+    // Declared in rule.toml ([select] fields): the engine has parsed it.
+    const customer = event.field("/customer");
     return typeof customer === "string" ? customer : undefined;
   },
 

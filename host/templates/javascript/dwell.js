@@ -12,7 +12,8 @@ export const { filter, partitionKey, membership, select, handleBatch, projection
 
   // One membership per cart.
   partitionKey(event) {
-    const { cart } = event.json();
+    // Declared in rule.toml ([select] fields): the engine has parsed it.
+    const cart = event.field("/cart");
     return typeof cart === "string" ? cart : undefined;
   },
 

@@ -13,7 +13,8 @@ class {{Type}}(Rule):
 
     def partition_key(self, event: Event) -> Optional[str]:
         # One batch per customer; orders without one share the global batch.
-        customer = event.json().get("customer")
+        # Declared in rule.toml ([select] fields): the engine has parsed it.
+        customer = event.field("/customer")
         return customer if isinstance(customer, str) else None
 
     def handle_batch(self, batch: Batch) -> list:

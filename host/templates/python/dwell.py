@@ -19,7 +19,8 @@ class {{Type}}(Rule):
 
     def partition_key(self, event: Event) -> Optional[str]:
         # One membership per cart.
-        cart = event.json().get("cart")
+        # Declared in rule.toml ([select] fields): the engine has parsed it.
+        cart = event.field("/cart")
         return cart if isinstance(cart, str) else None
 
     def membership(self, event: Event) -> Membership:

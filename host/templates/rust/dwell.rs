@@ -5,15 +5,6 @@
 
 use sluice_sdk::prelude::*;
 
-/// The field of a cart event's payload the rule reads.
-#[derive(Deserialize)]
-#[serde(crate = "sluice_sdk::serde")]
-struct Cart<'a> {
-    // Cow, not &str: a cart id may carry JSON escapes.
-    #[serde(borrow)]
-    cart: Cow<'a, str>,
-}
-
 struct {{Type}};
 
 impl Rule for {{Type}} {
@@ -23,10 +14,8 @@ impl Rule for {{Type}} {
 
     /// One membership per cart.
     fn partition_key(event: &Event<'_>) -> Option<String> {
-        event
-            .json::<Cart<'_>>()
-            .ok()
-            .map(|c| c.cart.into_owned())
+        // Declared in rule.toml (`[select] fields`): the engine has parsed it.
+        event.field("/cart").as_str().map(str::to_owned)
     }
 
     fn membership(event: &Event<'_>) -> Membership {
