@@ -289,7 +289,7 @@ fn interleaved_ratios() {
     let (mut f, mut e, mut fe) = (vec![], vec![], vec![]);
     let (mut p, mut p_n, mut p_host) = (vec![], vec![], vec![]);
     let projection = sluice_fields::Projection::new(&["/repo", "/ok"]).unwrap();
-    let mut pack = sluice::runtime::event_pack_projected();
+    let mut pack = sluice::runtime::empty_projected_pack();
     for _ in 0..ROUNDS {
         let native_a = ns_per_event(400, || {
             black_box(black_box(&evs).iter().filter(|e| e.kind == "keep").count());

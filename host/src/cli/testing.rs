@@ -162,7 +162,17 @@ fn run_once(args: &TestArgs, files: &Inputs, timeline: bool) -> anyhow::Result<E
         cache_dir: args.cache_dir.clone(),
         ..Default::default()
     };
-    let context = || files.events.display().to_string();
+    // Errors about the input name the events file; a rule that does not
+    // load is about the rule, and says so itself.
+    let context = |e: anyhow::Error| {
+        if e.downcast_ref::<crate::engine::rule::SetupError>()
+            .is_some()
+        {
+            e
+        } else {
+            e.context(files.events.display().to_string())
+        }
+    };
     let Some(expect) = &args.expect else {
         // Lines go out as they happen, not at the end.
         let mut out = std::io::LineWriter::new(std::io::stdout().lock());
@@ -177,7 +187,7 @@ fn run_once(args: &TestArgs, files: &Inputs, timeline: bool) -> anyhow::Result<E
                 writeln!(out, "{line}")
             }
         })
-        .with_context(context)?;
+        .map_err(context)?;
         if timeline {
             writeln!(out, "{}", view.summary())?;
         }
@@ -188,7 +198,7 @@ fn run_once(args: &TestArgs, files: &Inputs, timeline: bool) -> anyhow::Result<E
             ExitCode::SUCCESS
         });
     };
-    let report = crate::offline::run_rules(rules, input, &options).with_context(context)?;
+    let report = crate::offline::run_rules(rules, input, &options).map_err(context)?;
     let got: Vec<String> = report.lines.iter().map(Value::to_string).collect();
     if args.bless {
         let mut text = got.join("\n");

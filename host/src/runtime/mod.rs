@@ -824,16 +824,14 @@ impl LoadedRule {
         let result = (|| -> wasmtime::Result<_> {
             let instance = self.inner.pre.instance_pre().instantiate(&mut store)?;
             let bindings = self.inner.indices.load(&mut store, &instance)?;
+            // Its exact types are checked by each call (`typed`, cheap).
             let projected = match &self.inner.projected {
                 None => None,
-                Some(p) => {
-                    let func = instance
+                Some(p) => Some(
+                    instance
                         .get_func(&mut store, p.index)
-                        .ok_or_else(|| wasmtime::format_err!("`{PROJECTED_EXPORT}` is missing"))?;
-                    // Checked once here; each call checks again, cheaply.
-                    func.typed::<(&wit::ProjectedPack,), (wit::Selection,)>(&store)?;
-                    Some(func)
-                }
+                        .ok_or_else(|| wasmtime::format_err!("`{PROJECTED_EXPORT}` is missing"))?,
+                ),
             };
             Ok((bindings, projected))
         })();
@@ -1198,11 +1196,7 @@ impl RuleInstance {
 }
 
 /// An empty `projected-pack`, to fill with [`pack_projected`].
-pub fn event_pack_projected() -> wit::ProjectedPack {
-    empty_projected_pack()
-}
-
-fn empty_projected_pack() -> wit::ProjectedPack {
+pub fn empty_projected_pack() -> wit::ProjectedPack {
     wit::ProjectedPack {
         fields: Vec::new(),
         seqs: Vec::new(),
