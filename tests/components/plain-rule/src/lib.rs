@@ -7,6 +7,9 @@
 //! It keeps events of kind `keep`, keys them by kind, and emits one `seen`
 //! per batch.
 
+// The generated export shims take a flattened record's fields as arguments.
+#![allow(clippy::too_many_arguments)]
+
 // The world's `use` brings its types (`Event`, `EventPack`, …) here.
 wit_bindgen::generate!({ world: "rule", path: "wit" });
 
