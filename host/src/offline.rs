@@ -76,6 +76,10 @@ pub struct Report {
 /// each other forever.
 const MAX_ROUNDS: usize = 10_000;
 
+/// Rounds with deadlines left at a step's cap after which the same is
+/// concluded (a billion deadlines at one instant).
+const MAX_CAPPED_ROUNDS: u64 = 4_000_000;
+
 /// An in-memory run prunes after this many events.
 const PRUNE_EVERY: usize = 50_000;
 
@@ -783,8 +787,12 @@ impl<'a> Run<'a> {
     /// Let every rule take its round and run what is due, until none has
     /// anything left (outputs of one rule may feed another).
     fn settle(&mut self) -> anyhow::Result<()> {
-        for _ in 0..MAX_ROUNDS {
+        // Rounds that stopped at a step's deadline cap count apart: a
+        // backlog of deadlines takes one round per cap, however large.
+        let (mut rounds, mut capped) = (0, 0u64);
+        while rounds < MAX_ROUNDS && capped < MAX_CAPPED_ROUNDS {
             let mut progressed = false;
+            let mut more = false;
             for rule in &mut self.rules {
                 let out = rule.round(
                     RoundIn {
@@ -800,9 +808,15 @@ impl<'a> Run<'a> {
                     anyhow::bail!("{e}");
                 }
                 progressed |= out.progressed;
+                more |= out.more;
             }
             if !progressed {
                 return Ok(());
+            }
+            if more {
+                capped += 1;
+            } else {
+                rounds += 1;
             }
         }
         anyhow::bail!(

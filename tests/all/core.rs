@@ -114,6 +114,42 @@ fn a_step_writes_appended_members_as_rows() {
     assert!(members().is_empty());
 }
 
+#[test]
+fn a_backlog_of_expired_windows_is_fired_in_capped_steps_and_the_event_after_it_is_read() {
+    // More windows expire at once than one step handles; an event ingested
+    // after they expired waits for them, and is read once they are done
+    // (a capped step must not mark the log as read past it).
+    let n = sluice::triggers::core::DEADLINES_PER_STEP as u64 + 100;
+    let h = Harness::new();
+    let (log, _dir) = temp_log(&h);
+    let mut core = pr_digest(&h, &log, 1_000);
+    let opening: Vec<NewEvent> = (0..n).map(|i| merged(&format!("r{i:05}"), i)).collect();
+    log.append_blocking(opening).unwrap();
+    core.step(h.clock.now_millis(), usize::MAX).unwrap();
+    assert_eq!(core.partitions() as u64, n);
+    h.clock.advance(3_600_000);
+    log.append_blocking(vec![merged("after", n)]).unwrap();
+    let now = h.clock.now_millis();
+    let mut fired = Vec::new();
+    let mut capped = 0;
+    loop {
+        let step = core.step(now, usize::MAX).unwrap();
+        capped += usize::from(step.capped);
+        fired.extend(step.fires.iter().map(|f| f.partition.clone().unwrap()));
+        if !step.capped && core.next_deadline().is_none_or(|d| d > now) {
+            break;
+        }
+    }
+    assert_eq!(capped, 1, "two steps: a capped one, then the rest");
+    let expected: Vec<String> = (0..n).map(|i| format!("r{i:05}")).collect();
+    assert_eq!(
+        fired, expected,
+        "every window fired once, in deadline order"
+    );
+    assert_eq!(core.cursor(), n + 1, "the event after the backlog was read");
+    assert_eq!(core.partition(Some("after")).unwrap().seqs, vec![n + 1]);
+}
+
 /// Wait until the rule has read the whole log and nothing of it is due at
 /// `now` (idle on a manual clock).
 async fn wait_idle(engine: &Engine, log: &EventLog, name: &str, now: i64) {

@@ -158,7 +158,8 @@ impl std::fmt::Debug for Reply {
 /// What a round did.
 #[derive(Debug, Default)]
 pub struct RoundOut {
-    /// Events were left to read when the budget ran out.
+    /// Events were left to read when the budget ran out, or deadlines
+    /// still due when a step stopped at its cap: run another round now.
     pub more: bool,
     /// Something changed: the cursor moved, a deadline or tick was
     /// handled, a fire ran.
@@ -359,7 +360,7 @@ impl<K: Kind> Driver<K> {
             Err(e) => return self.select_failed(&events, &e, now),
         };
         let step = self.step_with(&Input::events(&events, &verdicts, horizon))?;
-        if !truncated {
+        if !truncated && !step.capped {
             self.seen = self.seen.max(last);
         }
         Ok(step)
@@ -397,8 +398,9 @@ impl<K: Kind> Driver<K> {
         }
     }
 
-    /// Steps at `now` until no new event is left or `budget` events were
-    /// read (then `more`). Each step is reported to `observer`.
+    /// Steps at `now` until no new event is left, or `budget` events were
+    /// read or a step stopped at its deadline cap (then `more`). Each step
+    /// is reported to `observer`.
     pub fn turn(
         &mut self,
         now: i64,
@@ -419,6 +421,11 @@ impl<K: Kind> Driver<K> {
             if did {
                 observer.step(&self.core.spec().name, &step, now);
                 progressed = true;
+            }
+            if step.capped {
+                // More deadlines are due: the round starts the fires made
+                // so far, and the next round plans the rest.
+                return Ok((true, progressed));
             }
             if !moved {
                 return Ok((false, progressed));

@@ -51,7 +51,7 @@ use rustc_hash::FxHashMap;
 
 pub use self::control::Start;
 pub use self::fire::FinishPlan;
-pub use self::plan::{Input, Plan};
+pub use self::plan::{DEADLINES_PER_STEP, Input, Plan};
 pub use self::poison::SelectFailure;
 pub use self::ticks::TickPosition;
 pub use self::writes::Writes;
@@ -244,6 +244,9 @@ pub struct Step {
     pub cursor: u64,
     /// The earliest deadline the step handled (ms), to measure lateness.
     pub earliest_deadline: Option<i64>,
+    /// The step stopped at [`DEADLINES_PER_STEP`] deadlines: more are due,
+    /// and the events after them were not taken.
+    pub capped: bool,
 }
 
 /// Counters of a rule since it was deployed (or last reset): kept across

@@ -71,6 +71,17 @@ impl<'a> Input<'a> {
     }
 }
 
+/// The most deadlines one plan handles. Deadlines that fall due together
+/// (a backlog after a restart or a pause: thousands, or a million) are
+/// committed in steps of this many, and the engine starts the fires of
+/// each step before it plans the next: the first handlers start after
+/// one step's work, not after the whole backlog's, and a step's plan stays
+/// small. The events after a cut wait for the next step (a lag, which
+/// changes no fire). Measured at a million memberships falling due over
+/// 30 s: 256 per step cost more per fire than one step for everything due;
+/// 1 024 cost the same.
+pub const DEADLINES_PER_STEP: usize = 1_024;
+
 /// A step's effects, computed without I/O.
 #[derive(Debug)]
 pub struct Plan<K: Kind> {
@@ -98,6 +109,10 @@ pub struct Plan<K: Kind> {
     /// Member-log rows below this seq can go (set by
     /// [`RuleCore::writes`]).
     pub(super) floor: u64,
+    /// Deadlines handled (a tick counts once).
+    deadlines: usize,
+    /// Stopped at [`DEADLINES_PER_STEP`]: the rest waits for the next plan.
+    pub(super) capped: bool,
 }
 
 impl<K: Kind> Plan<K> {
@@ -252,6 +267,8 @@ impl<K: Kind> RuleCore<K> {
             new_parts: 0,
             earliest_deadline: None,
             floor: 0,
+            deadlines: 0,
+            capped: false,
         };
         let n = input.events.len().min(input.limit);
         // Deadlines up to the horizon, or the last event's time, may be
@@ -271,6 +288,11 @@ impl<K: Kind> RuleCore<K> {
             }
             // Deadlines at or before the event's time come first.
             self.deadlines(&mut plan, &mut upcoming, at, Some(at));
+            if plan.capped {
+                // More are due before this event: it waits for them.
+                stopped = true;
+                break;
+            }
             plan.consumed += 1;
             plan.cursor = event.seq;
             plan.time = at;
@@ -348,6 +370,11 @@ impl<K: Kind> RuleCore<K> {
             if at > upto {
                 return;
             }
+            if plan.deadlines == DEADLINES_PER_STEP {
+                plan.capped = true;
+                return;
+            }
+            plan.deadlines += 1;
             // Only now is the partition named (a clone of its key).
             let part = if part_at == Some(at) {
                 upcoming.first()

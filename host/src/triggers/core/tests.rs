@@ -175,6 +175,47 @@ fn a_deadline_waits_for_the_horizon() {
 }
 
 #[test]
+fn a_backlog_of_deadlines_is_taken_a_capped_step_at_a_time_in_time_order() {
+    // More windows expire at once than one step handles, and an event
+    // comes after them: each step takes the next deadlines, the event
+    // waits until none is left before it, and the fires are those of one
+    // uninterrupted reading, in the same order.
+    let n = DEADLINES_PER_STEP * 2 + 10;
+    let mut b = Bench::new(batch(10, 60), 0);
+    let opening: Vec<Event> = (0..n as u64)
+        .map(|i| ev(i + 1, &format!("p{i:05}"), i as i64))
+        .collect();
+    b.step(&opening, n as i64);
+    let late = ev(n as u64 + 1, "late", 3_600 * S);
+    let mut fires = Vec::new();
+    let mut steps = 0;
+    loop {
+        let step = b.step(std::slice::from_ref(&late), 3_600 * S);
+        steps += 1;
+        assert!(step.fires.len() <= DEADLINES_PER_STEP);
+        fires.extend(step.fires);
+        if !step.capped {
+            assert_eq!(
+                step.cursor, late.seq,
+                "the event is taken after the backlog"
+            );
+            break;
+        }
+        assert_eq!(step.cursor, n as u64, "a capped step leaves the event");
+    }
+    assert_eq!(steps, 3);
+    let expected: Vec<(String, Vec<u64>, i64)> = (0..n as u64)
+        .map(|i| (format!("p{i:05}"), vec![i + 1], 60 * S + i as i64))
+        .collect();
+    let got: Vec<(String, Vec<u64>, i64)> = summary(&fires)
+        .into_iter()
+        .map(|(p, _, seqs, at)| (p, seqs, at))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(b.core.partition(Some("late")).unwrap().seqs, vec![late.seq]);
+}
+
+#[test]
 fn windows_open_at_ingest_time_whenever_they_are_read() {
     // Three events stored inside an hour's window, read two hours later:
     // one batch of three, at count-reached.

@@ -178,6 +178,7 @@ impl<K: Kind> RuleCore<K> {
             cancelled: plan.cancelled,
             cursor: self.cursor,
             earliest_deadline: plan.earliest_deadline,
+            capped: plan.capped,
         }
     }
 }
