@@ -93,6 +93,7 @@
 /// plans allocate and free many small records at a high rate; glibc's
 /// allocator spent about a quarter of a timer-heavy step consolidating
 /// and unlinking chunks (see "Dwell and schedule" in the README).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
