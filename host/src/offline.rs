@@ -820,7 +820,8 @@ impl<'a> Run<'a> {
             }
         }
         anyhow::bail!(
-            "rules kept producing events for {MAX_ROUNDS} rounds: do they feed each other in a loop?"
+            "rules kept producing events for {} rounds: do they feed each other in a loop?",
+            rounds as u64 + capped
         )
     }
 

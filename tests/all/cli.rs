@@ -463,6 +463,55 @@ fn test_prints_each_fire_before_its_input_ends() {
     assert!(child.wait().unwrap().success());
 }
 
+#[test]
+fn test_stops_quietly_when_its_reader_stops() {
+    // `sluice test … | head -1`: once the reader is gone, the run's next
+    // line cannot be written; that ends the run, and is not an error of
+    // the events file's.
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write(dir.path(), "rule.toml", DIGEST_TOML);
+    let fifo = dir.path().join("events.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut child = sluice()
+        .args(["test", PR_DIGEST, "--manifest", &manifest, "--events"])
+        .arg(&fifo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let merged = |input: &mut std::fs::File, n: u32| {
+        writeln!(
+            input,
+            "{{\"source\":\"github\",\"kind\":\"pull_request.merged\",\"payload\":{{\"repo\":\"a\",\"number\":{n}}}}}"
+        )
+        .unwrap();
+        input.flush().unwrap();
+    };
+    merged(&mut input, 0);
+    merged(&mut input, 1);
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["type"], "fire", "{first}");
+    // The reader goes; two more merges make a fire whose line has nowhere
+    // to go.
+    drop(lines);
+    merged(&mut input, 2);
+    merged(&mut input, 3);
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("error"), "{stderr}");
+}
+
 /// The trust boundary: no client event may claim the engine's
 /// source, a rule's source, or an id of the engine's id space — so none can
 /// be mistaken for an engine record or a rule's output, or take an

@@ -177,7 +177,7 @@ fn run_once(args: &TestArgs, files: &Inputs, timeline: bool) -> anyhow::Result<E
         // Lines go out as they happen, not at the end.
         let mut out = std::io::LineWriter::new(std::io::stdout().lock());
         let mut view = Timeline::default();
-        let failed = crate::offline::stream_rules(rules, input, &options, &mut |line| {
+        let streamed = crate::offline::stream_rules(rules, input, &options, &mut |line| {
             if timeline {
                 for l in view.render(&line) {
                     writeln!(out, "{l}")?;
@@ -187,16 +187,23 @@ fn run_once(args: &TestArgs, files: &Inputs, timeline: bool) -> anyhow::Result<E
                 writeln!(out, "{line}")
             }
         })
-        .map_err(context)?;
-        if timeline {
-            writeln!(out, "{}", view.summary())?;
-        }
-        out.flush()?;
-        return Ok(if failed {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
+        .and_then(|failed| {
+            if timeline {
+                writeln!(out, "{}", view.summary())?;
+            }
+            out.flush()?;
+            Ok(failed)
         });
+        return match streamed {
+            Ok(failed) => Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }),
+            // Whoever read the output stopped (`| head`): so does the run.
+            Err(e) if output_closed(&e) => Ok(ExitCode::SUCCESS),
+            Err(e) => Err(context(e)),
+        };
     };
     let report = crate::offline::run_rules(rules, input, &options).map_err(context)?;
     let got: Vec<String> = report.lines.iter().map(Value::to_string).collect();
@@ -226,6 +233,15 @@ fn run_once(args: &TestArgs, files: &Inputs, timeline: bool) -> anyhow::Result<E
         if added == 1 { "" } else { "s" },
     )?;
     Ok(ExitCode::FAILURE)
+}
+
+/// The run's output was closed by its reader: only a write to a pipe
+/// fails so (the events are read, never written).
+fn output_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The expected file's lines as the run writes them (each line parsed and
